@@ -1,0 +1,1 @@
+"""Sub-commands of ``hydra``: one module each, with ``add_args`` and ``main``."""
