@@ -1,0 +1,82 @@
+"""Run the core picker over exposures, reading each micrograph from disk or through a downloader.
+
+Shared by the External-job flow (:mod:`cryosparc_hydra.job`) and the offline mode
+(:mod:`cryosparc_hydra.offline`). Yields one :class:`Picked` per micrograph in input order; a
+micrograph that cannot be read or picked is reported (``error``) and skipped, the rest go on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydrapicker.types import Micrograph, Picks
+
+
+@dataclass
+class PickOptions:
+    diameter_A: float
+    threshold: Optional[float] = None  # None -> the model's default threshold
+    head: str = "generic"
+    min_distance_A: Optional[float] = None
+    edge_A: float = 0.0
+    flip_y: bool = False
+
+
+@dataclass
+class Picked:
+    mic: Micrograph                 # as built from the exposure (meta: uid, cs_path, shape, ...)
+    local_path: Optional[str]       # the file that was read (exists while the consumer handles it)
+    picks: Optional[Picks]          # above threshold; None on error
+    picked_shape: Optional[tuple]   # (ny, nx) of the image the pixels refer to
+    error: Optional[BaseException] = None
+    info: dict = field(default_factory=dict)
+    n_below: int = 0                # picks under the threshold (not saved)
+
+
+def threshold_for(picker, opts: PickOptions) -> float:
+    if opts.threshold is not None:
+        return float(opts.threshold)
+    return float((getattr(picker, "meta", None) or {}).get("default_threshold", 0.5))
+
+
+def min_dist_for(picked: Picked, opts: PickOptions) -> float:
+    """The NMS radius in Angstrom, as written to ``location/min_dist_A``."""
+    for value in (opts.min_distance_A, picked.info.get("min_distance_A")):
+        if value is not None:
+            return float(value)
+    return float(opts.diameter_A) / 2.0
+
+
+def _record(mic: Micrograph, res, threshold: float) -> Picked:
+    if not res.ok or res.picks is None:
+        return Picked(mic, res.micrograph.path, None, None, res.error or RuntimeError("no picks returned"),
+                      dict(res.info or {}))
+    shape = (res.info or {}).get("shape") or mic.meta.get("shape") or mic.shape
+    kept = res.picks.above(threshold)
+    return Picked(mic, res.micrograph.path, kept, tuple(int(v) for v in shape[-2:]), None,
+                  dict(res.info or {}), len(res.picks) - len(kept))
+
+
+def pick_micrographs(picker, mics, opts: PickOptions, downloader=None, should_stop=None):
+    """Yield a :class:`Picked` per micrograph of ``mics`` (in order)."""
+    threshold = threshold_for(picker, opts)
+    kw = dict(diameter_A=opts.diameter_A, head=opts.head, min_distance_A=opts.min_distance_A,
+              edge_A=opts.edge_A, should_stop=should_stop)
+    by_name = {m.name: m for m in mics}
+    if downloader is None:
+        for res in picker.pick(list(mics), **kw):
+            yield _record(by_name.get(res.micrograph.name, res.micrograph), res, threshold)
+        return
+    for mic in mics:
+        if should_stop is not None and should_stop():
+            return
+        try:
+            local = downloader.get(mic)
+        except Exception as exc:  # reported and skipped, like an unreadable file
+            yield Picked(mic, None, None, None, exc)
+            continue
+        try:
+            for res in picker.pick([local], **kw):
+                yield _record(mic, res, threshold)
+        finally:
+            downloader.release(local)

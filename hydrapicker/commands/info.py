@@ -1,0 +1,44 @@
+"""Describe a HydraPicker model file: preset, heads, particle extent, threshold, training data.
+
+Examples:
+  hydra info                    # the shipped generic model
+  hydra info runs/generic/model.pt --json
+"""
+
+
+def add_args(p):
+    p.add_argument("model", nargs="?", default=None, help="model file (default: the shipped model)")
+    p.add_argument("--json", action="store_true", help="print the full metadata as JSON")
+
+
+def main(args):
+    import json
+
+    from ..checkpoint import default_model_path, read_checkpoint
+    from ..model import count_parameters
+    from ..checkpoint import net_from_meta
+
+    path = args.model or default_model_path()
+    ck = read_checkpoint(path)
+    meta = ck["meta"]
+    if args.json:
+        print(json.dumps({**meta, "path": str(path)}, indent=1, default=str))
+        return 0
+    net = net_from_meta(meta)
+    tr = meta.get("training") or {}
+    print(f"model:             {path}")
+    print(f"format:            {meta.get('format')} (hydrapicker {meta.get('hydrapicker_version')})")
+    print(f"preset:            {meta.get('preset')} (grid stride {meta.get('stride')} px)")
+    print(f"heads:             {', '.join(meta.get('heads', []))}")
+    print(f"parameters:        body {count_parameters(net.body):,}, "
+          f"per head {count_parameters(net.heads['generic']):,}")
+    print(f"particle extent:   {meta.get('extent_px')} px after rescaling")
+    print(f"default threshold: {meta.get('default_threshold')} (FOM floor {meta.get('floor')})")
+    if meta.get("validation_AP_mean") is not None:
+        print(f"validation AP:     {meta['validation_AP_mean']:.3f} (mean over source validation sets)")
+    if tr:
+        print(f"training:          {len(tr.get('datasets', []))} simulated datasets, phase {tr.get('phase')}, "
+              f"step {tr.get('step')}")
+    if meta.get("note"):
+        print(f"note:              {meta['note']}")
+    return 0

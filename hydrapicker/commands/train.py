@@ -1,0 +1,49 @@
+"""Train a HydraPicker model on simulated datasets (multi-head thesis recipe), resumable.
+
+Phase 1 trains the shared body and the generic head on every source dataset, each mini-batch from one
+dataset; phase 2 adds one head per source dataset tied to the generic head by the head-bias loss.
+Re-running the same command with the same --out resumes from out/checkpoint.pt.
+
+Examples:
+  hydra train --out runs/generic --steps 6000 --phase2-steps 1500          # the shipped recipe
+  hydra train --out runs/tiny --datasets 2 --mics-per-dataset 2 --steps 20 --phase2-steps 10 --crop 128
+"""
+
+
+def add_args(p):
+    p.add_argument("--out", required=True, help="run directory (checkpoint.pt, model.pt, log.jsonl)")
+    p.add_argument("--preset", default="lite", help="network preset: lite (shipped) or thesis")
+    p.add_argument("--datasets", type=int, default=32, help="number of simulated source datasets")
+    p.add_argument("--mics-per-dataset", type=int, default=8)
+    p.add_argument("--val-mics", type=int, default=2, help="validation micrographs per source dataset")
+    p.add_argument("--steps", type=int, default=6000, help="phase-1 steps (single generic head)")
+    p.add_argument("--phase2-steps", type=int, default=1500, help="phase-2 steps (all heads + bias loss)")
+    p.add_argument("--hours", type=float, default=0.0,
+                   help="wall-time budget: phase 1 stops at --phase1-fraction of it, phase 2 at the end")
+    p.add_argument("--phase1-fraction", type=float, default=0.8)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=192, help="crop size in rescaled pixels")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--cycle", type=int, default=2000, help="cosine warm-restart period (steps)")
+    p.add_argument("--lambda-loc", type=float, default=1.0)
+    p.add_argument("--lambda-bias", type=float, default=0.01)
+    p.add_argument("--generic-weight", type=float, default=0.5,
+                   help="weight of the generic head's own loss in phase 2")
+    p.add_argument("--scale-jitter", type=float, default=0.12,
+                   help="relative jitter of the diameter used for rescaling (robustness to user estimates)")
+    p.add_argument("--refresh-every", type=int, default=150,
+                   help="phase 1: re-simulate one dataset's micrographs every N steps (0 = never)")
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--workers", type=int, default=2, help="processes for the initial simulation")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+
+
+def main(args):
+    from ..train import run_training
+
+    run_training(args)
+    return 0

@@ -1,0 +1,532 @@
+"""Few-shot heads: teach a model a new protein from a handful of (often sparsely) picked micrographs.
+
+A new head, initialised from the ``generic`` head, is trained with the body and every other head frozen
+(thesis). Because the body is frozen (eval mode, BatchNorm statistics frozen too), its features are
+computed **once** per micrograph and per dihedral orientation (rotations by 90 degrees and flips, the
+augmentation) and cached in float16; training then runs only the head on feature crops, about 3x cheaper
+per step and without a backward pass through the body.
+
+Sparse labels (users rarely pick every particle):
+
+* **Annotated region.** Only the part of a micrograph around the user's picks counts: the union of discs
+  of ``region_radius`` particle diameters (default 3) around the labelled picks. Outside it nothing is
+  taught (weight 0), so a user who picked one corner does not teach the rest as background. A coordinate
+  file that exists but is empty marks its whole micrograph as annotated and particle-free.
+* **Positive-unlabelled weights.** Inside the region an unlabelled cell is a negative with weight
+  ``w = (1 - t) / (1 - t c)``: the probability that it holds no particle given that it was not labelled,
+  with ``t`` the frozen generic head's score for the cell (shifted so that the model's calibrated
+  threshold maps to 0.5) and ``c`` the fraction of particles the user labelled. ``c`` is estimated from
+  the generic head's confident detections in the region (the share of them that hit a label, over a
+  nominal precision of 0.8) unless given; ``c = 1`` (dense labels) teaches every unlabelled cell as
+  background, so the new head learns to reject the junk the generic head confuses with particles;
+  ``c = 0.3`` leaves particle-like unlabelled cells nearly untaught.
+* Validation AP and the calibrated threshold use the labels as truth inside the annotated region; with
+  labels selected at random, precision against them is ``c`` times the true precision, so the threshold
+  is the score where precision against the labels reaches ``0.8 c`` (true precision 0.8).
+
+Over-fitting guards: validation micrographs held out (``val_fraction``; with only 1-2 micrographs, the
+right quarter of every micrograph is held out instead, with a guard band), early stopping on validation
+AP (the best head is kept), an L2 tie of the new head to the generic head (the training's head-bias loss),
+and optional mixing with simulated generic data (``mix_generic`` = share of each batch; BoxNet mixes 1:1).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .errors import UserFacingError
+
+#: dihedral orientations (k quarter turns, flip), ordered so that the first 2 / 4 mix rotations and flips
+DIHEDRAL = ((0, False), (1, True), (2, False), (3, True), (0, True), (1, False), (2, True), (3, False))
+HEAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class FinetuneError(UserFacingError):
+    """Bad input to a fine-tune (coordinates that match no micrograph, an existing head name...)."""
+
+
+# -- labelled micrographs ---------------------------------------------------------------------------
+@dataclass
+class Labelled:
+    """One prepared micrograph with its labels, all in rescaled pixels."""
+
+    name: str
+    image: np.ndarray            # prepared (rescaled, normalised) float32
+    xy: np.ndarray               # (N, 2) labelled centres
+    region: np.ndarray           # float32 per-pixel: 1 = annotated, 0 = not (nothing taught there)
+    eval_mask: Optional[np.ndarray] = None   # bool per-pixel: where validation counts (None = region)
+    info: dict = field(default_factory=dict)
+
+
+def annotated_region(shape, xy: np.ndarray, radius_px: float) -> np.ndarray:
+    """Union of discs of ``radius_px`` around ``xy`` (float32 0/1); everything when there are no picks."""
+    from scipy.ndimage import distance_transform_edt
+
+    if not len(xy) or not np.isfinite(radius_px):
+        return np.ones(shape, np.float32)
+    seeds = np.ones(shape, bool)
+    ij = np.round(xy[:, ::-1]).astype(int)
+    ij[:, 0] = np.clip(ij[:, 0], 0, shape[0] - 1)
+    ij[:, 1] = np.clip(ij[:, 1], 0, shape[1] - 1)
+    seeds[ij[:, 0], ij[:, 1]] = False
+    return (distance_transform_edt(seeds) <= radius_px).astype(np.float32)
+
+
+def load_labelled(micrographs, coords: dict, diameter_A: float, extent_px: float, region_radius: float,
+                  log: Callable = print) -> list:
+    """Read, rescale and normalise the micrographs that have coordinates; map the picks to rescaled px."""
+    from .coords import match_keys
+    from .preprocess import prepare, read_mrc, resolve_pixel_size
+
+    mics = list(micrographs)
+    if not mics:
+        raise FinetuneError("no micrographs given: pass the micrographs STAR the picks were made on")
+    names = [m.name for m in mics]
+    matched = match_keys(dict(coords), names)
+    unmatched = [k for k in matched if k not in set(names)]
+    use = [m for m in mics if m.name in matched]
+    if not use:
+        ck = ", ".join(sorted(map(str, coords))[:3]) or "(none)"
+        mk = ", ".join(names[:3])
+        raise FinetuneError(
+            f"none of the {len(coords)} coordinate entries matches one of the {len(mics)} micrographs "
+            f"(coordinates: {ck}; micrographs: {mk}); coordinate file names must start with the "
+            f"micrograph's name (mic001_manualpick.star for mic001.mrc): give the micrographs STAR the "
+            f"coordinates were picked on")
+    if unmatched:
+        log(f"[finetune] {len(unmatched)} coordinate entries match no micrograph and are ignored "
+            f"(e.g. {unmatched[0]})")
+    out = []
+    for m in use:
+        data, header_apix = read_mrc(m.path)
+        apix = resolve_pixel_size(m.path, m.pixel_size, header_apix)
+        p = prepare(np.asarray(data, np.float32), apix, diameter_A, extent_px, path=m.path)
+        picks = matched[m.name]
+        ny, nx = p.shape
+        inside = (picks.x >= -0.5) & (picks.x <= nx - 0.5) & (picks.y >= -0.5) & (picks.y <= ny - 0.5)
+        if len(picks) and inside.mean() < 0.8:
+            raise FinetuneError(
+                f"{int((~inside).sum())} of {len(picks)} coordinates of {m.name} lie outside the micrograph "
+                f"({nx}x{ny} px): were they picked on binned or differently sized micrographs? give "
+                f"coordinates in pixels of {m.path}")
+        xy = picks.xy()[inside] * np.asarray(p.scale_xy)[None, :]
+        region = annotated_region(p.image.shape, xy, region_radius * extent_px)
+        out.append(Labelled(m.name, p.image, xy, region,
+                            info={"path": m.path, "pixel_size": apix, "n_picks": int(len(xy)),
+                                  "shape": [int(ny), int(nx)]}))
+    if sum(len(lm.xy) for lm in out) == 0:
+        raise FinetuneError("the coordinates hold no particles for these micrographs: pick some particles "
+                            "on a few micrographs first")
+    return out
+
+
+def split_validation(mics: list, val_fraction: float, extent_px: float, rng) -> tuple:
+    """(train, val): whole micrographs held out when there are >= 3 labelled ones, else the right quarter
+    of each (the training side loses the strip plus a guard band of one particle diameter)."""
+    if val_fraction <= 0:
+        return mics, []
+    with_picks = [m for m in mics if len(m.xy)]
+    if len(mics) >= 3 and len(with_picks) >= 2:
+        n_val = min(len(with_picks) - 1, max(1, int(round(val_fraction * len(mics)))))
+        val_idx = set(rng.choice([i for i, m in enumerate(mics) if len(m.xy)], n_val, replace=False).tolist())
+        return ([m for i, m in enumerate(mics) if i not in val_idx], [m for i, m in enumerate(mics) if i in val_idx])
+    train, val = [], []
+    for m in mics:
+        ny, nx = m.image.shape
+        x_cut = int(round(nx * (1 - max(0.15, min(val_fraction, 0.5)))))
+        guard = int(math.ceil(extent_px))
+        keep = m.xy[:, 0] < x_cut - guard if len(m.xy) else np.zeros(0, bool)
+        region = m.region.copy()
+        region[:, max(0, x_cut - guard):] = 0
+        train.append(Labelled(m.name, m.image, m.xy[keep], region, info=m.info))
+        mask = np.zeros(m.image.shape, bool)
+        mask[:, x_cut:] = m.region[:, x_cut:] > 0.5
+        val.append(Labelled(m.name, m.image, m.xy[m.xy[:, 0] >= x_cut] if len(m.xy) else m.xy, m.region,
+                            eval_mask=mask, info=m.info))
+    return train, val
+
+
+# -- cached body features --------------------------------------------------------------------------
+def _pad_to(a: np.ndarray, s: int) -> np.ndarray:
+    ph, pw = (-a.shape[0]) % s, (-a.shape[1]) % s
+    return np.pad(a, ((0, ph), (0, pw))) if (ph or pw) else a
+
+
+def body_features(net, image: np.ndarray, tile: int = 1024, margin: int = 64):
+    """Body features of a whole (stride-padded) image, computed in overlapping tiles (bounded memory)."""
+    import torch
+
+    from .preprocess import tiles
+
+    bs = net.preset.body_stride
+    s = net.stride
+    ny, nx = image.shape
+    out = torch.zeros((net.body.out_channels, ny // bs, nx // bs), dtype=torch.float16)
+    with torch.inference_mode():
+        for y0, y1, x0, x1, cy0, cy1, cx0, cx1 in tiles((ny, nx), tile, margin, s):
+            y0, x0 = (y0 // s) * s, (x0 // s) * s
+            win = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1]))[None, None]
+            f = net.body(win)[0]
+            out[:, cy0 // bs:cy1 // bs, cx0 // bs:cx1 // bs] = \
+                f[:, (cy0 - y0) // bs:(cy1 - y0) // bs, (cx0 - x0) // bs:(cx1 - x0) // bs].half()
+    return out
+
+
+@dataclass
+class Oriented:
+    """One micrograph in one dihedral orientation: features and full-grid targets."""
+
+    feats: object                # torch float16 (C, H/bs, W/bs)
+    cls: np.ndarray              # (GH, GW)
+    off: np.ndarray              # (2, GH, GW)
+    region: np.ndarray           # (GH, GW) mean annotated fraction per cell
+    teacher: np.ndarray          # (3, GH, GW) generic head outputs (logit divided by the temperature)
+    weight: Optional[np.ndarray] = None   # (GH, GW) final per-cell weights
+
+
+def orient(net, m: Labelled, k: int, flip: bool, temperature: float) -> Oriented:
+    import torch
+
+    from .criterion import encode
+    from .data import _rot_flip
+
+    s = net.stride
+    img, xy, region = _rot_flip(m.image, m.xy.reshape(-1, 2), m.region, k, flip)
+    img, region = _pad_to(img, s), _pad_to(region, s)
+    feats = body_features(net, img)
+    gh, gw = img.shape[0] // s, img.shape[1] // s
+    cls, off, _ = encode(xy, (gh, gw), s)
+    reg = region.reshape(gh, s, gw, s).mean(axis=(1, 3)).astype(np.float32)
+    with torch.inference_mode():
+        t = net.heads["generic"](feats.float()[None])[0].numpy().astype(np.float32)
+    t[2] /= temperature
+    return Oriented(feats, cls, off, reg, t)
+
+
+def pu_weights(region: np.ndarray, teacher_prob: np.ndarray, cls: np.ndarray, c: float) -> np.ndarray:
+    """Per-cell weights: labelled cells 1; unlabelled ones ``region * (1 - t) / (1 - t c)`` (PU rule)."""
+    c = float(np.clip(c, 0.0, 1.0))
+    t = np.clip(teacher_prob, 0.0, 1.0)
+    w = region * (1.0 - t) / np.maximum(1.0 - t * c, 1e-6)
+    return np.where(cls > 0.5, 1.0, w).astype(np.float32)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+
+
+def _logit(p):
+    p = float(np.clip(p, 1e-4, 1 - 1e-4))
+    return math.log(p / (1 - p))
+
+
+# -- detection on cached features ------------------------------------------------------------------
+def detect(grid: np.ndarray, stride: int, extent_px: float, temperature: float = 1.0, floor: float = 0.02):
+    """(3, GH, GW) head outputs -> (xy, score) in rescaled px after duplicate suppression (as the Picker)."""
+    from .postprocess import decode_grid, suppress_duplicates
+
+    xy, score = decode_grid(grid, stride, temperature, floor)
+    keep = suppress_duplicates(xy, score, 0.5 * extent_px)
+    return xy[keep], score[keep]
+
+
+def _in_mask(xy: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    if not len(xy):
+        return np.zeros(0, bool)
+    ij = np.round(xy[:, ::-1]).astype(int)
+    ok = (ij[:, 0] >= 0) & (ij[:, 0] < mask.shape[0]) & (ij[:, 1] >= 0) & (ij[:, 1] < mask.shape[1])
+    out = np.zeros(len(xy), bool)
+    out[ok] = mask[ij[ok, 0], ij[ok, 1]]
+    return out
+
+
+def estimate_label_fraction(train: list, oriented: list, stride: int, extent_px: float, shift: float,
+                            nominal_precision: float = 0.8) -> tuple:
+    """(c, info): the share of the generic head's confident detections (score above its calibrated
+    threshold) in the annotated region that hit a label, over ``nominal_precision``; 1 when unknown."""
+    from .metrics import match_greedy
+    from .types import Picks
+
+    n_det = n_hit = 0
+    for m, o in zip(train, oriented):
+        grid = o.teacher.copy()
+        grid[2] -= shift
+        xy, sc = detect(grid, stride, extent_px, 1.0, floor=0.5)
+        inside = _in_mask(xy, m.region > 0.5)
+        xy, sc = xy[inside], sc[inside]
+        if not len(xy):
+            continue
+        tp, _ = match_greedy(Picks(xy[:, 0], xy[:, 1], sc), m.xy, extent_px, centre=True)
+        n_det += len(xy)
+        n_hit += int((tp >= 0).sum())
+    if n_det < 10:
+        return 1.0, {"detections": n_det, "hits": n_hit, "estimated": False}
+    c = float(np.clip(n_hit / (nominal_precision * n_det), 0.05, 1.0))
+    return c, {"detections": n_det, "hits": n_hit, "estimated": True}
+
+
+def validate(head, val: list, val_feats: list, stride: int, extent_px: float, temperature: float) -> dict:
+    """Label AP of ``head`` on the validation micrographs, inside their annotated/held-out region."""
+    import torch
+
+    from .metrics import evaluate
+    from .types import Picks
+
+    picks, truth = {}, {}
+    was = head.training
+    head.eval()
+    with torch.inference_mode():
+        for k, (m, f) in enumerate(zip(val, val_feats)):
+            grid = head(f.float()[None])[0].numpy()
+            xy, sc = detect(grid, stride, extent_px, temperature)
+            mask = m.eval_mask if m.eval_mask is not None else m.region > 0.5
+            keep = _in_mask(xy, mask)
+            picks[str(k)] = Picks(xy[keep, 0], xy[keep, 1], sc[keep])
+            truth[str(k)] = m.xy[_in_mask(m.xy, mask)] if len(m.xy) else m.xy
+    head.train(was)
+    return evaluate(picks, truth, extent_px)
+
+
+def calibrated_threshold(res: dict, c: float, precision: float = 0.8) -> Optional[float]:
+    """Lowest score where precision against the labels reaches ``precision * c`` (best recall there)."""
+    pr = res["pr"]
+    if not len(pr["precision"]):
+        return None
+    ok = np.flatnonzero(pr["precision"] >= precision * c)
+    if not len(ok):
+        return None
+    k = ok[np.argmax(pr["recall"][ok])]
+    return float(pr["thresholds"][k])
+
+
+# -- the fine-tune -----------------------------------------------------------------------------------
+def _freeze_norms(module):
+    import torch
+
+    for mod in module.modules():
+        if isinstance(mod, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)):
+            mod.eval()
+
+
+def _generic_sets(n_specs: int, n_mics: int, extent_px: float, seed: int, log) -> list:
+    """Simulated source micrographs (dense labels) to mix into the batches."""
+    from .simulate import source_dataset_specs
+    from .train import simulate_sets
+
+    sets = simulate_sets(source_dataset_specs(n=n_specs, seed=1000 + seed), n_mics, extent_px, 0.0, seed,
+                         1, 50_000, log)
+    out = []
+    for s in sets:
+        for k, pm in enumerate(s.mics):
+            out.append(Labelled(f"{s.name}/{k}", pm.image, pm.xy, np.ones(pm.image.shape, np.float32)))
+    return out
+
+
+def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name: str, epochs=None,
+             out=None, log: Callable = print, should_stop: Optional[Callable[[], bool]] = None,
+             val_fraction: float = 0.2, mix_generic: float = 0.0, seed: int = 0, threads=None,
+             label_fraction: Optional[float] = None, region_radius: float = 3.0, crop: int = 128,
+             batch: int = 8, lr: float = 1e-3, patience: int = 6, lambda_tie: float = 0.01,
+             max_minutes: Optional[float] = None, memory_gb: float = 1.5) -> Optional[Path]:
+    """Train a new head ``head_name`` on ``micrographs`` labelled by ``coords`` ({name: Picks}).
+
+    ``base_model``: model file (None = the shipped generic model). ``epochs``: maximum number of epochs
+    (one epoch ~ the labelled area once; default 40, early stopping on validation AP with ``patience``).
+    ``label_fraction``: share of the particles the user picked (None = estimate; 1 = every particle in
+    the annotated region is picked). Returns the written model file (base heads + the new one), or None
+    when ``should_stop()`` became true (nothing is written).
+    """
+    import torch
+
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .criterion import Criterion, head_bias_loss
+    from .metrics import summary
+
+    t_start = time.time()
+    log = log or (lambda *a, **k: None)
+    if threads:
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    if not isinstance(head_name, str) or not HEAD_NAME.match(head_name):
+        raise FinetuneError(f"head name {head_name!r} is not valid: use letters, digits, '_', '-' or '.' "
+                            f"(e.g. --name apoferritin)")
+    if not (diameter_A and diameter_A > 0):
+        raise FinetuneError(f"particle diameter must be a positive number of Angstrom, got {diameter_A}")
+    net, meta, ck = load_checkpoint(base_model, with_ckpt=True)
+    base_path = meta.get("path")
+    if head_name in net.heads:
+        raise FinetuneError(f"model {base_path} already has a head named {head_name!r} (heads: "
+                            f"{', '.join(net.head_names)}); choose another --name")
+    extent, stride = float(meta["extent_px"]), int(meta["stride"])
+    temperature = float(meta.get("temperature", 1.0))
+    base_thr = float(meta.get("default_threshold", 0.5))
+    thr_generic = float(meta.get("head_thresholds", {}).get("generic", base_thr))
+    bs = net.preset.body_stride
+    fs = stride // bs  # feature pixels per grid cell
+
+    mics = load_labelled(micrographs, coords, diameter_A, extent, region_radius, log)
+    train, val = split_validation(mics, val_fraction, extent, rng)
+    n_picks = sum(m.info["n_picks"] for m in mics)
+    log(f"[finetune] {len(mics)} labelled micrographs, {n_picks} picks; {len(train)} for training, "
+        f"{len(val)} for validation" + (" (held-out strips)" if val and val[0].eval_mask is not None else ""))
+
+    mix = []
+    if mix_generic > 0:
+        mix = _generic_sets(4, 2, extent, seed, log)
+
+    # feature cache: as many dihedral orientations as fit in the memory budget
+    per_variant = sum(net.body.out_channels * (m.image.shape[0] // bs + fs) * (m.image.shape[1] // bs + fs) * 2
+                      for m in train + mix)
+    n_var = next((n for n in (8, 4, 2) if n * per_variant <= memory_gb * 2 ** 30), 1)
+    t0 = time.time()
+    net.eval()
+    variants = []   # (source index, Oriented) over train + mix
+    for k, (rot, flip) in enumerate(DIHEDRAL[:n_var]):
+        for i, m in enumerate(train + mix):
+            if should_stop is not None and should_stop():
+                log("[finetune] stopped on request; nothing written")
+                return None
+            variants.append((i, orient(net, m, rot, flip, temperature)))
+    val_feats = [body_features(net, _pad_to(m.image, stride)) for m in val]
+    log(f"[finetune] body features of {len(train) + len(mix)} micrographs x {n_var} orientations cached in "
+        f"{time.time() - t0:.0f} s")
+
+    # sparse labels: label fraction and per-cell weights
+    ident = [o for i, o in variants[:len(train)]]
+    shift = _logit(thr_generic)
+    est_c, c_info = estimate_label_fraction(train, ident, stride, extent, shift)
+    c = est_c if label_fraction is None else float(label_fraction)
+    for i, o in variants:
+        if i < len(train):
+            o.weight = pu_weights(o.region, _sigmoid(o.teacher[2] - shift), o.cls, c)
+        else:
+            o.weight = np.ones_like(o.region)
+    log(f"[finetune] label fraction {c:.2f} ({'estimated' if label_fraction is None else 'given'}; "
+        f"generic detections {c_info['detections']}, on labels {c_info['hits']})")
+
+    # the new head
+    head = net.add_head(head_name, init_from="generic")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for p in head.parameters():
+        p.requires_grad_(True)
+    head.train()
+    _freeze_norms(head)
+    opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=1e-5)
+    crit = Criterion()
+
+    g = max(2, crop // stride)
+    g = min([g] + [min(o.cls.shape) for _, o in variants])
+    own = [o for i, o in variants if i < len(train)]
+    gen = [o for i, o in variants if i >= len(train)]
+    area = sum(m.image.size for m in train)
+    steps_per_epoch = int(np.clip(math.ceil(area / float((g * stride) ** 2) / batch), 10, 200))
+    max_epochs = int(epochs) if epochs else 40
+    if not val:
+        log("[finetune] no validation data: training a fixed number of epochs, no early stopping")
+
+    def sample(pool):
+        o = pool[int(rng.integers(0, len(pool)))]
+        gh, gw = o.cls.shape
+        for _ in range(8):
+            i0, j0 = int(rng.integers(0, gh - g + 1)), int(rng.integers(0, gw - g + 1))
+            w = o.weight[i0:i0 + g, j0:j0 + g]
+            if w.mean() > 0.1:
+                break
+        f = o.feats[:, i0 * fs:(i0 + g) * fs, j0 * fs:(j0 + g) * fs]
+        return f, o.cls[i0:i0 + g, j0:j0 + g], o.off[:, i0:i0 + g, j0:j0 + g], w
+
+    history, best = [], (-1.0, None, 0)
+    step = 0
+    deadline = t_start + max_minutes * 60 if max_minutes else None
+    epoch = 0
+    for epoch in range(1, max_epochs + 1):
+        losses = []
+        for _ in range(steps_per_epoch):
+            if should_stop is not None and should_stop():
+                log("[finetune] stopped on request; nothing written")
+                return None
+            n_gen = int(rng.binomial(batch, mix_generic)) if gen else 0
+            items = [sample(gen) for _ in range(n_gen)] + [sample(own) for _ in range(batch - n_gen)]
+            f = torch.stack([it[0] for it in items]).float()
+            cls = torch.from_numpy(np.stack([it[1] for it in items]))
+            off = torch.from_numpy(np.stack([it[2] for it in items]))
+            wt = torch.from_numpy(np.stack([it[3] for it in items]))
+            loss, parts = crit(head(f), cls, off, wt)
+            if lambda_tie:
+                loss = loss + lambda_tie * head_bias_loss(net, [head_name])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), 10.0)
+            opt.step()
+            losses.append(float(loss))
+            step += 1
+        rec = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(time.time() - t_start, 1)}
+        if val:
+            res = validate(head, val, val_feats, stride, extent, temperature)
+            rec["val_AP"] = float(res["AP"]) if np.isfinite(res["AP"]) else 0.0
+            if rec["val_AP"] > best[0] + 1e-4:
+                best = (rec["val_AP"], copy.deepcopy(head.state_dict()), epoch)
+        history.append(rec)
+        log(f"[finetune] epoch {epoch}: loss {rec['loss']:.4f}"
+            + (f", validation AP {rec['val_AP']:.3f} (best {best[0]:.3f} at epoch {best[2]})" if val else "")
+            + f" ({rec['seconds']:.0f} s)")
+        if val and epoch - best[2] >= patience:
+            log(f"[finetune] early stop: no validation gain in {patience} epochs")
+            break
+        if deadline and time.time() > deadline:
+            log(f"[finetune] time limit of {max_minutes} min reached")
+            break
+
+    if best[1] is not None:
+        head.load_state_dict(best[1])
+    head.eval()
+    thr, val_summary = None, None
+    if val:
+        res = validate(head, val, val_feats, stride, extent, temperature)
+        thr = calibrated_threshold(res, c)
+        if thr is None and np.isfinite(res.get("threshold", np.nan)):
+            thr = float(res["threshold"])
+        val_summary = summary(res)
+    if thr is None:
+        thr = base_thr
+        log(f"[finetune] no calibrated threshold (no validation data reached the precision); "
+            f"using the base model's {thr:.3f}")
+
+    # the model file: base heads + the new one
+    out = Path(out) if out else Path.cwd() / f"{head_name}.pt"
+    new_meta = {k: v for k, v in meta.items() if k != "path"}
+    head_thr = dict(new_meta.get("head_thresholds") or {})
+    head_thr.setdefault("generic", base_thr)
+    head_thr[head_name] = float(thr)
+    new_meta["head_thresholds"] = head_thr
+    new_meta["default_threshold"] = float(thr)
+    new_meta["default_head"] = head_name
+    new_meta.setdefault("head_diameters", {})
+    new_meta["head_diameters"] = {**new_meta["head_diameters"], head_name: float(diameter_A)}
+    info = {
+        "base_model": str(base_path), "diameter_A": float(diameter_A),
+        "micrographs": [m.name for m in mics], "train_micrographs": [m.name for m in train],
+        "validation_micrographs": [m.name for m in val],
+        "validation": "strips" if val and val[0].eval_mask is not None else ("micrographs" if val else "none"),
+        "n_picks": int(n_picks), "label_fraction": c, "label_fraction_estimated": label_fraction is None,
+        "region_radius_diameters": region_radius, "mix_generic": mix_generic, "orientations": n_var,
+        "epochs": epoch, "best_epoch": best[2] if val else epoch, "steps": step,
+        "validation_AP": best[0] if val else None, "threshold": float(thr),
+        "seconds": round(time.time() - t_start, 1), "history": history,
+        "validation_metrics": val_summary, "seed": seed,
+    }
+    new_meta["finetune"] = {**(new_meta.get("finetune") or {}), head_name: info}
+    base_half = any(v.dtype == torch.float16 for v in ck["model"].values() if torch.is_tensor(v))
+    save_checkpoint(out, net, new_meta, half=base_half)
+    log(f"[finetune] head {head_name!r}: validation AP {info['validation_AP'] if val else float('nan'):.3f}, "
+        f"threshold {thr:.3f}; wrote {out} ({time.time() - t_start:.0f} s)")
+    return out

@@ -1,0 +1,62 @@
+"""Decode network grids to coordinates, suppress duplicates, exclude edges.
+
+Decoding is the exact inverse of :func:`hydrapicker.criterion.encode`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .criterion import OFFSET_RANGE
+from .types import Picks
+
+
+def decode_grid(grid: np.ndarray, stride: int, temperature: float = 1.0, floor: float = 0.0):
+    """(3, H, W) raw outputs -> (xy (N, 2) in rescaled px, score (N,)) for cells with score >= floor.
+
+    score = sigmoid(logit / temperature): a calibrated probability (higher = better).
+    """
+    H, W = grid.shape[1:]
+    logit = grid[2].astype(np.float64) / float(temperature)
+    score = 1.0 / (1.0 + np.exp(-np.clip(logit, -60, 60)))
+    i, j = np.nonzero(score >= floor)
+    dx = np.tanh(grid[0, i, j].astype(np.float64)) * OFFSET_RANGE
+    dy = np.tanh(grid[1, i, j].astype(np.float64)) * OFFSET_RANGE
+    x = (j + 0.5 + dx) * stride - 0.5
+    y = (i + 0.5 + dy) * stride - 0.5
+    return np.stack([x, y], axis=1), score[i, j]
+
+
+def suppress_duplicates(xy: np.ndarray, score: np.ndarray, min_distance: float) -> np.ndarray:
+    """Greedy non-maximum suppression by distance: indices kept, highest score first."""
+    n = len(score)
+    if n == 0 or min_distance <= 0:
+        return np.argsort(-score, kind="stable")
+    from scipy.spatial import cKDTree
+
+    order = np.argsort(-score, kind="stable")
+    tree = cKDTree(xy)
+    removed = np.zeros(n, bool)
+    keep = []
+    for idx in order:
+        if removed[idx]:
+            continue
+        keep.append(idx)
+        for other in tree.query_ball_point(xy[idx], r=min_distance - 1e-9):
+            removed[other] = True
+    return np.asarray(keep, dtype=int)
+
+
+def to_picks(xy_rescaled: np.ndarray, score: np.ndarray, scale_xy, shape, min_distance_px: float,
+             edge_px: float = 0.0) -> Picks:
+    """Rescaled coordinates -> Picks in pixels of the micrograph as stored, NMS'ed, edges excluded.
+
+    ``scale_xy`` = (rescaled nx / nx, rescaled ny / ny). Fourier rescaling keeps sample 0 in place, so
+    x_original = x_rescaled / scale_x exactly.
+    """
+    ny, nx = shape
+    x = xy_rescaled[:, 0] / scale_xy[0]
+    y = xy_rescaled[:, 1] / scale_xy[1]
+    inside = (x >= edge_px) & (x <= nx - 1 - edge_px) & (y >= edge_px) & (y <= ny - 1 - edge_px)
+    x, y, score = x[inside], y[inside], score[inside]
+    keep = suppress_duplicates(np.stack([x, y], 1), score, min_distance_px)
+    return Picks(x[keep], y[keep], score[keep])

@@ -1,0 +1,266 @@
+"""Assemble one simulated micrograph: place particles, project, add support/ice/contamination, CTF, noise.
+
+Image formation (weak-phase object, everything in "protein thickness" units):
+    phi   = projected pseudo-atoms (+ junk, aggregates, carbon film, contamination)
+    image = background(x, y) + irfft(H * rfft(phi)) + structural noise (CTF-filtered, ~1/f) + shot noise
+with H = CTF x pseudo-atom Gaussian x B-factor envelope x pixel integration. The noise level is set from the
+per-pixel SNR: the mean signal power of an isolated particle inside its disc, over the noise variance.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import fft as sfft
+
+from . import noise as nz
+from .ctf import ctf_2d, freq_grid, gaussian_ft
+from .particles import ParticleModel, build_particle
+from .projection import footprint_cells, orientation, orientations, splat
+
+
+@dataclass
+class SimMicrograph:
+    image: np.ndarray          # float32 (ny, nx)
+    xy: np.ndarray             # float64 (N, 2) true centres inside the image, x = column, y = row
+    pixel_size: float
+    diameter_A: float
+    name: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def diameter_px(self) -> float:
+        return self.diameter_A / self.pixel_size
+
+
+def particle_model(spec) -> ParticleModel:
+    return build_particle(spec.family, spec.particle, spec.diameter_A, spec.pixel_size)
+
+
+def _rotations(rng, n, kappa):
+    return orientations(rng, n, kappa)
+
+
+def _transfer(shape, px, ctf_kw, sigma_A, grid=None):
+    kx, ky = grid if grid is not None else freq_grid(shape, px)
+    k2 = kx * kx + ky * ky
+    h = ctf_2d(shape, px, grid=(kx, ky), **ctf_kw)
+    h = h * gaussian_ft(k2, sigma_A) * np.sinc(kx * px) * np.sinc(ky * px)  # atoms, pixel integration
+    return h.astype(np.float32), np.sqrt(k2)
+
+
+def _reference_power(model, px, ctf_kw, rng, n=3) -> float:
+    """Mean signal power per pixel inside the disc of an isolated particle (random views)."""
+    d = model.diameter_A / px
+    b = sfft.next_fast_len(int(2 * d) + 24)
+    h, _ = _transfer((b, b), px, ctf_kw, model.sigma_A)
+    yy, xx = np.mgrid[:b, :b]
+    disc = (xx - b / 2) ** 2 + (yy - b / 2) ** 2 <= (d / 2) ** 2
+    p = 0.0
+    for _ in range(n):
+        r = orientation(rng, 0.0)
+        xy = model.xyz @ (r[:2].T / px)
+        img = splat((b, b), xy[:, 0] + b / 2, xy[:, 1] + b / 2, model.weight / px ** 2)
+        s = sfft.irfft2(sfft.rfft2(img) * h, s=(b, b))
+        p += float(np.mean(s[disc] ** 2))
+    return p / n
+
+
+def _junk_atoms(rng, radius_px, n_atoms, thickness_scale):
+    """An irregular small lump of density (denatured protein, fragments): points in a random ellipsoid."""
+    r = radius_px * rng.uniform(0.5, 1.0, 3)
+    p = rng.standard_normal((n_atoms, 3))
+    p = p / np.linalg.norm(p, axis=1, keepdims=True) * rng.random((n_atoms, 1)) ** (1 / 3) * r
+    vol_px = 4 / 3 * np.pi * np.prod(r)
+    return p[:, :2], np.full(n_atoms, thickness_scale * vol_px / n_atoms, np.float32)
+
+
+def simulate_micrograph(spec, index: int) -> SimMicrograph:
+    """Simulate micrograph ``index`` of dataset ``spec`` (deterministic in (spec, index))."""
+    rng = np.random.default_rng([int(spec.seed), int(index), 20240611])
+    model = particle_model(spec)
+    px = float(spec.pixel_size)
+    d = spec.diameter_A / px
+    ny, nx = spec.shape
+    margin = int(np.ceil(0.6 * d)) + 8
+    Ny, Nx = sfft.next_fast_len(ny + 2 * margin, real=True), sfft.next_fast_len(nx + 2 * margin, real=True)
+    canvas = (Ny, Nx)
+
+    # ---- imaging parameters of this micrograph
+    df = rng.uniform(*spec.defocus_um) * 1e4
+    astig = rng.uniform(0, spec.astig_um) * 1e4
+    ctf_kw = dict(defocus_u_A=df + astig / 2, defocus_v_A=df - astig / 2, angle_deg=rng.uniform(-180, 180),
+                  voltage_kV=spec.voltage_kV, cs_mm=spec.cs_mm, amp_contrast=spec.amp_contrast,
+                  phase_shift_deg=(rng.uniform(60, 120) if spec.phase_plate else 0.0),
+                  bfactor=rng.uniform(*spec.bfactor))
+    snr = float(np.exp(rng.uniform(*np.log(spec.snr))))
+    empty = rng.random() < spec.p_empty
+
+    # ---- occupancy on a coarse grid (particles avoid carbon, contamination and each other)
+    cell = max(1.0, d / 10)
+    gshape = (int(np.ceil(Ny / cell)), int(np.ceil(Nx / cell)))
+    occupied = np.zeros(gshape[0] * gshape[1], bool)
+
+    def occupy_mask(mask, thr=0.5):
+        small = mask[::max(1, int(cell)), ::max(1, int(cell))] > thr
+        gy, gx = gshape
+        occ = np.zeros(gshape, bool)
+        occ[:min(gy, small.shape[0]), :min(gx, small.shape[1])] = small[:gy, :gx]
+        np.logical_or(occupied, occ.ravel(), out=occupied)
+
+    background_amp = np.zeros(canvas, np.float32)  # in units of the noise std, added after the CTF
+    phase_extra = np.zeros(canvas, np.float32)     # non-particle phase objects (protein-thickness A)
+    struct_amp = np.ones(canvas, np.float32)       # local amplitude of structural noise
+    info = {"defocus_u_A": ctf_kw["defocus_u_A"], "defocus_v_A": ctf_kw["defocus_v_A"],
+            "defocus_angle": ctf_kw["angle_deg"], "phase_shift_deg": ctf_kw["phase_shift_deg"],
+            "bfactor": ctf_kw["bfactor"], "snr": snr, "empty": bool(empty)}
+
+    # ice thickness: gradient + smooth variations -> darker and noisier where thicker
+    thick = spec.ice_gradient * rng.uniform(0, 1) * (0.6 * nz.linear_gradient(canvas, rng)
+                                                     + 0.4 * nz.smooth_field(canvas, rng, n_waves=4))
+    background_amp -= thick
+    struct_amp *= np.sqrt(np.clip(1 + 0.3 * thick, 0.3, None))
+
+    carbon = None
+    if rng.random() < spec.p_carbon:
+        carbon = nz.carbon_mask(canvas, rng, edge_px=max(1.0, 0.3 * 100 / px))
+        background_amp -= rng.uniform(0.5, 2.5) * carbon
+        phase_extra += rng.uniform(100, 400) * carbon  # film thickness (protein-equivalent A)
+        struct_amp += rng.uniform(0.5, 1.5) * carbon
+        occupy_mask(carbon, 0.2)
+    info["carbon"] = carbon is not None
+
+    n_cont = int(rng.poisson(spec.contamination))
+    for _ in range(n_cont):
+        cx, cy = rng.uniform(0, Nx), rng.uniform(0, Ny)
+        rad = 0.5 * d * np.exp(rng.uniform(np.log(0.6), np.log(8.0)))
+        m, (y0, y1, x0, x1) = nz.blob_mask(canvas, rng, cx, cy, rad, irregularity=rng.uniform(0.05, 0.4),
+                                           edge_px=rng.uniform(0.7, 3.0))
+        if m.size == 0:
+            continue
+        background_amp[y0:y1, x0:x1] -= rng.uniform(2.0, 10.0) * m
+        phase_extra[y0:y1, x0:x1] += rng.uniform(50, 400) * m
+        full = np.zeros(canvas, np.float32)
+        full[y0:y1, x0:x1] = m
+        occupy_mask(full, 0.1)
+    info["n_contamination"] = n_cont
+
+    info["crystalline_ice"] = bool(rng.random() < spec.p_crystalline)
+    if info["crystalline_ice"]:
+        patch = np.zeros(canvas, np.float32)
+        m, (y0, y1, x0, x1) = nz.blob_mask(canvas, rng, rng.uniform(0, Nx), rng.uniform(0, Ny),
+                                           rng.uniform(0.2, 0.6) * max(Ny, Nx), 0.3, 20.0)
+        patch[y0:y1, x0:x1] = m
+        background_amp += rng.uniform(0.3, 1.2) * patch * nz.crystalline_ice(canvas, rng, px)
+
+    # ---- particles (and things that look a bit like them but are not picked)
+    sub = model.xyz[:: max(1, len(model.xyz) // 200)]
+    probe = _rotations(rng, 4, spec.pref_kappa)
+    area_cells = np.mean([_footprint_area(sub @ (r[:2].T / px), cell) for r in probe])
+    mean_area = max(area_cells * cell * cell, 1.0)
+    xs, ys, ws = [], [], []
+    truth = []
+
+    def add(rot, cx, cy):
+        xy = model.xyz @ (rot[:2].T / px)
+        xs.append(xy[:, 0] + cx)
+        ys.append(xy[:, 1] + cy)
+        ws.append(model.weight / px ** 2)
+
+    n_agg = int(rng.poisson(1.5)) if (rng.random() < spec.p_aggregate and not empty) else 0
+    for _ in range(n_agg):  # clumps of overlapping particles: not picked
+        ax, ay = rng.uniform(0, Nx), rng.uniform(0, Ny)
+        k = int(rng.integers(3, 12))
+        spread = 0.35 * d * np.sqrt(k)
+        for _ in range(k):
+            cx, cy = ax + rng.normal(0, spread), ay + rng.normal(0, spread)
+            rot = orientation(rng, 0.0)
+            add(rot, cx, cy)
+            occupied[footprint_cells(sub @ (rot[:2].T / px), cx, cy, cell, gshape)] = True
+    info["n_aggregates"] = n_agg
+
+    if not empty:
+        coverage = rng.uniform(*spec.coverage)
+        n_target = int(coverage * Ny * Nx / mean_area)
+        tries, chunk = 0, 256
+        while len(truth) < n_target and tries < 3 * n_target + 50:
+            rots = _rotations(rng, chunk, spec.pref_kappa)
+            pos = rng.random((chunk, 2)) * [Nx, Ny]
+            subs = np.einsum("mk,njk->nmj", sub, rots[:, :2, :] / px)
+            for i in range(chunk):
+                if len(truth) >= n_target:
+                    break
+                tries += 1
+                cx, cy = pos[i]
+                cells = footprint_cells(subs[i], cx, cy, cell, gshape)
+                if len(cells) == 0 or occupied[cells].mean() > spec.max_overlap:
+                    continue
+                occupied[cells] = True
+                add(rots[i], cx, cy)
+                truth.append((cx - margin, cy - margin))
+
+    n_junk = int(rng.poisson(spec.junk * max(len(truth), 5)))
+    for _ in range(n_junk):
+        jxy, jw = _junk_atoms(rng, 0.5 * d * rng.uniform(0.15, 0.45), 60, rng.uniform(0.6, 1.0))
+        cx, cy = rng.uniform(0, Nx), rng.uniform(0, Ny)
+        xs.append(jxy[:, 0] + cx)
+        ys.append(jxy[:, 1] + cy)
+        ws.append(jw)
+    info["n_junk"] = n_junk
+
+    # ---- image formation
+    if xs:
+        phi = splat(canvas, np.concatenate(xs), np.concatenate(ys), np.concatenate(ws).astype(np.float32))
+    else:
+        phi = np.zeros(canvas, np.float32)
+    phi += phase_extra
+    h, kmag = _transfer(canvas, px, ctf_kw, model.sigma_A)
+    # final low-pass of the whole image (detector MTF / binning filter): amplitude a at Nyquist
+    lp = np.exp(np.log(rng.uniform(*spec.nyquist_attenuation)) * (kmag * 2 * px) ** 2).astype(np.float32)
+    signal = sfft.irfft2(sfft.rfft2(phi, workers=1) * (h * lp), s=canvas, workers=1)
+
+    sig_power = _reference_power(model, px, ctf_kw, rng)
+    sigma_n = np.sqrt(sig_power / snr)
+    f_struct = rng.uniform(*spec.structural_fraction)
+    # noise made directly in Fourier space: structural (ice/solvent: ~1/f, mostly CTF-modulated, which
+    # gives the Thon rings) + shot noise (white), both through the final low-pass; unit variance each
+    ice_f = nz.ice_spectrum_filter(kmag, px, rng.uniform(*spec.ice_alpha), k0_A=spec.diameter_A)
+    hs = ctf_2d(canvas, px, grid=freq_grid(canvas, px), **ctf_kw)
+    c = rng.uniform(0.6, 0.95)
+    hs = np.sqrt(c) * hs * np.sqrt(2) + np.sqrt(1 - c)  # CTF-modulated (mean-square ~1) and plain parts
+    f_noise = _unit_rms(ice_f * hs * lp, Nx) * np.float32(np.sqrt(f_struct))
+    f_shot = _unit_rms(lp, Nx) * np.float32(np.sqrt(1 - f_struct))
+    n_full = Ny * Nx
+    g = rng.standard_normal((2, 2) + f_noise.shape, dtype=np.float32) * np.float32(np.sqrt(n_full / 2))
+    spec_noise = f_noise * (g[0, 0] + 1j * g[0, 1]) + f_shot * (g[1, 0] + 1j * g[1, 1])
+    noise = sfft.irfft2(spec_noise, s=canvas, workers=1)
+
+    sl = (slice(margin, margin + ny), slice(margin, margin + nx))
+    img = signal[sl] + sigma_n * (struct_amp[sl] * noise[sl] + spec.background_scale * background_amp[sl])
+    gain = np.exp(rng.uniform(np.log(0.5), np.log(2.0))) / sigma_n
+    img = (img * gain + rng.uniform(-2, 10)).astype(np.float32)
+
+    xy = np.asarray(truth, np.float64).reshape(-1, 2)
+    inside = (xy[:, 0] >= 0) & (xy[:, 0] <= nx - 1) & (xy[:, 1] >= 0) & (xy[:, 1] <= ny - 1)
+    xy = xy[inside]
+    info.update(n_particles=int(len(xy)), n_particles_canvas=len(truth), structural_fraction=f_struct, 
+                signal_power=sig_power, sigma_noise=float(sigma_n))
+    name = f"{spec.name}_{int(index):03d}"
+    return SimMicrograph(img, xy, px, float(spec.diameter_A), name, info)
+
+
+def _unit_rms(f, nx):
+    """Scale an rfft2-domain filter (of an image nx wide) so that filtered unit white noise keeps unit
+    variance."""
+    w = np.full(f.shape[1], 2.0, np.float32)
+    w[0] = 1.0
+    if nx % 2 == 0:
+        w[-1] = 1.0
+    ms = float((f * f * w).sum() / (f.shape[0] * nx))
+    return (f / np.sqrt(ms)).astype(np.float32)
+
+
+def _footprint_area(xy, cell) -> int:
+    ix = np.floor(xy[:, 0] / cell).astype(np.int64)
+    iy = np.floor(xy[:, 1] / cell).astype(np.int64)
+    return len(np.unique((iy - iy.min()) * (ix.max() - ix.min() + 1) + (ix - ix.min())))

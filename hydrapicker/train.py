@@ -1,0 +1,287 @@
+"""Multi-dataset training of the HydraPicker model (thesis recipe), resumable.
+
+Phase 1 trains the body and the ``generic`` head on every source dataset (each mini-batch drawn from one
+dataset). Phase 2 gives every source dataset its own head, initialised from the generic head, and trains
+them with the head-bias loss ``(1/N) sum_k ||W_k - W_generic||`` that ties them to the generic head, which
+keeps learning from every batch as well. Checkpoints are ``{model, optimizer, epoch, args, meta}`` dicts
+written atomically every few minutes; a run restarted with the same ``--out`` resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .data import PreparedSet, make_batch, prepare_with_truth
+
+
+# -- data -------------------------------------------------------------------------------------------
+def _simulate_prepared(job):
+    spec_dict, index, extent_px, jitter, seed = job
+    from .simulate import DatasetSpec, simulate_micrograph
+
+    spec = DatasetSpec.from_dict(spec_dict)
+    sim = simulate_micrograph(spec, index)
+    rng = np.random.default_rng(seed)
+    return prepare_with_truth(sim.image, sim.xy, sim.pixel_size, sim.diameter_A, extent_px,
+                              scale_jitter=jitter, rng=rng, name=sim.name)
+
+
+def simulate_sets(specs, n_mics: int, extent_px: float, jitter: float, seed: int, workers: int = 1,
+                  first_index: int = 0, log: Callable = print) -> list:
+    """Simulate ``n_mics`` micrographs of every spec and prepare them at the model's extent."""
+    jobs = [(s.to_dict(), first_index + i, extent_px, jitter, seed * 1000003 + k * 1009 + i)
+            for k, s in enumerate(specs) for i in range(n_mics)]
+    t0 = time.time()
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            mics = pool.map(_simulate_prepared, jobs, chunksize=2)
+    else:
+        mics = [_simulate_prepared(j) for j in jobs]
+    sets = [PreparedSet(s.name, mics[k * n_mics:(k + 1) * n_mics], {"spec": s.to_dict()})
+            for k, s in enumerate(specs)]
+    log(f"[train] simulated {len(jobs)} micrographs of {len(specs)} datasets in {time.time() - t0:.0f} s")
+    return sets
+
+
+# -- evaluation on prepared micrographs ------------------------------------------------------------
+def predict_prepared(net, image: np.ndarray, head: str, stride: int, extent_px: float, floor=0.02):
+    """Picks (rescaled px) on a prepared image: decode + NMS at half the particle extent."""
+    import torch
+
+    from .postprocess import decode_grid, suppress_duplicates
+
+    s = stride
+    ph, pw = (-image.shape[0]) % s, (-image.shape[1]) % s
+    img = np.pad(image, ((0, ph), (0, pw))) if (ph or pw) else image
+    with torch.inference_mode():
+        g = net(torch.from_numpy(np.ascontiguousarray(img))[None, None], head)[0].numpy()
+    xy, score = decode_grid(g, s, 1.0, floor)
+    keep = suppress_duplicates(xy, score, 0.5 * extent_px)
+    return xy[keep], score[keep]
+
+
+def evaluate_sets(net, sets, head_for: Callable, stride: int, extent_px: float) -> dict:
+    """AP (thesis rule) per dataset on prepared micrographs; returns {name: metrics} and pooled scores."""
+    from .metrics import evaluate
+    from .types import Picks
+
+    was_training = net.training
+    net.eval()
+    out = {}
+    for ds in sets:
+        picks, truth = {}, {}
+        for k, mic in enumerate(ds.mics):
+            xy, sc = predict_prepared(net, mic.image, head_for(ds.name), stride, extent_px)
+            picks[str(k)] = Picks(xy[:, 0], xy[:, 1], sc)
+            truth[str(k)] = mic.xy
+        out[ds.name] = evaluate(picks, truth, extent_px)
+    net.train(was_training)
+    return out
+
+
+def calibrate_threshold(net, sets, stride, extent_px, precision=0.8) -> float:
+    """The lowest score at which pooled precision on source validation data reaches ``precision``."""
+    from .metrics import evaluate
+    from .types import Picks
+
+    picks, truth = {}, {}
+    net.eval()
+    for ds in sets:
+        for k, mic in enumerate(ds.mics):
+            xy, sc = predict_prepared(net, mic.image, "generic", stride, extent_px)
+            picks[f"{ds.name}/{k}"] = Picks(xy[:, 0], xy[:, 1], sc)
+            truth[f"{ds.name}/{k}"] = mic.xy
+    res = evaluate(picks, truth, extent_px)
+    thr = res.get("threshold_p80")
+    if thr is None or not np.isfinite(thr):
+        return 0.5
+    return float(thr)
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+class JsonLog:
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, **rec):
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(rec, default=float) + "\n")
+
+
+def lr_at(step, total, base, cycle, warmup=200):
+    """Linear warm-up, then cosine annealing with warm restarts every ``cycle`` steps."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) % max(cycle, 1)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t / max(cycle, 1))))
+
+
+def run_training(args, log: Callable = print, should_stop: Optional[Callable] = None) -> Path:
+    """Train per ``args`` (see :mod:`hydrapicker.commands.train`); returns the final model path."""
+    import torch
+
+    from .checkpoint import make_meta, read_checkpoint, save_checkpoint
+    from .criterion import Criterion, head_bias_loss
+    from .model import GENERIC, build_model
+    from .simulate import source_dataset_specs
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, final_path = out / "checkpoint.pt", out / "model.pt"
+    jlog = JsonLog(out / "log.jsonl")
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+
+    specs = source_dataset_specs(n=args.datasets, seed=args.seed)
+    net = build_model(args.preset)
+    extent, stride = net.preset.extent_px, net.stride
+    train_sets = simulate_sets(specs, args.mics_per_dataset, extent, args.scale_jitter, args.seed,
+                               args.workers, 0, log)
+    val_sets = simulate_sets(specs, args.val_mics, extent, 0.0, args.seed + 1, args.workers,
+                             10_000, log)
+    ds_heads = [f"ds{k:02d}" for k in range(len(specs))]
+    crit = Criterion(lambda_loc=args.lambda_loc)
+
+    step, phase = 0, 1
+    total1, total2 = args.steps, args.phase2_steps
+
+    def make_opt():
+        return torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=args.lr,
+                                weight_decay=1e-5)
+
+    opt = make_opt()
+    if ckpt_path.exists() and not args.restart:
+        ck = read_checkpoint(ckpt_path)
+        phase = int(ck["args"].get("phase", 1))
+        if phase == 2:
+            for h in ds_heads:
+                if h not in net.heads:
+                    net.add_head(h)
+            opt = make_opt()
+        net.load_state_dict(ck["model"])
+        if ck.get("optimizer"):
+            opt.load_state_dict(ck["optimizer"])
+        step = int(ck["epoch"])
+        total1 = int(ck["args"].get("phase1_end", total1)) if phase == 2 else total1
+        log(f"[train] resumed from {ckpt_path} at phase {phase}, step {step}")
+
+    def save(path=ckpt_path, final=False, extra_meta=None):
+        meta = make_meta(net, training=training_meta(), **(extra_meta or {}))
+        save_checkpoint(path, net, meta, optimizer=None if final else opt, epoch=step,
+                        args={**{k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))
+                                 or v is None}, "phase": phase, "phase1_end": total1}, half=final)
+
+    def training_meta():
+        return {"recipe": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))},
+                "datasets": [s.to_dict() for s in specs], "dataset_heads": ds_heads,
+                "simulator": "hydrapicker.simulate", "phase": phase, "step": step}
+
+    net.train()
+    t_last_ckpt = time.time()
+    t0 = time.time()
+    budget_s = (args.hours or 0) * 3600.0
+    t_start_budget = time.time() - float(getattr(args, "_elapsed_before", 0.0))
+    while True:
+        elapsed = time.time() - t_start_budget
+        if budget_s and phase == 1 and elapsed > args.phase1_fraction * budget_s and step < total1:
+            log(f"[train] time budget: phase 1 ends at step {step}")
+            total1 = step
+        if budget_s and phase == 2 and elapsed > budget_s and step < total1 + total2:
+            log(f"[train] time budget: phase 2 ends at step {step}")
+            total2 = step - total1
+        if phase == 1 and step >= total1:
+            save()
+            if total2 <= 0:
+                break
+            phase = 2
+            for h in ds_heads:
+                if h not in net.heads:
+                    net.add_head(h)
+            opt = make_opt()
+            log(f"[train] phase 2: {len(ds_heads)} dataset heads tied to the generic head")
+        if phase == 2 and step >= total1 + total2:
+            break
+        if should_stop is not None and should_stop():
+            save()
+            log("[train] stopped on request; checkpoint saved")
+            return ckpt_path
+        k = int(rng.integers(0, len(train_sets)))
+        imgs, cls, off, wt = make_batch(train_sets[k], args.batch, args.crop, stride, rng)
+        lr = lr_at(step if phase == 1 else step - total1, total1, args.lr * (1.0 if phase == 1 else 0.3),
+                   args.cycle)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        feats = net.body(imgs)
+        loss_g, parts = crit(net.heads[GENERIC](feats), cls, off, wt)
+        loss = loss_g
+        if phase == 2:
+            loss_k, parts_k = crit(net.heads[ds_heads[k]](feats), cls, off, wt)
+            bias = head_bias_loss(net, ds_heads)
+            loss = loss_k + args.generic_weight * loss_g + args.lambda_bias * bias
+            parts = {**parts, "head_cls": parts_k["cls"], "bias": float(bias)}
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+        opt.step()
+        step += 1
+        if step % args.log_every == 0:
+            rec = {"step": step, "phase": phase, "loss": float(loss), **parts, "lr": lr,
+                   "elapsed_s": round(time.time() - t0, 1), "dataset": train_sets[k].name}
+            jlog.write(**rec)
+            log(f"[train] step {step} phase {phase} loss {float(loss):.4f} cls {parts['cls']:.4f} "
+                f"loc {parts['loc']:.4f} lr {lr:.2e} ({time.time() - t0:.0f} s)")
+        if args.val_every and step % args.val_every == 0:
+            res = evaluate_sets(net, val_sets, lambda n: GENERIC, stride, extent)
+            aps = {n: round(r["AP"], 4) for n, r in res.items()}
+            jlog.write(step=step, phase=phase, val_AP_mean=float(np.mean(list(aps.values()))), val_AP=aps)
+            log(f"[train] step {step} validation AP (generic head) mean {np.mean(list(aps.values())):.3f}")
+        if time.time() - t_last_ckpt > args.checkpoint_minutes * 60:
+            save()
+            t_last_ckpt = time.time()
+        if args.refresh_every and phase == 1 and step % args.refresh_every == 0:
+            # more particle diversity for the generic head: replace one dataset's micrographs
+            j = int(rng.integers(0, len(train_sets)))
+            idx0 = (step // args.refresh_every) * args.mics_per_dataset + 100
+            train_sets[j] = simulate_sets([specs[j]], args.mics_per_dataset, extent, args.scale_jitter,
+                                          args.seed + step, 1, idx0, lambda *a: None)[0]
+
+    # final: validation, calibration, model file
+    net.eval()
+    res = evaluate_sets(net, val_sets, lambda n: GENERIC, stride, extent)
+    val = {n: round(float(r["AP"]), 4) for n, r in res.items()}
+    extra = {"validation_AP": val, "validation_AP_mean": float(np.mean(list(val.values())))}
+    if phase == 2:
+        res_h = evaluate_sets(net, val_sets, lambda n: ds_heads[[s.name for s in specs].index(n)], stride, extent)
+        extra["validation_AP_dataset_heads"] = {n: round(float(r["AP"]), 4) for n, r in res_h.items()}
+    thr = calibrate_threshold(net, val_sets, stride, extent)
+    extra["default_threshold"] = thr
+    save(ckpt_path)
+    save(final_path, final=True, extra_meta=extra)
+    jlog.write(step=step, final=True, **extra)
+    log(f"[train] done: validation AP mean {extra['validation_AP_mean']:.3f}, default threshold {thr:.3f}; "
+        f"wrote {final_path}")
+    return final_path
+
+
+def strip_heads(src, dst, keep=("generic",)):
+    """Write a copy of a model file that keeps only some heads (the shipped file keeps ``generic``)."""
+    from .checkpoint import load_checkpoint, save_checkpoint
+
+    net, meta, ck = load_checkpoint(src, with_ckpt=True)
+    for name in list(net.heads.keys()):
+        if name not in keep:
+            del net.heads[name]
+    meta.pop("path", None)
+    save_checkpoint(dst, net, meta, epoch=ck.get("epoch"), args=ck.get("args"), half=True)
+    return Path(dst)

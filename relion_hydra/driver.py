@@ -1,0 +1,81 @@
+"""The frame both External-job programs share: help, ``--o``, exit files, abort, error reporting.
+
+Whatever happens, exactly one of RELION's exit files is written (otherwise the job would stay
+"Running" for ever): user errors print one clear line to run.err, bugs a traceback, aborts end in
+``RELION_JOB_EXIT_ABORTED`` after the outputs of the finished work have been written.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+
+from hydrapicker.errors import UserFacingError
+
+from .args import ArgumentError, parse, split_argv, usage, wants_help
+from .jobdir import EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS, JobAborted, JobDir
+
+
+def log(*parts):
+    print(*parts, flush=True)
+
+
+def warn(msg):
+    print(f"WARNING: {msg}", flush=True)
+    print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+
+
+def _peek_job_dir(argv) -> str | None:
+    try:
+        return split_argv(argv).get("o")
+    except ArgumentError:
+        for a, b in zip(argv, argv[1:]):
+            if a == "--o":
+                return b
+    return None
+
+
+def run(argv, prog, params, summary, work) -> int:
+    """Shared driver: exit files, abort, error reporting. ``work(opts, job)`` returns
+    ``(status, finish)`` where ``finish()`` writes final outputs (also after an abort)."""
+    argv = list(argv)
+    if wants_help(argv):
+        print(usage(params, prog, summary))
+        return 0
+    job_dir = _peek_job_dir(argv)
+    if not job_dir:
+        print(f"{prog}: error: --o <job directory> is required (RELION sets it)", file=sys.stderr)
+        return 2
+    job = JobDir(job_dir)
+    job.start()
+    log(f"{prog} started {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}: {' '.join(argv)}")
+    state = {}
+    try:
+        try:
+            with job.interruptible():
+                opts = parse(argv, params, prog)
+                work(opts, job, state)
+            status = EXIT_SUCCESS
+        except JobAborted as exc:
+            log(f"aborting: {exc}")
+            status = EXIT_ABORTED
+        finish = state.get("finish")
+        if finish is not None:
+            ok = finish(aborted=status == EXIT_ABORTED)
+            if status == EXIT_SUCCESS and not ok:
+                status = EXIT_FAILURE
+    except UserFacingError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        log(f"{prog}: error: {exc}")
+        status = EXIT_FAILURE
+    except Exception as exc:  # a bug or an environment problem: full traceback in run.err
+        traceback.print_exc(file=sys.stderr)
+        print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        status = EXIT_FAILURE
+    job.finish(status)
+    job.restore_signals()
+    log(f"{prog} finished: {status}")
+    return {EXIT_SUCCESS: 0, EXIT_FAILURE: 1, EXIT_ABORTED: 3}[status]
+
+

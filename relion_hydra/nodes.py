@@ -1,0 +1,100 @@
+"""The job-level STAR files RELION's pipeline reads: output nodes, coordinate lists, summary.
+
+* ``RELION_OUTPUT_NODES.star``: block ``data_output_nodes`` with ``_rlnPipeLineNodeName``,
+  ``_rlnPipeLineNodeType`` (3.1 reads this integer) and ``_rlnPipeLineNodeTypeLabel`` (4.x/5.x read
+  this string). 3.1 lists ``coords_suffix_<pickname>.star``; 4.x/5.x list ``autopick.star`` with the
+  version's own coordinate label (4.x ``MicrographsCoords...``, 5.x ``MicrographCoordsGroup...``).
+* ``coords_suffix_<pickname>.star``: one line, the input micrographs STAR (3.1's coordinates node).
+* ``autopick.star``: block ``data_coordinate_files`` (``_rlnMicrographName`` exactly as in the input
+  STAR, ``_rlnMicrographCoordinates``), what 4.x/5.x Extract reads with ``--coord_list``.
+* ``summary.star``: micrograph name, number of picks, mean FOM.
+All written atomically, in RELION's own plain layout (``# version`` line, ``loop_``, ``#N`` labels).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from hydrapicker.atomic import write_text
+
+from .paths import job_dir_with_slash
+
+# 3.1 integer node types (pipeline_jobs.h 3.1.3)
+NODE_COORDS_31 = 2
+NODE_PDF_LOGFILE_31 = 13
+
+COORDS_LABEL = {
+    "3.1": "MicrographsCoords.star.relion.autopick",  # ignored by 3.1 (kept for a later upgrade)
+    "4": "MicrographsCoords.star.relion.autopick",
+    "5": "MicrographCoordsGroup.star.relion.autopick",
+}
+LOGFILE_LABEL = "LogFile.pdf.relion.autopick"
+
+OUTPUT_NODES = "RELION_OUTPUT_NODES.star"
+COORD_LIST = "autopick.star"
+SUMMARY = "summary.star"
+LOGFILE = "logfile.pdf"
+
+
+def _quote(value) -> str:
+    """A STAR value: strings with spaces or empty are quoted, like RELION does."""
+    s = str(value)
+    if s == "" or any(c.isspace() for c in s) or s.startswith(("_", "#", "data_", "loop_")):
+        if '"' not in s:
+            return f'"{s}"'
+        return f"'{s}'"
+    return s
+
+
+def star_loop(block: str, labels: Sequence[str], rows: Iterable[Sequence], version: int) -> str:
+    """One STAR data block with a loop, as RELION writes it."""
+    out = [f"\n# version {version}\n", f"data_{block}\n", "loop_ "]
+    out += [f"_{label} #{i}" for i, label in enumerate(labels, 1)]
+    out += [" ".join(_quote(v) for v in row) for row in rows]
+    return "\n".join(out) + "\n \n"
+
+
+def output_nodes_text(version: str, nodes: Sequence[tuple[str, int, str]]) -> str:
+    return star_loop("output_nodes",
+                     ["rlnPipeLineNodeName", "rlnPipeLineNodeType", "rlnPipeLineNodeTypeLabel"],
+                     nodes, 30001 if version != "5" else 50001)
+
+
+def pick_output_nodes(job_dir: str, pickname: str, version: str, with_logfile: bool = True) -> list:
+    """The nodes a pick job registers for RELION ``version`` ("3.1", "4" or "5")."""
+    d = job_dir_with_slash(job_dir)
+    if version == "3.1":
+        nodes = [(f"{d}coords_suffix_{pickname}.star", NODE_COORDS_31, COORDS_LABEL["3.1"])]
+    else:
+        nodes = [(f"{d}{COORD_LIST}", NODE_COORDS_31, COORDS_LABEL[version])]
+    if with_logfile:
+        nodes.append((f"{d}{LOGFILE}", NODE_PDF_LOGFILE_31, LOGFILE_LABEL))
+    return nodes
+
+
+def write_output_nodes(job_dir: str, version: str, nodes) -> str:
+    path = job_dir_with_slash(job_dir) + OUTPUT_NODES
+    write_text(path, output_nodes_text(version, nodes))
+    return path
+
+
+def write_coords_suffix(job_dir: str, pickname: str, in_mics: str) -> str:
+    """3.1's coordinates node: its only content is the micrographs STAR path (for the Display button)."""
+    path = job_dir_with_slash(job_dir) + f"coords_suffix_{pickname}.star"
+    write_text(path, in_mics + "\n")
+    return path
+
+
+def write_coord_list(path: str, rows: Sequence[tuple[str, str]], star_version: int) -> str:
+    """``data_coordinate_files``: (micrograph name as in --in_mics, coordinate STAR path) per row."""
+    write_text(path, star_loop("coordinate_files", ["rlnMicrographName", "rlnMicrographCoordinates"],
+                               rows, star_version))
+    return path
+
+
+def write_summary(path: str, rows: Sequence[tuple[str, int, float]], star_version: int) -> str:
+    """``data_summary``: micrograph name, number of picks (at or above the threshold) and their mean
+    FOM, with the labels RELION's own AutoPick uses in its summary.star."""
+    write_text(path, star_loop("summary",
+                               ["rlnMicrographName", "rlnGroupNrParticles", "rlnAutopickFigureOfMerit"],
+                               [(n, int(k), f"{float(f):.6f}") for n, k, f in rows], star_version))
+    return path

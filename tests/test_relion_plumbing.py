@@ -1,0 +1,332 @@
+"""RELION External-job plumbing: arguments, version detection, paths, node files, exit/abort/continue.
+
+The picker is replaced by a deterministic test double here (tests/relion_helpers.FakePicker); the real
+picker and the real RELION binaries are exercised in test_relion_pipeline.py.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import starfile
+from emtable import Table
+
+from relion_helpers import (MICS_STAR, REPO, FakePicker, make_project, run_job_subprocess, wait_for,
+                            write_job_star, write_mics_star)
+from relion_hydra import args as rargs
+from relion_hydra import nodes, paths, version
+from relion_hydra.coordfiles import read_coord_star, read_coords_node
+from relion_hydra.jobdir import DONE_LIST
+from relion_hydra.pick_job import PARAMS, main
+
+JOB = "External/job001/"
+NAMES = [f"MotionCorr/job002/Movies/mic{i:03d}.mrc" for i in (1, 2, 3)]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    make_project(tmp_path, n_mics=3, shape=(256, 256))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def pick(argv_extra=(), factory=None, job=JOB):
+    fake = FakePicker()
+    argv = ["--o", job, "--in_mics", MICS_STAR, "--particle_diameter", "40", *argv_extra, "--j", "1"]
+    rc = main(argv, picker_factory=factory or (lambda *a: fake))
+    return rc, fake
+
+
+def exit_files(job=JOB):
+    return sorted(p.name for p in Path(job).glob("RELION_JOB_EXIT_*"))
+
+
+def read_both(path, block):
+    """A STAR block read with starfile and with emtable; both must agree on labels and row count."""
+    sf = starfile.read(path, always_dict=True)[block]
+    t = Table(fileName=str(path), tableName=block)
+    assert list(sf.columns) == t.getColumnNames()
+    assert len(sf) == len(t)
+    return sf
+
+
+# ---- arguments ----------------------------------------------------------------------------------
+def test_argv_grouping_flags_multiword_negative_and_both_pipeline_control_spellings():
+    raw = rargs.split_argv(["--o", "External/job004/", "--in_mics", "a.star", "--threshold", "-0.5",
+                            "--model", "my", "model.pt", "--flag", "--pipeline-control", "External/job004/",
+                            "--pipeline_control", "External/job004/", "--j", "2"])
+    assert raw["threshold"] == "-0.5"
+    assert raw["model"] == "my model.pt"
+    assert raw["flag"] is None
+    assert raw["pipeline_control"] == "External/job004/"
+    opts = rargs.parse(["--o", "J/", "--in_mics", "a.star", "--particle_diameter", "150",
+                        "--pipeline-control", "J/", "--j", "3", "--threshold", "-0.5"], PARAMS, "prog")
+    assert opts["particle_diameter"] == 150.0 and opts["j"] == 3 and opts["threshold"] == -0.5
+    assert opts["pickname"] == "autopick" and opts["head"] == "generic"
+
+
+def test_unknown_parameters_are_named():
+    with pytest.raises(rargs.ArgumentError) as e:
+        rargs.parse(["--o", "J/", "--in_mics", "a", "--particle_diameter", "150", "--treshold", "0.3",
+                     "--in_parts", "p.star"], PARAMS, "prog")
+    assert "--in_parts" in str(e.value) and "--treshold" in str(e.value)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--o", "J/", "--in_mics", "a"], "--particle_diameter is required"),
+    (["--o", "J/", "--in_mics", "a", "--particle_diameter"], "--particle_diameter needs a value"),
+    (["--o", "J/", "--in_mics", "a", "--particle_diameter", "big"], "must be a number"),
+    (["--o", "J/", "--in_mics", "a", "--particle_diameter", "-3"], "must be > 0"),
+])
+def test_bad_values_give_clear_errors(argv, needle):
+    with pytest.raises(rargs.ArgumentError, match=needle):
+        rargs.parse(argv, PARAMS, "prog")
+
+
+# ---- version detection ----------------------------------------------------------------------------
+@pytest.mark.parametrize("v", ["3.1", "4", "5"])
+def test_version_from_job_star(tmp_path, v):
+    write_job_star(tmp_path / "External/job001", v)
+    got, why = version.detect(str(tmp_path / "External/job001/"), None, None, project_dir=tmp_path)
+    assert got == v and "job.star" in why
+
+
+def test_version_override_pipeline_and_fallback(tmp_path):
+    write_job_star(tmp_path / "J", "5")
+    assert version.detect(str(tmp_path / "J"), None, "4.0.2")[0] == "4"
+    assert version.detect(str(tmp_path / "J"), None, "3")[0] == "3.1"
+    with pytest.raises(Exception, match="relion_version"):
+        version.detect(str(tmp_path / "J"), None, "six")
+    (tmp_path / "default_pipeline.star").write_text(
+        "\n# version 30001\n\ndata_pipeline_processes\n\nloop_\n_rlnPipeLineProcessName #1\n"
+        "_rlnPipeLineProcessAlias #2\n_rlnPipeLineProcessTypeLabel #3\n_rlnPipeLineProcessStatusLabel #4\n"
+        "Import/job001/ None relion.import.movies Succeeded\n")
+    assert version.detect(str(tmp_path / "none"), None, None, project_dir=tmp_path)[0] == "4"
+    star = tmp_path / "m.star"
+    star.write_text("\n# version 50001\n\ndata_micrographs\n")
+    assert version.detect(str(tmp_path / "none"), star, None, project_dir=tmp_path / "x")[0] == "5"
+    got, why = version.detect(str(tmp_path / "none"), None, None, project_dir=tmp_path / "x")
+    assert got == "3.1" and "relion_version" in why
+
+
+# ---- paths ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mic,expected", [
+    ("MotionCorr/job002/Movies/mic001.mrc", "External/job004/Movies/mic001_autopick.star"),
+    ("MotionCorr/job002/mic.tiff", "External/job004/mic_autopick.star"),
+    ("raw/mics/a.mrc", "External/job004/raw/mics/a_autopick.star"),
+    ("/data/Import/job001/x/b.mrc", "External/job004/x/b_autopick.star"),
+    ("job001/c.mrc", "External/job004/job001/c_autopick.star"),  # no "Type/" before it: kept
+])
+def test_relion_output_path_convention(mic, expected):
+    assert paths.coord_path("External/job004", mic, "autopick") == expected
+
+
+# ---- node files ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("v,node,label", [
+    ("3.1", "coords_suffix_hydra.star", "MicrographsCoords.star.relion.autopick"),
+    ("4", "autopick.star", "MicrographsCoords.star.relion.autopick"),
+    ("5", "autopick.star", "MicrographCoordsGroup.star.relion.autopick"),
+])
+def test_output_nodes_per_version(tmp_path, v, node, label):
+    d = str(tmp_path / "External/job004") + "/"
+    path = nodes.write_output_nodes(d, v, nodes.pick_output_nodes(d, "hydra", v))
+    df = read_both(path, "output_nodes")
+    assert df["rlnPipeLineNodeName"].tolist() == [d + node, d + "logfile.pdf"]
+    assert df["rlnPipeLineNodeType"].tolist() == [2, 13]
+    assert df["rlnPipeLineNodeTypeLabel"].tolist() == [label, "LogFile.pdf.relion.autopick"]
+    assert Path(path).read_text().startswith(f"\n# version {50001 if v == '5' else 30001}")
+
+
+def test_list_file_quotes_names_with_spaces(tmp_path):
+    p = nodes.write_coord_list(str(tmp_path / "autopick.star"), [("a b.mrc", "J/a b_autopick.star")], 30001)
+    df = read_both(p, "coordinate_files")
+    assert df["rlnMicrographName"].tolist() == ["a b.mrc"]
+
+
+# ---- whole job, in process -------------------------------------------------------------------------
+@pytest.mark.parametrize("v", ["3.1", "4", "5"])
+def test_pick_job_layout(project, v, capsys):
+    write_job_star(JOB, v)
+    rc, fake = pick(["--pickname", "hydra"])
+    assert rc == 0 and exit_files() == ["RELION_JOB_EXIT_SUCCESS"]
+    out = capsys.readouterr().out
+    assert "micrograph 3/3" in out and "picks so far" in out and "device cpu" in out
+    # per-micrograph files at RELION's path, with the FOM >= default threshold, readable by both readers
+    for name in NAMES:
+        coord = paths.coord_path(JOB, name, "hydra")
+        df = read_both(coord, "")
+        exp = FakePicker.expected(name).above(0.5)
+        assert len(df) == len(exp) > 0
+        assert sorted(df["rlnCoordinateX"]) == sorted(exp.x) and (df["rlnClassNumber"] == 0).all()
+        assert (df["rlnAutopickFigureOfMerit"] >= 0.5).all()
+        assert Path(coord).read_text().startswith(f"\n# version {50001 if v == '5' else 30001}")
+    lst = read_both(JOB + "autopick.star", "coordinate_files")
+    assert lst["rlnMicrographName"].tolist() == NAMES  # exactly as in --in_mics
+    assert lst["rlnMicrographCoordinates"].tolist() == [paths.coord_path(JOB, n, "hydra") for n in NAMES]
+    assert Path(JOB + "coords_suffix_hydra.star").read_text().split() == [MICS_STAR]
+    summ = read_both(JOB + "summary.star", "summary")
+    assert summ["rlnGroupNrParticles"].tolist() == [len(FakePicker.expected(n).above(0.5)) for n in NAMES]
+    onodes = read_both(JOB + "RELION_OUTPUT_NODES.star", "output_nodes")
+    first = onodes["rlnPipeLineNodeName"][0]
+    assert first == JOB + ("coords_suffix_hydra.star" if v == "3.1" else "autopick.star")
+    assert Path(JOB + "logfile.pdf").read_bytes()[:4] == b"%PDF"
+    # the reader used by the train job maps both node kinds back to the same picks
+    for node in (JOB + "coords_suffix_hydra.star", JOB + "autopick.star"):
+        got = read_coords_node(node, NAMES)
+        assert sorted(got) == NAMES and all(len(got[n]) == len(summ) * 0 + len(FakePicker.expected(n).above(0.5))
+                                            for n in NAMES)
+
+
+def test_user_threshold_and_pre31_star(project):
+    write_mics_star(MICS_STAR, NAMES, 2.0, optics=False)
+    rc, _ = pick(["--threshold", "0.8"])
+    assert rc == 0
+    df = starfile.read(paths.coord_path(JOB, NAMES[0], "autopick"))
+    assert len(df) == len(FakePicker.expected(NAMES[0]).above(0.8)) and (df["rlnAutopickFigureOfMerit"] >= 0.8).all()
+
+
+def test_unreadable_micrograph_is_skipped_and_reported(project, capsys):
+    Path(NAMES[1]).write_bytes(b"this is not an MRC file")
+    rc, _ = pick()
+    assert rc == 0 and exit_files() == ["RELION_JOB_EXIT_SUCCESS"]
+    err = capsys.readouterr().err
+    assert NAMES[1] in err and "skipped" in err
+    lst = starfile.read(JOB + "autopick.star")
+    assert lst["rlnMicrographName"].tolist() == [NAMES[0], NAMES[2]]
+    assert not Path(paths.coord_path(JOB, NAMES[1], "autopick")).exists()
+    # a Continue after the file is fixed picks only that one
+    make_project(".", n_mics=3, shape=(256, 256))
+    rc, fake = pick()
+    assert rc == 0 and fake.picked == [NAMES[1]]
+    assert starfile.read(JOB + "autopick.star")["rlnMicrographName"].tolist() == NAMES
+
+
+def test_all_micrographs_unreadable_fails(project, capsys):
+    for n in NAMES:
+        Path(n).write_bytes(b"junk")
+    rc, _ = pick()
+    assert rc == 1 and exit_files() == ["RELION_JOB_EXIT_FAILURE"]
+    assert "no micrograph" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--o", JOB, "--in_mics", MICS_STAR, "--j", "1"], "--particle_diameter is required"),
+    (["--o", JOB, "--in_mics", MICS_STAR, "--particle_diameter", "40", "--box", "64", "--j", "1"], "--box"),
+    (["--o", JOB, "--in_mics", "nope.star", "--particle_diameter", "40", "--j", "1"], "nope.star"),
+    (["--o", JOB, "--in_mics", MICS_STAR, "--particle_diameter", "40", "--head", "x", "--j", "1"], "head"),
+])
+def test_user_errors_end_in_failure_with_message(project, capsys, argv, needle):
+    rc = main(argv, picker_factory=lambda *a: FakePicker())
+    assert rc == 1 and exit_files() == ["RELION_JOB_EXIT_FAILURE"]
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_stale_exit_files_are_removed(project):
+    Path(JOB).mkdir(parents=True)
+    for f in ("RELION_JOB_EXIT_FAILURE", "RELION_JOB_EXIT_ABORTED"):
+        (Path(JOB) / f).touch()
+    assert pick()[0] == 0 and exit_files() == ["RELION_JOB_EXIT_SUCCESS"]
+
+
+def test_changed_settings_repick_everything(project):
+    assert pick()[0] == 0
+    rc, fake = pick()
+    assert rc == 0 and fake.picked == []  # continue: nothing left
+    rc, fake = pick(["--threshold", "0.7"])
+    assert rc == 0 and fake.picked == NAMES
+
+
+# ---- abort, SIGTERM, kill + continue (child processes, real signals) ---------------------------------
+def _argv():
+    return ["--o", JOB, "--in_mics", MICS_STAR, "--particle_diameter", "40", "--j", "1"]
+
+
+def _done_names(project):
+    lines = (project / JOB / DONE_LIST).read_text().splitlines()[1:]
+    return [ln.split("\t")[0] for ln in lines]
+
+
+def _n_done(project):
+    p = project / JOB / DONE_LIST
+    return len(p.read_text().splitlines()) - 1 if p.exists() else 0
+
+
+@pytest.fixture
+def slow_project(tmp_path):
+    make_project(tmp_path, n_mics=8, shape=(128, 128))
+    return tmp_path
+
+
+@pytest.mark.parametrize("how", ["abort_file", "sigterm"])
+def test_abort_within_seconds_leaves_consistent_job(slow_project, how):
+    proc = run_job_subprocess(slow_project, _argv(), delay=1.0)
+    try:
+        assert wait_for(lambda: _n_done(slow_project) >= 1, timeout=60)
+        t0 = time.time()
+        if how == "abort_file":
+            (slow_project / JOB / "RELION_JOB_ABORT_NOW").touch()
+        else:
+            proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: (slow_project / JOB / "RELION_JOB_EXIT_ABORTED").exists(), timeout=10)
+        elapsed = time.time() - t0
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    print(f"abort ({how}) -> EXIT_ABORTED after {elapsed:.2f} s")
+    assert elapsed < 5, elapsed
+    assert sorted(p.name for p in (slow_project / JOB).glob("RELION_JOB_EXIT_*")) == ["RELION_JOB_EXIT_ABORTED"]
+    done = _done_names(slow_project)
+    assert 1 <= len(done) < 8
+    listed = starfile.read(slow_project / JOB / "autopick.star")["rlnMicrographName"].tolist()
+    assert listed == done  # list file == finished micrographs, each with its coordinate file
+    on_disk = sorted(str(p.relative_to(slow_project)) for p in (slow_project / JOB).rglob("mic*_autopick.star"))
+    assert on_disk == sorted(paths.coord_path(JOB, n, "autopick") for n in done)
+    assert not list((slow_project / JOB).rglob(".*.tmp.*"))
+    assert "aborting" in (slow_project / JOB / "run.out").read_text()
+
+
+def test_continue_after_kill_has_no_duplicated_or_lost_picks(slow_project):
+    proc = run_job_subprocess(slow_project, _argv(), delay=0.7)
+    try:
+        assert wait_for(lambda: _n_done(slow_project) >= 3, timeout=60)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    assert not (slow_project / JOB / "RELION_JOB_EXIT_SUCCESS").exists()
+    n_before = _n_done(slow_project)
+    proc = run_job_subprocess(slow_project, _argv(), delay=0.0)
+    assert proc.wait(timeout=120) == 0
+    assert (slow_project / JOB / "RELION_JOB_EXIT_SUCCESS").exists()
+    out = (slow_project / JOB / "run.out").read_text()
+    assert f"continuing: {n_before} micrographs already done" in out
+    names = [f"MotionCorr/job002/Movies/mic{i:03d}.mrc" for i in range(1, 9)]
+    done = _done_names(slow_project)
+    assert sorted(done) == names  # every micrograph exactly once
+    lst = starfile.read(slow_project / JOB / "autopick.star")
+    assert lst["rlnMicrographName"].tolist() == names
+    for n in names:
+        got = read_coord_star(slow_project / paths.coord_path(JOB, n, "autopick"))
+        exp = FakePicker.expected(n).above(0.5)
+        np.testing.assert_array_equal(np.sort(got.x), np.sort(exp.x))
+
+
+def test_bin_script_writes_failure_when_dependencies_are_missing(tmp_path):
+    py = "/usr/bin/python3"
+    if not os.path.exists(py) or subprocess.run([py, "-c", "import numpy"], capture_output=True).returncode == 0:
+        pytest.skip("needs a system python3 without numpy")
+    r = subprocess.run([py, str(REPO / "bin/relion_hydra_pick"), "--o", "External/job009/", "--in_mics", "x"],
+                       cwd=tmp_path, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 1 and "HYDRAPICKER_PYTHON" in r.stderr
+    assert (tmp_path / "External/job009/RELION_JOB_EXIT_FAILURE").exists()
+
+
+def test_bin_script_help_runs_from_elsewhere(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "bin/relion_hydra_pick"), "--help"], cwd=tmp_path,
+                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0 and "--particle_diameter" in r.stdout

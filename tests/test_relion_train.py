@@ -1,0 +1,114 @@
+"""relion_hydra_train: coordinates nodes in, model file out, RELION exit files.
+
+The plumbing tests replace ``hydrapicker.finetune`` by a recorder (test double); the last test runs
+the real few-shot training when the core provides it, and picks with the resulting head.
+"""
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from relion_helpers import MICS_STAR, make_project, write_job_star
+from relion_hydra import paths
+from relion_hydra.train_job import main as train_main
+
+JOB = "External/job005/"
+NAMES = [f"MotionCorr/job002/Movies/mic{i:03d}.mrc" for i in (1, 2, 3)]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    truth = make_project(tmp_path, n_mics=3, shape=(256, 256))
+    monkeypatch.chdir(tmp_path)
+    return truth
+
+
+def write_manual_picks(truth, layout):
+    """Manual picks for the first two micrographs, as 3.1 ManualPick or 4.x/5.x ManualPick writes them."""
+    from hydrapicker.coords import write_relion_star
+    from hydrapicker.types import Picks
+    from relion_hydra import nodes
+
+    d = "ManualPick/job004/"
+    rows = []
+    for n in NAMES[:2]:
+        c = paths.coord_path(d, n, "manualpick")
+        write_relion_star(c, Picks(truth[n][:, 0], truth[n][:, 1]))
+        rows.append((n, c))
+    if layout == "3.1":
+        nodes.write_coords_suffix(d, "manualpick", MICS_STAR)
+        return d + "coords_suffix_manualpick.star"
+    nodes.write_coord_list(d + "manualpick.star", rows, 30001)
+    return d + "manualpick.star"
+
+
+@pytest.fixture
+def fake_finetune(monkeypatch):
+    calls = []
+
+    def finetune(base_model, micrographs, coords, diameter_A, head_name, epochs=None, out=None, log=print,
+                 should_stop=None):
+        calls.append(dict(base=base_model, names=[m.name for m in micrographs], coords=coords,
+                          diameter=diameter_A, head=head_name, epochs=epochs, out=out))
+        Path(out).write_bytes(b"model")
+        return Path(out)
+
+    mod = types.ModuleType("hydrapicker.finetune")
+    mod.finetune = finetune
+    monkeypatch.setitem(sys.modules, "hydrapicker.finetune", mod)
+    return calls
+
+
+@pytest.mark.parametrize("layout", ["3.1", "4"])
+def test_train_job_reads_manual_picks_and_writes_model(project, fake_finetune, layout):
+    write_job_star(JOB, layout)
+    node = write_manual_picks(project, layout)
+    rc = train_main(["--o", JOB, "--in_mics", MICS_STAR, "--in_coords", node, "--particle_diameter", "40",
+                     "--head_name", "mine", "--epochs", "3", "--pipeline_control", JOB, "--j", "1"])
+    assert rc == 0 and (Path(JOB) / "RELION_JOB_EXIT_SUCCESS").exists()
+    (call,) = fake_finetune
+    assert call["names"] == NAMES[:2]  # the unlabelled third micrograph is not used
+    assert call["head"] == "mine" and call["epochs"] == 3 and call["diameter"] == 40.0
+    assert call["out"] == JOB + "model.pt" and (Path(JOB) / "model.pt").exists()
+    for n in NAMES[:2]:
+        np.testing.assert_allclose(np.sort(call["coords"][n].x), np.sort(project[n][:, 0]), atol=1e-4)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--in_coords", "ManualPick/job004/coords_suffix_manualpick.star", "--particle_diameter", "40",
+      "--head_name", "mine"], "ManualPick/job004/coords_suffix_manualpick.star does not exist"),
+    (["--particle_diameter", "40", "--head_name", "mine"], "--in_coords is required"),
+    (["--in_coords", "x", "--particle_diameter", "40", "--head_name", "a b"], "head_name"),
+])
+def test_train_job_errors(project, fake_finetune, capsys, argv, needle):
+    rc = train_main(["--o", JOB, "--in_mics", MICS_STAR, *argv, "--j", "1"])
+    assert rc == 1 and (Path(JOB) / "RELION_JOB_EXIT_FAILURE").exists()
+    assert needle in capsys.readouterr().err and not fake_finetune
+
+
+def test_train_job_without_any_picks_fails(project, fake_finetune, capsys):
+    from relion_hydra import nodes
+    nodes.write_coords_suffix("ManualPick/job004/", "manualpick", MICS_STAR)
+    rc = train_main(["--o", JOB, "--in_mics", MICS_STAR, "--in_coords",
+                     "ManualPick/job004/coords_suffix_manualpick.star", "--particle_diameter", "40",
+                     "--head_name", "mine", "--j", "1"])
+    assert rc == 1 and "no particle coordinates" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydrapicker.finetune") is None,
+                    reason="hydrapicker.finetune (few-shot training) is not in the core yet")
+def test_train_then_pick_with_the_new_head(project):
+    from hydrapicker.checkpoint import default_model_path
+    if not default_model_path().exists():
+        pytest.skip(f"the shipped model {default_model_path()} is not there yet")
+    from relion_hydra.pick_job import main as pick_main
+    node = write_manual_picks(project, "3.1")
+    rc = train_main(["--o", JOB, "--in_mics", MICS_STAR, "--in_coords", node, "--particle_diameter", "40",
+                     "--head_name", "mine", "--epochs", "1", "--gpu", "cpu", "--j", "1"])
+    assert rc == 0 and (Path(JOB) / "model.pt").exists()
+    rc = pick_main(["--o", "External/job006/", "--in_mics", MICS_STAR, "--particle_diameter", "40",
+                    "--model", JOB + "model.pt", "--head", "mine", "--gpu", "cpu", "--j", "1"])
+    assert rc == 0 and (Path("External/job006") / "RELION_JOB_EXIT_SUCCESS").exists()
