@@ -44,6 +44,10 @@ PARAMS = (
 N_EXAMPLES = 3
 
 
+class _SkipLog(Exception):
+    pass
+
+
 def device_from_gpu(gpu: str) -> str:
     g = (gpu or "").strip()
     if g in ("", "auto"):
@@ -178,8 +182,10 @@ class PickRun:
         write_relion_star(path, picks, version=self.star_version)
 
     # ---------------------------------------------------------------------------------------
-    def write_outputs(self) -> int:
-        """List files, summary, logfile, output nodes; returns the number of micrographs with coordinates."""
+    def write_outputs(self, aborted: bool = False) -> int:
+        """List files, summary, logfile, output nodes; returns the number of micrographs with coordinates.
+
+        After an abort the logfile (the slow part) is not redrawn, so the job stops quickly."""
         from .coordfiles import read_coord_star
         from .logfile import write_logfile
 
@@ -195,6 +201,10 @@ class PickRun:
                             self.star_version)
         with_log = True
         try:
+            if aborted:
+                with_log = os.path.exists(d + nodes.LOGFILE)
+                log(f"{d}{nodes.LOGFILE} is not redrawn after an abort (a Continue redraws it)")
+                raise _SkipLog
             by_name = {m.name: m for m in self.mics}
             examples = [(n, by_name[n].path, p, o["particle_diameter"] / 2.0 / (by_name[n].pixel_size or 1.0))
                         for n, p in list(all_picks.items())[:N_EXAMPLES]]
@@ -203,6 +213,8 @@ class PickRun:
                           getattr(self, "threshold", 0.0), examples,
                           all_foms=np.concatenate(self.candidate_foms) if self.candidate_foms else None,
                           title=f"HydraPicker {d}")
+        except _SkipLog:
+            pass
         except Exception as exc:  # the log is a convenience; never fail the picks for it
             with_log = os.path.exists(d + nodes.LOGFILE)
             warn(f"could not write {d}{nodes.LOGFILE}: {exc}")
@@ -230,7 +242,7 @@ def main(argv=None, picker_factory=None) -> int:
         def finish(aborted):
             if not pr.prepared:
                 return False
-            n = pr.write_outputs()
+            n = pr.write_outputs(aborted)
             if n == 0 and not aborted:
                 first = next(iter(pr.failed.items()), None)
                 detail = f"; first error: {first[0]}: {first[1]}" if first else ""

@@ -195,17 +195,22 @@ def get_target(name: str) -> DatasetSpec:
 
 
 # ------------------------------------------------------------------------------------------------ writer
-def _star_loop(block: str, cols: list, rows: list) -> str:
-    out = [f"\ndata_{block}\n", "loop_"]
-    out += [f"_{c} #{i + 1}" for i, c in enumerate(cols)]
-    for r in rows:
-        out.append("\t".join(f"{v:.6f}" if isinstance(v, float) else str(v) for v in r))
-    return "\n".join(out) + "\n\n"
+def _write_star(path, blocks: dict) -> None:
+    """Write STAR blocks ({name: DataFrame}) through starfile, atomically, with RELION's version line."""
+    import starfile
+
+    from ..atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        starfile.write(blocks, tmp)
+        text = "".join(ln for ln in open(tmp).read().splitlines(True) if not ln.startswith("# Created by the starfile"))
+        open(tmp, "w").write("\n# version 30001\n" + text)
 
 
 def write_dataset(spec: DatasetSpec, out_dir, n_micrographs: int, start: int = 0, log=None) -> Path:
     """Simulate ``n_micrographs`` micrographs of ``spec`` and write them (MRC + STARs + meta.json)."""
     import mrcfile
+    import pandas as pd
 
     from ..atomic import atomic_path, write_text
     from .micrograph import particle_model, simulate_micrograph
@@ -221,9 +226,9 @@ def write_dataset(spec: DatasetSpec, out_dir, n_micrographs: int, start: int = 0
             with mrcfile.new(tmp, overwrite=True) as m:
                 m.set_data(mic.image)
                 m.voxel_size = mic.pixel_size
-        truth = _star_loop("", ["rlnCoordinateX", "rlnCoordinateY"],
-                           [(float(x), float(y)) for x, y in mic.xy])
-        write_text(out / "truth" / f"{mic.name}.star", "\n# version 30001\n" + truth)
+        truth = pd.DataFrame({"rlnCoordinateX": mic.xy[:, 0].astype(float),
+                              "rlnCoordinateY": mic.xy[:, 1].astype(float)})
+        _write_star(out / "truth" / f"{mic.name}.star", {"": truth})
         inf = mic.info
         rows.append((rel, 1, float(inf["defocus_u_A"]), float(inf["defocus_v_A"]), float(inf["defocus_angle"]),
                      float(inf["phase_shift_deg"])))
@@ -231,14 +236,14 @@ def write_dataset(spec: DatasetSpec, out_dir, n_micrographs: int, start: int = 0
                                              for k, v in inf.items()}})
         if log:
             log(f"  {rel}: {len(mic.xy)} particles")
-    optics = _star_loop("optics", ["rlnOpticsGroupName", "rlnOpticsGroup", "rlnMicrographOriginalPixelSize",
-                                   "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",
-                                   "rlnMicrographPixelSize"],
-                        [("opticsGroup1", 1, float(spec.pixel_size), float(spec.voltage_kV), float(spec.cs_mm),
-                          float(spec.amp_contrast), float(spec.pixel_size))])
-    mics = _star_loop("micrographs", ["rlnMicrographName", "rlnOpticsGroup", "rlnDefocusU", "rlnDefocusV",
-                                      "rlnDefocusAngle", "rlnPhaseShift"], rows)
-    write_text(out / "micrographs.star", "\n# version 30001\n" + optics + "\n# version 30001\n" + mics)
+    optics = pd.DataFrame({"rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
+                           "rlnMicrographOriginalPixelSize": [float(spec.pixel_size)],
+                           "rlnVoltage": [float(spec.voltage_kV)], "rlnSphericalAberration": [float(spec.cs_mm)],
+                           "rlnAmplitudeContrast": [float(spec.amp_contrast)],
+                           "rlnMicrographPixelSize": [float(spec.pixel_size)]})
+    mics = pd.DataFrame(rows, columns=["rlnMicrographName", "rlnOpticsGroup", "rlnDefocusU", "rlnDefocusV",
+                                       "rlnDefocusAngle", "rlnPhaseShift"])
+    _write_star(out / "micrographs.star", {"optics": optics, "micrographs": mics})
     model = particle_model(spec)
     meta = {"spec": spec.to_dict(), "name": spec.name, "diameter_A": float(spec.diameter_A),
             "diameter_px": float(spec.diameter_px), "pixel_size": float(spec.pixel_size),

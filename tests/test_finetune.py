@@ -1,0 +1,290 @@
+"""Few-shot heads (hydrapicker.finetune, `hydra finetune`): learning, sparse labels, every coordinate
+format through the command, the output model, bad input.
+
+The base model is a freshly initialised ``lite`` network (no shipped weights needed): its body is random
+but fixed, so a head trained on its features must learn the target from the labels alone.
+"""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+import torch
+
+from hydrapicker.checkpoint import load_checkpoint, make_meta, save_checkpoint
+from hydrapicker.cli import main as hydra
+from hydrapicker.coords import name_stem, write_box, write_relion_star, write_topaz_txt
+from hydrapicker.errors import UserFacingError
+from hydrapicker.finetune import FinetuneError, annotated_region, finetune, pu_weights
+from hydrapicker.metrics import evaluate
+from hydrapicker.micrographs import read_micrographs_star
+from hydrapicker.model import build_model
+from hydrapicker.picker import Picker
+from hydrapicker.simulate import get_target, simulate_micrograph
+from hydrapicker.types import Picks
+
+QUIET = dict(log=lambda *a, **k: None)
+
+
+def _write_set(spec, out, indices):
+    """Simulated micrographs as a RELION project would hold them: MRCs + a micrographs STAR; truth dict."""
+    from conftest import write_mrc
+
+    names, truth = [], {}
+    for i in indices:
+        sim = simulate_micrograph(spec, i)
+        name = f"Micrographs/{sim.name}.mrc"
+        write_mrc(out / name, sim.image, apix=sim.pixel_size)
+        names.append(name)
+        truth[name] = Picks(sim.xy[:, 0], sim.xy[:, 1])
+    optics = pd.DataFrame({"rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
+                           "rlnMicrographPixelSize": [spec.pixel_size], "rlnVoltage": [300.0],
+                           "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1]})
+    starfile.write({"optics": optics, "micrographs": pd.DataFrame({"rlnMicrographName": names,
+                                                                   "rlnOpticsGroup": [1] * len(names)})},
+                   out / "micrographs.star")
+    return read_micrographs_star(out / "micrographs.star"), truth
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A held-out simulated target (small micrographs), a random base model, truth of every micrograph."""
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("fewshot")
+    spec = get_target("t_proteasome").replace(shape=(384, 384), p_carbon=0.0)
+    mics, truth = _write_set(spec, root / "train", range(5))
+    test_mics, test_truth = _write_set(spec, root / "test", range(100, 102))
+    torch.manual_seed(0)
+    net = build_model("lite")
+    net.eval()
+    base = save_checkpoint(root / "base.pt", net, make_meta(net, default_threshold=0.3))
+    return dict(root=root, spec=spec, base=base, mics=mics, truth=truth, test_mics=test_mics,
+                test_truth=test_truth)
+
+
+def _ap(model, head, mics, truth, spec):
+    picker = Picker(model, device="cpu", **QUIET)
+    picks = {r.micrograph.name: r.picks for r in picker.pick(mics, spec.diameter_A, head=head, floor=0.01)}
+    return evaluate(picks, {k: v.xy() for k, v in truth.items()}, spec.diameter_px)["AP"]
+
+
+@pytest.fixture(scope="module")
+def dense(data):
+    """One fine-tune on every particle of 5 micrographs (shared by several tests)."""
+    out = data["root"] / "dense.pt"
+    finetune(data["base"], data["mics"], data["truth"], data["spec"].diameter_A, "prot", out=out,
+             epochs=12, patience=4, **QUIET)
+    return out
+
+
+def test_finetune_improves_ap_on_test_micrographs(data, dense):
+    spec = data["spec"]
+    ap_base = _ap(dense, "generic", data["test_mics"], data["test_truth"], spec)
+    ap_new = _ap(dense, "prot", data["test_mics"], data["test_truth"], spec)
+    assert ap_new > 0.3 and ap_new > ap_base + 0.2, (ap_base, ap_new)
+
+
+def test_output_model_is_a_plain_checkpoint_with_the_new_head(data, dense):
+    ck = torch.load(dense, map_location="cpu", weights_only=True)
+    meta = ck["meta"]
+    assert meta["heads"] == ["generic", "prot"]
+    assert any(k.startswith("heads.prot.") for k in ck["model"])
+    info = meta["finetune"]["prot"]
+    assert info["n_picks"] == sum(len(p) for p in data["truth"].values())
+    assert sorted(info["micrographs"]) == sorted(m.name for m in data["mics"])
+    assert len(info["validation_micrographs"]) == 1 and info["validation"] == "micrographs"
+    assert 0 < info["epochs"] <= 12 and 1 <= info["best_epoch"] <= info["epochs"]
+    assert info["label_fraction"] == 1.0  # a random base detects nothing: labels are taken as dense
+    assert 0.0 < meta["head_thresholds"]["prot"] < 1.0 and meta["head_thresholds"]["generic"] == 0.3
+    assert meta["default_threshold"] == meta["head_thresholds"]["prot"] and meta["default_head"] == "prot"
+    assert meta["head_diameters"]["prot"] == data["spec"].diameter_A
+    json.dumps(info)  # plain values only
+    # the body and the generic head are untouched
+    base = torch.load(data["base"], map_location="cpu", weights_only=True)["model"]
+    for k, v in base.items():
+        assert torch.equal(ck["model"][k], v), k
+    net, _ = load_checkpoint(dense)
+    assert not torch.equal(net.heads["prot"].out.weight, net.heads["generic"].out.weight)
+    # the calibrated threshold keeps precise picks on the validation micrograph
+    picker = Picker(dense, device="cpu", **QUIET)
+    vname = info["validation_micrographs"][0]
+    vmic = next(m for m in data["mics"] if m.name == vname)
+    picks = picker.pick_one(vmic, data["spec"].diameter_A, head="prot").above(picker.default_threshold)
+    res = evaluate({vname: picks}, {vname: data["truth"][vname].xy()}, data["spec"].diameter_px)
+    assert len(picks) > 0 and res["precision"] >= 0.6, (len(picks), res["precision"])
+
+
+# ---------------------------------------------------------------------------------------- sparse labels
+def test_pu_weights_and_annotated_region():
+    region = np.ones((1, 4), np.float32)
+    cls = np.array([[1, 0, 0, 0]], np.float32)
+    t = np.array([[0.9, 0.9, 0.5, 0.0]])
+    dense = pu_weights(region, t, cls, 1.0)
+    np.testing.assert_allclose(dense, [[1, 1, 1, 1]])
+    sparse = pu_weights(region, t, cls, 0.3)
+    assert sparse[0, 0] == 1.0 and sparse[0, 1] < 0.2 and 0.5 < sparse[0, 2] < 0.8 and sparse[0, 3] == 1.0
+    np.testing.assert_allclose(pu_weights(region * 0, t, cls, 0.3), [[1, 0, 0, 0]])
+    reg = annotated_region((50, 100), np.array([[10.0, 10.0]]), 8.0)
+    assert reg[10, 17] == 1 and reg[10, 19] == 0 and reg[40, 90] == 0 and reg.sum() == pytest.approx(np.pi * 64, rel=0.1)
+    assert annotated_region((5, 5), np.zeros((0, 2)), 8.0).all()  # an empty file: all annotated
+
+
+def test_sparse_labels_do_not_teach_unlabelled_particles_as_background(data, dense, tmp_path):
+    """30% of the particles labelled. The base is the dense fine-tune with its head as 'generic' (a base
+    that knows the target), so the unlabelled particles are ones the base already scores high. The PU
+    treatment (estimated label fraction) must keep them high; a dense-negative fine-tune (label fraction
+    1, no region) pushes them towards background."""
+    net, meta = load_checkpoint(dense)
+    net.heads["generic"].load_state_dict(net.heads["prot"].state_dict())
+    del net.heads["prot"]
+    teacher = save_checkpoint(tmp_path / "teacher.pt", net,
+                              make_meta(net, default_threshold=meta["head_thresholds"]["prot"]))
+    rng = np.random.default_rng(3)
+    labelled, unlabelled = {}, {}
+    for name, p in data["truth"].items():
+        keep = rng.random(len(p)) < 0.3
+        labelled[name], unlabelled[name] = p.subset(keep), p.subset(~keep)
+    d = data["spec"].diameter_A
+    pu = finetune(teacher, data["mics"], labelled, d, "pu", out=tmp_path / "pu.pt", epochs=6, patience=6,
+                  **QUIET)
+    neg = finetune(teacher, data["mics"], labelled, d, "neg", out=tmp_path / "neg.pt", epochs=6, patience=6,
+                   label_fraction=1.0, region_radius=float("inf"), **QUIET)
+    c = torch.load(pu, weights_only=True)["meta"]["finetune"]["pu"]["label_fraction"]
+    assert 0.1 < c < 0.6, c  # estimated from the base's detections
+
+    def unlabelled_scores(model, head):
+        picker = Picker(model, device="cpu", **QUIET)
+        out = []
+        for m in data["mics"]:
+            picks = picker.pick_one(m, d, head=head, floor=0.0)
+            u = unlabelled[m.name]
+            tree = np.hypot(picks.x[None] - u.x[:, None], picks.y[None] - u.y[:, None])
+            out.append(np.where(tree.min(1) < 0.25 * data["spec"].diameter_px,
+                                picks.fom[tree.argmin(1)], 0.0))
+        return np.concatenate(out)
+
+    s_base = unlabelled_scores(teacher, "generic")
+    s_pu, s_neg = unlabelled_scores(pu, "pu"), unlabelled_scores(neg, "neg")
+    assert np.median(s_pu) > np.median(s_neg) + 0.1, (np.median(s_base), np.median(s_pu), np.median(s_neg))
+    assert np.median(s_pu) > 0.5 * np.median(s_base)
+
+
+def test_region_limits_what_is_taught(data, tmp_path):
+    """Picks only in the left half: with the annotated region the right half is untaught."""
+    d = data["spec"].diameter_A
+    left = {k: p.subset(p.x < 150) for k, p in data["truth"].items()}
+    out = finetune(data["base"], data["mics"], left, d, "left", out=tmp_path / "l.pt", epochs=1,
+                   val_fraction=0.0, **QUIET)
+    info = torch.load(out, weights_only=True)["meta"]["finetune"]["left"]
+    assert info["validation"] == "none" and info["n_picks"] == sum(len(p) for p in left.values())
+
+
+# ---------------------------------------------------------------------------------- coordinate formats
+def _write_format(fmt, root, mics, truth):
+    """Write the truth of the first two micrographs in format ``fmt``; returns the --coords argument."""
+    use = mics[:2]
+    d = root / fmt
+    d.mkdir()
+    if fmt == "star_dir":
+        for m in use:
+            write_relion_star(d / f"{name_stem(m.name)}_manualpick.star", truth[m.name])
+        return d
+    if fmt == "star_file":
+        write_relion_star(d / f"{name_stem(use[0].name)}_manualpick.star", truth[use[0].name])
+        return d / f"{name_stem(use[0].name)}_manualpick.star"
+    if fmt == "coords_suffix":
+        for m in use:
+            write_relion_star(d / "Micrographs" / f"{name_stem(m.name)}_manualpick.star", truth[m.name])
+        (d / "coords_suffix_manualpick.star").write_text(str(root / "train" / "micrographs.star") + "\n")
+        return d / "coords_suffix_manualpick.star"
+    if fmt == "manualpick":
+        for m in use:
+            write_relion_star(d / f"{name_stem(m.name)}_manualpick.star", truth[m.name])
+        starfile.write({"coordinate_files": pd.DataFrame({
+            "rlnMicrographName": [m.name for m in use],
+            "rlnMicrographCoordinates": [f"{name_stem(m.name)}_manualpick.star" for m in use]})},
+            d / "manualpick.star")
+        return d / "manualpick.star"
+    if fmt == "particles":
+        rows = [(m.name, x, y) for m in use for x, y in truth[m.name].xy()]
+        df = pd.DataFrame(rows, columns=["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"])
+        df["rlnOpticsGroup"] = 1
+        optics = pd.DataFrame({"rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
+                               "rlnImagePixelSize": [5.0], "rlnImageSize": [64], "rlnImageDimensionality": [2]})
+        starfile.write({"optics": optics, "particles": df}, d / "particles.star")
+        return d / "particles.star"
+    if fmt == "box":
+        for m in use:
+            write_box(d / f"{name_stem(m.name)}.box", truth[m.name], 40)
+        return d
+    if fmt == "topaz":
+        write_topaz_txt(d / "picks.txt", {name_stem(m.name): truth[m.name] for m in use})
+        return d / "picks.txt"
+    if fmt == "cs":
+        Dataset = pytest.importorskip("cryosparc.dataset").Dataset
+        rows = [(m.name, x, y) for m in use for x, y in truth[m.name].xy()]
+        ds = Dataset.allocate(len(rows), [("location/micrograph_uid", "<u8"), ("location/micrograph_path", "O"),
+                                          ("location/micrograph_shape", "<u4", (2,)),
+                                          ("location/center_x_frac", "<f4"), ("location/center_y_frac", "<f4")])
+        ds["location/micrograph_uid"] = [mics.index(next(m for m in use if m.name == r[0])) for r in rows]
+        ds["location/micrograph_path"] = [f"J3/motioncorrected/{name_stem(r[0])}.mrc" for r in rows]
+        ds["location/micrograph_shape"] = [[384, 384]] * len(rows)
+        ds["location/center_x_frac"] = [r[1] / 384 for r in rows]
+        ds["location/center_y_frac"] = [r[2] / 384 for r in rows]
+        ds.save(str(d / "particles.cs"))
+        return d / "particles.cs"
+    raise ValueError(fmt)
+
+
+@pytest.mark.parametrize("fmt", ["star_dir", "star_file", "coords_suffix", "manualpick", "particles", "box",
+                                 "topaz", "cs"])
+def test_every_coordinate_format_through_the_command(data, tmp_path, monkeypatch, fmt):
+    monkeypatch.chdir(data["root"] / "train")  # a RELION-like project directory
+    coords = _write_format(fmt, tmp_path, data["mics"], data["truth"])
+    out = tmp_path / "model.pt"
+    rc = hydra(["finetune", "--mics", str(data["root"] / "train" / "micrographs.star"), "--coords", str(coords),
+                "--diameter", str(data["spec"].diameter_A), "--name", "fmt", "--model", str(data["base"]),
+                "--epochs", "1", "--out", str(out), "--quiet"])
+    assert rc == 0
+    info = torch.load(out, weights_only=True)["meta"]["finetune"]["fmt"]
+    n = 1 if fmt == "star_file" else 2
+    want = [m.name for m in data["mics"][:n]]
+    assert sorted(info["micrographs"]) == sorted(want)
+    assert info["n_picks"] == sum(len(data["truth"][w]) for w in want)
+    assert info["validation"] == "strips"  # 1-2 micrographs: held-out strips
+    picker = Picker(out, device="cpu", **QUIET)
+    assert picker.net.head_names == ["generic", "fmt"]
+    assert len(picker.pick_one(data["mics"][0], data["spec"].diameter_A, head="fmt", floor=0.0)) > 0
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def test_coordinates_matching_no_micrograph(data, tmp_path):
+    coords = {"other_mic_001": Picks([10.0], [10.0])}
+    with pytest.raises(FinetuneError, match="none of the 1 coordinate entries matches"):
+        finetune(data["base"], data["mics"], coords, data["spec"].diameter_A, "x", out=tmp_path / "x.pt", **QUIET)
+    assert not (tmp_path / "x.pt").exists()
+    d = tmp_path / "c"
+    d.mkdir()
+    write_relion_star(d / "unrelated_manualpick.star", Picks([10.0], [10.0]))
+    rc = hydra(["finetune", "--mics", str(data["root"] / "train" / "micrographs.star"), "--coords", str(d),
+                "--diameter", "160", "--name", "x", "--model", str(data["base"]), "--out", str(tmp_path / "y.pt")])
+    assert rc == 1 and not (tmp_path / "y.pt").exists()
+
+
+def test_existing_or_invalid_head_name_and_bad_coordinates(data, dense, tmp_path):
+    d = data["spec"].diameter_A
+    with pytest.raises(FinetuneError, match="already has a head named 'prot'"):
+        finetune(dense, data["mics"], data["truth"], d, "prot", out=tmp_path / "x.pt", **QUIET)
+    with pytest.raises(FinetuneError, match="already has a head named 'generic'"):
+        finetune(data["base"], data["mics"], data["truth"], d, "generic", out=tmp_path / "x.pt", **QUIET)
+    with pytest.raises(FinetuneError, match="not valid"):
+        finetune(data["base"], data["mics"], data["truth"], d, "a b/c", out=tmp_path / "x.pt", **QUIET)
+    # coordinates from 2x binned micrographs' frame fall outside: a clear error
+    scaled = {k: Picks(p.x * 2 + 200, p.y * 2 + 200) for k, p in data["truth"].items()}
+    with pytest.raises(FinetuneError, match="outside the micrograph"):
+        finetune(data["base"], data["mics"], scaled, d, "x", out=tmp_path / "x.pt", **QUIET)
+    empty = {k: Picks.empty() for k in data["truth"]}
+    with pytest.raises(UserFacingError, match="no particles"):
+        finetune(data["base"], data["mics"], empty, d, "x", out=tmp_path / "x.pt", **QUIET)
+    assert not (tmp_path / "x.pt").exists()
