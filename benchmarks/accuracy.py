@@ -73,7 +73,7 @@ def fmt(v, spec=".3f"):
 def table(set_result: dict) -> str:
     rows = set_result["pickers"]
     ours = next((r["wall_s"] for r in rows if r["picker"] == "hydra" and not r["error"]), None)
-    head = f"{'picker':<8} {'AP':>6} {'AP_D/2':>7} {'maxF1':>6} {'picks':>7} {'wall s':>8} {'x ours':>7}"
+    head = f"{'picker':<8} {'AP':>6} {'AP_D/2':>7} {'maxF1':>6} {'picks':>7} {'wall s':>8} {'x ours':>7} {'CPU s':>8}"
     out = [f"== {set_result['set']} ({set_result['kind']}): {set_result['n_micrographs']} micrographs, "
            f"{set_result['n_truth']} particles, D = {set_result['diameter_A']:g} A = "
            f"{set_result['box_px']:.1f} px at {set_result['pixel_size']:g} A/px", head, "-" * len(head)]
@@ -84,7 +84,7 @@ def table(set_result: dict) -> str:
         m = r["metrics"]
         ratio = fmt(r["wall_s"] / ours, ".2f") if ours else "-"
         out.append(f"{r['picker']:<8} {fmt(m['AP']):>6} {fmt(m['AP_centre']):>7} {fmt(m['F1']):>6} "
-                   f"{m['n_picks']:>7} {r['wall_s']:>8.1f} {ratio:>7}")
+                   f"{m['n_picks']:>7} {r['wall_s']:>8.1f} {ratio:>7} {r.get('cpu_s', 0):>8.1f}")
     return "\n".join(out)
 
 
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
         for name in args.pickers:
             print(f"[bench] {ds.name}: running {name} ...", flush=True)
             run = run_picker(name, ds, work, args)
-            row = {"picker": name, "wall_s": run.wall_s, "peak_rss_mb": run.peak_rss_mb,
+            row = {"picker": name, "wall_s": run.wall_s, "cpu_s": run.cpu_s, "peak_rss_mb": run.peak_rss_mb,
                    "commands": run.commands, "info": run.info, "error": run.error, "metrics": None}
             if not run.error:
                 row["metrics"] = score(run.picks, ds)

@@ -35,6 +35,7 @@ class Run:
     picks: dict = field(default_factory=dict)
     wall_s: float = 0.0
     peak_rss_mb: float = 0.0
+    cpu_s: float = 0.0         # user + system CPU seconds of all its processes (robust on a shared machine)
     commands: list = field(default_factory=list)
     error: str = ""
     info: dict = field(default_factory=dict)
@@ -48,7 +49,8 @@ def thread_env(threads: int) -> dict:
 
 
 def run_timed(cmd, cwd, env, log_path: Path, timeout=None) -> tuple:
-    """Run ``cmd``; return (returncode, wall seconds, peak RSS in MB of it and its waited-for children)."""
+    """Run ``cmd``; return (returncode, wall seconds, peak RSS in MB, CPU seconds) of it and its
+    waited-for children."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         log.write(("$ " + shlex.join(map(str, cmd)) + "\n").encode())
@@ -67,7 +69,7 @@ def run_timed(cmd, cwd, env, log_path: Path, timeout=None) -> tuple:
             time.sleep(0.02)
         wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, wall, usage.ru_maxrss / 1024.0
+    return proc.returncode, wall, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime
 
 
 def _tail(path: Path, n=15) -> str:
@@ -91,8 +93,10 @@ def _steps(run: Run, steps, cwd, env, log_path, timeout) -> bool:
     """Run the commands in order, adding up wall time; False (with ``run.error``) at the first failure."""
     for cmd in steps:
         run.commands.append(shlex.join(map(str, cmd)))
-        rc, wall, rss = run_timed(cmd, cwd, env, log_path, timeout)
+        rc, wall, rss, cpu = run_timed(cmd, cwd, env, log_path, timeout)
         run.wall_s += wall
+        run.cpu_s += cpu
+        run.info.setdefault("step_wall_s", []).append(round(wall, 3))
         run.peak_rss_mb = max(run.peak_rss_mb, rss)
         if rc != 0:
             run.error = f"exit {rc} from {Path(str(cmd[0])).name}; log {log_path}:\n{_tail(log_path)}"

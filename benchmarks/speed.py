@@ -86,7 +86,7 @@ def main(argv=None) -> int:
                "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
                "argv": sys.argv, "threads": args.threads, "device": args.device, "runs": []}
     head = (f"{'size':<10} {'n':>4} {'picker':<6} {'mic/s':>7} {'s/mic':>7} {'wall s':>8} {'RSS MB':>7} "
-            f"{'AP':>6} {'ours x':>7}")
+            f"{'AP':>6} {'ours x':>7} {'CPUs/mic':>8}")
     lines = [head, "-" * len(head)]
     for label in args.sizes:
         spec = size_spec(label, args.pixel_size)
@@ -102,7 +102,8 @@ def main(argv=None) -> int:
                          timeout=args.timeout, **kw)
                 row = {"size": label, "shape": list(SIZES[label]), "n": n, "picker": name, "wall_s": run.wall_s,
                        "mics_per_s": n / run.wall_s if run.wall_s and not run.error else None,
-                       "peak_rss_mb": run.peak_rss_mb, "commands": run.commands, "info": run.info,
+                       "cpu_s": run.cpu_s,
+                       "cpu_s_per_mic": run.cpu_s / n, "peak_rss_mb": run.peak_rss_mb, "commands": run.commands, "info": run.info,
                        "error": run.error, "metrics": None if run.error else score(run.picks, ds)}
                 rows[name] = row
                 results["runs"].append(row)
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
                 ap = row["metrics"]["AP"]
                 lines.append(f"{label:<10} {n:>4} {name:<6} {row['mics_per_s']:>7.3f} {row['wall_s'] / n:>7.2f} "
                              f"{row['wall_s']:>8.1f} {row['peak_rss_mb']:>7.0f} "
-                             f"{'-' if ap is None else format(ap, '.3f'):>6} {ratio:>7}")
+                             f"{'-' if ap is None else format(ap, '.3f'):>6} {ratio:>7} {row['cpu_s_per_mic']:>8.2f}")
             print("\n".join(lines), flush=True)
             from hydrapicker.atomic import write_text
 

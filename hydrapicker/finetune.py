@@ -334,7 +334,8 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
              val_fraction: float = 0.2, mix_generic: float = 0.0, seed: int = 0, threads=None,
              label_fraction: Optional[float] = None, region_radius: float = 3.0, crop: int = 128,
              batch: int = 8, lr: float = 1e-3, patience: int = 6, lambda_tie: float = 0.01,
-             max_minutes: Optional[float] = None, memory_gb: float = 1.5) -> Optional[Path]:
+             max_minutes: Optional[float] = None, memory_gb: float = 1.5,
+             steps_per_epoch: Optional[int] = None) -> Optional[Path]:
     """Train a new head ``head_name`` on ``micrographs`` labelled by ``coords`` ({name: Picks}).
 
     ``base_model``: model file (None = the shipped generic model). ``epochs``: maximum number of epochs
@@ -428,7 +429,8 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
     own = [o for i, o in variants if i < len(train)]
     gen = [o for i, o in variants if i >= len(train)]
     area = sum(m.image.size for m in train)
-    steps_per_epoch = int(np.clip(math.ceil(area / float((g * stride) ** 2) / batch), 10, 200))
+    if not steps_per_epoch:
+        steps_per_epoch = int(np.clip(math.ceil(area / float((g * stride) ** 2) / batch), 10, 200))
     max_epochs = int(epochs) if epochs else 40
     if not val:
         log("[finetune] no validation data: training a fixed number of epochs, no early stopping")
@@ -467,7 +469,7 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
             loss.backward()
             torch.nn.utils.clip_grad_norm_(head.parameters(), 10.0)
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
         rec = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(time.time() - t_start, 1)}
         if val:

@@ -71,8 +71,8 @@ def detect(job_dir, in_star=None, override: Optional[str] = None, project_dir=".
         return v, f"detected from {pipeline}"
     if in_star is not None and (star_version_line(in_star) or 0) >= 50000:
         return "5", f"detected from the '# version' line of {in_star}"
-    return "3.1", ("no job.star or default_pipeline.star found; assuming RELION 3.1 "
-                   "(set the parameter relion_version to 4 or 5 if that is wrong)")
+    return "3.1", ("assumed: no job.star or default_pipeline.star to detect it from; "
+                   "set the parameter relion_version to 4 or 5 if that is wrong")
 
 
 def star_version_number(version: str) -> int:

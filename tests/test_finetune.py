@@ -4,6 +4,7 @@ format through the command, the output model, bad input.
 The base model is a freshly initialised ``lite`` network (no shipped weights needed): its body is random
 but fixed, so a head trained on its features must learn the target from the labels alone.
 """
+import functools
 import json
 
 import numpy as np
@@ -25,6 +26,7 @@ from hydrapicker.simulate import get_target, simulate_micrograph
 from hydrapicker.types import Picks
 
 QUIET = dict(log=lambda *a, **k: None)
+FAST = dict(crop=64, batch=8, steps_per_epoch=8, **QUIET)  # small crops: seconds per fine-tune
 
 
 def _write_set(spec, out, indices):
@@ -52,7 +54,7 @@ def data(tmp_path_factory):
     """A held-out simulated target (small micrographs), a random base model, truth of every micrograph."""
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("fewshot")
-    spec = get_target("t_proteasome").replace(shape=(384, 384), p_carbon=0.0)
+    spec = get_target("t_proteasome").replace(shape=(320, 320), p_carbon=0.0)
     mics, truth = _write_set(spec, root / "train", range(5))
     test_mics, test_truth = _write_set(spec, root / "test", range(100, 102))
     torch.manual_seed(0)
@@ -74,7 +76,7 @@ def dense(data):
     """One fine-tune on every particle of 5 micrographs (shared by several tests)."""
     out = data["root"] / "dense.pt"
     finetune(data["base"], data["mics"], data["truth"], data["spec"].diameter_A, "prot", out=out,
-             epochs=12, patience=4, **QUIET)
+             epochs=12, patience=4, **FAST)
     return out
 
 
@@ -147,9 +149,9 @@ def test_sparse_labels_do_not_teach_unlabelled_particles_as_background(data, den
         labelled[name], unlabelled[name] = p.subset(keep), p.subset(~keep)
     d = data["spec"].diameter_A
     pu = finetune(teacher, data["mics"], labelled, d, "pu", out=tmp_path / "pu.pt", epochs=6, patience=6,
-                  **QUIET)
+                  **FAST)
     neg = finetune(teacher, data["mics"], labelled, d, "neg", out=tmp_path / "neg.pt", epochs=6, patience=6,
-                   label_fraction=1.0, region_radius=float("inf"), **QUIET)
+                   label_fraction=1.0, region_radius=float("inf"), **FAST)
     c = torch.load(pu, weights_only=True)["meta"]["finetune"]["pu"]["label_fraction"]
     assert 0.1 < c < 0.6, c  # estimated from the base's detections
 
@@ -173,9 +175,9 @@ def test_sparse_labels_do_not_teach_unlabelled_particles_as_background(data, den
 def test_region_limits_what_is_taught(data, tmp_path):
     """Picks only in the left half: with the annotated region the right half is untaught."""
     d = data["spec"].diameter_A
-    left = {k: p.subset(p.x < 150) for k, p in data["truth"].items()}
+    left = {k: p.subset(p.x < 130) for k, p in data["truth"].items()}
     out = finetune(data["base"], data["mics"], left, d, "left", out=tmp_path / "l.pt", epochs=1,
-                   val_fraction=0.0, **QUIET)
+                   val_fraction=0.0, **FAST)
     info = torch.load(out, weights_only=True)["meta"]["finetune"]["left"]
     assert info["validation"] == "none" and info["n_picks"] == sum(len(p) for p in left.values())
 
@@ -227,11 +229,12 @@ def _write_format(fmt, root, mics, truth):
         ds = Dataset.allocate(len(rows), [("location/micrograph_uid", "<u8"), ("location/micrograph_path", "O"),
                                           ("location/micrograph_shape", "<u4", (2,)),
                                           ("location/center_x_frac", "<f4"), ("location/center_y_frac", "<f4")])
+        n = 320
         ds["location/micrograph_uid"] = [mics.index(next(m for m in use if m.name == r[0])) for r in rows]
         ds["location/micrograph_path"] = [f"J3/motioncorrected/{name_stem(r[0])}.mrc" for r in rows]
-        ds["location/micrograph_shape"] = [[384, 384]] * len(rows)
-        ds["location/center_x_frac"] = [r[1] / 384 for r in rows]
-        ds["location/center_y_frac"] = [r[2] / 384 for r in rows]
+        ds["location/micrograph_shape"] = [[n, n]] * len(rows)
+        ds["location/center_x_frac"] = [r[1] / n for r in rows]
+        ds["location/center_y_frac"] = [r[2] / n for r in rows]
         ds.save(str(d / "particles.cs"))
         return d / "particles.cs"
     raise ValueError(fmt)
@@ -240,6 +243,9 @@ def _write_format(fmt, root, mics, truth):
 @pytest.mark.parametrize("fmt", ["star_dir", "star_file", "coords_suffix", "manualpick", "particles", "box",
                                  "topaz", "cs"])
 def test_every_coordinate_format_through_the_command(data, tmp_path, monkeypatch, fmt):
+    import hydrapicker.finetune as ft
+
+    monkeypatch.setattr(ft, "finetune", functools.partial(ft.finetune, crop=64, batch=4, steps_per_epoch=2))
     monkeypatch.chdir(data["root"] / "train")  # a RELION-like project directory
     coords = _write_format(fmt, tmp_path, data["mics"], data["truth"])
     out = tmp_path / "model.pt"

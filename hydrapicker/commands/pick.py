@@ -102,7 +102,9 @@ def main(args):
         parts = distributed.gather_objects((n_ok, n_picks, failed, topaz))
         n_ok, n_picks = sum(p[0] for p in parts), sum(p[1] for p in parts)
         failed = [f for p in parts for f in p[2]]
-        topaz = {k: v for p in parts for k, v in p[3].items()}
+        merged = {k: v for p in parts for k, v in p[3].items()}
+        order = [Path(m.name).stem for m in mics]
+        topaz = {k: merged[k] for k in order if k in merged}
         distributed.finish()
         if rank != 0:
             return 0
@@ -114,6 +116,6 @@ def main(args):
     if failed:
         print(f"[hydra] {len(failed)} micrograph(s) failed: {', '.join(failed[:10])}"
               f"{' ...' if len(failed) > 10 else ''}", file=sys.stderr)
-        if n_ok == 0:
+        if n_ok == 0 and len(todo) == len(mics):  # nothing picked, now or before
             return 1
     return 0
