@@ -27,7 +27,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "cryosparc": ["cryosparc-tools>=4.7"],
+        "cryosparc": ["cryosparc-tools~=5.0.0"],  # v4.7 servers: pip install "cryosparc-tools~=4.7.0",
         "test": ["pytest>=7"],
     },
     entry_points={"console_scripts": [

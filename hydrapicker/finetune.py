@@ -350,7 +350,7 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
     from .criterion import Criterion, head_bias_loss
     from .metrics import summary
 
-    t_start = time.time()
+    t_start, cpu_start = time.time(), time.process_time()
     log = log or (lambda *a, **k: None)
     if threads:
         torch.set_num_threads(int(threads))
@@ -523,7 +523,8 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
         "region_radius_diameters": region_radius, "mix_generic": mix_generic, "orientations": n_var,
         "epochs": epoch, "best_epoch": best[2] if val else epoch, "steps": step,
         "validation_AP": best[0] if val else None, "threshold": float(thr),
-        "seconds": round(time.time() - t_start, 1), "history": history,
+        "seconds": round(time.time() - t_start, 1), "cpu_seconds": round(time.process_time() - cpu_start, 1),
+        "history": history,
         "validation_metrics": val_summary, "seed": seed,
     }
     new_meta["finetune"] = {**(new_meta.get("finetune") or {}), head_name: info}

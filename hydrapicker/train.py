@@ -202,6 +202,7 @@ def run_training(args, log: Callable = print, should_stop: Optional[Callable] = 
             total2 = step - total1
         if phase == 1 and step >= total1:
             save()
+            save(out / "phase1.pt")  # the single-head model, kept for the multi- vs single-head ablation
             if total2 <= 0:
                 break
             phase = 2

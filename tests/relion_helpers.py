@@ -1,7 +1,11 @@
-"""Helpers for the RELION adapter tests: a tiny synthetic RELION project and a picker test double.
+"""Helpers for the RELION adapter tests: tiny RELION projects and a picker test double.
 
-The synthetic micrographs are noise with dark Gaussian blobs (the particles) on a jittered grid, written
-as MRC under ``MotionCorr/job002/Movies/`` with a 3.1-style ``CtfFind/job003/micrographs_ctf.star``.
+Two kinds of project, both laid out as RELION writes them (micrographs under ``MotionCorr/job002/Movies/``,
+a 3.1-style ``CtfFind/job003/micrographs_ctf.star`` with optics and CTF columns):
+
+* :func:`make_project`: noise with dark Gaussian blobs on a jittered grid (fast; plumbing tests);
+* :func:`make_sim_project`: micrographs from the simulator (``hydrapicker.simulate``), realistic particles
+  with CTF, ice, carbon and junk, plus the true particle centres (end-to-end test with the real model).
 """
 from __future__ import annotations
 
@@ -55,9 +59,58 @@ def make_project(root, n_mics=3, shape=(512, 512), apix=2.0, spacing=80, sigma_p
         names.append(name)
     write_mics_star(root / MICS_STAR, names, apix, star_version, optics)
     if pipeline:
-        (root / "default_pipeline.star").write_text(
-            "\n# version 30001\n\ndata_pipeline_general\n\n_rlnPipeLineJobCounter                       1\n\n")
+        write_empty_pipeline(root)
     return truth
+
+
+def make_sim_project(root, target="t_ribosome", n_mics=3, start=0, pipeline=True):
+    """A RELION 3.1 project of ``n_mics`` simulated micrographs of the held-out ``target`` (indices
+    ``start``...). Returns (spec, {micrograph name: (N, 2) true centres, x = column, y = row})."""
+    import starfile
+
+    from hydrapicker.simulate import get_target, write_dataset
+
+    root = Path(root)
+    spec = get_target(target)
+    sim = write_dataset(spec, root / "Simulation", n_mics, start=start)
+    movies = root / "MotionCorr/job002/Movies"
+    movies.mkdir(parents=True, exist_ok=True)
+    blocks = starfile.read(sim / "micrographs.star", always_dict=True)
+    mics = blocks["micrographs"]
+    truth, names = {}, []
+    for rel in mics["rlnMicrographName"]:
+        stem = Path(rel).stem
+        name = f"MotionCorr/job002/Movies/{stem}.mrc"
+        os.replace(sim / rel, root / name)
+        xy = starfile.read(sim / "truth" / f"{stem}.star")
+        truth[name] = np.c_[xy["rlnCoordinateX"], xy["rlnCoordinateY"]] if len(xy) else np.zeros((0, 2))
+        names.append(name)
+    # what CtfFind adds to MotionCorr's micrographs STAR
+    mics["rlnMicrographName"] = names
+    mics["rlnCtfImage"] = [f"CtfFind/job003/Movies/{Path(n).stem}.ctf:mrc" for n in names]
+    mics["rlnCtfAstigmatism"] = (mics["rlnDefocusU"] - mics["rlnDefocusV"]).abs()
+    mics["rlnCtfFigureOfMerit"] = 0.2
+    mics["rlnCtfMaxResolution"] = 2.5 * spec.pixel_size
+    write_star(root / MICS_STAR, {"optics": blocks["optics"], "micrographs": mics})
+    if pipeline:
+        write_empty_pipeline(root)
+    return spec, truth
+
+
+def write_star(path, blocks, version=30001):
+    """STAR blocks ({name: DataFrame}) with RELION's ``# version`` line before each block."""
+    import starfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    starfile.write(blocks, path)
+    lines = [ln for ln in path.read_text().splitlines(True) if not ln.startswith("# Created by")]
+    path.write_text("".join(f"\n# version {version}\n\n{ln}" if ln.startswith("data_") else ln for ln in lines))
+
+
+def write_empty_pipeline(root):
+    (Path(root) / "default_pipeline.star").write_text(
+        "\n# version 30001\n\ndata_pipeline_general\n\n_rlnPipeLineJobCounter                       1\n\n")
 
 
 def write_mics_star(path, names, apix, star_version=30001, optics=True):
