@@ -249,23 +249,36 @@ def _in_mask(xy: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def estimate_label_fraction(train: list, oriented: list, stride: int, extent_px: float, shift: float,
                             nominal_precision: float = 0.8) -> tuple:
-    """(c, info): the share of the generic head's confident detections (score above its calibrated
-    threshold) in the annotated region that hit a label, over ``nominal_precision``; 1 when unknown."""
+    """(c, info): the share of the generic head's most confident detections in the annotated region that
+    hit a label, over ``nominal_precision``; 1 when there are too few detections to tell.
+
+    The detections used are those above the model's calibrated threshold, or, when there are fewer of
+    them than half the labels (a weak or uncalibrated generic head), the best ``labels / 2``.
+    """
     from .metrics import match_greedy
     from .types import Picks
 
-    n_det = n_hit = 0
+    scores, hits, n_labels = [], [], 0
     for m, o in zip(train, oriented):
+        if not len(m.xy):
+            continue  # declared particle-free: says nothing about how completely particles were picked
         grid = o.teacher.copy()
         grid[2] -= shift
-        xy, sc = detect(grid, stride, extent_px, 1.0, floor=0.5)
+        xy, sc = detect(grid, stride, extent_px, 1.0, floor=0.02)
         inside = _in_mask(xy, m.region > 0.5)
         xy, sc = xy[inside], sc[inside]
+        n_labels += len(m.xy)
         if not len(xy):
             continue
-        tp, _ = match_greedy(Picks(xy[:, 0], xy[:, 1], sc), m.xy, extent_px, centre=True)
-        n_det += len(xy)
-        n_hit += int((tp >= 0).sum())
+        tp, _ = match_greedy(Picks(xy[:, 0], xy[:, 1], sc), m.xy, extent_px)  # IoU > 0.6: no neighbours
+        scores.append(sc)
+        hits.append(tp >= 0)
+    if not scores:
+        return 1.0, {"detections": 0, "hits": 0, "estimated": False}
+    sc, hit = np.concatenate(scores), np.concatenate(hits)
+    order = np.argsort(-sc, kind="stable")
+    k = min(len(sc), max(int((sc >= 0.5).sum()), int(math.ceil(n_labels / 2))))
+    n_det, n_hit = int(k), int(hit[order[:k]].sum())
     if n_det < 10:
         return 1.0, {"detections": n_det, "hits": n_hit, "estimated": False}
     c = float(np.clip(n_hit / (nominal_precision * n_det), 0.05, 1.0))
@@ -520,7 +533,7 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
         "validation_micrographs": [m.name for m in val],
         "validation": "strips" if val and val[0].eval_mask is not None else ("micrographs" if val else "none"),
         "n_picks": int(n_picks), "label_fraction": c, "label_fraction_estimated": label_fraction is None,
-        "region_radius_diameters": region_radius, "mix_generic": mix_generic, "orientations": n_var,
+        "label_fraction_evidence": c_info, "region_radius_diameters": region_radius, "mix_generic": mix_generic, "orientations": n_var,
         "epochs": epoch, "best_epoch": best[2] if val else epoch, "steps": step,
         "validation_AP": best[0] if val else None, "threshold": float(thr),
         "seconds": round(time.time() - t_start, 1), "cpu_seconds": round(time.process_time() - cpu_start, 1),

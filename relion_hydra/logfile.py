@@ -37,7 +37,7 @@ def write_logfile(path: str, names: Sequence[str], foms: Sequence[np.ndarray], t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.backends.backend_pdf import PdfPages
-    from matplotlib.patches import Circle
+    from matplotlib.collections import EllipseCollection
 
     counts = np.array([len(f) for f in foms], dtype=int)
     written = np.concatenate([np.asarray(f, float) for f in foms]) if len(foms) else np.zeros(0)
@@ -57,7 +57,7 @@ def write_logfile(path: str, names: Sequence[str], foms: Sequence[np.ndarray], t
         ax2.set_xlabel("micrograph index (order of the input STAR)")
         ax2.set_ylabel("picks")
         ax2.set_title(f"picks per micrograph (mean {counts.mean() if len(counts) else 0:.1f})")
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.1, right=0.95, bottom=0.06, top=0.93, hspace=0.25)  # tight_layout: slow
         pdf.savefig(fig)
         plt.close(fig)
         for name, image_path, picks, radius_px in examples:
@@ -67,13 +67,17 @@ def write_logfile(path: str, names: Sequence[str], foms: Sequence[np.ndarray], t
                 print(f"logfile: cannot display {image_path}: {exc}")
                 continue
             lo, hi = np.percentile(img, [1, 99])
-            fig, ax = plt.subplots(figsize=(8.27, 8.27))
+            fig = plt.figure(figsize=(8.27, 8.27))
+            ax = fig.add_axes([0.02, 0.02, 0.96, 0.93])
             ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, origin="upper", interpolation="nearest")
-            for x, y in zip(picks.x, picks.y):  # x = column, y = row of the stored image
-                ax.add_patch(Circle((x / b, y / b), radius_px / b, fill=False, lw=0.8, color="lime"))
+            if len(picks):  # x = column, y = row of the stored image; circles of the particle diameter
+                d = np.full(len(picks), 2.0 * radius_px / b)
+                ax.add_collection(EllipseCollection(d, d, np.zeros(len(picks)), units="xy",
+                                                    offsets=np.c_[picks.x, picks.y] / b,
+                                                    offset_transform=ax.transData, facecolors="none",
+                                                    edgecolors="lime", linewidths=0.8))
             ax.set_title(f"{name}: {len(picks)} picks", fontsize=9)
             ax.set_axis_off()
-            fig.tight_layout()
             pdf.savefig(fig)
             plt.close(fig)
     return str(path)

@@ -214,7 +214,9 @@ def test_all_micrographs_unreadable_fails(project, capsys):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--o", JOB, "--in_mics", MICS_STAR, "--j", "1"], "--particle_diameter is required"),
+    # exactly the argv relion_pipeliner gives a job whose Params lack particle_diameter (see note.txt)
+    (["--o", JOB, "--in_mics", MICS_STAR, "--threshold", "0.5", "--j", "1", "--pipeline_control", JOB],
+     "--particle_diameter is required"),
     (["--o", JOB, "--in_mics", MICS_STAR, "--particle_diameter", "40", "--box", "64", "--j", "1"], "--box"),
     (["--o", JOB, "--in_mics", "nope.star", "--particle_diameter", "40", "--j", "1"], "nope.star"),
     (["--o", JOB, "--in_mics", MICS_STAR, "--particle_diameter", "40", "--head", "x", "--j", "1"], "head"),

@@ -100,15 +100,25 @@ def test_train_job_without_any_picks_fails(project, fake_finetune, capsys):
 
 @pytest.mark.skipif(importlib.util.find_spec("hydrapicker.finetune") is None,
                     reason="hydrapicker.finetune (few-shot training) is not in the core yet")
-def test_train_then_pick_with_the_new_head(project):
-    from hydrapicker.checkpoint import default_model_path
+def test_train_then_pick_with_the_new_head(project, capsys):
+    """Real few-shot training, kept small: 2 epochs on the 2 labelled 256^2 micrographs, then the pick
+    job uses the new head on all 3."""
+    from hydrapicker.checkpoint import default_model_path, load_checkpoint
     if not default_model_path().exists():
         pytest.skip(f"the shipped model {default_model_path()} is not there yet")
     from relion_hydra.pick_job import main as pick_main
     node = write_manual_picks(project, "3.1")
     rc = train_main(["--o", JOB, "--in_mics", MICS_STAR, "--in_coords", node, "--particle_diameter", "40",
-                     "--head_name", "mine", "--epochs", "1", "--gpu", "cpu", "--j", "1"])
-    assert rc == 0 and (Path(JOB) / "model.pt").exists()
+                     "--head_name", "mine", "--epochs", "2", "--gpu", "cpu", "--j", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0 and (Path(JOB) / "RELION_JOB_EXIT_SUCCESS").exists(), out
+    assert "epoch 2" in out and "epoch 3" not in out  # --epochs reached the training
+    _, meta = load_checkpoint(JOB + "model.pt")
+    assert list(meta["heads"]) == ["generic", "mine"]  # the base model's head plus the new one
     rc = pick_main(["--o", "External/job006/", "--in_mics", MICS_STAR, "--particle_diameter", "40",
                     "--model", JOB + "model.pt", "--head", "mine", "--gpu", "cpu", "--j", "1"])
-    assert rc == 0 and (Path("External/job006") / "RELION_JOB_EXIT_SUCCESS").exists()
+    out = capsys.readouterr().out
+    assert rc == 0 and (Path("External/job006") / "RELION_JOB_EXIT_SUCCESS").exists(), out
+    assert f"model {JOB}model.pt, head mine" in out
+    for n in NAMES:  # every micrograph has its coordinate file (the third one was never labelled)
+        assert Path(paths.coord_path("External/job006/", n, "autopick")).exists()
