@@ -36,7 +36,9 @@ class Picked:
 def threshold_for(picker, opts: PickOptions) -> float:
     if opts.threshold is not None:
         return float(opts.threshold)
-    return float((getattr(picker, "meta", None) or {}).get("default_threshold", 0.5))
+    from hydrapicker.checkpoint import threshold_for as model_threshold
+
+    return model_threshold(getattr(picker, "meta", None) or {}, getattr(opts, "head", "generic") or "generic")
 
 
 def min_dist_for(picked: Picked, opts: PickOptions) -> float:

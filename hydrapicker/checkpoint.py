@@ -104,3 +104,11 @@ def load_checkpoint(path=None, with_ckpt=False):
     net.eval()
     meta["path"] = str(path)
     return (net, meta, ckpt) if with_ckpt else (net, meta)
+
+
+def threshold_for(meta: dict, head: str = "generic") -> float:
+    """The calibrated FOM threshold of ``head`` (few-shot heads carry their own), else the model's."""
+    per_head = meta.get("head_thresholds") or {}
+    if head in per_head and per_head[head] is not None:
+        return float(per_head[head])
+    return float(meta.get("default_threshold", 0.5))

@@ -253,7 +253,8 @@ def estimate_label_fraction(train: list, oriented: list, stride: int, extent_px:
     hit a label, over ``nominal_precision``; 1 when there are too few detections to tell.
 
     The detections used are those above the model's calibrated threshold, or, when there are fewer of
-    them than half the labels (a weak or uncalibrated generic head), the best ``labels / 2``.
+    them than half the labels (a weak or uncalibrated generic head), the best ``labels / 2`` of those
+    within reach of it (shifted score >= 0.1). A generic head that detects nothing tells nothing: c = 1.
     """
     from .metrics import match_greedy
     from .types import Picks
@@ -264,7 +265,7 @@ def estimate_label_fraction(train: list, oriented: list, stride: int, extent_px:
             continue  # declared particle-free: says nothing about how completely particles were picked
         grid = o.teacher.copy()
         grid[2] -= shift
-        xy, sc = detect(grid, stride, extent_px, 1.0, floor=0.02)
+        xy, sc = detect(grid, stride, extent_px, 1.0, floor=0.1)  # 0.5 = the calibrated threshold
         inside = _in_mask(xy, m.region > 0.5)
         xy, sc = xy[inside], sc[inside]
         n_labels += len(m.xy)

@@ -72,7 +72,13 @@ class Picker:
 
     @property
     def default_threshold(self) -> float:
-        return float(self.meta.get("default_threshold", 0.5))
+        return self.threshold_for("generic")
+
+    def threshold_for(self, head: str = "generic") -> float:
+        """The calibrated threshold of ``head`` (few-shot heads carry their own)."""
+        from .checkpoint import threshold_for
+
+        return threshold_for(self.meta, head)
 
     # -- one micrograph -------------------------------------------------------------------------
     def _load(self, mic: Micrograph, diameter_A: float):

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from hydrapicker.checkpoint import threshold_for
 from hydrapicker.errors import UserFacingError
 
 from . import nodes
@@ -112,7 +113,7 @@ class PickRun:
         o = self.o
         picker = self.factory(o["model"], self.device, o["j"])
         meta = getattr(picker, "meta", {}) or {}
-        threshold = o["threshold"] if o["threshold"] is not None else float(meta.get("default_threshold", 0.5))
+        threshold = o["threshold"] if o["threshold"] is not None else threshold_for(meta, o["head"])
         self.threshold = threshold
         heads = meta.get("heads")
         if heads and o["head"] not in heads:

@@ -184,7 +184,7 @@ def test_region_limits_what_is_taught(data, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- coordinate formats
-def _write_format(fmt, root, mics, truth):
+def _write_format(fmt, root, mics, truth, mics_star):
     """Write the truth of the first two micrographs in format ``fmt``; returns the --coords argument."""
     use = mics[:2]
     d = root / fmt
@@ -199,7 +199,7 @@ def _write_format(fmt, root, mics, truth):
     if fmt == "coords_suffix":
         for m in use:
             write_relion_star(d / "Micrographs" / f"{name_stem(m.name)}_manualpick.star", truth[m.name])
-        (d / "coords_suffix_manualpick.star").write_text(str(root / "train" / "micrographs.star") + "\n")
+        (d / "coords_suffix_manualpick.star").write_text(str(mics_star) + "\n")
         return d / "coords_suffix_manualpick.star"
     if fmt == "manualpick":
         for m in use:
@@ -248,7 +248,7 @@ def test_every_coordinate_format_through_the_command(data, tmp_path, monkeypatch
 
     monkeypatch.setattr(ft, "finetune", functools.partial(ft.finetune, crop=64, batch=4, steps_per_epoch=2))
     monkeypatch.chdir(data["root"] / "train")  # a RELION-like project directory
-    coords = _write_format(fmt, tmp_path, data["mics"], data["truth"])
+    coords = _write_format(fmt, tmp_path, data["mics"], data["truth"], data["root"] / "train" / "micrographs.star")
     out = tmp_path / "model.pt"
     rc = hydra(["finetune", "--mics", str(data["root"] / "train" / "micrographs.star"), "--coords", str(coords),
                 "--diameter", str(data["spec"].diameter_A), "--name", "fmt", "--model", str(data["base"]),

@@ -74,7 +74,7 @@ def main(args):
         if rank != 0:
             log = lambda *a, **k: None  # noqa: E731  (rank 0 reports)
     picker = Picker(args.model, device=device, threads=args.threads, log=log)
-    threshold = None if args.all else (picker.default_threshold if args.threshold is None else args.threshold)
+    threshold = None if args.all else (picker.threshold_for(args.head) if args.threshold is None else args.threshold)
     t0 = time.time()
     n_ok, n_picks, failed, topaz = 0, 0, [], {}
     for i, res in enumerate(picker.pick(todo, args.diameter, head=args.head,
