@@ -322,10 +322,19 @@ def test_bin_script_writes_failure_when_dependencies_are_missing(tmp_path):
     py = "/usr/bin/python3"
     if not os.path.exists(py) or subprocess.run([py, "-c", "import numpy"], capture_output=True).returncode == 0:
         pytest.skip("needs a system python3 without numpy")
-    r = subprocess.run([py, str(REPO / "bin/relion_hydra_pick"), "--o", "External/job009/", "--in_mics", "x"],
-                       cwd=tmp_path, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    argv = [py, str(REPO / "bin/relion_hydra_pick"), "--o", "External/job009/", "--in_mics", "x"]
+    # HYDRAPICKER_PYTHON naming the same interpreter: no usable Python at all
+    r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "HYDRAPICKER_PYTHON": py})
     assert r.returncode == 1 and "HYDRAPICKER_PYTHON" in r.stderr
     assert (tmp_path / "External/job009/RELION_JOB_EXIT_FAILURE").exists()
+    venv_py = REPO / ".venv" / "bin" / "python"
+    if venv_py.exists():
+        # without it, the script falls back to the repository's .venv (made by run_tests.sh / run_demo.sh)
+        (tmp_path / "External/job009/RELION_JOB_EXIT_FAILURE").unlink()
+        r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+        assert r.returncode != 0 and "particle_diameter is required" in r.stderr
+        assert (tmp_path / "External/job009/RELION_JOB_EXIT_FAILURE").exists()
 
 
 def test_bin_script_help_runs_from_elsewhere(tmp_path):
