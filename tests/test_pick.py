@@ -107,3 +107,13 @@ def test_info_describes_the_shipped_model(capsys):
     assert hydra(["info"]) == 0
     out = capsys.readouterr().out
     assert "generic" in out and "particle extent" in out
+
+
+def test_micrograph_names_with_dots_keep_their_whole_stem(tmp_path):
+    # e.g. EPU/SerialEM names like May08_03.05.02.mrc: the output must not collapse to May08_03.05
+    for name in ("May08_03.05.02.mrc", "May08_03.05.07.mrc"):
+        write_mrc(tmp_path / name, np.random.default_rng(0).normal(size=(256, 256)), apix=4.0)
+    assert hydra(["pick", str(tmp_path / "May08_*.mrc"), "--diameter", "120", "--all", "--quiet",
+                  "--out", str(tmp_path / "o")]) == 0
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.star")) == [
+        "May08_03.05.02_hydra.star", "May08_03.05.07_hydra.star"]

@@ -39,10 +39,11 @@ def add_args(p):
     p.add_argument("--quiet", action="store_true")
 
 
-def output_stem(out_dir, mic_name: str, suffix: str):
+def output_path(out_dir, mic_name: str, suffix: str, ext: str):
+    """<out>/<micrograph stem>_<suffix><ext>; names with dots (May08_03.05.02) are kept whole."""
     from pathlib import Path
 
-    return Path(out_dir) / f"{Path(mic_name).stem}_{suffix}"
+    return Path(out_dir) / f"{Path(mic_name).stem}_{suffix}{ext}"
 
 
 def main(args):
@@ -64,7 +65,7 @@ def main(args):
     out.mkdir(parents=True, exist_ok=True)
     log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
     todo = [m for m in mics
-            if args.overwrite or not output_stem(out, m.name, args.suffix).with_suffix(".star").exists()]
+            if args.overwrite or not output_path(out, m.name, args.suffix, ".star").exists()]
     if len(todo) < len(mics):
         log(f"[hydra] {len(mics) - len(todo)} of {len(mics)} micrographs already picked in {out}; skipping them")
     device = distributed.init(args.device)
@@ -84,15 +85,17 @@ def main(args):
             print(f"[hydra] WARNING: skipped {res.micrograph.name}: {res.error}", file=sys.stderr, flush=True)
             continue
         picks = res.picks.above(threshold)
-        stem = output_stem(out, res.micrograph.name, args.suffix)
+        def path(ext, name=res.micrograph.name):
+            return output_path(out, name, args.suffix, ext)
+
         box_px = args.diameter / res.info["pixel_size"]
         if "box" in args.format:
-            write_box(stem.with_suffix(".box"), picks, box_px)
+            write_box(path(".box"), picks, box_px)
         if "cbox" in args.format:
-            write_cbox_like(stem.with_suffix(".cbox"), res.picks, box_px)
+            write_cbox_like(path(".cbox"), res.picks, box_px)
         if "topaz" in args.format:
             topaz[Path(res.micrograph.name).stem] = picks
-        write_relion_star(stem.with_suffix(".star"), picks)  # last: marks the micrograph done
+        write_relion_star(path(".star"), picks)  # last: marks the micrograph done
         n_ok += 1
         n_picks += len(picks)
         rate = i / max(time.time() - t0, 1e-9)
