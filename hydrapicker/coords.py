@@ -28,25 +28,25 @@ def relion_coords_frame(picks: Picks) -> pd.DataFrame:
     }, columns=RELION_COORD_COLUMNS)
 
 
+def write_star(path, blocks: dict, version: int = 30001) -> None:
+    """STAR blocks ({name: DataFrame}) through ``starfile``, atomically, with RELION's ``# version`` line
+    in place of starfile's banner (30001 for 3.1/4.x, 50001 for 5.x)."""
+    import starfile
+
+    with atomic_path(path) as tmp:
+        starfile.write(blocks, tmp)
+        lines = Path(tmp).read_text().splitlines(keepends=True)
+        body = [ln for ln in lines if not ln.startswith("# Created by the starfile")]
+        Path(tmp).write_text(f"\n# version {version}\n" + "".join(body))
+
+
 def write_relion_star(path, picks: Picks, version: int = 30001) -> None:
     """Per-micrograph coordinate STAR: one ``data_`` block (empty name), written atomically.
 
     An empty table is still written (with its column labels) so that a continued job knows the
     micrograph was done. ``version`` is the ``# version`` comment (30001 for 3.1/4.x, 50001 for 5.x).
     """
-    import starfile
-
-    df = relion_coords_frame(picks)
-    with atomic_path(path) as tmp:
-        starfile.write({"": df}, tmp)
-        _set_version_comment(tmp, version)
-
-
-def _set_version_comment(path, version: int) -> None:
-    """Replace starfile's banner comment by RELION's ``# version NNNNN`` line."""
-    lines = Path(path).read_text().splitlines(keepends=True)
-    body = [ln for ln in lines if not ln.startswith("# Created by the starfile")]
-    Path(path).write_text(f"\n# version {version}\n" + "".join(body))
+    write_star(path, {"": relion_coords_frame(picks)}, version)
 
 
 def write_box(path, picks: Picks, box_px: float) -> None:

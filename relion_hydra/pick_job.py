@@ -45,10 +45,6 @@ PARAMS = (
 N_EXAMPLES = 3
 
 
-class _SkipLog(Exception):
-    pass
-
-
 def device_from_gpu(gpu: str) -> str:
     g = (gpu or "").strip()
     if g in ("", "auto"):
@@ -200,25 +196,24 @@ class PickRun:
         nodes.write_summary(d + nodes.SUMMARY,
                             [(n, len(p), float(p.fom.mean()) if len(p) else 0.0) for n, p in all_picks.items()],
                             self.star_version)
-        with_log = True
-        try:
-            if aborted:
-                with_log = os.path.exists(d + nodes.LOGFILE)
-                log(f"{d}{nodes.LOGFILE} is not redrawn after an abort (a Continue redraws it)")
-                raise _SkipLog
-            by_name = {m.name: m for m in self.mics}
-            examples = [(n, by_name[n].path, p, o["particle_diameter"] / 2.0 / (by_name[n].pixel_size or 1.0))
-                        for n, p in list(all_picks.items())[:N_EXAMPLES]]
-            import numpy as np
-            write_logfile(d + nodes.LOGFILE, list(all_picks), [p.fom for p in all_picks.values()],
-                          getattr(self, "threshold", 0.0), examples,
-                          all_foms=np.concatenate(self.candidate_foms) if self.candidate_foms else None,
-                          title=f"HydraPicker {d}")
-        except _SkipLog:
-            pass
-        except Exception as exc:  # the log is a convenience; never fail the picks for it
+        if aborted:
             with_log = os.path.exists(d + nodes.LOGFILE)
-            warn(f"could not write {d}{nodes.LOGFILE}: {exc}")
+            log(f"{d}{nodes.LOGFILE} is not redrawn after an abort (a Continue redraws it)")
+        else:
+            with_log = True
+            try:
+                by_name = {m.name: m for m in self.mics}
+                examples = [(n, by_name[n].path, p,
+                             o["particle_diameter"] / 2.0 / (by_name[n].pixel_size or 1.0))
+                            for n, p in list(all_picks.items())[:N_EXAMPLES]]
+                import numpy as np
+                write_logfile(d + nodes.LOGFILE, list(all_picks), [p.fom for p in all_picks.values()],
+                              getattr(self, "threshold", 0.0), examples,
+                              all_foms=np.concatenate(self.candidate_foms) if self.candidate_foms else None,
+                              title=f"HydraPicker {d}")
+            except Exception as exc:  # the log is a convenience; never fail the picks for it
+                with_log = os.path.exists(d + nodes.LOGFILE)
+                warn(f"could not write {d}{nodes.LOGFILE}: {exc}")
         nodes.write_output_nodes(d, self.version,
                                  nodes.pick_output_nodes(d, o["pickname"], self.version, with_log))
         total = sum(len(p) for p in all_picks.values())

@@ -85,17 +85,14 @@ def main(args):
             print(f"[hydra] WARNING: skipped {res.micrograph.name}: {res.error}", file=sys.stderr, flush=True)
             continue
         picks = res.picks.above(threshold)
-        def path(ext, name=res.micrograph.name):
-            return output_path(out, name, args.suffix, ext)
-
         box_px = args.diameter / res.info["pixel_size"]
         if "box" in args.format:
-            write_box(path(".box"), picks, box_px)
+            write_box(output_path(out, res.micrograph.name, args.suffix, ".box"), picks, box_px)
         if "cbox" in args.format:
-            write_cbox_like(path(".cbox"), res.picks, box_px)
+            write_cbox_like(output_path(out, res.micrograph.name, args.suffix, ".cbox"), res.picks, box_px)
         if "topaz" in args.format:
             topaz[Path(res.micrograph.name).stem] = picks
-        write_relion_star(path(".star"), picks)  # last: marks the micrograph done
+        write_relion_star(output_path(out, res.micrograph.name, args.suffix, ".star"), picks)  # last: marks the micrograph done
         n_ok += 1
         n_picks += len(picks)
         rate = i / max(time.time() - t0, 1e-9)

@@ -195,24 +195,13 @@ def get_target(name: str) -> DatasetSpec:
 
 
 # ------------------------------------------------------------------------------------------------ writer
-def _write_star(path, blocks: dict) -> None:
-    """Write STAR blocks ({name: DataFrame}) through starfile, atomically, with RELION's version line."""
-    import starfile
-
-    from ..atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        starfile.write(blocks, tmp)
-        text = "".join(ln for ln in open(tmp).read().splitlines(True) if not ln.startswith("# Created by the starfile"))
-        open(tmp, "w").write("\n# version 30001\n" + text)
-
-
 def write_dataset(spec: DatasetSpec, out_dir, n_micrographs: int, start: int = 0, log=None) -> Path:
     """Simulate ``n_micrographs`` micrographs of ``spec`` and write them (MRC + STARs + meta.json)."""
     import mrcfile
     import pandas as pd
 
     from ..atomic import atomic_path, write_text
+    from ..coords import write_star
     from .micrograph import particle_model, simulate_micrograph
 
     out = Path(out_dir)
@@ -228,7 +217,7 @@ def write_dataset(spec: DatasetSpec, out_dir, n_micrographs: int, start: int = 0
                 m.voxel_size = mic.pixel_size
         truth = pd.DataFrame({"rlnCoordinateX": mic.xy[:, 0].astype(float),
                               "rlnCoordinateY": mic.xy[:, 1].astype(float)})
-        _write_star(out / "truth" / f"{mic.name}.star", {"": truth})
+        write_star(out / "truth" / f"{mic.name}.star", {"": truth})
         inf = mic.info
         rows.append((rel, 1, float(inf["defocus_u_A"]), float(inf["defocus_v_A"]), float(inf["defocus_angle"]),
                      float(inf["phase_shift_deg"])))
@@ -243,7 +232,7 @@ def write_dataset(spec: DatasetSpec, out_dir, n_micrographs: int, start: int = 0
                            "rlnMicrographPixelSize": [float(spec.pixel_size)]})
     mics = pd.DataFrame(rows, columns=["rlnMicrographName", "rlnOpticsGroup", "rlnDefocusU", "rlnDefocusV",
                                        "rlnDefocusAngle", "rlnPhaseShift"])
-    _write_star(out / "micrographs.star", {"optics": optics, "micrographs": mics})
+    write_star(out / "micrographs.star", {"optics": optics, "micrographs": mics})
     model = particle_model(spec)
     meta = {"spec": spec.to_dict(), "name": spec.name, "diameter_A": float(spec.diameter_A),
             "diameter_px": float(spec.diameter_px), "pixel_size": float(spec.pixel_size),
