@@ -34,11 +34,12 @@ def prepare_with_truth(image, xy, pixel_size, diameter_A, extent_px, scale_jitte
                        name="") -> PreparedMic:
     """Rescale a micrograph and its truth (pixels of the original) to the model's extent.
 
-    ``scale_jitter`` > 0 trains robustness to users' diameter estimates (diameter * U(1-j, 1+j)).
+    ``scale_jitter`` = j > 0 trains robustness to users' diameter estimates: the diameter used for
+    rescaling is the true one times a log-uniform factor in [1/(1+j), 1+j] (j = 0.4: 0.71x to 1.4x).
     """
     d = diameter_A
     if scale_jitter and rng is not None:
-        d = diameter_A * float(rng.uniform(1 - scale_jitter, 1 + scale_jitter))
+        d = diameter_A * float(np.exp(rng.uniform(-np.log1p(scale_jitter), np.log1p(scale_jitter))))
     p = prepare(np.asarray(image, np.float32), pixel_size, d, extent_px, path=name)
     xy = np.asarray(xy, np.float64).reshape(-1, 2) * np.asarray(p.scale_xy)[None, :]
     return PreparedMic(p.image, xy, None, name)

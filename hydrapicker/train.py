@@ -125,6 +125,33 @@ def lr_at(step, total, base, cycle, warmup=200):
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t / max(cycle, 1))))
 
 
+def init_from(net, path) -> dict:
+    """Copy the body and the generic head of the model file ``path`` into ``net``.
+
+    Returns a compact description of the source (path, preset, its training recipe and datasets) for the
+    new model's metadata, so a model trained in stages still names every dataset it has seen.
+    """
+    from .checkpoint import read_checkpoint
+    from .errors import UserFacingError
+    from .model import GENERIC
+
+    ck = read_checkpoint(path)
+    meta = ck["meta"]
+    if meta.get("preset") != net.preset.name:
+        raise UserFacingError(f"--init {path}: preset {meta.get('preset')!r} does not match the run's "
+                              f"--preset {net.preset.name!r}")
+    keep = {k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()
+            if k.startswith("body.") or k.startswith(f"heads.{GENERIC}.")}
+    missing, unexpected = net.load_state_dict(keep, strict=False)
+    missing = [k for k in missing if k.startswith("body.") or k.startswith(f"heads.{GENERIC}.")]
+    if missing or unexpected:
+        raise UserFacingError(f"--init {path}: weights do not fit the network ({(missing + unexpected)[:3]})")
+    training = meta.get("training") or {}
+    return {"path": str(path), "preset": meta.get("preset"), "step": training.get("step"),
+            "recipe": training.get("recipe"), "datasets": training.get("datasets"),
+            "init_from": training.get("init_from")}
+
+
 def run_training(args, log: Callable = print, should_stop: Optional[Callable] = None) -> Path:
     """Train per ``args`` (see :mod:`hydrapicker.commands.train`); returns the final model path."""
     import torch
@@ -160,6 +187,10 @@ def run_training(args, log: Callable = print, should_stop: Optional[Callable] = 
         return torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=args.lr,
                                 weight_decay=1e-5)
 
+    init_meta = None
+    if getattr(args, "init", None) and not (ckpt_path.exists() and not args.restart):
+        init_meta = init_from(net, args.init)
+        log(f"[train] initialised body and generic head from {args.init}")
     opt = make_opt()
     if ckpt_path.exists() and not args.restart:
         ck = read_checkpoint(ckpt_path)
@@ -185,7 +216,8 @@ def run_training(args, log: Callable = print, should_stop: Optional[Callable] = 
     def training_meta():
         return {"recipe": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))},
                 "datasets": [s.to_dict() for s in specs], "dataset_heads": ds_heads,
-                "simulator": "hydrapicker.simulate", "phase": phase, "step": step}
+                "simulator": "hydrapicker.simulate", "phase": phase, "step": step,
+                **({"init_from": init_meta} if init_meta else {})}
 
     net.train()
     t_last_ckpt = time.time()
@@ -237,10 +269,10 @@ def run_training(args, log: Callable = print, should_stop: Optional[Callable] = 
         opt.step()
         step += 1
         if step % args.log_every == 0:
-            rec = {"step": step, "phase": phase, "loss": float(loss), **parts, "lr": lr,
+            rec = {"step": step, "phase": phase, "loss": float(loss.detach()), **parts, "lr": lr,
                    "elapsed_s": round(time.time() - t0, 1), "dataset": train_sets[k].name}
             jlog.write(**rec)
-            log(f"[train] step {step} phase {phase} loss {float(loss):.4f} cls {parts['cls']:.4f} "
+            log(f"[train] step {step} phase {phase} loss {float(loss.detach()):.4f} cls {parts['cls']:.4f} "
                 f"loc {parts['loc']:.4f} lr {lr:.2e} ({time.time() - t0:.0f} s)")
         if args.val_every and step % args.val_every == 0:
             res = evaluate_sets(net, val_sets, lambda n: GENERIC, stride, extent)

@@ -6,6 +6,7 @@ Re-running the same command with the same --out resumes from out/checkpoint.pt.
 
 Examples:
   hydra train --out runs/generic --steps 6000 --phase2-steps 1500          # the shipped recipe
+  hydra train --out runs/generic2 --init runs/generic/phase1.pt --seed 1 --datasets 48 --hours 1.5
   hydra train --out runs/tiny --datasets 2 --mics-per-dataset 2 --steps 20 --phase2-steps 10 --crop 128
 """
 
@@ -29,8 +30,12 @@ def add_args(p):
     p.add_argument("--lambda-bias", type=float, default=0.01)
     p.add_argument("--generic-weight", type=float, default=0.5,
                    help="weight of the generic head's own loss in phase 2")
-    p.add_argument("--scale-jitter", type=float, default=0.12,
-                   help="relative jitter of the diameter used for rescaling (robustness to user estimates)")
+    p.add_argument("--scale-jitter", type=float, default=0.4,
+                   help="the diameter used for rescaling is scaled by a log-uniform factor in "
+                        "[1/(1+J), 1+J]: robustness to users' diameter estimates")
+    p.add_argument("--init", default=None,
+                   help="start from this model file's body and generic head (e.g. a previous run's "
+                        "phase1.pt) instead of random weights; recorded in the new model's metadata")
     p.add_argument("--refresh-every", type=int, default=150,
                    help="phase 1: re-simulate one dataset's micrographs every N steps (0 = never)")
     p.add_argument("--val-every", type=int, default=500)

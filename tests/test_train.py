@@ -1,0 +1,84 @@
+"""Multi-dataset training (hydrapicker.train, `hydra train`): a tiny run learns, resumes from its
+checkpoint, runs phase 2 with one head per source dataset, and starts from another model with --init."""
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hydrapicker.checkpoint import load_checkpoint, read_checkpoint
+from hydrapicker.commands import train as train_cmd
+from hydrapicker.train import run_training
+
+QUIET = lambda *a, **k: None  # noqa: E731
+
+
+def _args(out, *extra):
+    p = argparse.ArgumentParser()
+    train_cmd.add_args(p)
+    return p.parse_args(["--out", str(out), "--datasets", "2", "--mics-per-dataset", "2", "--val-mics", "1",
+                         "--crop", "96", "--batch", "4", "--log-every", "5", "--val-every", "0",
+                         "--workers", "1", "--threads", "2", "--lr", "5e-3", *extra])
+
+
+def _log(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_lowers_the_loss(tmp_path):
+    out = tmp_path / "run"
+    final = run_training(_args(out, "--steps", "150", "--phase2-steps", "0"), log=QUIET)
+    losses = [r["loss"] for r in _log(out) if "loss" in r]
+    assert len(losses) == 30
+    assert np.median(losses[-10:]) < 0.75 * np.median(losses[:6]), losses  # median: single batches are noisy
+    net, meta = load_checkpoint(final)
+    assert meta["heads"] == ["generic"]
+    assert 0.0 < meta["default_threshold"] < 1.0
+    assert len(meta["training"]["datasets"]) == 2
+
+
+def test_stopped_run_resumes_where_it_stopped_and_finishes_phase_2(tmp_path):
+    out = tmp_path / "run"
+    calls = {"n": 0}
+
+    def stop_after_some_steps():
+        calls["n"] += 1
+        return calls["n"] > 12
+
+    args = _args(out, "--steps", "20", "--phase2-steps", "10")
+    assert run_training(args, log=QUIET, should_stop=stop_after_some_steps) == out / "checkpoint.pt"
+    assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 12
+    assert not (out / "model.pt").exists()
+
+    messages = []
+    final = run_training(args, log=messages.append)
+    assert any("resumed" in m and "step 12" in m for m in messages), messages
+    steps = [r["step"] for r in _log(out) if "loss" in r]
+    assert steps == sorted(steps) and steps[-1] == 30  # no step trained twice, none skipped
+    ck = read_checkpoint(out / "checkpoint.pt")
+    assert ck["epoch"] == 30 and ck["args"]["phase"] == 2
+    net, meta = load_checkpoint(final)
+    assert set(meta["heads"]) == {"generic", "ds00", "ds01"}
+    assert set(meta["validation_AP_dataset_heads"]) == set(meta["validation_AP"])
+
+
+def test_init_copies_body_and_generic_head_and_records_the_source(tmp_path):
+    first = run_training(_args(tmp_path / "a", "--steps", "5", "--phase2-steps", "0"), log=QUIET)
+    src, _ = load_checkpoint(first)
+    second = _args(tmp_path / "b", "--steps", "0", "--phase2-steps", "0", "--seed", "3", "--init", str(first))
+    net, meta = load_checkpoint(run_training(second, log=QUIET))
+    for (k, a), (_, b) in zip(src.state_dict().items(), net.state_dict().items()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-2), k  # fp16 model files
+    init = meta["training"]["init_from"]
+    assert init["path"] == str(first) and len(init["datasets"]) == 2
+    assert init["datasets"] != meta["training"]["datasets"]  # another seed: other source datasets
+
+
+def test_init_with_another_preset_is_refused(tmp_path):
+    first = run_training(_args(tmp_path / "a", "--steps", "2", "--phase2-steps", "0"), log=QUIET)
+    from hydrapicker.errors import UserFacingError
+
+    with pytest.raises(UserFacingError, match="preset"):
+        run_training(_args(tmp_path / "b", "--preset", "thesis", "--steps", "1", "--init", str(first)),
+                     log=QUIET)
