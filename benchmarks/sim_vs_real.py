@@ -3,8 +3,9 @@
 For each real set in ../shared/data/real, a simulated set is made at the same pixel size, particle diameter
 and micrograph size, with the held-out target closest in shape (ribosome-like / apoferritin-like) and the SNR
 range bracketing the SNR measured on the real micrographs. The figure shows, per set: a real and a
-simulated crop, the radially averaged power spectra (each micrograph normalised to unit variance), and the
-average of boxes extracted at the truth centres (real vs simulated). It prints the measured numbers.
+simulated crop, the radially averaged power spectra (each micrograph normalised to unit variance), the radial
+profiles of the average of boxes extracted at the truth centres, and those two averages on one grey scale
+(real vs simulated). It prints the measured numbers.
 
     python benchmarks/sim_vs_real.py [--real ../shared/data/real] [--out sim_vs_real.png] [--n 5]
 
@@ -113,7 +114,8 @@ def main(argv=None):
     sets = [(s, t) for s, t in PAIRS.items() if (Path(args.real) / s).is_dir()]
     if not sets:
         sys.exit(f"no real sets found under {args.real}")
-    fig, axes = plt.subplots(len(sets), 5, figsize=(22, 4.6 * len(sets)), squeeze=False)
+    fig, axes = plt.subplots(len(sets), 6, figsize=(25, 4.7 * len(sets)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1, 1.15, 1.15, 1, 1]})
     for row, (set_name, target) in zip(axes, sets):
         meta, real = load_real(Path(args.real) / set_name, args.n)
         px, d = float(meta["apix"]), float(meta["diameter_px"])
@@ -155,28 +157,50 @@ def main(argv=None):
               f"{np.mean([len(m.xy) for m in sim]):.0f} particles/micrograph "
               f"(real: {np.mean([len(xy) for _, xy in real]):.0f} labelled)")
         c = min(256, real[0][0].shape[0], real[0][0].shape[1])
-        _show(row[0], real[0][0][:c, :c], f"real {set_name} ({px:.2f} A/px)")
-        _show(row[1], sim[0].image[:c, :c], f"simulated {target}, same px and D")
-        row[2].semilogy(k, p_real, label="real")
-        ins = row[2].inset_axes([0.55, 0.45, 0.42, 0.3])
-        ins.plot(pr_real, label="real")
-        ins.plot(pr_sim, label="sim")
-        ins.axhline(0, color="k", lw=0.5)
-        ins.set_title("particle radial profile (noise std)", fontsize=7)
-        ins.tick_params(labelsize=6)
-        row[2].semilogy(k, p_sim, label="simulated")
+        crop = f"{c}x{c} px = {c * px / 10:.0f} nm crop"
+        _show(row[0], real[0][0][:c, :c], f"REAL {set_name}\n{px:.2f} A/px, D = {d:.0f} px; {crop}")
+        _show(row[1], sim[0].image[:c, :c], f"SIMULATED ({target})\nsame px, D and particle contrast; {crop}")
+        row[2].semilogy(k, p_real, label=f"real ({len(real)} micrographs)")
+        row[2].semilogy(k, p_sim, label=f"simulated ({len(sim)} micrographs)")
         row[2].set_xlabel("spatial frequency (1/A)")
+        row[2].set_ylabel("power (each micrograph unit variance)")
         row[2].set_title("radially averaged power spectrum")
-        row[2].legend()
-        _show(row[3], avg_real, f"real: mean of {sum(len(xy) for _, xy in real)} boxes at truth")
-        _show(row[4], avg_sim, "simulated: mean of boxes at truth")
+        row[2].legend(fontsize=8)
+        r = np.arange(half)
+        row[3].plot(r, pr_real, "o-", ms=3, label="real")
+        row[3].plot(r, pr_sim, "o-", ms=3, label="simulated")
+        row[3].axhline(0, color="k", lw=0.5)
+        row[3].axvline(d / 2, color="gray", ls="--", lw=0.8, label="D/2")
+        row[3].set_xlabel("radius from truth centre (px)")
+        row[3].set_ylabel("mean intensity (background noise std)")
+        row[3].set_title("radial profile of the particle average")
+        row[3].legend(fontsize=8)
+        # the two averages on one grey scale (both in units of the background noise std)
+        lo, hi = np.percentile(np.concatenate([avg_real.ravel(), avg_sim.ravel()]), [1, 99])
+        _show(row[4], avg_real, f"REAL: mean of {sum(len(xy) for _, xy in real)} boxes at truth\n"
+              f"(grey scale shared with the next panel)", (lo, hi))
+        _show(row[5], avg_sim, f"SIMULATED: mean of {sum(len(m.xy) for m in sim)} boxes at truth\n"
+              f"(grey scale shared with the previous panel)", (lo, hi))
+    fig.suptitle("Simulated vs real micrographs (simulator SNR calibrated so that the particle average has the "
+                 "real depth in background-noise std; everything else from the held-out target spec)", fontsize=12)
     fig.tight_layout()
     fig.savefig(args.out, dpi=70)
+    _shrink_png(args.out)
     print(f"wrote {args.out}")
 
 
-def _show(ax, img, title):
-    lo, hi = np.percentile(img, [1, 99])
+def _shrink_png(path):
+    """Re-save a PNG with a 256-colour palette (noisy greyscale panels compress badly as RGBA)."""
+    if not str(path).lower().endswith(".png"):
+        return
+    from PIL import Image
+    with Image.open(path) as im:
+        q = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    q.save(path, optimize=True)
+
+
+def _show(ax, img, title, limits=None):
+    lo, hi = limits if limits is not None else np.percentile(img, [1, 99])
     ax.imshow(np.clip((img - lo) / (hi - lo + 1e-12), 0, 1), cmap="gray")
     ax.set_title(title, fontsize=9)
     ax.axis("off")

@@ -158,3 +158,32 @@ def test_cli(tmp_path, capsys):
                  "--shape", "160", "192"]) == 0
     written = list(tmp_path.glob("*/Micrographs/*.mrc"))
     assert len(written) == 1 and mrcfile.read(written[0]).shape == (160, 192)
+
+
+def test_no_truth_under_contamination_or_on_carbon():
+    """Particles hidden under (opaque) ice contamination are not placed, so not in the truth; none sit on the
+    carbon film either. The coarse occupancy grid used to be built by subsampling the masks with an integer
+    step although its cells are d/10 px (non-integer), which shifted the masks by up to a tenth of the canvas
+    and put truth centres under contamination blobs."""
+    spec = source_dataset_specs(8)[7].replace(contamination=3.0, p_carbon=0.5, p_empty=0.0, shape=(512, 512))
+    assert abs(spec.diameter_px / 10 - round(spec.diameter_px / 10)) > 0.1  # a non-integer occupancy cell
+    n_blobs = n_carbon = n_truth = 0
+    for i in range(4):
+        mic = simulate_micrograph(spec, i)
+        assert mic.contamination_mask.shape == mic.image.shape
+        n_blobs += mic.info["n_contamination"]
+        n_truth += len(mic.xy)
+        ix = np.round(mic.xy).astype(int)
+        assert not np.any(mic.contamination_mask[ix[:, 1], ix[:, 0]] > 0.5)
+        if mic.carbon_mask is not None:
+            n_carbon += 1
+            assert not np.any(mic.carbon_mask[ix[:, 1], ix[:, 0]] > 0.5)
+        # and no particle disc is mostly covered by contamination
+        r = mic.diameter_px / 2
+        yy, xx = np.mgrid[:mic.image.shape[0], :mic.image.shape[1]]
+        for x, y in mic.xy:
+            disc = (xx - x) ** 2 + (yy - y) ** 2 <= r * r
+            assert (mic.contamination_mask[disc] > 0.5).mean() < 0.5
+    assert n_blobs >= 4 and n_carbon >= 1 and n_truth > 100  # the test exercises what it checks
+    a, b = simulate_micrograph(spec, 0), simulate_micrograph(spec, 0)
+    assert np.array_equal(a.xy, b.xy) and np.array_equal(a.contamination_mask, b.contamination_mask)

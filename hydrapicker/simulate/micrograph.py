@@ -27,6 +27,8 @@ class SimMicrograph:
     diameter_A: float
     name: str
     info: dict = field(default_factory=dict)
+    contamination_mask: np.ndarray | None = None  # float32 (ny, nx) soft 0..1: opaque ice contamination
+    carbon_mask: np.ndarray | None = None         # float32 (ny, nx) soft 0..1: carbon film (None: no carbon)
 
     @property
     def diameter_px(self) -> float:
@@ -101,8 +103,15 @@ def simulate_micrograph(spec, index: int) -> SimMicrograph:
     gshape = (int(np.ceil(Ny / cell)), int(np.ceil(Nx / cell)))
     occupied = np.zeros(gshape[0] * gshape[1], bool)
 
+    # first canvas pixel of each coarse cell: pixel j lies in cell floor(j / cell), as in footprint_cells
+    row0 = np.flatnonzero(np.diff(np.floor(np.arange(Ny) / cell).astype(np.int64), prepend=-1))
+    col0 = np.flatnonzero(np.diff(np.floor(np.arange(Nx) / cell).astype(np.int64), prepend=-1))
+
     def occupy_mask(mask, thr=0.5):
-        small = mask[::max(1, int(cell)), ::max(1, int(cell))] > thr
+        """Mark every coarse cell that has any pixel of ``mask`` above ``thr``. (Subsampling the mask with a
+        step of int(cell) px misplaced it by up to a tenth of the canvas whenever cell was not an integer,
+        so particles were placed under contamination and on carbon.)"""
+        small = np.logical_or.reduceat(np.logical_or.reduceat(mask > thr, row0, axis=0), col0, axis=1)
         gy, gx = gshape
         occ = np.zeros(gshape, bool)
         occ[:min(gy, small.shape[0]), :min(gx, small.shape[1])] = small[:gy, :gx]
@@ -130,6 +139,7 @@ def simulate_micrograph(spec, index: int) -> SimMicrograph:
         occupy_mask(carbon, 0.2)
     info["carbon"] = carbon is not None
 
+    contam = np.zeros(canvas, np.float32)
     n_cont = int(rng.poisson(spec.contamination))
     for _ in range(n_cont):
         cx, cy = rng.uniform(0, Nx), rng.uniform(0, Ny)
@@ -140,10 +150,13 @@ def simulate_micrograph(spec, index: int) -> SimMicrograph:
             continue
         background_amp[y0:y1, x0:x1] -= rng.uniform(2.0, 10.0) * m
         phase_extra[y0:y1, x0:x1] += rng.uniform(50, 400) * m
-        full = np.zeros(canvas, np.float32)
-        full[y0:y1, x0:x1] = m
-        occupy_mask(full, 0.1)
+        np.maximum(contam[y0:y1, x0:x1], m, out=contam[y0:y1, x0:x1])
+    if n_cont:
+        occupy_mask(contam, 0.1)
     info["n_contamination"] = n_cont
+    # no particle centre under thick contamination (opaque: nothing there can be seen) or on the carbon
+    # film; occupancy alone does not guarantee it (a particle may overlap masked cells up to max_overlap)
+    hidden = contam if carbon is None else np.maximum(contam, carbon)
 
     info["crystalline_ice"] = bool(rng.random() < spec.p_crystalline)
     if info["crystalline_ice"]:
@@ -192,6 +205,8 @@ def simulate_micrograph(spec, index: int) -> SimMicrograph:
                     break
                 tries += 1
                 cx, cy = pos[i]
+                if hidden[min(int(round(cy)), Ny - 1), min(int(round(cx)), Nx - 1)] > 0.5:
+                    continue
                 cells = footprint_cells(subs[i], cx, cy, cell, gshape)
                 if len(cells) == 0 or occupied[cells].mean() > spec.max_overlap:
                     continue
@@ -246,7 +261,8 @@ def simulate_micrograph(spec, index: int) -> SimMicrograph:
     info.update(n_particles=int(len(xy)), n_particles_canvas=len(truth), structural_fraction=f_struct, 
                 signal_power=sig_power, sigma_noise=float(sigma_n))
     name = f"{spec.name}_{int(index):03d}"
-    return SimMicrograph(img, xy, px, float(spec.diameter_A), name, info)
+    return SimMicrograph(img, xy, px, float(spec.diameter_A), name, info, contamination_mask=contam[sl].copy(),
+                         carbon_mask=None if carbon is None else carbon[sl].copy())
 
 
 def _unit_rms(f, nx):
