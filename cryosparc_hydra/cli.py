@@ -54,7 +54,8 @@ def add_pick_args(p):
                    help="keep picks with FOM >= this (default: the model's threshold); Inspect Picks can "
                         "raise it later (the FOM is in pick_stats/ncc_score and power)")
     p.add_argument("--model", default=None, help="model file (default: the shipped generic model)")
-    p.add_argument("--head", default="generic", help="model head (default generic)")
+    p.add_argument("--head", default=None,
+                   help="model head (default: the model's own: its few-shot head after training, else generic)")
     p.add_argument("--min-distance", type=float, default=None, metavar="A",
                    help="minimum distance between picks in Angstrom (default: half the diameter)")
     p.add_argument("--edge", type=float, default=0.0, metavar="A",
@@ -102,6 +103,7 @@ def _picker(args):
 
     picker = Picker(model=args.model, device=args.device, threads=args.threads)
     heads = picker.meta.get("heads", [])
+    args.head = args.head or picker.default_head
     if args.head not in heads:
         raise UserFacingError(f"model {picker.meta.get('path')} has no head {args.head!r}; its heads: "
                               f"{', '.join(heads)} (--head)")

@@ -21,7 +21,7 @@ from hydrapicker.errors import UserFacingError
 from . import compat, plots
 from .exposures import Downloader, exposures_to_micrographs, visible_locally
 from .particles import build_particles, validate_particles
-from .picking import PickOptions, min_dist_for, pick_micrographs, threshold_for
+from .picking import PickOptions, head_for, min_dist_for, pick_micrographs, threshold_for
 
 INPUT_NAME = "micrographs"
 OUTPUT_NAME = "particles"
@@ -94,7 +94,7 @@ class PickSummary:
 
 def job_description(picker, opts: PickOptions, ref: str) -> str:
     meta = getattr(picker, "meta", {}) or {}
-    return (f"HydraPicker picks of {ref}: diameter {opts.diameter_A:g} A, head {opts.head}, "
+    return (f"HydraPicker picks of {ref}: diameter {opts.diameter_A:g} A, head {head_for(picker, opts)}, "
             f"threshold {threshold_for(picker, opts):g}, model {meta.get('path', meta.get('preset', '?'))} "
             f"(hydrapicker {meta.get('hydrapicker_version', '?')}), flip_y={opts.flip_y}")
 

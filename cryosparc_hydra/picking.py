@@ -16,7 +16,7 @@ from hydrapicker.types import Micrograph, Picks
 class PickOptions:
     diameter_A: float
     threshold: Optional[float] = None  # None -> the model's default threshold
-    head: str = "generic"
+    head: Optional[str] = None        # None -> the model's own (its few-shot head, else generic)
     min_distance_A: Optional[float] = None
     edge_A: float = 0.0
     flip_y: bool = False
@@ -33,12 +33,19 @@ class Picked:
     n_below: int = 0                # picks under the threshold (not saved)
 
 
+def head_for(picker, opts: PickOptions) -> str:
+    """The head that picks: the one asked for, else the model's default head."""
+    from hydrapicker.checkpoint import default_head
+
+    return opts.head or default_head(getattr(picker, "meta", None) or {})
+
+
 def threshold_for(picker, opts: PickOptions) -> float:
     if opts.threshold is not None:
         return float(opts.threshold)
     from hydrapicker.checkpoint import threshold_for as model_threshold
 
-    return model_threshold(getattr(picker, "meta", None) or {}, getattr(opts, "head", "generic") or "generic")
+    return model_threshold(getattr(picker, "meta", None) or {}, head_for(picker, opts))
 
 
 def min_dist_for(picked: Picked, opts: PickOptions) -> float:
@@ -62,7 +69,7 @@ def _record(mic: Micrograph, res, threshold: float) -> Picked:
 def pick_micrographs(picker, mics, opts: PickOptions, downloader=None, should_stop=None):
     """Yield a :class:`Picked` per micrograph of ``mics`` (in order)."""
     threshold = threshold_for(picker, opts)
-    kw = dict(diameter_A=opts.diameter_A, head=opts.head, min_distance_A=opts.min_distance_A,
+    kw = dict(diameter_A=opts.diameter_A, head=head_for(picker, opts), min_distance_A=opts.min_distance_A,
               edge_A=opts.edge_A, should_stop=should_stop)
     by_name = {m.name: m for m in mics}
     if downloader is None:

@@ -106,6 +106,12 @@ def load_checkpoint(path=None, with_ckpt=False):
     return (net, meta, ckpt) if with_ckpt else (net, meta)
 
 
+def default_head(meta: dict) -> str:
+    """The head a model picks with unless told otherwise: a fine-tuned model's new head, else generic."""
+    head = meta.get("default_head")
+    return head if head and head in (meta.get("heads") or []) else "generic"
+
+
 def threshold_for(meta: dict, head: str = "generic") -> float:
     """The calibrated FOM threshold of ``head`` (few-shot heads carry their own), else the model's."""
     per_head = meta.get("head_thresholds") or {}

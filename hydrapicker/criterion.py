@@ -89,12 +89,17 @@ class Criterion(torch.nn.Module):
         self.alpha, self.gamma = alpha, gamma
         self.lambda_loc, self.lambda_cls = lambda_loc, lambda_cls
 
-    def forward(self, out, cls, off, weight=None):
-        """out (B, 3, H, W); cls (B, H, W); off (B, 2, H, W); weight (B, H, W) or None."""
+    def forward(self, out, cls, off, weight=None, soft=None):
+        """out (B, 3, H, W); cls (B, H, W) 0/1 labels; off (B, 2, H, W); weight (B, H, W) or None.
+
+        ``soft`` (B, H, W), optional: classification targets in [0, 1] used instead of ``cls`` (e.g. the
+        probability that an unlabelled cell holds a particle); localisation stays on the labelled cells.
+        """
         logits = out[:, 2]
         pos = cls > 0.5
         n_pos = max(float(pos.sum()), 1.0)
-        l_cls = focal_loss(logits, cls, weight, self.alpha, self.gamma) / n_pos
+        target = cls if soft is None else soft
+        l_cls = focal_loss(logits, target, weight, self.alpha, self.gamma) / n_pos
         l_loc = centre_l1(out[:, :2], off, pos) / n_pos
         total = self.lambda_cls * l_cls + self.lambda_loc * l_loc
         return total, {"cls": float(l_cls.detach()), "loc": float(l_loc.detach())}

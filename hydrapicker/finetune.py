@@ -189,6 +189,7 @@ class Oriented:
     region: np.ndarray           # (GH, GW) mean annotated fraction per cell
     teacher: np.ndarray          # (3, GH, GW) generic head outputs (logit divided by the temperature)
     weight: Optional[np.ndarray] = None   # (GH, GW) final per-cell weights
+    target: Optional[np.ndarray] = None   # (GH, GW) classification targets (soft where unlabelled)
 
 
 def orient(net, m: Labelled, k: int, flip: bool, temperature: float) -> Oriented:
@@ -210,12 +211,21 @@ def orient(net, m: Labelled, k: int, flip: bool, temperature: float) -> Oriented
     return Oriented(feats, cls, off, reg, t)
 
 
-def pu_weights(region: np.ndarray, teacher_prob: np.ndarray, cls: np.ndarray, c: float) -> np.ndarray:
-    """Per-cell weights: labelled cells 1; unlabelled ones ``region * (1 - t) / (1 - t c)`` (PU rule)."""
+def pu_targets(region: np.ndarray, teacher_prob: np.ndarray, cls: np.ndarray, c: float) -> tuple:
+    """Per-cell (target, weight) for positive-unlabelled learning with label fraction ``c``.
+
+    Labelled cells: target 1, weight 1. An unlabelled cell holds a particle with probability
+    ``q = t (1 - c) / (1 - t c)`` (Elkan & Noto 2008, with the generic head's probability ``t`` as the
+    prior), so its target is ``q`` (the expected loss over both cases), weighted by how much of the cell
+    the user annotated. Dense labels (c = 1) give q = 0: plain negatives.
+    """
     c = float(np.clip(c, 0.0, 1.0))
     t = np.clip(teacher_prob, 0.0, 1.0)
-    w = region * (1.0 - t) / np.maximum(1.0 - t * c, 1e-6)
-    return np.where(cls > 0.5, 1.0, w).astype(np.float32)
+    q = t * (1.0 - c) / np.maximum(1.0 - t * c, 1e-6)
+    lab = cls > 0.5
+    target = np.where(lab, 1.0, q).astype(np.float32)
+    weight = np.where(lab, 1.0, region).astype(np.float32)
+    return target, weight
 
 
 def _sigmoid(x):
@@ -421,9 +431,9 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
     c = est_c if label_fraction is None else float(label_fraction)
     for i, o in variants:
         if i < len(train):
-            o.weight = pu_weights(o.region, _sigmoid(o.teacher[2] - shift), o.cls, c)
+            o.target, o.weight = pu_targets(o.region, _sigmoid(o.teacher[2] - shift), o.cls, c)
         else:
-            o.weight = np.ones_like(o.region)
+            o.target, o.weight = o.cls, np.ones_like(o.region)
     log(f"[finetune] label fraction {c:.2f} ({'estimated' if label_fraction is None else 'given'}; "
         f"generic detections {c_info['detections']}, on labels {c_info['hits']})")
 
@@ -458,7 +468,8 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
             if w.mean() > 0.1:
                 break
         f = o.feats[:, i0 * fs:(i0 + g) * fs, j0 * fs:(j0 + g) * fs]
-        return f, o.cls[i0:i0 + g, j0:j0 + g], o.off[:, i0:i0 + g, j0:j0 + g], w
+        return (f, o.cls[i0:i0 + g, j0:j0 + g], o.off[:, i0:i0 + g, j0:j0 + g], w,
+                o.target[i0:i0 + g, j0:j0 + g])
 
     history, best = [], (-1.0, None, 0)
     step = 0
@@ -476,7 +487,8 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
             cls = torch.from_numpy(np.stack([it[1] for it in items]))
             off = torch.from_numpy(np.stack([it[2] for it in items]))
             wt = torch.from_numpy(np.stack([it[3] for it in items]))
-            loss, parts = crit(head(f), cls, off, wt)
+            soft = torch.from_numpy(np.stack([it[4] for it in items]))
+            loss, parts = crit(head(f), cls, off, wt, soft=soft)
             if lambda_tie:
                 loss = loss + lambda_tie * head_bias_loss(net, [head_name])
             opt.zero_grad(set_to_none=True)

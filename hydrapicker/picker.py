@@ -71,8 +71,16 @@ class Picker:
                  f"heads {', '.join(self.meta['heads'])}) on device {self.device}")
 
     @property
+    def default_head(self) -> str:
+        """The model's own choice: the newest few-shot head of a fine-tuned model, else ``generic``."""
+        from .checkpoint import default_head
+
+        return default_head(self.meta)
+
+    @property
     def default_threshold(self) -> float:
-        return self.threshold_for("generic")
+        """The calibrated threshold of :attr:`default_head`."""
+        return self.threshold_for(self.default_head)
 
     def threshold_for(self, head: str = "generic") -> float:
         """The calibrated threshold of ``head`` (few-shot heads carry their own)."""

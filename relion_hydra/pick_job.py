@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from hydrapicker.checkpoint import threshold_for
+from hydrapicker.checkpoint import default_head, threshold_for
 from hydrapicker.errors import UserFacingError
 
 from . import nodes
@@ -36,7 +36,8 @@ PARAMS = (
     Param("particle_diameter", float, None, True, "particle diameter in Angstrom", positive=True),
     Param("threshold", float, None, False, "FOM threshold, 0-1, higher = fewer picks (default: the model's)"),
     Param("model", str, None, False, "model file (default: the shipped generic model)"),
-    Param("head", str, "generic", False, "which head of the model picks"),
+    Param("head", str, "", False, "which head of the model picks (empty: the model's own: the few-shot "
+                                  "head of a fine-tuned model, else generic)"),
     Param("gpu", str, "", False, "GPU id, e.g. 0 (empty: first GPU if any, else CPU; 'cpu': CPU)"),
     Param("pickname", str, "autopick", False, "name in the coordinate files: <mic>_<pickname>.star"),
     Param("min_distance", float, None, False, "minimum distance between picks in Angstrom", positive=True),
@@ -109,6 +110,7 @@ class PickRun:
         o = self.o
         picker = self.factory(o["model"], self.device, o["j"])
         meta = getattr(picker, "meta", {}) or {}
+        o["head"] = o["head"] or default_head(meta)
         threshold = o["threshold"] if o["threshold"] is not None else threshold_for(meta, o["head"])
         self.threshold = threshold
         heads = meta.get("heads")

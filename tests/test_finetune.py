@@ -17,7 +17,7 @@ from hydrapicker.checkpoint import load_checkpoint, make_meta, save_checkpoint
 from hydrapicker.cli import main as hydra
 from hydrapicker.coords import name_stem, write_box, write_relion_star, write_topaz_txt
 from hydrapicker.errors import UserFacingError
-from hydrapicker.finetune import FinetuneError, annotated_region, finetune, pu_weights
+from hydrapicker.finetune import FinetuneError, annotated_region, finetune, pu_targets
 from hydrapicker.metrics import evaluate
 from hydrapicker.micrographs import read_micrographs_star
 from hydrapicker.model import build_model
@@ -88,7 +88,6 @@ def test_finetune_improves_ap_on_test_micrographs(data, dense):
     assert ap_base < 0.1 and ap_new > ap_base + 0.15, (ap_base, ap_new)
 
 
-@pytest.mark.xfail(strict=False, reason="few-shot quality not yet reliable (issue 6 open): precision of the new head / PU-vs-dense margin below target on this small case")
 def test_output_model_is_a_plain_checkpoint_with_the_new_head(data, dense):
     ck = torch.load(dense, map_location="cpu", weights_only=True)
     meta = ck["meta"]
@@ -110,31 +109,45 @@ def test_output_model_is_a_plain_checkpoint_with_the_new_head(data, dense):
         assert torch.equal(ck["model"][k], v), k
     net, _ = load_checkpoint(dense)
     assert not torch.equal(net.heads["prot"].out.weight, net.heads["generic"].out.weight)
-    # the calibrated threshold keeps precise picks on the validation micrograph
+    # the threshold is the validation micrograph's precision-0.8 point (or its max-F1 point when precision
+    # 0.8 is never reached), and picking that micrograph for real at it gives what the calibration saw
+    vm = info["validation_metrics"]
     picker = Picker(dense, device="cpu", **QUIET)
     vname = info["validation_micrographs"][0]
     vmic = next(m for m in data["mics"] if m.name == vname)
+    assert picker.default_head == "prot" and picker.default_threshold == info["threshold"]
     picks = picker.pick_one(vmic, data["spec"].diameter_A, head="prot").above(picker.default_threshold)
-    res = evaluate({vname: picks}, {vname: data["truth"][vname].xy()}, data["spec"].diameter_px)
-    assert len(picks) > 0 and res["precision"] >= 0.6, (len(picks), res["precision"])
+    truth = data["truth"][vname]
+    # validation counts only the annotated region: within region_radius diameters of a label
+    dist = np.hypot(picks.x[:, None] - truth.x[None], picks.y[:, None] - truth.y[None]).min(1)
+    picks = picks.subset(dist <= info["region_radius_diameters"] * data["spec"].diameter_px)
+    res = evaluate({vname: picks}, {vname: truth.xy()}, data["spec"].diameter_px)
+    assert len(picks) > 0
+    if vm["threshold_p80"] is not None:
+        assert info["threshold"] == pytest.approx(vm["threshold_p80"])
+        assert res["precision"] >= 0.7, (len(picks), res["precision"])
+    else:
+        assert info["threshold"] == pytest.approx(vm["threshold"])
 
 
 # ---------------------------------------------------------------------------------------- sparse labels
-def test_pu_weights_and_annotated_region():
+def test_pu_targets_and_annotated_region():
     region = np.ones((1, 4), np.float32)
     cls = np.array([[1, 0, 0, 0]], np.float32)
     t = np.array([[0.9, 0.9, 0.5, 0.0]])
-    dense = pu_weights(region, t, cls, 1.0)
-    np.testing.assert_allclose(dense, [[1, 1, 1, 1]])
-    sparse = pu_weights(region, t, cls, 0.3)
-    assert sparse[0, 0] == 1.0 and sparse[0, 1] < 0.2 and 0.5 < sparse[0, 2] < 0.8 and sparse[0, 3] == 1.0
-    np.testing.assert_allclose(pu_weights(region * 0, t, cls, 0.3), [[1, 0, 0, 0]])
+    target, weight = pu_targets(region, t, cls, 1.0)  # dense labels: unlabelled cells are background
+    np.testing.assert_allclose(target, [[1, 0, 0, 0]])
+    np.testing.assert_allclose(weight, [[1, 1, 1, 1]])
+    target, weight = pu_targets(region, t, cls, 0.3)  # 30% labelled: a confident unlabelled cell is likely a particle
+    assert target[0, 0] == 1.0 and target[0, 1] > 0.8 and 0.3 < target[0, 2] < 0.5 and target[0, 3] == 0.0
+    np.testing.assert_allclose(target[0, 1], 0.9 * 0.7 / (1 - 0.27), rtol=1e-5)
+    _, weight = pu_targets(region * 0, t, cls, 0.3)  # outside the annotated region nothing is taught
+    np.testing.assert_allclose(weight, [[1, 0, 0, 0]])
     reg = annotated_region((50, 100), np.array([[10.0, 10.0]]), 8.0)
     assert reg[10, 17] == 1 and reg[10, 19] == 0 and reg[40, 90] == 0 and reg.sum() == pytest.approx(np.pi * 64, rel=0.1)
     assert annotated_region((5, 5), np.zeros((0, 2)), 8.0).all()  # an empty file: all annotated
 
 
-@pytest.mark.xfail(strict=False, reason="few-shot quality not yet reliable (issue 6 open): precision of the new head / PU-vs-dense margin below target on this small case")
 def test_sparse_labels_do_not_teach_unlabelled_particles_as_background(data, dense, tmp_path):
     """30% of the particles labelled. The base is the dense fine-tune with its head as 'generic' (a base
     that knows the target), so the unlabelled particles are ones the base already scores high. The PU
@@ -171,7 +184,9 @@ def test_sparse_labels_do_not_teach_unlabelled_particles_as_background(data, den
 
     s_base = unlabelled_scores(teacher, "generic")
     s_pu, s_neg = unlabelled_scores(pu, "pu"), unlabelled_scores(neg, "neg")
-    assert np.median(s_pu) > np.median(s_neg) + 0.1, (np.median(s_base), np.median(s_pu), np.median(s_neg))
+    # soft PU targets keep them well above the dense-negative fine-tune (the older weight-only PU rule
+    # reached ~1.2x here, soft targets ~1.4x)
+    assert np.median(s_pu) > 1.3 * np.median(s_neg), (np.median(s_base), np.median(s_pu), np.median(s_neg))
     assert np.median(s_pu) > 0.5 * np.median(s_base)
 
 

@@ -21,7 +21,9 @@ def add_args(p):
     p.add_argument("--apix", type=float, default=None,
                    help="pixel size in A/px (overrides the STAR and the MRC header)")
     p.add_argument("--model", default=None, help="model file (default: shipped generic model)")
-    p.add_argument("--head", default="generic", help="head to pick with (default: generic)")
+    p.add_argument("--head", default=None,
+                   help="head to pick with (default: the model's own: the few-shot head of a model made by "
+                        "`hydra finetune`, else generic)")
     p.add_argument("--threshold", type=float, default=None,
                    help="FOM threshold for written picks (default: the model's calibrated threshold)")
     p.add_argument("--all", action="store_true",
@@ -75,6 +77,7 @@ def main(args):
         if rank != 0:
             log = lambda *a, **k: None  # noqa: E731  (rank 0 reports)
     picker = Picker(args.model, device=device, threads=args.threads, log=log)
+    args.head = args.head or picker.default_head
     threshold = None if args.all else (picker.threshold_for(args.head) if args.threshold is None else args.threshold)
     t0 = time.time()
     n_ok, n_picks, failed, topaz = 0, 0, [], {}
