@@ -277,8 +277,8 @@ def run_training(args, log: Callable = print, should_stop: Optional[Callable] = 
         if args.val_every and step % args.val_every == 0:
             res = evaluate_sets(net, val_sets, lambda n: GENERIC, stride, extent)
             aps = {n: round(r["AP"], 4) for n, r in res.items()}
-            jlog.write(step=step, phase=phase, val_AP_mean=float(np.mean(list(aps.values()))), val_AP=aps)
-            log(f"[train] step {step} validation AP (generic head) mean {np.mean(list(aps.values())):.3f}")
+            jlog.write(step=step, phase=phase, val_AP_mean=float(np.nanmean(list(aps.values()))), val_AP=aps)
+            log(f"[train] step {step} validation AP (generic head) mean {np.nanmean(list(aps.values())):.3f}")
         if time.time() - t_last_ckpt > args.checkpoint_minutes * 60:
             save()
             t_last_ckpt = time.time()
@@ -293,7 +293,7 @@ def run_training(args, log: Callable = print, should_stop: Optional[Callable] = 
     net.eval()
     res = evaluate_sets(net, val_sets, lambda n: GENERIC, stride, extent)
     val = {n: round(float(r["AP"]), 4) for n, r in res.items()}
-    extra = {"validation_AP": val, "validation_AP_mean": float(np.mean(list(val.values())))}
+    extra = {"validation_AP": val, "validation_AP_mean": float(np.nanmean(list(val.values())))}
     if phase == 2:
         res_h = evaluate_sets(net, val_sets, lambda n: ds_heads[[s.name for s in specs].index(n)], stride, extent)
         extra["validation_AP_dataset_heads"] = {n: round(float(r["AP"]), 4) for n, r in res_h.items()}
