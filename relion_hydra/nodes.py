@@ -8,13 +8,17 @@
 * ``autopick.star``: block ``data_coordinate_files`` (``_rlnMicrographName`` exactly as in the input
   STAR, ``_rlnMicrographCoordinates``), what 4.x/5.x Extract reads with ``--coord_list``.
 * ``summary.star``: micrograph name, number of picks, mean FOM.
-All written atomically, in RELION's own plain layout (``# version`` line, ``loop_``, ``#N`` labels).
+STAR files are written through ``starfile`` (:func:`hydrapicker.coords.write_star`: atomically, with
+RELION's ``# version`` line, ``loop_`` and ``#N`` labels); the coords_suffix file is plain text.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
+
+import pandas as pd
 
 from hydrapicker.atomic import write_text
+from hydrapicker.coords import write_star
 
 from .paths import job_dir_with_slash
 
@@ -35,28 +39,14 @@ SUMMARY = "summary.star"
 LOGFILE = "logfile.pdf"
 
 
-def _quote(value) -> str:
-    """A STAR value: strings with spaces or empty are quoted, like RELION does."""
-    s = str(value)
-    if s == "" or any(c.isspace() for c in s) or s.startswith(("_", "#", "data_", "loop_")):
-        if '"' not in s:
-            return f'"{s}"'
-        return f"'{s}'"
-    return s
+NODE_COLUMNS = ["rlnPipeLineNodeName", "rlnPipeLineNodeType", "rlnPipeLineNodeTypeLabel"]
 
 
-def star_loop(block: str, labels: Sequence[str], rows: Iterable[Sequence], version: int) -> str:
-    """One STAR data block with a loop, as RELION writes it."""
-    out = [f"\n# version {version}\n", f"data_{block}\n", "loop_ "]
-    out += [f"_{label} #{i}" for i, label in enumerate(labels, 1)]
-    out += [" ".join(_quote(v) for v in row) for row in rows]
-    return "\n".join(out) + "\n \n"
-
-
-def output_nodes_text(version: str, nodes: Sequence[tuple[str, int, str]]) -> str:
-    return star_loop("output_nodes",
-                     ["rlnPipeLineNodeName", "rlnPipeLineNodeType", "rlnPipeLineNodeTypeLabel"],
-                     nodes, 30001 if version != "5" else 50001)
+def output_nodes_frame(nodes: Sequence[tuple[str, int, str]]) -> pd.DataFrame:
+    """``data_output_nodes``: (name, 3.1 integer type, 4.x/5.x label) per node."""
+    df = pd.DataFrame([tuple(n) for n in nodes], columns=NODE_COLUMNS)
+    return df.astype({"rlnPipeLineNodeName": str, "rlnPipeLineNodeType": int,
+                      "rlnPipeLineNodeTypeLabel": str})
 
 
 def pick_output_nodes(job_dir: str, pickname: str, version: str, with_logfile: bool = True) -> list:
@@ -73,7 +63,7 @@ def pick_output_nodes(job_dir: str, pickname: str, version: str, with_logfile: b
 
 def write_output_nodes(job_dir: str, version: str, nodes) -> str:
     path = job_dir_with_slash(job_dir) + OUTPUT_NODES
-    write_text(path, output_nodes_text(version, nodes))
+    write_star(path, {"output_nodes": output_nodes_frame(nodes)}, 30001 if version != "5" else 50001)
     return path
 
 
@@ -86,15 +76,16 @@ def write_coords_suffix(job_dir: str, pickname: str, in_mics: str) -> str:
 
 def write_coord_list(path: str, rows: Sequence[tuple[str, str]], star_version: int) -> str:
     """``data_coordinate_files``: (micrograph name as in --in_mics, coordinate STAR path) per row."""
-    write_text(path, star_loop("coordinate_files", ["rlnMicrographName", "rlnMicrographCoordinates"],
-                               rows, star_version))
+    df = pd.DataFrame([tuple(r) for r in rows], columns=["rlnMicrographName", "rlnMicrographCoordinates"])
+    write_star(path, {"coordinate_files": df.astype(str)}, star_version)
     return path
 
 
 def write_summary(path: str, rows: Sequence[tuple[str, int, float]], star_version: int) -> str:
     """``data_summary``: micrograph name, number of picks (at or above the threshold) and their mean
     FOM, with the labels RELION's own AutoPick uses in its summary.star."""
-    write_text(path, star_loop("summary",
-                               ["rlnMicrographName", "rlnGroupNrParticles", "rlnAutopickFigureOfMerit"],
-                               [(n, int(k), f"{float(f):.6f}") for n, k, f in rows], star_version))
+    df = pd.DataFrame({"rlnMicrographName": [str(n) for n, _, _ in rows],
+                       "rlnGroupNrParticles": pd.Series([int(k) for _, k, _ in rows], dtype=int),
+                       "rlnAutopickFigureOfMerit": pd.Series([float(f) for _, _, f in rows], dtype=float)})
+    write_star(path, {"summary": df}, star_version)  # floats as %.6f (starfile's default)
     return path

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .particles import FAMILY_DIAMETER_A, TARGET_FAMILIES, TRAIN_FAMILIES, random_family_params
+from .particles import FAMILY_DIAMETER_A, TRAIN_FAMILIES, random_family_params
 
 _TUPLES = ("shape", "defocus_um", "bfactor", "snr", "coverage", "structural_fraction", "ice_alpha",
            "nyquist_attenuation")
