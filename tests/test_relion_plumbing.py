@@ -66,7 +66,7 @@ def test_argv_grouping_flags_multiword_negative_and_both_pipeline_control_spelli
     opts = rargs.parse(["--o", "J/", "--in_mics", "a.star", "--particle_diameter", "150",
                         "--pipeline-control", "J/", "--j", "3", "--threshold", "-0.5"], PARAMS, "prog")
     assert opts["particle_diameter"] == 150.0 and opts["j"] == 3 and opts["threshold"] == -0.5
-    assert opts["pickname"] == "autopick" and opts["head"] == "generic"
+    assert opts["pickname"] == "autopick" and opts["head"] == ""  # empty: the model's own head
 
 
 def test_unknown_parameters_are_named():

@@ -102,7 +102,7 @@ def test_train_job_without_any_picks_fails(project, fake_finetune, capsys):
                     reason="hydrapicker.finetune (few-shot training) is not in the core yet")
 def test_train_then_pick_with_the_new_head(project, capsys):
     """Real few-shot training, kept small: 2 epochs on the 2 labelled 256^2 micrographs, then the pick
-    job uses the new head on all 3."""
+    job uses the new head on all 3 without being told (a fine-tuned model's default head)."""
     from hydrapicker.checkpoint import default_model_path, load_checkpoint
     if not default_model_path().exists():
         pytest.skip(f"the shipped model {default_model_path()} is not there yet")
@@ -116,9 +116,9 @@ def test_train_then_pick_with_the_new_head(project, capsys):
     _, meta = load_checkpoint(JOB + "model.pt")
     assert list(meta["heads"]) == ["generic", "mine"]  # the base model's head plus the new one
     rc = pick_main(["--o", "External/job006/", "--in_mics", MICS_STAR, "--particle_diameter", "40",
-                    "--model", JOB + "model.pt", "--head", "mine", "--gpu", "cpu", "--j", "1"])
+                    "--model", JOB + "model.pt", "--gpu", "cpu", "--j", "1"])
     out = capsys.readouterr().out
     assert rc == 0 and (Path("External/job006") / "RELION_JOB_EXIT_SUCCESS").exists(), out
-    assert f"model {JOB}model.pt, head mine" in out
+    assert f"model {JOB}model.pt, head mine" in out and f"threshold {meta['head_thresholds']['mine']:g}," in out
     for n in NAMES:  # every micrograph has its coordinate file (the third one was never labelled)
         assert Path(paths.coord_path("External/job006/", n, "autopick")).exists()
