@@ -105,7 +105,7 @@ def ap_of(picker, head, mics, truth, spec, threshold=None):
 
     picks = {r.micrograph.name: r.picks for r in picker.pick(mics, spec.diameter_A, head=head, floor=0.01)}
     res = evaluate(picks, {k: v.xy() for k, v in truth.items()}, spec.diameter_px)
-    out = {"AP": float(res["AP"])}
+    out = {"AP": float(res["AP"]), "AP_centre": float(res["AP_centre"])}
     if threshold is not None:  # how well the calibrated threshold does on the test micrographs
         r2 = evaluate({k: p.above(threshold) for k, p in picks.items()}, {k: v.xy() for k, v in truth.items()},
                       spec.diameter_px)

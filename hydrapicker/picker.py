@@ -15,6 +15,9 @@ import numpy as np
 from .errors import MicrographError, UserFacingError
 from .types import Micrograph, PickResult, Picks
 
+# (quarter turns, flip left-right first) in the order test-time augmentation uses them
+DIHEDRAL = ((0, False), (2, False), (1, True), (3, True), (1, False), (3, False), (0, True), (2, True))
+
 
 def select_device(device: str = "auto"):
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> torch.device; loud error if CUDA is unusable."""
@@ -50,7 +53,7 @@ class Picker:
     """
 
     def __init__(self, model=None, device: str = "auto", threads: Optional[int] = None,
-                 log: Callable = print, tile: Optional[int] = None):
+                 log: Callable = print, tile: Optional[int] = None, tta: int = 1):
         import torch
 
         from .checkpoint import load_checkpoint
@@ -65,6 +68,9 @@ class Picker:
             self.net.to(memory_format=torch.channels_last)
         self.stride = int(self.meta["stride"])
         self.extent_px = float(self.meta["extent_px"])
+        if tta not in (1, 2, 4, 8):
+            raise UserFacingError(f"--tta {tta}: use 1 (off), 2, 4 or 8 orientations")
+        self.tta = int(tta)
         self.tile = tile or (1024 if self.meta.get("preset") != "thesis" else 512)
         self.margin = 64 if self.meta.get("preset") != "thesis" else 96
         self.log(f"[hydra] model {self.meta.get('path')} (preset {self.meta.get('preset')}, "
@@ -98,6 +104,21 @@ class Picker:
         image = np.asarray(data, dtype=np.float32)
         prepared = prepare(image, apix, diameter_A, self.extent_px, path=mic.path)
         return prepared, time.perf_counter() - t0
+
+    def _grid(self, image: np.ndarray, head: str) -> np.ndarray:
+        """Raw outputs for ``image``: plain, or averaged over :attr:`tta` dihedral orientations."""
+        if self.tta == 1:
+            return self._infer(image, head)
+        from .postprocess import merge_orientations
+
+        s = self.stride
+        ny, nx = image.shape
+        padded = np.pad(image, ((0, (-ny) % s), (0, (-nx) % s)))  # whole cells: orientations share a grid
+        grids = []
+        for k, flip in DIHEDRAL[:self.tta]:
+            view = np.rot90(np.fliplr(padded) if flip else padded, k)
+            grids.append((k, flip, self._infer(np.ascontiguousarray(view), head)))
+        return merge_orientations(grids)
 
     def _infer(self, image: np.ndarray, head: str) -> np.ndarray:
         """Rescaled, normalised image -> (3, H/stride, W/stride) raw outputs, tiled when large."""
@@ -150,7 +171,7 @@ class Picker:
         if isinstance(mic, str):
             mic = Micrograph(mic)
         prepared, _ = self._load(mic, diameter_A)
-        return self._finish(prepared, self._infer(prepared.image, head), diameter_A, floor,
+        return self._finish(prepared, self._grid(prepared.image, head), diameter_A, floor,
                             min_distance_A, edge_A)
 
     def pick_array(self, image: np.ndarray, pixel_size: float, diameter_A: float, head="generic",
@@ -160,7 +181,7 @@ class Picker:
 
         self._check_head(head)
         prepared = prepare(np.asarray(image, np.float32), pixel_size, diameter_A, self.extent_px)
-        return self._finish(prepared, self._infer(prepared.image, head), diameter_A, floor,
+        return self._finish(prepared, self._grid(prepared.image, head), diameter_A, floor,
                             min_distance_A, edge_A)
 
     # -- many micrographs -----------------------------------------------------------------------
@@ -191,7 +212,7 @@ class Picker:
                     yield PickResult(mic, None, error, {})
                     continue
                 t0 = time.perf_counter()
-                grid = self._infer(prepared.image, head)
+                grid = self._grid(prepared.image, head)
                 picks = self._finish(prepared, grid, diameter_A, floor, min_distance_A, edge_A)
                 yield PickResult(mic, picks, None, {
                     "seconds_read": t_read, "seconds_infer": time.perf_counter() - t0,

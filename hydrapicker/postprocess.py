@@ -26,6 +26,35 @@ def decode_grid(grid: np.ndarray, stride: int, temperature: float = 1.0, floor: 
     return np.stack([x, y], axis=1), score[i, j]
 
 
+def merge_orientations(grids) -> np.ndarray:
+    """Average raw outputs of several dihedral views of one (stride-padded) image in its own frame.
+
+    ``grids``: ``[(k, flip, grid)]`` where the view was ``np.rot90(fliplr(image) if flip else image, k)``
+    and ``grid`` (3, H, W) its raw outputs. Logits are averaged; the centre offsets are decoded, rotated
+    back to the image's frame, averaged (weighted by each view's probability) and re-encoded, so :func:`decode_grid` reads the result as usual.
+    """
+    logits, dxs, dys = [], [], []
+    for k, flip, grid in grids:
+        logit = grid[2].astype(np.float64)
+        dx = np.tanh(grid[0].astype(np.float64)) * OFFSET_RANGE
+        dy = np.tanh(grid[1].astype(np.float64)) * OFFSET_RANGE
+        for _ in range(k % 4):
+            # one counter-clockwise quarter turn took (dx, dy) to (dy, -dx); undo it
+            logit, dx, dy = np.rot90(logit, -1), np.rot90(-dy, -1), np.rot90(dx, -1)
+        if flip:
+            logit, dx, dy = np.fliplr(logit), -np.fliplr(dx), np.fliplr(dy)
+        logits.append(logit)
+        dxs.append(dx)
+        dys.append(dy)
+    logits = np.stack(logits)
+    w = 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60))) + 1e-9
+    lim = OFFSET_RANGE * (1 - 1e-6)
+    dx = np.clip((w * np.stack(dxs)).sum(0) / w.sum(0), -lim, lim)
+    dy = np.clip((w * np.stack(dys)).sum(0) / w.sum(0), -lim, lim)
+    out = np.stack([np.arctanh(dx / OFFSET_RANGE), np.arctanh(dy / OFFSET_RANGE), logits.mean(0)])
+    return out.astype(np.float32)
+
+
 def suppress_duplicates(xy: np.ndarray, score: np.ndarray, min_distance: float) -> np.ndarray:
     """Greedy non-maximum suppression by distance: indices kept, highest score first."""
     n = len(score)

@@ -31,6 +31,9 @@ def add_args(p):
     p.add_argument("--min-distance", type=float, default=None,
                    help="duplicate suppression distance in A (default: half the diameter)")
     p.add_argument("--edge", type=float, default=0.0, help="exclude picks closer than this (A) to an edge")
+    p.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
+                   help="test-time augmentation: average the network over this many rotations/flips of each "
+                        "micrograph (N times slower; measured +0.01-0.02 AP on most sets)")
     p.add_argument("--out", default="picks", help="output directory")
     p.add_argument("--suffix", default="hydra", help="coordinate file suffix (<stem>_<suffix>.star)")
     p.add_argument("--format", nargs="+", default=["star"], choices=["star", "box", "topaz", "cbox"],
@@ -76,7 +79,7 @@ def main(args):
         todo = distributed.shard(todo)
         if rank != 0:
             log = lambda *a, **k: None  # noqa: E731  (rank 0 reports)
-    picker = Picker(args.model, device=device, threads=args.threads, log=log)
+    picker = Picker(args.model, device=device, threads=args.threads, log=log, tta=args.tta)
     args.head = args.head or picker.default_head
     threshold = None if args.all else (picker.threshold_for(args.head) if args.threshold is None else args.threshold)
     t0 = time.time()
