@@ -43,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--pickers", nargs="+", default=["topaz", "log", "hydra"], choices=sorted(PICKERS),
                    help="pickers to run (default: all three)")
     p.add_argument("--model", default=None, help="HydraPicker model file (default: the shipped model)")
+    p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
+                   help="HydraPicker's test-time augmentation views (hydra pick --tta; default 1 = off)")
     p.add_argument("--n-micrographs", type=int, default=None,
                    help="use the first N micrographs of each set (default: all)")
     p.add_argument("--n-sim", type=int, default=10, help="micrographs per simulated target (default 10)")
@@ -63,6 +65,7 @@ def run_picker(name, ds, work, args) -> Run:
         kw["device"] = args.device
     if name == "hydra":
         kw["model"] = args.model
+        kw["tta"] = args.tta
     return fn(ds, work / ds.name / name, **kw)
 
 
