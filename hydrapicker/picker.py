@@ -66,6 +66,8 @@ class Picker:
         self.net.to(self.device).eval()
         if self.device.type == "cpu":
             self.net.to(memory_format=torch.channels_last)
+        else:  # micrographs of one dataset share a shape: let cuDNN pick its fastest kernels once
+            torch.backends.cudnn.benchmark = True
         self.stride = int(self.meta["stride"])
         self.extent_px = float(self.meta["extent_px"])
         if tta not in (1, 2, 4, 8):
@@ -138,7 +140,9 @@ class Picker:
                 ph, pw = (-win.shape[0]) % s, (-win.shape[1]) % s
                 if ph or pw:
                     win = np.pad(win, ((0, ph), (0, pw)))
-                t = torch.from_numpy(np.ascontiguousarray(win))[None, None].to(self.device)
+                t = torch.from_numpy(np.ascontiguousarray(win))[None, None]
+                if self.device.type == "cuda":  # page-locked copy, uploaded without blocking the host
+                    t = t.pin_memory().to(self.device, non_blocking=True)
                 if self.device.type == "cpu":
                     t = t.contiguous(memory_format=torch.channels_last)
                 if self.device.type == "cuda":
