@@ -205,6 +205,7 @@ def run_training(args, log: Callable = print, should_stop: Optional[Callable] = 
             opt.load_state_dict(ck["optimizer"])
         step = int(ck["epoch"])
         total1 = int(ck["args"].get("phase1_end", total1)) if phase == 2 else total1
+        init_meta = ((ck.get("meta") or {}).get("training") or {}).get("init_from")  # lineage survives resume
         log(f"[train] resumed from {ckpt_path} at phase {phase}, step {step}")
 
     def save(path=ckpt_path, final=False, extra_meta=None):

@@ -82,3 +82,17 @@ def test_init_with_another_preset_is_refused(tmp_path):
     with pytest.raises(UserFacingError, match="preset"):
         run_training(_args(tmp_path / "b", "--preset", "thesis", "--steps", "1", "--init", str(first)),
                      log=QUIET)
+
+
+def test_init_lineage_survives_a_resumed_run(tmp_path):
+    first = run_training(_args(tmp_path / "a", "--steps", "3", "--phase2-steps", "0"), log=QUIET)
+    calls = {"n": 0}
+
+    def stop_after_two_steps():
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    args = _args(tmp_path / "b", "--steps", "6", "--phase2-steps", "0", "--seed", "3", "--init", str(first))
+    run_training(args, log=QUIET, should_stop=stop_after_two_steps)
+    _, meta = load_checkpoint(run_training(args, log=QUIET))  # resumed: --init is not applied again
+    assert meta["training"]["init_from"]["path"] == str(first)
