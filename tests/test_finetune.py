@@ -184,10 +184,14 @@ def test_sparse_labels_do_not_teach_unlabelled_particles_as_background(data, den
 
     s_base = unlabelled_scores(teacher, "generic")
     s_pu, s_neg = unlabelled_scores(pu, "pu"), unlabelled_scores(neg, "neg")
-    # soft PU targets keep them well above the dense-negative fine-tune (the older weight-only PU rule
-    # reached ~1.2x here, soft targets ~1.4x)
-    assert np.median(s_pu) > 1.3 * np.median(s_neg), (np.median(s_base), np.median(s_pu), np.median(s_neg))
-    assert np.median(s_pu) > 0.5 * np.median(s_base)
+    # the unlabelled particles the base picks (at its calibrated threshold): PU must keep them, a
+    # dense-negative fine-tune teaches them as background
+    known = s_base >= meta["head_thresholds"]["prot"]
+    assert known.sum() >= 10, known.sum()
+    b, p, n = np.median(s_base[known]), np.median(s_pu[known]), np.median(s_neg[known])
+    print(f"unlabelled particles the base picks: {known.sum()}; median FOM base {b:.3f} pu {p:.3f} neg {n:.3f}")
+    assert p > 1.3 * n, (b, p, n)
+    assert p > 0.5 * b, (b, p, n)
 
 
 def test_region_limits_what_is_taught(data, tmp_path):
