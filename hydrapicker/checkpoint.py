@@ -46,7 +46,7 @@ def save_checkpoint(path, net, meta: dict, optimizer=None, epoch=None, args=None
 
     from .atomic import atomic_path
 
-    state = net.state_dict()
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}  # files load anywhere
     if half:
         state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
     meta = dict(meta)

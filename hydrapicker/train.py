@@ -61,8 +61,9 @@ def predict_prepared(net, image: np.ndarray, head: str, stride: int, extent_px: 
     s = stride
     ph, pw = (-image.shape[0]) % s, (-image.shape[1]) % s
     img = np.pad(image, ((0, ph), (0, pw))) if (ph or pw) else image
+    device = next(net.parameters()).device
     with torch.inference_mode():
-        g = net(torch.from_numpy(np.ascontiguousarray(img))[None, None], head)[0].numpy()
+        g = net(torch.from_numpy(np.ascontiguousarray(img))[None, None].to(device), head)[0].float().cpu().numpy()
     xy, score = decode_grid(g, s, 1.0, floor)
     keep = suppress_duplicates(xy, score, 0.5 * extent_px)
     return xy[keep], score[keep]
@@ -171,7 +172,11 @@ def run_training(args, log: Callable = print, should_stop: Optional[Callable] = 
     rng = np.random.default_rng(args.seed)
 
     specs = source_dataset_specs(n=args.datasets, seed=args.seed)
-    net = build_model(args.preset)
+    from .picker import select_device
+
+    device = select_device(getattr(args, "device", None) or "auto")
+    net = build_model(args.preset).to(device)
+    log(f"[train] device {device}")
     extent, stride = net.preset.extent_px, net.stride
     train_sets = simulate_sets(specs, args.mics_per_dataset, extent, args.scale_jitter, args.seed,
                                args.workers, 0, log)
@@ -251,7 +256,8 @@ def run_training(args, log: Callable = print, should_stop: Optional[Callable] = 
             log("[train] stopped on request; checkpoint saved")
             return ckpt_path
         k = int(rng.integers(0, len(train_sets)))
-        imgs, cls, off, wt = make_batch(train_sets[k], args.batch, args.crop, stride, rng)
+        imgs, cls, off, wt = (t.to(device, non_blocking=True)
+                              for t in make_batch(train_sets[k], args.batch, args.crop, stride, rng))
         lr = lr_at(step if phase == 1 else step - total1, total1, args.lr * (1.0 if phase == 1 else 0.3),
                    args.cycle)
         for g in opt.param_groups:

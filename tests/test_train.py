@@ -96,3 +96,12 @@ def test_init_lineage_survives_a_resumed_run(tmp_path):
     run_training(args, log=QUIET, should_stop=stop_after_two_steps)
     _, meta = load_checkpoint(run_training(args, log=QUIET))  # resumed: --init is not applied again
     assert meta["training"]["init_from"]["path"] == str(first)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is missing")
+def test_asking_for_cuda_without_it_is_a_clear_error_not_a_cpu_run(tmp_path):
+    from hydrapicker.errors import UserFacingError
+
+    with pytest.raises(UserFacingError, match="CUDA is not usable"):
+        run_training(_args(tmp_path / "a", "--steps", "1", "--device", "cuda"), log=QUIET)
+    assert not (tmp_path / "a" / "checkpoint.pt").exists()

@@ -43,6 +43,8 @@ def add_args(p):
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--workers", type=int, default=2, help="processes for the initial simulation")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--device", default="auto",
+                   help="auto (first GPU if any, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
 
