@@ -3,6 +3,8 @@
 #   stage 1 (1.75 h): 32 simulated datasets, +-12% diameter jitter, phase 1 then phase 2 (multi-head)
 #   stage 2 (1.45 h): 48 further datasets (seed 1), diameter jitter log-uniform in [1/1.4, 1.4], starting
 #                     from stage 1's body and generic head; the shipped file is stage 2's generic head.
+#   (the shipped model's stage 2 started from runs/stage1_generic.pt, the shipped stage-1 file =
+#   strip_heads(runs/generic/model.pt): --init copies only the body and generic head, so it is the same start)
 # Usage: scripts/train_generic.sh [python]      (then: python -c "from hydrapicker.train import strip_heads;
 #        strip_heads('runs/generic2/model.pt', 'hydrapicker/weights/generic.pt')")
 set -euo pipefail
