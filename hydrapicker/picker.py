@@ -141,15 +141,12 @@ class Picker:
                 if ph or pw:
                     win = np.pad(win, ((0, ph), (0, pw)))
                 t = torch.from_numpy(np.ascontiguousarray(win))[None, None]
-                if self.device.type == "cuda":  # page-locked copy, uploaded without blocking the host
+                if self.device.type == "cuda":  # page-locked copy, uploaded without blocking the host; bf16
                     t = t.pin_memory().to(self.device, non_blocking=True)
-                if self.device.type == "cpu":
-                    t = t.contiguous(memory_format=torch.channels_last)
-                if self.device.type == "cuda":
                     with torch.autocast("cuda", dtype=torch.bfloat16):
                         g = self.net(t, head)
                 else:
-                    g = self.net(t, head)
+                    g = self.net(t.contiguous(memory_format=torch.channels_last), head)
                 g = g[0].float().cpu().numpy()
                 gy0, gy1, gx0, gx1 = cy0 // s, -(-cy1 // s), cx0 // s, -(-cx1 // s)
                 out[:, gy0:gy1, gx0:gx1] = g[:, gy0 - y0 // s: gy1 - y0 // s, gx0 - x0 // s: gx1 - x0 // s]

@@ -160,8 +160,10 @@ def run_training(args, log: Callable = print, should_stop: Optional[Callable] = 
     from .checkpoint import make_meta, read_checkpoint, save_checkpoint
     from .criterion import Criterion, head_bias_loss
     from .model import GENERIC, build_model
+    from .picker import select_device
     from .simulate import source_dataset_specs
 
+    device = select_device(getattr(args, "device", None) or "auto")  # a bad --device fails before any output
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, final_path = out / "checkpoint.pt", out / "model.pt"
@@ -172,9 +174,6 @@ def run_training(args, log: Callable = print, should_stop: Optional[Callable] = 
     rng = np.random.default_rng(args.seed)
 
     specs = source_dataset_specs(n=args.datasets, seed=args.seed)
-    from .picker import select_device
-
-    device = select_device(getattr(args, "device", None) or "auto")
     net = build_model(args.preset).to(device)
     log(f"[train] device {device}")
     extent, stride = net.preset.extent_px, net.stride
