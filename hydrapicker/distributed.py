@@ -30,7 +30,10 @@ def init(device: str = "auto") -> str:
 
     use_cuda = device != "cpu" and torch.cuda.is_available()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        from datetime import timedelta
+
+        # generous: other ranks wait in a collective while rank 0 validates or writes list files
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(hours=1))
     if use_cuda and device in ("auto", "cuda"):
         return f"cuda:{local_rank()}"
     if use_cuda and "," in device:  # e.g. "0,1" from RELION's gpu parameter

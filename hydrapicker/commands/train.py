@@ -3,10 +3,13 @@
 Phase 1 trains the shared body and the generic head on every source dataset, each mini-batch from one
 dataset; phase 2 adds one head per source dataset tied to the generic head by the head-bias loss.
 Re-running the same command with the same --out resumes from out/checkpoint.pt.
+Under torchrun the run is data-parallel (DistributedDataParallel): one rank per GPU (or CPU ranks with
+gloo), --batch per rank, rank 0 logs, validates and writes the files.
 
 Examples:
   hydra train --out runs/generic --steps 6000 --phase2-steps 1500          # the shipped recipe
   hydra train --out runs/generic2 --init runs/generic/phase1.pt --seed 1 --datasets 48 --hours 1.5
+  torchrun --standalone --nproc_per_node=4 -m hydrapicker train --out runs/big --preset thesis --hours 2
   hydra train --out runs/tiny --datasets 2 --mics-per-dataset 2 --steps 20 --phase2-steps 10 --crop 128
 """
 
