@@ -36,8 +36,8 @@ def init(device: str = "auto") -> str:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(hours=1))
     if use_cuda and device in ("auto", "cuda"):
         return f"cuda:{local_rank()}"
-    if use_cuda and "," in device:  # e.g. "0,1" from RELION's gpu parameter
-        ids = [d.strip() for d in device.split(",") if d.strip()]
+    ids = [d.strip() for d in device.split(",") if d.strip()]
+    if use_cuda and ids and all(d.isdigit() for d in ids):  # e.g. "0,1" from RELION's gpu parameter
         return f"cuda:{ids[local_rank() % len(ids)]}"
     return device
 

@@ -3,6 +3,9 @@
 Whatever happens, exactly one of RELION's exit files is written (otherwise the job would stay
 "Running" for ever): user errors print one clear line to run.err, bugs a traceback, aborts end in
 ``RELION_JOB_EXIT_ABORTED`` after the outputs of the finished work have been written.
+
+Under torchrun only rank 0 touches the exit files (and, unless a launcher process already did, clears
+the old ones); the other ranks report errors and end with their exit code, which torchrun passes on.
 """
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ from hydrapicker.errors import UserFacingError
 
 from .args import ArgumentError, parse, split_argv, usage, wants_help
 from .jobdir import EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS, JobAborted, JobDir
+
+
+LAUNCHED_ENV = "HYDRAPICKER_RELION_LAUNCHED"  # set by a job that started its ranks itself (torchrun)
 
 
 def log(*parts):
@@ -48,8 +54,11 @@ def run(argv, prog, params, summary, work) -> int:
         print(f"{prog}: error: --o <job directory> is required (RELION sets it)", file=sys.stderr)
         return 2
     job = JobDir(job_dir)
-    job.start()
-    log(f"{prog} started {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}: {' '.join(argv)}")
+    rank = int(os.environ.get("RANK", 0))
+    if rank == 0 and not os.environ.get(LAUNCHED_ENV):
+        job.start()
+    if rank == 0:
+        log(f"{prog} started {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}: {' '.join(argv)}")
     state = {}
     try:
         try:
@@ -73,9 +82,11 @@ def run(argv, prog, params, summary, work) -> int:
         traceback.print_exc(file=sys.stderr)
         print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         status = EXIT_FAILURE
-    job.finish(status)
+    if rank == 0:
+        job.finish(status)
     job.restore_signals()
-    log(f"{prog} finished: {status}")
+    if rank == 0:
+        log(f"{prog} finished: {status}")
     return {EXIT_SUCCESS: 0, EXIT_FAILURE: 1, EXIT_ABORTED: 3}[status]
 
 

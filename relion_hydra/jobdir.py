@@ -10,7 +10,9 @@ Outputs are written atomically, so an interrupted job directory is always consis
 Continue: RELION reruns the same command in the same directory, so the job is incremental. Each
 finished micrograph is appended to ``done_mics.txt`` (after its coordinate file was written) together
 with a fingerprint of the pick settings; a rerun skips micrographs that are listed *and* whose
-coordinate file exists. If the settings changed, everything is picked again.
+coordinate file exists. If the settings changed, everything is picked again. When several ranks pick
+(torchrun), rank R > 0 appends to ``done_mics.rankR.txt`` instead (one writer per file); every reader
+merges those files, and rewriting the done list folds them back into it.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ EXIT_FAILURE = "RELION_JOB_EXIT_FAILURE"
 EXIT_ABORTED = "RELION_JOB_EXIT_ABORTED"
 ABORT_NOW = "RELION_JOB_ABORT_NOW"
 DONE_LIST = "done_mics.txt"
+RANK_DONE = "done_mics.rank{rank}.txt"
+RANK_DONE_GLOB = "done_mics.rank*.txt"
 
 
 class JobAborted(Exception):
@@ -136,31 +140,44 @@ class JobDir:
             self._old_handler = None
 
     # ---- continue ---------------------------------------------------------------------------
+    def _done_files(self) -> list[Path]:
+        return [self.path / DONE_LIST] + sorted(self.path.glob(RANK_DONE_GLOB))
+
     def read_done(self, fingerprint: str) -> dict[str, str]:
         """``{micrograph name: coordinate file}`` finished by earlier runs with the same settings."""
-        path = self.path / DONE_LIST
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            return {}
-        lines = text.split("\n")
-        if not lines or lines[0] != f"# settings {fingerprint}":
-            return {}
         done = {}
-        for line in lines[1:-1]:  # the last element is "" or a line torn by a kill: ignored
-            name, sep, coord = line.partition("\t")
-            if sep and coord and Path(coord).exists():
-                done[name] = coord
+        for path in self._done_files():
+            try:
+                text = path.read_text()
+            except FileNotFoundError:
+                continue
+            lines = text.split("\n")
+            if not lines or lines[0] != f"# settings {fingerprint}":
+                continue
+            for line in lines[1:-1]:  # the last element is "" or a line torn by a kill: ignored
+                name, sep, coord = line.partition("\t")
+                if sep and coord and Path(coord).exists():
+                    done[name] = coord
         return done
 
     def start_done_list(self, fingerprint: str, keep: dict[str, str]) -> None:
-        """Rewrite the done list with ``keep`` (atomically), under the current settings."""
+        """Rewrite the done list with ``keep`` (atomically), under the current settings; fold in (remove)
+        the per-rank lists of an earlier multi-rank run."""
         from hydrapicker.atomic import write_text
         body = "".join(f"{n}\t{c}\n" for n, c in keep.items())
         write_text(self.path / DONE_LIST, f"# settings {fingerprint}\n{body}")
+        for extra in self._done_files()[1:]:
+            with contextlib.suppress(FileNotFoundError):
+                extra.unlink()
 
-    def mark_done(self, name: str, coord: str) -> None:
-        with open(self.path / DONE_LIST, "a") as fh:
+    def start_rank_list(self, fingerprint: str, rank: int) -> None:
+        """Rank ``rank`` > 0 of a multi-rank run: its own (empty) done list under the current settings."""
+        from hydrapicker.atomic import write_text
+        write_text(self.path / RANK_DONE.format(rank=rank), f"# settings {fingerprint}\n")
+
+    def mark_done(self, name: str, coord: str, rank: int = 0) -> None:
+        path = self.path / (RANK_DONE.format(rank=rank) if rank else DONE_LIST)
+        with open(path, "a") as fh:
             fh.write(f"{name}\t{coord}\n")
             fh.flush()
             os.fsync(fh.fileno())

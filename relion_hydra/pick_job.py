@@ -4,7 +4,11 @@ RELION calls (project directory as cwd)::
 
     relion_hydra_pick --o External/job004/ --in_mics CtfFind/job003/micrographs_ctf.star \\
         --particle_diameter 160 [--threshold 0.5] [--model M.pt] [--head generic] [--gpu 0] \\
-        [--pickname autopick] [--min_distance 120] [--relion_version 4] --j 4
+        [--pickname autopick] [--min_distance 120] [--relion_version 4] [--ranks 2] --j 4
+
+Several GPUs (``gpu`` = ``0,1,...``) or ``ranks`` > 1: the job starts one process per GPU (or that many
+CPU processes sharing the threads) with torchrun; each picks every N-th micrograph, rank 0 writes the list
+files after all have finished, and this process writes the exit file if the ranks could not.
 
 Writes, in the job directory: one coordinate STAR per micrograph at RELION's path convention (also when
 nothing was picked), ``coords_suffix_<pickname>.star`` (3.1 node), ``autopick.star`` (4.x/5.x node),
@@ -42,23 +46,51 @@ PARAMS = (
     Param("pickname", str, "autopick", False, "name in the coordinate files: <mic>_<pickname>.star"),
     Param("min_distance", float, None, False, "minimum distance between picks in Angstrom", positive=True),
     Param("relion_version", str, None, False, "3.1, 4 or 5 (default: detected from job.star)"),
+    Param("ranks", int, None, False, "processes picking in parallel (torchrun): default one per GPU listed in "
+                                     "'gpu'; with gpu = cpu, CPU processes sharing the threads", positive=True),
 )
 N_EXAMPLES = 3
 
 
-def device_from_gpu(gpu: str) -> str:
+def gpu_ids(gpu: str) -> list[str]:
+    """The GPU numbers in RELION's ``gpu`` value (``"0,1"`` -> ``["0", "1"]``; empty, auto, cpu -> [])."""
     g = (gpu or "").strip()
-    if g in ("", "auto"):
+    if g.lower() in ("", "auto", "cpu", "-1"):
+        return []
+    ids = [s.strip() for s in g.split(",") if s.strip()]
+    if not ids or not all(s.isdigit() for s in ids):
+        raise ArgumentError(f"--gpu {gpu!r} is not understood; give GPU numbers such as 0 or 0,1, or 'cpu', "
+                            "or leave the value empty for automatic choice")
+    return ids
+
+
+def device_from_gpu(gpu: str) -> str:
+    """The device of a single-process job: auto, cpu or the first listed GPU."""
+    g = (gpu or "").strip()
+    if g.lower() in ("", "auto"):
         return "auto"
     if g.lower() in ("cpu", "-1"):
         return "cpu"
-    ids = [s.strip() for s in g.split(",") if s.strip()]
-    if not ids or not all(s.isdigit() for s in ids):
-        raise ArgumentError(f"--gpu {gpu!r} is not understood; give a GPU number such as 0, or 'cpu', "
-                            "or leave the value empty for automatic choice")
-    if len(ids) > 1:
-        log(f"note: one GPU per pick job; using GPU {ids[0]} of {g}")
-    return f"cuda:{ids[0]}"
+    return f"cuda:{gpu_ids(g)[0]}"
+
+
+def ranks_wanted(opts) -> int:
+    """How many processes pick: ``ranks`` if given, else one per listed GPU."""
+    return opts["ranks"] or max(1, len(gpu_ids(opts["gpu"])))
+
+
+def rank_device(gpu: str) -> str:
+    """Under torchrun: this rank's device (GPU number LOCAL_RANK of the list, or the CPU)."""
+    from hydrapicker import distributed
+
+    ids, single = gpu_ids(gpu), device_from_gpu(gpu)
+    if single == "cpu":
+        return distributed.init("cpu")
+    import torch
+
+    if ids and not torch.cuda.is_available():
+        return distributed.init("cuda")  # the picker then says clearly that CUDA is missing
+    return distributed.init(",".join(ids) if ids else "auto")
 
 
 def default_picker_factory(model, device, threads):
@@ -81,6 +113,9 @@ class PickRun:
         self.failed: dict[str, str] = {}
         self.version = None
         self.prepared = False
+        from hydrapicker import distributed
+        self.rank, self.world = distributed.rank_world()
+        self.say = log if self.rank == 0 else (lambda *a: None)  # rank 0 reports for the job
 
     # ---------------------------------------------------------------------------------------
     def prepare(self):
@@ -96,8 +131,8 @@ class PickRun:
         if not self.mics:
             raise UserFacingError(f"{o['in_mics']} lists no micrographs; select some micrographs first")
         self.names = [m.name for m in self.mics]
-        self.device = device_from_gpu(o["gpu"])
-        log(f"{PROG}: {len(self.mics)} micrographs in {o['in_mics']}; RELION {self.version} "
+        self.device = rank_device(o["gpu"]) if self.world > 1 else device_from_gpu(o["gpu"])
+        self.say(f"{PROG}: {len(self.mics)} micrographs in {o['in_mics']}; RELION {self.version} "
             f"({why}); job.star continue flag: {int(is_continue(self.job.name))}")
 
     def _fingerprint(self, model_desc: str, threshold: float) -> str:
@@ -107,8 +142,11 @@ class PickRun:
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     def pick(self):
-        o = self.o
-        picker = self.factory(o["model"], self.device, o["j"])
+        from hydrapicker import distributed
+
+        o, rank, world = self.o, self.rank, self.world
+        threads = max(1, o["j"] // world)  # ranks share the job's threads
+        picker = self.factory(o["model"], self.device, threads)
         meta = getattr(picker, "meta", {}) or {}
         o["head"] = o["head"] or default_head(meta)
         threshold = o["threshold"] if o["threshold"] is not None else threshold_for(meta, o["head"])
@@ -125,18 +163,26 @@ class PickRun:
         fp = self._fingerprint(model_desc, threshold)
         done = self.job.read_done(fp)
         done = {n: c for n, c in done.items() if n in set(self.names)}
-        if done:
-            log(f"continuing: {len(done)} micrographs already done with these settings are skipped")
-        elif (self.job.path / "done_mics.txt").exists():
-            log("settings differ from the earlier run (or no micrograph was finished): picking all again")
-        self.job.start_done_list(fp, done)
+        distributed.barrier()  # every rank has read the done list before rank 0 rewrites it
+        if rank == 0:
+            if done:
+                log(f"continuing: {len(done)} micrographs already done with these settings are skipped")
+            elif (self.job.path / "done_mics.txt").exists():
+                log("settings differ from the earlier run (or no micrograph was finished): picking all again")
+            self.job.start_done_list(fp, done)
+        distributed.barrier()
+        if rank > 0:
+            self.job.start_rank_list(fp, rank)
         self.coords = dict(done)
         self.prepared = True
         todo = [m for m in self.mics if m.name not in done]
         n_total = len(self.mics)
-        log(f"model {model_path}, head {o['head']}, device {getattr(picker, 'device', self.device)}, "
-            f"particle diameter {o['particle_diameter']:g} A, threshold {threshold:g}, "
-            f"{len(todo)} micrographs to pick")
+        self.say(f"model {model_path}, head {o['head']}, device {getattr(picker, 'device', self.device)}, "
+                 f"particle diameter {o['particle_diameter']:g} A, threshold {threshold:g}, "
+                 f"{len(todo)} micrographs to pick" + (f" by {world} ranks, {threads} threads each"
+                                                       if world > 1 else ""))
+        mine = distributed.shard(todo)
+        who = f"rank {rank}/{world}: " if world > 1 else ""
         floor = None
         if meta.get("floor") is not None and threshold < float(meta["floor"]):
             floor = threshold
@@ -144,29 +190,49 @@ class PickRun:
         n_picks = 0
         kwargs = dict(diameter_A=o["particle_diameter"], head=o["head"], floor=floor,
                       min_distance_A=o["min_distance"], should_stop=self.job.should_stop)
-        for i, res in enumerate(picker.pick(todo, **kwargs), start=1):
+        for i, res in enumerate(picker.pick(mine, **kwargs), start=1):
             name = res.micrograph.name
-            idx = len(done) + i
+            idx = len(done) + i if world == 1 else i
+            of = n_total if world == 1 else len(mine)
             if not res.ok:
                 self.failed[name] = str(res.error)
-                warn(f"micrograph {idx}/{n_total} {name} skipped: {res.error}")
+                warn(f"{who}micrograph {idx}/{of} {name} skipped: {res.error}")
                 continue
             kept = self._in_bounds(res.picks.above(threshold), res.info.get("shape"))
             kept = type(kept)(kept.x.round(), kept.y.round(), kept.fom).sorted()  # RELION truncates
             coord = coord_path(self.job.name, name, o["pickname"])
             with self.job.critical():  # coordinate file + done record + memory: all or nothing
                 self._write_coords(coord, kept)
-                self.job.mark_done(name, coord)
+                self.job.mark_done(name, coord, rank)
                 self.coords[name] = coord
                 self.picks[name] = kept
                 self.candidate_foms.append(res.picks.fom)
             n_picks += len(kept)
             dt = time.time() - t0
             rate = i / dt if dt > 0 else float("inf")
-            log(f"micrograph {idx}/{n_total}: {name}: {len(kept)} picks; {n_picks} picks so far; "
+            log(f"{who}micrograph {idx}/{of}: {name}: {len(kept)} picks; {n_picks} picks so far; "
                 f"{rate:.2f} micrographs/s; device {getattr(picker, 'device', self.device)}")
         if self.job.should_stop():
             raise JobAborted(self.job.abort_reason)
+
+    def gather_ranks(self) -> bool:
+        """Under torchrun: collect every rank's finished work on rank 0 (a collective call); True on the
+        rank that writes the job's outputs."""
+        from hydrapicker import distributed
+
+        if self.world == 1:
+            return True
+        parts = distributed.gather_objects((self.coords, self.picks, self.candidate_foms, self.failed,
+                                            self.prepared))
+        if self.rank != 0:
+            return False
+        for coords, picks, foms, failed, _ in parts[1:]:
+            self.coords.update(coords)
+            self.picks.update(picks)
+            self.candidate_foms.extend(foms)
+            self.failed.update(failed)
+        self.prepared = all(p[4] for p in parts)
+        return True
 
     @staticmethod
     def _in_bounds(picks, shape):
@@ -230,14 +296,75 @@ class PickRun:
         return len(rows)
 
 
+def rank_command(argv: list[str], n: int) -> list[str]:
+    """The command that runs this job in ``n`` ranks (torchrun, one machine)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+            "-m", "relion_hydra.pick_job", *argv]
+
+
+def launch_ranks(argv: list[str], opts: dict, job, n: int) -> None:
+    """Run the job in ``n`` torchrun ranks and wait; returns on success, raises otherwise.
+
+    The ranks write the outputs and (rank 0) the exit file. An abort file is seen by every rank, which then
+    writes its finished work; a signal to this process is passed on. If the ranks end without an exit file
+    (a rank crashed and torchrun stopped the others), the error raised here makes the driver write
+    RELION_JOB_EXIT_FAILURE, so RELION never waits for ever.
+    """
+    import signal
+    import subprocess
+
+    from .driver import LAUNCHED_ENV
+    from .jobdir import EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS
+
+    ids = gpu_ids(opts["gpu"])
+    if ids:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserFacingError(f"gpu = {opts['gpu']}: CUDA is not available on this machine; leave 'gpu' "
+                                  "empty or set it to cpu")
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, LAUNCHED_ENV: "1", "OMP_NUM_THREADS": str(max(1, opts["j"] // n)),
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    cmd = rank_command(argv, n)
+    where = f"GPUs {','.join(ids[i % len(ids)] for i in range(n))}" if ids else "CPU"
+    log(f"{PROG}: picking with {n} ranks on {where}: {' '.join(cmd)}")
+    proc = subprocess.Popen(cmd, env=env)
+    while True:
+        try:
+            rc = proc.wait()
+            break
+        except JobAborted:
+            if (job.abort_reason or "").startswith("signal"):
+                proc.send_signal(signal.SIGTERM)  # an abort file the ranks see for themselves
+            log(f"{PROG}: abort: waiting for the ranks to write the finished work")
+    if (job.path / EXIT_SUCCESS).exists():
+        return
+    if (job.path / EXIT_ABORTED).exists():
+        raise JobAborted(job.abort_reason or "aborted in the ranks")
+    if (job.path / EXIT_FAILURE).exists():
+        raise UserFacingError(f"the job failed in its ranks (torchrun exit code {rc}); the error is above")
+    raise UserFacingError(f"the {n} ranks ended without finishing the job (torchrun exit code {rc}); the failing "
+                          "rank's error is above in run.err")
+
+
 def main(argv=None, picker_factory=None) -> int:
     """Run the pick job; returns 0 success, 1 failure, 3 aborted (RELION reads the exit files)."""
+    from hydrapicker import distributed
+
+    argv = sys.argv[1:] if argv is None else list(argv)
 
     def work(opts, job, state):
+        n = ranks_wanted(opts)
+        if n > 1 and not distributed.is_distributed():
+            launch_ranks(argv, opts, job, n)
+            return
         pr = PickRun(opts, job, picker_factory)
         pr.prepare()
 
         def finish(aborted):
+            if not pr.gather_ranks():
+                return True  # rank > 0: rank 0 writes the job's outputs
             if not pr.prepared:
                 return False
             n = pr.write_outputs(aborted)
@@ -250,8 +377,22 @@ def main(argv=None, picker_factory=None) -> int:
         state["finish"] = finish
         pr.pick()
 
-    return run(sys.argv[1:] if argv is None else argv, PROG, PARAMS, __doc__.strip().splitlines()[0], work)
+    try:
+        rc = run(argv, PROG, PARAMS, __doc__.strip().splitlines()[0], work)
+        from .driver import LAUNCHED_ENV
+        if rc == 3 and distributed.is_distributed() and os.environ.get(LAUNCHED_ENV):
+            rc = 0  # an abort is no rank failure: the exit file says ABORTED; torchrun would report a crash
+        return rc
+    finally:
+        try:
+            distributed.finish()
+        except Exception:  # a rank that died took the process group with it; the exit file is written
+            pass
 
 
 def entry_point():
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()
