@@ -1,12 +1,19 @@
 """The :class:`Picker`: a model on a device that picks lists of micrographs.
 
-It owns reading (in a background thread, one micrograph ahead), rescaling, normalisation, tiled
+It owns reading (background threads, ahead of the network), rescaling, normalisation, tiled
 inference with bounded memory, decoding, duplicate suppression and edge exclusion. One bad micrograph is
 reported in its :class:`PickResult` and skipped; the others are picked.
+
+CPU: a reader thread reads and prepares the next micrograph while the network runs on this one.
+CUDA: reader threads read into page-locked memory; the upload is asynchronous, rescaling and normalisation
+run on the GPU (:func:`hydrapicker.preprocess.prepare_t`), and consecutive micrographs of one shape go
+through the network together (``batch``), in bf16, with cuDNN autotuning.
 """
 from __future__ import annotations
 
+import os
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -53,7 +60,10 @@ class Picker:
     """
 
     def __init__(self, model=None, device: str = "auto", threads: Optional[int] = None,
-                 log: Callable = print, tile: Optional[int] = None, tta: int = 1):
+                 log: Callable = print, tile: Optional[int] = None, tta: int = 1, batch: Optional[int] = None,
+                 readers: Optional[int] = None):
+        """``batch``: micrographs per forward pass (default 8 on CUDA, 1 on CPU); ``readers``: reading
+        threads (default 4 on CUDA, 1 on CPU)."""
         import torch
 
         from .checkpoint import load_checkpoint
@@ -67,12 +77,16 @@ class Picker:
         if self.device.type == "cpu":
             self.net.to(memory_format=torch.channels_last)
         else:  # micrographs of one dataset share a shape: let cuDNN pick its fastest kernels once
+            torch.cuda.set_device(self.device)
             torch.backends.cudnn.benchmark = True
         self.stride = int(self.meta["stride"])
         self.extent_px = float(self.meta["extent_px"])
         if tta not in (1, 2, 4, 8):
             raise UserFacingError(f"--tta {tta}: use 1 (off), 2, 4 or 8 orientations")
         self.tta = int(tta)
+        cuda = self.device.type == "cuda"
+        self.batch = max(1, int(batch or (8 if cuda else 1)))
+        self.readers = max(1, int(readers or (min(4, os.cpu_count() or 1) if cuda else 1)))
         self.tile = tile or (1024 if self.meta.get("preset") != "thesis" else 512)
         self.margin = 64 if self.meta.get("preset") != "thesis" else 96
         self.log(f"[hydra] model {self.meta.get('path')} (preset {self.meta.get('preset')}, "
@@ -97,60 +111,110 @@ class Picker:
         return threshold_for(self.meta, head)
 
     # -- one micrograph -------------------------------------------------------------------------
-    def _load(self, mic: Micrograph, diameter_A: float):
-        from .preprocess import prepare, read_mrc, resolve_pixel_size
+    def _read(self, mic: Micrograph, diameter_A: float):
+        """Reader thread: the file as a float32 tensor with its pixel size; on the CPU also prepared (so
+        preparation overlaps the network), for CUDA page-locked for an asynchronous upload."""
+        import torch
+
+        from .preprocess import _cpu_tensor, prepare_t, read_mrc, resolve_pixel_size
 
         t0 = time.perf_counter()
         data, header_apix = read_mrc(mic.path)
         apix = resolve_pixel_size(mic.path, mic.pixel_size, header_apix)
-        image = np.asarray(data, dtype=np.float32)
-        prepared = prepare(image, apix, diameter_A, self.extent_px, path=mic.path)
-        return prepared, time.perf_counter() - t0
+        t = _cpu_tensor(data)  # copies the memory map: this is the actual read
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # per thread: page-locked memory of this rank's GPU, not GPU 0's
+            return ("raw", t.pin_memory(), apix), time.perf_counter() - t0
+        return ("prepared", prepare_t(t, apix, diameter_A, self.extent_px, path=mic.path)), time.perf_counter() - t0
 
-    def _grid(self, image: np.ndarray, head: str) -> np.ndarray:
-        """Raw outputs for ``image``: plain, or averaged over :attr:`tta` dihedral orientations."""
+    def _prepared(self, loaded, mic: Micrograph, diameter_A: float):
+        """What a reader returned -> :class:`Prepared` with its image on the device."""
+        from .preprocess import prepare_t
+
+        if loaded[0] == "prepared":
+            return loaded[1]
+        _, t, apix = loaded
+        return prepare_t(t.to(self.device, non_blocking=True), apix, diameter_A, self.extent_px, path=mic.path)
+
+    def _to_device(self, image):
+        import torch
+
+        from .preprocess import _cpu_tensor
+
+        t = image if isinstance(image, torch.Tensor) else _cpu_tensor(np.ascontiguousarray(image))
+        return t.to(self.device, non_blocking=True)
+
+    def _grid(self, image, head: str) -> np.ndarray:
+        """Raw outputs for ``image`` (tensor or array): plain, or averaged over :attr:`tta` dihedral
+        orientations."""
+        image = self._to_device(image)
         if self.tta == 1:
             return self._infer(image, head)
+        import torch
+        import torch.nn.functional as F
+
         from .postprocess import merge_orientations
 
         s = self.stride
         ny, nx = image.shape
-        padded = np.pad(image, ((0, (-ny) % s), (0, (-nx) % s)))  # whole cells: orientations share a grid
+        padded = F.pad(image, (0, (-nx) % s, 0, (-ny) % s))  # whole cells: orientations share a grid
         grids = []
         for k, flip in DIHEDRAL[:self.tta]:
-            view = np.rot90(np.fliplr(padded) if flip else padded, k)
-            grids.append((k, flip, self._infer(np.ascontiguousarray(view), head)))
+            view = torch.rot90(torch.flip(padded, dims=(1,)) if flip else padded, k, dims=(0, 1))
+            grids.append((k, flip, self._infer(view.contiguous(), head)))
         return merge_orientations(grids)
 
-    def _infer(self, image: np.ndarray, head: str) -> np.ndarray:
-        """Rescaled, normalised image -> (3, H/stride, W/stride) raw outputs, tiled when large."""
+    def _forward(self, batch, head: str):
+        """(B, 1, H, W) tensor on the device -> (B, 3, H/stride, W/stride) float32 numpy."""
         import torch
 
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    g = self.net(batch, head)
+            else:
+                g = self.net(batch.contiguous(memory_format=torch.channels_last), head)
+            return g.float().cpu().numpy()
+
+    def _infer(self, image, head: str) -> np.ndarray:
+        """Rescaled, normalised image (tensor) -> (3, H/stride, W/stride) raw outputs, tiled when large."""
+        import torch.nn.functional as F
+
+        from .preprocess import tiles
+
+        image = self._to_device(image)
         s = self.stride
         ny, nx = image.shape
         gh, gw = -(-ny // s), -(-nx // s)
         out = np.zeros((3, gh, gw), np.float32)
-        from .preprocess import tiles
-
-        with torch.inference_mode():
-            for y0, y1, x0, x1, cy0, cy1, cx0, cx1 in tiles((ny, nx), self.tile, self.margin, s):
-                # windows are aligned to the stride so that grid cells line up with the full image
-                y0, x0 = (y0 // s) * s, (x0 // s) * s
-                win = image[y0:y1, x0:x1]
-                ph, pw = (-win.shape[0]) % s, (-win.shape[1]) % s
-                if ph or pw:
-                    win = np.pad(win, ((0, ph), (0, pw)))
-                t = torch.from_numpy(np.ascontiguousarray(win))[None, None]
-                if self.device.type == "cuda":  # page-locked copy, uploaded without blocking the host; bf16
-                    t = t.pin_memory().to(self.device, non_blocking=True)
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
-                        g = self.net(t, head)
-                else:
-                    g = self.net(t.contiguous(memory_format=torch.channels_last), head)
-                g = g[0].float().cpu().numpy()
-                gy0, gy1, gx0, gx1 = cy0 // s, -(-cy1 // s), cx0 // s, -(-cx1 // s)
-                out[:, gy0:gy1, gx0:gx1] = g[:, gy0 - y0 // s: gy1 - y0 // s, gx0 - x0 // s: gx1 - x0 // s]
+        for y0, y1, x0, x1, cy0, cy1, cx0, cx1 in tiles((ny, nx), self.tile, self.margin, s):
+            # windows are aligned to the stride so that grid cells line up with the full image
+            y0, x0 = (y0 // s) * s, (x0 // s) * s
+            win = image[y0:y1, x0:x1]
+            ph, pw = (-win.shape[0]) % s, (-win.shape[1]) % s
+            if ph or pw:
+                win = F.pad(win, (0, pw, 0, ph))
+            g = self._forward(win[None, None], head)[0]
+            gy0, gy1, gx0, gx1 = cy0 // s, -(-cy1 // s), cx0 // s, -(-cx1 // s)
+            out[:, gy0:gy1, gx0:gx1] = g[:, gy0 - y0 // s: gy1 - y0 // s, gx0 - x0 // s: gx1 - x0 // s]
         return out
+
+    def _batchable(self, image) -> bool:
+        """One tile, no test-time augmentation: such images of one shape can share a forward pass."""
+        return self.batch > 1 and self.tta == 1 and max(image.shape) <= self.tile
+
+    def _infer_many(self, images: list, head: str) -> list:
+        """Raw outputs of several images; images of one shape that fit one tile share forward passes."""
+        import torch
+        import torch.nn.functional as F
+
+        if len(images) == 1 or not all(self._batchable(im) and im.shape == images[0].shape for im in images):
+            return [self._grid(im, head) for im in images]
+        s = self.stride
+        ny, nx = images[0].shape
+        stack = F.pad(torch.stack(images)[:, None], (0, (-nx) % s, 0, (-ny) % s))
+        g = self._forward(stack, head)
+        return [gi[:, :-(-ny // s), :-(-nx // s)] for gi in g]
 
     def _check_head(self, head: str):
         if head not in self.net.heads:
@@ -171,17 +235,18 @@ class Picker:
         self._check_head(head)
         if isinstance(mic, str):
             mic = Micrograph(mic)
-        prepared, _ = self._load(mic, diameter_A)
+        loaded, _ = self._read(mic, diameter_A)
+        prepared = self._prepared(loaded, mic, diameter_A)
         return self._finish(prepared, self._grid(prepared.image, head), diameter_A, floor,
                             min_distance_A, edge_A)
 
     def pick_array(self, image: np.ndarray, pixel_size: float, diameter_A: float, head="generic",
                    floor=None, min_distance_A=None, edge_A=0.0) -> Picks:
         """Pick an in-memory micrograph (e.g. downloaded through an API)."""
-        from .preprocess import prepare
+        from .preprocess import prepare_t
 
         self._check_head(head)
-        prepared = prepare(np.asarray(image, np.float32), pixel_size, diameter_A, self.extent_px)
+        prepared = prepare_t(self._to_device(image), pixel_size, diameter_A, self.extent_px)
         return self._finish(prepared, self._grid(prepared.image, head), diameter_A, floor,
                             min_distance_A, edge_A)
 
@@ -196,26 +261,53 @@ class Picker:
         mics = list(micrographs)
         if not mics:
             return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hydra-reader") as pool:
-            future = pool.submit(self._load, mics[0], diameter_A)
-            for k, mic in enumerate(mics):
-                if should_stop is not None and should_stop():
-                    future.cancel()
+        errors = (MicrographError, UserFacingError, OSError, ValueError)
+        with ThreadPoolExecutor(max_workers=self.readers, thread_name_prefix="hydra-reader") as pool:
+            pending = deque()
+            upcoming = iter(mics)
+
+            def read_ahead():
+                mic = next(upcoming, None)
+                if mic is not None:
+                    pending.append((mic, pool.submit(self._read, mic, diameter_A)))
+
+            for _ in range(self.readers + self.batch - 1):
+                read_ahead()
+            group = []  # (micrograph, prepared, seconds reading) waiting to share a forward pass
+
+            def flush():
+                if not group:
                     return
-                try:
-                    prepared, t_read = future.result()
-                    error = None
-                except (MicrographError, UserFacingError, OSError, ValueError) as exc:
-                    prepared, error = None, exc
-                if k + 1 < len(mics):
-                    future = pool.submit(self._load, mics[k + 1], diameter_A)
-                if error is not None:
-                    yield PickResult(mic, None, error, {})
-                    continue
                 t0 = time.perf_counter()
-                grid = self._grid(prepared.image, head)
-                picks = self._finish(prepared, grid, diameter_A, floor, min_distance_A, edge_A)
-                yield PickResult(mic, picks, None, {
-                    "seconds_read": t_read, "seconds_infer": time.perf_counter() - t0,
-                    "scale": prepared.scale_xy, "shape": prepared.shape, "pixel_size": prepared.pixel_size,
-                    "device": str(self.device)})
+                grids = self._infer_many([p.image for _, p, _ in group], head)
+                dt = (time.perf_counter() - t0) / len(group)
+                done = list(group)
+                group.clear()
+                for (mic, prepared, t_read), grid in zip(done, grids):
+                    picks = self._finish(prepared, grid, diameter_A, floor, min_distance_A, edge_A)
+                    yield PickResult(mic, picks, None, {
+                        "seconds_read": t_read, "seconds_infer": dt, "batch": len(done),
+                        "scale": prepared.scale_xy, "shape": prepared.shape,
+                        "pixel_size": prepared.pixel_size, "device": str(self.device)})
+
+            while pending:
+                if should_stop is not None and should_stop():
+                    for _, future in pending:
+                        future.cancel()
+                    return
+                mic, future = pending.popleft()
+                read_ahead()
+                try:
+                    loaded, t_read = future.result()
+                    prepared = self._prepared(loaded, mic, diameter_A)
+                except errors as exc:
+                    yield from flush()  # results stay in the order of the micrographs
+                    yield PickResult(mic, None, exc, {})
+                    continue
+                if group and (len(group) >= self.batch or not self._batchable(prepared.image)
+                              or prepared.image.shape != group[0][1].image.shape):
+                    yield from flush()
+                group.append((mic, prepared, t_read))
+                if not self._batchable(prepared.image):
+                    yield from flush()
+            yield from flush()

@@ -117,3 +117,28 @@ def test_micrograph_names_with_dots_keep_their_whole_stem(tmp_path):
                   "--out", str(tmp_path / "o")]) == 0
     assert sorted(p.name for p in (tmp_path / "o").glob("*.star")) == [
         "May08_03.05.02_hydra.star", "May08_03.05.07_hydra.star"]
+
+
+def test_batched_forward_passes_and_parallel_readers_give_the_same_picks_in_order(sim_dataset, tmp_path):
+    """What the GPU path does (several micrographs of one shape per forward pass, several reader threads)
+    gives the picks of one-at-a-time picking, in the input order, an unreadable micrograph included."""
+    from hydrapicker.picker import Picker
+    from hydrapicker.types import Micrograph
+
+    out, spec = sim_dataset
+    mrcs = sorted((out / "Micrographs").glob("*.mrc"))
+    bad = tmp_path / "broken.mrc"
+    bad.write_bytes(b"not an MRC file")
+    mics = [Micrograph(str(mrcs[0]), spec.pixel_size), Micrograph(str(mrcs[1]), spec.pixel_size),
+            Micrograph(str(bad), spec.pixel_size), Micrograph(str(mrcs[2]), spec.pixel_size),
+            Micrograph(str(mrcs[0]), spec.pixel_size)]
+    one = list(Picker(device="cpu", log=None).pick(mics, spec.diameter_A))
+    many = list(Picker(device="cpu", log=None, batch=4, readers=3).pick(mics, spec.diameter_A))
+    assert [r.micrograph.path for r in many] == [m.path for m in mics]
+    assert [r.ok for r in many] == [True, True, False, True, True] and "broken.mrc" in str(many[2].error)
+    assert [r.info.get("batch") for r in many] == [2, 2, None, 2, 2]
+    for a, b in zip(one, many):
+        if a.ok:
+            assert len(a.picks) == len(b.picks) > 10
+            np.testing.assert_allclose(b.picks.xy(), a.picks.xy(), atol=0.05)
+            np.testing.assert_allclose(b.picks.fom, a.picks.fom, atol=1e-4)

@@ -124,3 +124,43 @@ def test_collect_from_globs_and_list_files(tmp_cwd):
     assert [m.path for m in collect_micrographs(["@list.txt"], apix=1.1)] == ["m/mic0.mrc", "m/mic2.mrc"]
     with pytest.raises(UserFacingError, match="no file matches"):
         collect_micrographs(["z/*.mrc"])
+
+
+def _reference_prepare(img, pixel_size, diameter_A, extent_px):
+    """The numpy/scipy preparation the first models were trained with (float64 FFT, scipy's Gaussian)."""
+    from scipy.ndimage import gaussian_filter
+
+    (my, mx), _ = rescaled_shape(img.shape, pixel_size, diameter_A, extent_px)
+    ny, nx = img.shape
+    F = np.fft.rfft2(img)
+    out = np.zeros((my, mx // 2 + 1), F.dtype)
+    ky, kx = min(ny, my) // 2, min(nx // 2 + 1, mx // 2 + 1)
+    out[:ky, :kx], out[my - ky:, :kx] = F[:ky, :kx], F[ny - ky:, :kx]
+    small = (np.fft.irfft2(out, s=(my, mx)) * (my * mx) / (ny * nx)).astype(np.float32)
+    small = small - gaussian_filter(small, 4.0 * extent_px, mode="reflect")
+    med = np.median(small)
+    mad = np.median(np.abs(small - med)) * 1.4826
+    return np.clip((small - med) / mad, -5, 5)
+
+
+@pytest.mark.parametrize("shape,apix,diameter", [((1000, 1200), 1.0, 150.0), ((333, 257), 2.0, 60.0),
+                                                 ((640, 480), 1.0, 300.0)])
+def test_torch_preparation_equals_the_numpy_scipy_reference(shape, apix, diameter):
+    """One torch implementation (GPU in the picker, CPU elsewhere) equals what the models were trained on:
+    scipy's reflect-mode Gaussian (also when the kernel is wider than the image) and numpy's median."""
+    import torch
+
+    from hydrapicker.preprocess import gaussian_blur_t, prepare_t
+
+    rng = np.random.default_rng(3)
+    img = (rng.normal(size=shape) + np.linspace(0, 4, shape[1])[None]).astype(np.float32) * 20 + 300
+    ref = _reference_prepare(img, apix, diameter, 16.0)
+    got = prepare(img, apix, diameter, 16.0).image
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, atol=2e-4)
+    t = prepare_t(torch.from_numpy(img), apix, diameter, 16.0)
+    assert isinstance(t.image, torch.Tensor) and np.array_equal(t.image.numpy(), got)
+    from scipy.ndimage import gaussian_filter
+    for sigma in (2.0, 0.75 * min(ref.shape), 3.0 * max(ref.shape)):
+        np.testing.assert_allclose(gaussian_blur_t(torch.from_numpy(ref), sigma).numpy(),
+                                   gaussian_filter(ref, sigma, mode="reflect"), atol=2e-5)

@@ -40,6 +40,10 @@ def add_args(p):
                    help="output formats")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("-j", "--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--batch", type=int, default=None,
+                   help="micrographs of one shape per forward pass (default: 8 on a GPU, 1 on the CPU)")
+    p.add_argument("--readers", type=int, default=None,
+                   help="threads reading micrographs ahead (default: 4 with a GPU, 1 on the CPU)")
     p.add_argument("--overwrite", action="store_true", help="re-pick micrographs already done")
     p.add_argument("--quiet", action="store_true")
 
@@ -79,7 +83,8 @@ def main(args):
         todo = distributed.shard(todo)
         if rank != 0:
             log = lambda *a, **k: None  # noqa: E731  (rank 0 reports)
-    picker = Picker(args.model, device=device, threads=args.threads, log=log, tta=args.tta)
+    picker = Picker(args.model, device=device, threads=args.threads, log=log, tta=args.tta, batch=args.batch,
+                    readers=args.readers)
     args.head = args.head or picker.default_head
     threshold = None if args.all else (picker.threshold_for(args.head) if args.threshold is None else args.threshold)
     t0 = time.time()
