@@ -77,6 +77,21 @@ def replicated(base: Dataset, n: int, work: Path) -> Dataset:
                    diameter_A=base.diameter_A, truth=truth, kind="simulated", meta=base.meta)
 
 
+def marginal_costs(runs: list) -> dict:
+    """{(size, picker, n_small, n_large): ms per micrograph} from the runs of the smallest and largest count."""
+    out = {}
+    by = {}
+    for r in runs:
+        if r.get("error") or not r.get("wall_s"):
+            continue
+        by.setdefault((r["size"], r["picker"]), {})[r["n"]] = r["wall_s"]
+    for (label, name), walls in by.items():
+        if len(walls) >= 2:
+            n0, n1 = min(walls), max(walls)
+            out[(label, name, n0, n1)] = 1000.0 * (walls[n1] - walls[n0]) / (n1 - n0)
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     work = Path(args.work)
@@ -126,6 +141,15 @@ def main(argv=None) -> int:
             from hydrapicker.atomic import write_text
 
             write_text(json_path, json.dumps(results, indent=1, default=str))
+    marginal = marginal_costs(results["runs"])
+    if marginal:
+        print("\nmarginal cost per micrograph (start-up excluded: the difference between two counts)")
+        for (label, name, n0, n1), ms in marginal.items():
+            print(f"  {label} {name}: {ms:.1f} ms/micrograph ({n0} -> {n1} micrographs; {1000.0 / ms:.1f} micrographs/s)")
+        results["marginal_ms_per_mic"] = {f"{k[0]} {k[1]} {k[2]}->{k[3]}": v for k, v in marginal.items()}
+        from hydrapicker.atomic import write_text
+
+        write_text(json_path, json.dumps(results, indent=1, default=str))
     print(f"[speed] results in {json_path}")
     return 0
 

@@ -142,3 +142,22 @@ def test_batched_forward_passes_and_parallel_readers_give_the_same_picks_in_orde
             assert len(a.picks) == len(b.picks) > 10
             np.testing.assert_allclose(b.picks.xy(), a.picks.xy(), atol=0.05)
             np.testing.assert_allclose(b.picks.fom, a.picks.fom, atol=1e-4)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_path_picks_what_the_cpu_picks(sim_dataset):
+    """On a GPU (preparation on the device, bf16, batches of 8, reader threads) the picks match the CPU's."""
+    from hydrapicker.picker import Picker
+    from hydrapicker.types import Micrograph
+
+    out, spec = sim_dataset
+    mics = [Micrograph(str(p), spec.pixel_size) for p in sorted((out / "Micrographs").glob("*.mrc"))] * 3
+    cpu = list(Picker(device="cpu", log=None).pick(mics, spec.diameter_A))
+    gpu = list(Picker(device="cuda", log=None).pick(mics, spec.diameter_A))
+    assert all(r.ok for r in gpu) and {r.info["batch"] for r in gpu} == {8, 1}
+    thr = Picker(device="cpu", log=None).default_threshold
+    for a, b in zip(cpu, gpu):
+        pa, pb = a.picks.above(thr), b.picks.above(thr)
+        assert abs(len(pa) - len(pb)) <= max(2, 0.05 * len(pa))  # bf16: a few borderline picks may differ
+        d = np.linalg.norm(pa.xy()[:, None] - pb.xy()[None], axis=2).min(1)
+        assert np.median(d) < 1.0
