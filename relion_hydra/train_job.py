@@ -46,7 +46,8 @@ def train(opts, job, state):
         raise UserFacingError(f"--head_name {opts['head_name']!r}: use letters, digits, '_' or '-' only")
     device = device_from_gpu(opts["gpu"])
     if device != "auto":
-        log(f"device {device}")
+        extra = " (a few-shot head trains on one GPU: the first listed)" if "," in opts["gpu"] else ""
+        log(f"device {device}{extra}")
     mics = read_micrographs_star(opts["in_mics"])
     coords = read_coords_node(opts["in_coords"], [m.name for m in mics])
     labelled = [m for m in mics if m.name in coords]
