@@ -33,6 +33,7 @@ from .args import ArgumentError, Param
 from .driver import log, run, warn
 from .jobdir import JobAborted, JobDir, is_continue
 from .paths import coord_path
+from .ranks import device_from_gpu, launch_ranks, rank_device, ranks_wanted
 
 PROG = "relion_hydra_pick"
 PARAMS = (
@@ -50,47 +51,6 @@ PARAMS = (
                                      "'gpu'; with gpu = cpu, CPU processes sharing the threads", positive=True),
 )
 N_EXAMPLES = 3
-
-
-def gpu_ids(gpu: str) -> list[str]:
-    """The GPU numbers in RELION's ``gpu`` value (``"0,1"`` -> ``["0", "1"]``; empty, auto, cpu -> [])."""
-    g = (gpu or "").strip()
-    if g.lower() in ("", "auto", "cpu", "-1"):
-        return []
-    ids = [s.strip() for s in g.split(",") if s.strip()]
-    if not ids or not all(s.isdigit() for s in ids):
-        raise ArgumentError(f"--gpu {gpu!r} is not understood; give GPU numbers such as 0 or 0,1, or 'cpu', "
-                            "or leave the value empty for automatic choice")
-    return ids
-
-
-def device_from_gpu(gpu: str) -> str:
-    """The device of a single-process job: auto, cpu or the first listed GPU."""
-    g = (gpu or "").strip()
-    if g.lower() in ("", "auto"):
-        return "auto"
-    if g.lower() in ("cpu", "-1"):
-        return "cpu"
-    return f"cuda:{gpu_ids(g)[0]}"
-
-
-def ranks_wanted(opts) -> int:
-    """How many processes pick: ``ranks`` if given, else one per listed GPU."""
-    return opts["ranks"] or max(1, len(gpu_ids(opts["gpu"])))
-
-
-def rank_device(gpu: str) -> str:
-    """Under torchrun: this rank's device (GPU number LOCAL_RANK of the list, or the CPU)."""
-    from hydrapicker import distributed
-
-    ids, single = gpu_ids(gpu), device_from_gpu(gpu)
-    if single == "cpu":
-        return distributed.init("cpu")
-    import torch
-
-    if ids and not torch.cuda.is_available():
-        return distributed.init("cuda")  # the picker then says clearly that CUDA is missing
-    return distributed.init(",".join(ids) if ids else "auto")
 
 
 def default_picker_factory(model, device, threads):
@@ -296,58 +256,6 @@ class PickRun:
         return len(rows)
 
 
-def rank_command(argv: list[str], n: int) -> list[str]:
-    """The command that runs this job in ``n`` ranks (torchrun, one machine)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-            "-m", "relion_hydra.pick_job", *argv]
-
-
-def launch_ranks(argv: list[str], opts: dict, job, n: int) -> None:
-    """Run the job in ``n`` torchrun ranks and wait; returns on success, raises otherwise.
-
-    The ranks write the outputs and (rank 0) the exit file. An abort file is seen by every rank, which then
-    writes its finished work; a signal to this process is passed on. If the ranks end without an exit file
-    (a rank crashed and torchrun stopped the others), the error raised here makes the driver write
-    RELION_JOB_EXIT_FAILURE, so RELION never waits for ever.
-    """
-    import signal
-    import subprocess
-
-    from .driver import LAUNCHED_ENV
-    from .jobdir import EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS
-
-    ids = gpu_ids(opts["gpu"])
-    if ids:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserFacingError(f"gpu = {opts['gpu']}: CUDA is not available on this machine; leave 'gpu' "
-                                  "empty or set it to cpu")
-    root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, LAUNCHED_ENV: "1", "OMP_NUM_THREADS": str(max(1, opts["j"] // n)),
-           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    cmd = rank_command(argv, n)
-    where = f"GPUs {','.join(ids[i % len(ids)] for i in range(n))}" if ids else "CPU"
-    log(f"{PROG}: picking with {n} ranks on {where}: {' '.join(cmd)}")
-    proc = subprocess.Popen(cmd, env=env)
-    while True:
-        try:
-            rc = proc.wait()
-            break
-        except JobAborted:
-            if (job.abort_reason or "").startswith("signal"):
-                proc.send_signal(signal.SIGTERM)  # an abort file the ranks see for themselves
-            log(f"{PROG}: abort: waiting for the ranks to write the finished work")
-    if (job.path / EXIT_SUCCESS).exists():
-        return
-    if (job.path / EXIT_ABORTED).exists():
-        raise JobAborted(job.abort_reason or "aborted in the ranks")
-    if (job.path / EXIT_FAILURE).exists():
-        raise UserFacingError(f"the job failed in its ranks (torchrun exit code {rc}); the error is above")
-    raise UserFacingError(f"the {n} ranks ended without finishing the job (torchrun exit code {rc}); the failing "
-                          "rank's error is above in run.err")
-
-
 def main(argv=None, picker_factory=None) -> int:
     """Run the pick job; returns 0 success, 1 failure, 3 aborted (RELION reads the exit files)."""
     from hydrapicker import distributed
@@ -357,7 +265,7 @@ def main(argv=None, picker_factory=None) -> int:
     def work(opts, job, state):
         n = ranks_wanted(opts)
         if n > 1 and not distributed.is_distributed():
-            launch_ranks(argv, opts, job, n)
+            launch_ranks(argv, opts, job, n, PROG)
             return
         pr = PickRun(opts, job, picker_factory)
         pr.prepare()

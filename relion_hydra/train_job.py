@@ -20,7 +20,7 @@ from hydrapicker.errors import UserFacingError
 
 from .args import Param
 from .driver import log, run
-from .pick_job import device_from_gpu
+from .ranks import device_from_gpu
 
 PROG = "relion_hydra_train"
 MODEL_FILE = "model.pt"

@@ -11,6 +11,7 @@ import starfile
 
 from relion_helpers import MICS_STAR, REPO, make_sim_project
 from relion_hydra import pick_job
+from relion_hydra import ranks as rank_mod
 from relion_hydra.jobdir import DONE_LIST
 
 PICK = os.path.join(REPO, "bin", "relion_hydra_pick")
@@ -66,7 +67,7 @@ def test_two_cpu_ranks_equal_one_process_and_continue_across_rank_counts(project
 def test_ranks_that_end_without_an_exit_file_leave_a_failure(project, monkeypatch, capsys):
     """A rank crashed and torchrun stopped the others: the launching process still gives RELION its exit file."""
     monkeypatch.chdir(project)
-    monkeypatch.setattr(pick_job, "rank_command", lambda argv, n: [sys.executable, "-c", "import sys; sys.exit(7)"])
+    monkeypatch.setattr(rank_mod, "rank_command", lambda argv, n: [sys.executable, "-c", "import sys; sys.exit(7)"])
     rc = pick_job.main(["--o", "External/job013/", "--in_mics", MICS_STAR, "--particle_diameter", "290",
                         "--gpu", "cpu", "--ranks", "2", "--j", "2"])
     assert rc == 1
@@ -88,10 +89,10 @@ def test_gpu_list_without_cuda_is_a_clear_failure(project):
                                               ("0,1", None, ["0", "1"], 2), (" 2, 3 ", None, ["2", "3"], 2),
                                               ("cpu", 3, [], 3), ("0", 2, ["0"], 2)])
 def test_gpu_value_to_ranks(gpu, ranks, ids, n):
-    assert pick_job.gpu_ids(gpu) == ids
-    assert pick_job.ranks_wanted({"gpu": gpu, "ranks": ranks}) == n
+    assert rank_mod.gpu_ids(gpu) == ids
+    assert rank_mod.ranks_wanted({"gpu": gpu, "ranks": ranks}) == n
 
 
 def test_bad_gpu_value_is_named():
-    with pytest.raises(pick_job.ArgumentError, match="'0;1' is not understood"):
-        pick_job.gpu_ids("0;1")
+    with pytest.raises(rank_mod.ArgumentError, match="'0;1' is not understood"):
+        rank_mod.gpu_ids("0;1")
