@@ -7,7 +7,8 @@ The shipped model picks them, RELION extracts and classifies; the extracted coor
 against the simulator's true particle centres, which proves RELION got x = column, y = row.
 
 One pipeliner run serves every test (module fixture): pick, Extract, Class2D (K=2, 2 iterations, 48 px
-box) and, last, a pick job without ``particle_diameter`` that must end as failed instead of hanging.
+box), the same pick in 2 CPU ranks (torchrun, what ``gpu = 0,1`` does on a GPU machine) and, last, a pick
+job without ``particle_diameter`` that must end as failed instead of hanging.
 ``--sec_wait_after 1`` replaces the pipeliner's default 10-second polling. Skipped (with the reason) when
 the RELION binaries or the shipped model are absent. ``HYDRA_TEST_MODEL=<file>`` runs it with another
 model, ``HYDRA_TEST_THRESHOLD`` with another threshold.
@@ -36,7 +37,7 @@ BOX = 48                                          # px; the particle is 28 px (2
 # A permissive threshold, as the README suggests for RELION 3.1 (no FOM cut at extraction): the interim
 # shipped model is under-confident on this held-out target (at 0.5 it finds ~20% of the particles).
 THRESHOLD = float(os.environ.get("HYDRA_TEST_THRESHOLD", "0.3"))
-JOBS = ("External/job001/", "Extract/job002/", "Class2D/job003/", "External/job004/")
+JOBS = ("External/job001/", "Extract/job002/", "Class2D/job003/", "External/job004/", "External/job005/")
 
 
 def model_path():
@@ -116,13 +117,17 @@ def e2e(tmp_path_factory):
     add_job(project, "Class2D", fn_img="Extract/job002/particles.star", nr_classes=2, nr_iter=2,
             particle_diameter=f"{spec.diameter_A + 10:g}", psi_sampling=7.5, offset_range=3, offset_step=1,
             nr_threads=2)
+    # the same pick, shared out over 2 CPU ranks
+    add_job(project, "External", **{**pick, "param4_label": "gpu", "param4_value": "cpu",
+                                    "param5_label": "ranks", "param5_value": 2})
     # last (the pipeliner stops at a failed job): no particle_diameter, must end as failed, not hang
     add_job(project, "External", fn_exe=PICK, in_mic=MICS_STAR, param1_label="threshold", param1_value=0.5,
             nr_threads=1)
     t1 = time.time()
     # trailing space: RELION 3.1's --RunJobs drops the last job otherwise
     pipeliner(project, "--RunJobs", " ".join(JOBS) + " ", "--sec_wait_after", "1", timeout=600)
-    print(f"\nsimulated project: {t_sim:.1f} s; RELION pipeline (pick + Extract + Class2D + failing job): "
+    print(f"\nsimulated project: {t_sim:.1f} s; RELION pipeline (pick + Extract + Class2D + 2-rank pick + "
+          f"failing job): "
           f"{time.time() - t1:.1f} s")
     return dict(project=project, spec=spec, truth=truth)
 
@@ -139,12 +144,12 @@ def test_pick_job_succeeds_through_the_pipeliner(e2e):
     assert f"micrograph {N_MICS}/{N_MICS}" in out and "picks so far" in out and "device" in out
 
 
-def written_picks(e2e):
-    """{micrograph: (N, 3) x, y, FOM} from the pick job's coordinate files, read independently."""
+def written_picks(e2e, job="External/job001/"):
+    """{micrograph: (N, 3) x, y, FOM} from a pick job's coordinate files, read independently."""
     from relion_hydra.paths import coord_path
     out = {}
     for name in e2e["truth"]:
-        df = starfile.read(e2e["project"] / coord_path("External/job001/", name, "autopick"))
+        df = starfile.read(e2e["project"] / coord_path(job, name, "autopick"))
         out[name] = (df[["rlnCoordinateX", "rlnCoordinateY", "rlnAutopickFigureOfMerit"]].to_numpy(float)
                      if len(df) else np.zeros((0, 3)))
     return out
@@ -214,10 +219,22 @@ def test_class2d_ends(e2e):
         assert m.data.shape == (2, BOX, BOX)
 
 
+def test_two_rank_pick_job_through_the_pipeliner_writes_the_same_picks(e2e):
+    project = e2e["project"]
+    job = project / "External/job004"
+    assert statuses(project)["External/job004/"] == 2, (job / "run.err").read_text()
+    assert sorted(p.name for p in job.glob("RELION_JOB_EXIT_*")) == ["RELION_JOB_EXIT_SUCCESS"]
+    assert (project / ".Nodes/2/External/job004/coords_suffix_autopick.star").exists()
+    out = (job / "run.out").read_text()
+    assert "picking with 2 ranks on CPU" in out and "rank 1/2: micrograph" in out
+    one, two = written_picks(e2e), written_picks(e2e, "External/job004/")
+    assert all(len(one[n]) > 0 and np.array_equal(one[n], two[n]) for n in one)
+
+
 def test_pipeliner_records_failure_for_missing_diameter(e2e):
     """Without particle_diameter the job must end (FAILURE) instead of hanging, with a clear run.err."""
     project = e2e["project"]
-    assert statuses(project)["External/job004/"] == 3
-    assert (project / "External/job004/RELION_JOB_EXIT_FAILURE").exists()
-    err = (project / "External/job004/run.err").read_text()
+    assert statuses(project)["External/job005/"] == 3
+    assert (project / "External/job005/RELION_JOB_EXIT_FAILURE").exists()
+    err = (project / "External/job005/run.err").read_text()
     assert "--particle_diameter is required" in err and "Traceback" not in err
