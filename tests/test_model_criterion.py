@@ -131,3 +131,21 @@ def test_suppress_duplicates_keeps_best_of_close_pairs():
     score = np.array([0.5, 0.9, 0.3, 0.2])
     keep = suppress_duplicates(xy, score, 10.0)
     assert sorted(keep.tolist()) == [1, 2]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_suppress_duplicates_equals_brute_force_greedy(seed):
+    """The bucketed NMS keeps exactly what the O(N^2) greedy definition keeps (ties in score included)."""
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 400, size=(1500, 2))
+    xy[:100] = xy[100:200] + rng.normal(0, 2, size=(100, 2))   # near-duplicates
+    score = rng.choice(np.linspace(0.05, 1, 40), size=len(xy))  # many ties
+    d = 11.0
+    order = np.argsort(-score, kind="stable")
+    removed, expected = np.zeros(len(xy), bool), []
+    for i in order:
+        if removed[i]:
+            continue
+        expected.append(i)
+        removed |= np.hypot(*(xy - xy[i]).T) < d
+    assert suppress_duplicates(xy, score, d).tolist() == expected
