@@ -167,7 +167,15 @@ def simulated_dataset(spec, cache: Path, n: int, log=print) -> Path:
     t0 = time.time()
     log(f"[bench] simulating {n} micrographs of {spec.name} ({spec.shape[1]}x{spec.shape[0]}, "
         f"{spec.pixel_size} A/px) into {out}")
-    write_dataset(spec, out, n)
+    # in a child process: the pickers are timed as children of this one, and a child's peak RSS as the
+    # kernel reports it includes the parent's memory up to its exec (several GB after simulating K3 frames)
+    import multiprocessing as mp
+
+    proc = mp.get_context("spawn").Process(target=write_dataset, args=(spec, out, n))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"simulating {spec.name} failed (exit code {proc.exitcode})")
     done.write_text(json.dumps({"seconds": time.time() - t0}))
     return out
 
