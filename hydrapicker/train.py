@@ -37,6 +37,12 @@ def _simulate_prepared(job):
                               scale_jitter=jitter, rng=rng, name=sim.name)
 
 
+def _one_torch_thread():
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def simulate_sets(specs, n_mics: int, extent_px: float, jitter: float, seed: int, workers: int = 1,
                   first_index: int = 0, log: Callable = print, across_ranks: bool = False) -> list:
     """Simulate ``n_mics`` micrographs of every spec and prepare them at the model's extent.
@@ -54,7 +60,9 @@ def simulate_sets(specs, n_mics: int, extent_px: float, jitter: float, seed: int
     if workers > 1:
         import multiprocessing as mp
 
-        with mp.get_context("fork").Pool(workers) as pool:
+        # forked workers must not enter torch's OpenMP thread pool inherited from the parent (they would
+        # hang); with one thread, torch runs every operation inline (what DataLoader workers do too)
+        with mp.get_context("fork").Pool(workers, initializer=_one_torch_thread) as pool:
             mics = pool.map(_simulate_prepared, mine, chunksize=2)
     else:
         mics = [_simulate_prepared(j) for j in mine]

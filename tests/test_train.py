@@ -105,3 +105,25 @@ def test_asking_for_cuda_without_it_is_a_clear_error_not_a_cpu_run(tmp_path):
     with pytest.raises(UserFacingError, match="CUDA is not usable"):
         run_training(_args(tmp_path / "a", "--steps", "1", "--device", "cuda"), log=QUIET)
     assert not (tmp_path / "a").exists()  # nothing written: the device is checked first
+
+
+def test_simulation_workers_do_not_hang_after_torch_ran_in_parallel(tmp_path):
+    """Forked simulation workers prepare micrographs with torch; after the parent has run torch on several
+    threads (loading a model, a forward pass), they hung in the inherited OpenMP pool (seen with
+    `select_model.py` and `hydra train --init --workers 2`). In a fresh process, with a time limit."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "torch.set_num_threads(2)\n"
+        "from hydrapicker.checkpoint import load_checkpoint\n"
+        "net, meta = load_checkpoint(None)\n"
+        "with torch.inference_mode():\n"
+        "    net.eval()(torch.randn(1, 1, 256, 256), 'generic')\n"
+        "from hydrapicker.simulate import source_dataset_specs\n"
+        "from hydrapicker.train import simulate_sets\n"
+        "sets = simulate_sets(source_dataset_specs(n=2, seed=5), 2, 16.0, 0.0, 0, workers=2, log=lambda *a: None)\n"
+        "print('micrographs', sum(len(s.mics) for s in sets))\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "micrographs 4" in r.stdout, r.stderr
