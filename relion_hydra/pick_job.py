@@ -43,7 +43,8 @@ PARAMS = (
     Param("model", str, None, False, "model file (default: the shipped generic model)"),
     Param("head", str, "", False, "which head of the model picks (empty: the model's own: the few-shot "
                                   "head of a fine-tuned model, else generic)"),
-    Param("gpu", str, "", False, "GPU id, e.g. 0 (empty: first GPU if any, else CPU; 'cpu': CPU)"),
+    Param("gpu", str, "", False, "GPU ids, e.g. 0 or 0,1 (one rank per GPU); empty: first GPU if any, else CPU; "
+                                "'cpu': CPU"),
     Param("pickname", str, "autopick", False, "name in the coordinate files: <mic>_<pickname>.star"),
     Param("min_distance", float, None, False, "minimum distance between picks in Angstrom", positive=True),
     Param("relion_version", str, None, False, "3.1, 4 or 5 (default: detected from job.star)"),
