@@ -37,8 +37,8 @@ def init(device: str = "auto") -> str:
     if use_cuda and device in ("auto", "cuda"):
         return f"cuda:{local_rank()}"
     ids = [d.strip() for d in device.split(",") if d.strip()]
-    if use_cuda and ids and all(d.isdigit() for d in ids):  # e.g. "0,1" from RELION's gpu parameter
-        return f"cuda:{ids[local_rank() % len(ids)]}"
+    if ids and all(d.isdigit() for d in ids):  # e.g. "0,1" from RELION's gpu parameter
+        return f"cuda:{ids[local_rank() % len(ids)]}"  # without CUDA, select_device says so clearly
     return device
 
 

@@ -182,7 +182,6 @@ class Picker:
 
         from .preprocess import tiles
 
-        image = self._to_device(image)
         s = self.stride
         ny, nx = image.shape
         gh, gw = -(-ny // s), -(-nx // s)

@@ -7,7 +7,7 @@ Gaussian high-pass, then scales by robust statistics (median / MAD) and clips ou
 
 One implementation, in torch, runs on whatever device holds the image: the Picker prepares on the GPU when
 it has one (a 4096² FFT there takes about a millisecond, on the CPU it dominates the cost of a pick), and the
-numpy functions below (training data, few-shot labels, tests) run the same code on the CPU. The Gaussian
+numpy front ends below (training data, few-shot labels, tests) run the same code on the CPU. The Gaussian
 equals ``scipy.ndimage.gaussian_filter(mode="reflect", truncate=4)``, the median ``numpy.median``.
 """
 from __future__ import annotations
@@ -97,16 +97,14 @@ def _cpu_tensor(img):
     return _torch().from_numpy(arr)
 
 
-def check_finite(img, path) -> None:
-    """Clear errors for NaN/Inf pixels and constant images (numpy array or torch tensor)."""
+def check_finite(t, path) -> None:
+    """Clear errors for NaN/Inf pixels and constant images (a tensor; one pass when all is well)."""
     torch = _torch()
-    t = img if isinstance(img, torch.Tensor) else torch.from_numpy(np.asarray(img))
-    finite = torch.isfinite(t)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
+    lo, hi = torch.aminmax(t)  # NaN propagates, Inf is an extreme: both show here
+    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+        bad = int((~torch.isfinite(t)).sum())
         raise MicrographError(f"{path} contains {bad} NaN/Inf pixels; the file is corrupt: re-run "
                               f"motion correction for it or exclude it")
-    lo, hi = t.min(), t.max()
     if float(hi) == float(lo):
         raise MicrographError(f"{path} is a constant image (every pixel = {float(lo)}); "
                               f"exclude it")
@@ -193,11 +191,6 @@ def fourier_rescale(img: np.ndarray, new_shape) -> np.ndarray:
 def rescaled_shape(shape, pixel_size: float, diameter_A: float, extent_px: float):
     scale = extent_px * pixel_size / diameter_A
     return tuple(max(8, int(round(n * scale))) for n in shape), scale
-
-
-def highpass_normalise(img: np.ndarray, sigma_px: float, clip: float = 5.0) -> np.ndarray:
-    """numpy front end of :func:`highpass_normalise_t` (CPU)."""
-    return highpass_normalise_t(_cpu_tensor(img), sigma_px, clip).numpy()
 
 
 def prepare_t(image, pixel_size: float, diameter_A: float, extent_px: float, path="<array>") -> "Prepared":

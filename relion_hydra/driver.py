@@ -54,7 +54,9 @@ def run(argv, prog, params, summary, work) -> int:
         print(f"{prog}: error: --o <job directory> is required (RELION sets it)", file=sys.stderr)
         return 2
     job = JobDir(job_dir)
-    rank = int(os.environ.get("RANK", 0))
+    from hydrapicker.distributed import rank_world
+
+    rank = rank_world()[0]
     if rank == 0 and not os.environ.get(LAUNCHED_ENV):
         job.start()
     if rank == 0:

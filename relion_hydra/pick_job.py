@@ -30,7 +30,7 @@ from hydrapicker.errors import UserFacingError
 
 from . import nodes
 from .args import ArgumentError, Param
-from .driver import log, run, warn
+from .driver import LAUNCHED_ENV, log, run, warn
 from .jobdir import JobAborted, JobDir, is_continue
 from .paths import coord_path
 from .ranks import device_from_gpu, launch_ranks, rank_device, ranks_wanted
@@ -288,7 +288,6 @@ def main(argv=None, picker_factory=None) -> int:
 
     try:
         rc = run(argv, PROG, PARAMS, __doc__.strip().splitlines()[0], work)
-        from .driver import LAUNCHED_ENV
         if rc == 3 and distributed.is_distributed() and os.environ.get(LAUNCHED_ENV):
             rc = 0  # an abort is no rank failure: the exit file says ABORTED; torchrun would report a crash
         return rc

@@ -44,17 +44,10 @@ def ranks_wanted(opts) -> int:
 
 
 def rank_device(gpu: str) -> str:
-    """Under torchrun: this rank's device (GPU number LOCAL_RANK of the list, or the CPU)."""
+    """Under torchrun: this rank's device (GPU number LOCAL_RANK of the list, auto, or the CPU)."""
     from hydrapicker import distributed
 
-    ids, single = gpu_ids(gpu), device_from_gpu(gpu)
-    if single == "cpu":
-        return distributed.init("cpu")
-    import torch
-
-    if ids and not torch.cuda.is_available():
-        return distributed.init("cuda")  # the picker then says clearly that CUDA is missing
-    return distributed.init(",".join(ids) if ids else "auto")
+    return distributed.init(",".join(gpu_ids(gpu)) or device_from_gpu(gpu))
 
 
 def rank_command(argv: list[str], n: int) -> list[str]:
