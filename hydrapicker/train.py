@@ -248,7 +248,8 @@ def run_training(args, log: Callable = print, should_stop: Optional[Callable] = 
         torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed if world == 1 else [args.seed, rank])  # each rank its own batches
 
-    specs = source_dataset_specs(n=args.datasets, seed=args.seed)
+    specs = source_dataset_specs(n=args.datasets, seed=args.seed,
+                                 junk_fraction=getattr(args, "junk_fraction", 0.0))
     net = build_model(args.preset).to(device)
     log(f"[train] device {device}" + (f"; {world} ranks (DistributedDataParallel), batch {args.batch} per rank"
                                        if world > 1 else ""))

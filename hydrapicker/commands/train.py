@@ -19,6 +19,9 @@ def add_args(p):
     p.add_argument("--preset", default="lite", help="network preset: lite (shipped) or thesis")
     p.add_argument("--datasets", type=int, default=32, help="number of simulated source datasets")
     p.add_argument("--mics-per-dataset", type=int, default=8)
+    p.add_argument("--junk-fraction", type=float, default=0.0,
+                   help="fraction of the source datasets that carry junk (vesicles, ice crystals, gold, clumps, "
+                        "thin carbon, border bands, gain stripes, hot pixels, junk-only micrographs)")
     p.add_argument("--val-mics", type=int, default=2, help="validation micrographs per source dataset")
     p.add_argument("--steps", type=int, default=6000, help="phase-1 steps (single generic head)")
     p.add_argument("--phase2-steps", type=int, default=1500, help="phase-2 steps (all heads + bias loss)")

@@ -55,6 +55,18 @@ class DatasetSpec:
     ice_gradient: float = 0.7
     nyquist_attenuation: tuple = (0.4, 1.0)  # final low-pass (detector MTF, binning): amplitude at Nyquist
     background_scale: float = 1.0
+    # artefacts of hydrapicker.simulate.artefacts (all 0: none; never in the truth)
+    p_junk_only: float = 0.0            # micrographs that hold junk and no particles
+    vesicles: float = 0.0               # mean lipid vesicles per micrograph (200-2000 A, some nested)
+    ice_crystals: float = 0.0           # mean sharp-edged ice crystals per micrograph
+    gold: float = 0.0                   # mean gold beads per micrograph
+    rim_contamination: float = 0.0      # mean contamination blobs with a bright/dark rim
+    p_thin_carbon: float = 0.0          # continuous thin carbon with particles on it
+    other_aggregates: float = 0.0       # mean clumps of other proteins per micrograph
+    p_border: float = 0.0               # motion-correction border bands (flat, smeared, striped)
+    p_gain_stripes: float = 0.0         # gain-reference stripes
+    p_hot_pixels: float = 0.0           # hot and dead pixels
+    render_artefacts: bool = True       # False: artefacts drawn (same particle placement) but not shown
     description: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -152,9 +164,67 @@ def random_dataset_spec(seed: int, families=None, regime: str = "binned", name=N
     return spec
 
 
-def source_dataset_specs(n: int = 32, seed: int = 0) -> list:
-    """``n`` random training datasets (training families only; seeds disjoint from the targets)."""
-    return [random_dataset_spec(seed * 100003 + i) for i in range(n)]
+def junk_fields(seed: int, level: float = 1.0) -> dict:
+    """Random artefact settings for a junk-laden dataset (its own random stream: the rest of the spec drawn
+    from ``seed`` is unchanged). ``level`` scales every rate (1 = about as much junk as a bad real grid)."""
+    rng = np.random.default_rng([int(seed), 913])
+    on = rng.random(10) < 0.6  # each kind present in about 60 % of the junk datasets
+    L = float(level)
+    return dict(
+        p_junk_only=float(rng.uniform(0.1, 0.35)),
+        vesicles=float(on[0] * L * _loguniform(rng, 0.3, 4.0)),
+        ice_crystals=float(on[1] * L * _loguniform(rng, 0.2, 3.0)),
+        gold=float(on[2] * 0.5 * L * _loguniform(rng, 0.3, 6.0)),
+        rim_contamination=float(on[3] * L * _loguniform(rng, 0.2, 3.0)),
+        p_thin_carbon=float(on[4] * rng.uniform(0.2, 0.8)),
+        other_aggregates=float(on[5] * L * _loguniform(rng, 0.3, 4.0)),
+        p_border=float(on[6] * rng.uniform(0.3, 1.0)),
+        p_gain_stripes=float(on[7] * rng.uniform(0.2, 0.8)),
+        p_hot_pixels=float(on[8] * rng.uniform(0.2, 1.0)),
+        p_aggregate=float(rng.uniform(0.2, 0.8)),
+        junk=float(_loguniform(rng, 0.05, 0.6)),
+        contamination=float(_loguniform(rng, 0.1, 3.0)),
+        p_carbon=float(rng.choice([0.0, 0.3, 0.6])),
+        p_crystalline=float(rng.choice([0.0, 0.2])),
+        ice_gradient=float(rng.uniform(0.3, 2.5)),
+    )
+
+
+def source_dataset_specs(n: int = 32, seed: int = 0, junk_fraction: float = 0.0) -> list:
+    """``n`` random training datasets (training families only; seeds disjoint from the targets); a
+    ``junk_fraction`` of them (chosen by seed) carry the artefacts of :func:`junk_fields`."""
+    specs = []
+    for i in range(n):
+        s = seed * 100003 + i
+        spec = random_dataset_spec(s)
+        if junk_fraction and np.random.default_rng([s, 914]).random() < junk_fraction:
+            spec = spec.replace(description=spec.description + ", junk", **junk_fields(s))
+        specs.append(spec)
+    return specs
+
+
+def junk_target_specs(level: float = 1.0) -> list:
+    """Held-out junk targets: held-out particle shapes (never trained on) with every kind of artefact, a
+    third of the micrographs particle-free. Render each with :func:`clean_version` for its clean twin:
+    the same particles at the same places (artefacts have their own random stream)."""
+    base = {s.name: s for s in target_dataset_specs()}
+    out = []
+    for i, name in enumerate(("t_proteasome", "t_ribosome", "t_small80kda", "t_dumbbell_pp", "t_micelle")):
+        t = base[name]
+        jf = dict(p_junk_only=1 / 3, vesicles=1.5 * level, ice_crystals=0.8 * level, gold=0.5 * level,
+                  rim_contamination=0.8 * level, p_thin_carbon=0.3, other_aggregates=1.5 * level, p_border=0.6,
+                  p_gain_stripes=0.3, p_hot_pixels=0.5)
+        out.append(t.replace(name="j" + name[1:], p_empty=0.0, p_aggregate=max(t.p_aggregate, 0.5),
+                             description=t.description + "; with junk", **jf))
+    return out
+
+
+def clean_version(spec: DatasetSpec) -> DatasetSpec:
+    """The clean twin of a junk dataset: the artefacts of :mod:`.artefacts` are drawn (so particles are
+    placed exactly as in the junk micrographs: the same particles at the same places) but not shown. A
+    particle-free micrograph's twin is an empty clean micrograph; particles under a border band are in the
+    twin's truth (nothing hides them there)."""
+    return spec.replace(name=spec.name + "_clean", render_artefacts=False)
 
 
 def _target(name, family, diameter_A, d_px, desc, shape=(768, 768), **kw) -> DatasetSpec:

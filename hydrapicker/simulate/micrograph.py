@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import fft as sfft
 
+from . import artefacts as art
 from . import noise as nz
 from .ctf import ctf_2d, freq_grid, gaussian_ft
 from .particles import ParticleModel, build_particle
@@ -97,6 +98,9 @@ def simulate_micrograph(spec, index: int) -> SimMicrograph:
                   bfactor=rng.uniform(*spec.bfactor))
     snr = float(np.exp(rng.uniform(*np.log(spec.snr))))
     empty = rng.random() < spec.p_empty
+    arng = art.artefact_rng(spec.seed, index)  # artefacts: their own stream (none drawn: same micrograph)
+    junk_only = bool(spec.p_junk_only and arng.random() < spec.p_junk_only)
+    empty = empty or junk_only
 
     # ---- occupancy on a coarse grid (particles avoid carbon, contamination and each other)
     cell = max(1.0, d / 10)
@@ -122,7 +126,7 @@ def simulate_micrograph(spec, index: int) -> SimMicrograph:
     struct_amp = np.ones(canvas, np.float32)       # local amplitude of structural noise
     info = {"defocus_u_A": ctf_kw["defocus_u_A"], "defocus_v_A": ctf_kw["defocus_v_A"],
             "defocus_angle": ctf_kw["angle_deg"], "phase_shift_deg": ctf_kw["phase_shift_deg"],
-            "bfactor": ctf_kw["bfactor"], "snr": snr, "empty": bool(empty)}
+            "bfactor": ctf_kw["bfactor"], "snr": snr, "empty": bool(empty), "junk_only": junk_only}
 
     # ice thickness: gradient + smooth variations -> darker and noisier where thicker
     thick = spec.ice_gradient * rng.uniform(0, 1) * (0.6 * nz.linear_gradient(canvas, rng)
@@ -154,6 +158,15 @@ def simulate_micrograph(spec, index: int) -> SimMicrograph:
     if n_cont:
         occupy_mask(contam, 0.1)
     info["n_contamination"] = n_cont
+    layers = None
+    if art.any_objects(spec):
+        drawn = (background_amp, phase_extra, struct_amp) if spec.render_artefacts else \
+            tuple(np.zeros(canvas, np.float32) for _ in range(3))  # the clean twin: same placement only
+        layers = art.CanvasLayers(*drawn, contam, np.zeros(canvas, np.float32))
+        art.add_objects(spec, arng, layers, px, d, junk_only)
+        occupy_mask(contam, 0.1)
+        occupy_mask(layers.occupied, 0.5)
+        info.update(layers.counts)
     # no particle centre under thick contamination (opaque: nothing there can be seen) or on the carbon
     # film; occupancy alone does not guarantee it (a particle may overlap masked cells up to max_overlap)
     hidden = contam if carbon is None else np.maximum(contam, carbon)
@@ -180,7 +193,7 @@ def simulate_micrograph(spec, index: int) -> SimMicrograph:
         ys.append(xy[:, 1] + cy)
         ws.append(model.weight / px ** 2)
 
-    n_agg = int(rng.poisson(1.5)) if (rng.random() < spec.p_aggregate and not empty) else 0
+    n_agg = int(rng.poisson(1.5)) if (rng.random() < spec.p_aggregate and (junk_only or not empty)) else 0
     for _ in range(n_agg):  # clumps of overlapping particles: not picked
         ax, ay = rng.uniform(0, Nx), rng.uniform(0, Ny)
         k = int(rng.integers(3, 12))
@@ -214,7 +227,7 @@ def simulate_micrograph(spec, index: int) -> SimMicrograph:
                 add(rots[i], cx, cy)
                 truth.append((cx - margin, cy - margin))
 
-    n_junk = int(rng.poisson(spec.junk * max(len(truth), 5)))
+    n_junk = int(rng.poisson(spec.junk * max(len(truth), 20 if junk_only else 5)))
     for _ in range(n_junk):
         jxy, jw = _junk_atoms(rng, 0.5 * d * rng.uniform(0.15, 0.45), 60, rng.uniform(0.6, 1.0))
         cx, cy = rng.uniform(0, Nx), rng.uniform(0, Ny)
@@ -222,6 +235,10 @@ def simulate_micrograph(spec, index: int) -> SimMicrograph:
         ys.append(jxy[:, 1] + cy)
         ws.append(jw)
     info["n_junk"] = n_junk
+    for lx, ly, lw in (layers.lumps if layers is not None and spec.render_artefacts else ()):
+        xs.append(lx)
+        ys.append(ly)
+        ws.append(lw)
 
     # ---- image formation
     if xs:
@@ -258,6 +275,10 @@ def simulate_micrograph(spec, index: int) -> SimMicrograph:
     xy = np.asarray(truth, np.float64).reshape(-1, 2)
     inside = (xy[:, 0] >= 0) & (xy[:, 0] <= nx - 1) & (xy[:, 1] >= 0) & (xy[:, 1] <= ny - 1)
     xy = xy[inside]
+    if art.any_defects(spec) and spec.render_artefacts:
+        band = art.add_detector_defects(spec, arng, img, d, info)
+        ix = np.clip(np.round(xy).astype(np.int64), 0, [nx - 1, ny - 1])
+        xy = xy[~band[ix[:, 1], ix[:, 0]]]  # a band overwrote these particles: nothing left to pick
     info.update(n_particles=int(len(xy)), n_particles_canvas=len(truth), structural_fraction=f_struct, 
                 signal_power=sig_power, sigma_noise=float(sigma_n))
     name = f"{spec.name}_{int(index):03d}"
