@@ -26,6 +26,7 @@ import numpy as np
 from . import noise as nz
 
 STREAM = 31337
+BORDER_KINDS = ("flat", "smeared", "striped")
 
 
 def artefact_rng(seed: int, index: int) -> np.random.Generator:
@@ -251,7 +252,7 @@ def add_detector_defects(spec, rng, img: np.ndarray, d_px: float, counts: dict) 
     sd, mean = float(img.std()), float(img.mean())
     counts["border_bands"] = []
     if rng.random() < spec.p_border:
-        kind = str(rng.choice(["flat", "smeared", "striped"]))
+        kind = str(rng.choice(list(BORDER_KINDS)))
         n_edges = int(rng.integers(1, 5))
         for edge in rng.permutation(4)[:n_edges]:
             depth = int(np.clip(rng.uniform(0.1, 2.0) * d_px, 4, 0.25 * min(ny, nx)))

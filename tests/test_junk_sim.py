@@ -1,0 +1,95 @@
+"""The simulator's junk (hydrapicker.simulate.artefacts): never in the truth, on its own random stream."""
+import numpy as np
+import pytest
+
+from hydrapicker.simulate import simulate_micrograph
+from hydrapicker.simulate.datasets import (clean_version, junk_fields, junk_target_specs, source_dataset_specs,
+                                           target_dataset_specs)
+
+ARTEFACTS_OFF = dict(p_junk_only=0.0, vesicles=0.0, ice_crystals=0.0, gold=0.0, rim_contamination=0.0,
+                     p_thin_carbon=0.0, other_aggregates=0.0, p_border=0.0, p_gain_stripes=0.0, p_hot_pixels=0.0)
+
+
+def _small(spec, **kw):
+    return spec.replace(shape=(384, 384), **kw)
+
+
+def test_specs_without_artefacts_are_unchanged_by_the_artefact_stream():
+    """A junk spec with every artefact switched off simulates exactly its artefact-free base spec: the
+    artefacts draw from their own random stream and touch nothing when off."""
+    base = _small(target_dataset_specs()[4])
+    junk = _small(junk_target_specs()[0]).replace(**ARTEFACTS_OFF, p_aggregate=base.p_aggregate,
+                                                  p_empty=base.p_empty, name=base.name,
+                                                  description=base.description)
+    a, b = simulate_micrograph(base, 1), simulate_micrograph(junk, 1)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.xy, b.xy)
+
+
+def test_opaque_junk_never_covers_a_truth_centre_and_junk_only_micrographs_have_no_truth():
+    spec = _small(junk_target_specs()[0], ice_crystals=4.0, gold=4.0, rim_contamination=4.0, p_junk_only=0.3)
+    seen = {"ice_crystals": 0, "gold": 0, "rim_contamination": 0, "junk_only": 0, "with_particles": 0}
+    for i in range(8):
+        mic = simulate_micrograph(spec, i)
+        for k in ("ice_crystals", "gold", "rim_contamination"):
+            seen[k] += mic.info[k]
+        if mic.info["junk_only"]:
+            seen["junk_only"] += 1
+            assert len(mic.xy) == 0
+            continue
+        seen["with_particles"] += len(mic.xy) > 0
+        ix = np.clip(np.round(mic.xy).astype(int), 0, [mic.image.shape[1] - 1, mic.image.shape[0] - 1])
+        assert not np.any(mic.contamination_mask[ix[:, 1], ix[:, 0]] > 0.5)
+    assert min(seen.values()) > 0, seen  # every kind was drawn at least once, so the checks ran
+
+
+@pytest.mark.parametrize("kind", ["flat", "smeared", "striped"])
+def test_border_bands_replace_their_pixels_and_their_particles_leave_the_truth(kind, monkeypatch):
+    from hydrapicker.simulate import artefacts
+
+    spec = _small(junk_target_specs()[0], **{**ARTEFACTS_OFF, "p_border": 1.0}, coverage=(0.3, 0.3))
+    monkeypatch.setattr(artefacts, "BORDER_KINDS", (kind,))
+    mic = simulate_micrograph(spec, 0)
+    twin = simulate_micrograph(clean_version(spec), 0)
+    bands = mic.info["border_bands"]
+    assert bands and all(b[0] == kind for b in bands)
+    ny, nx = mic.image.shape
+    m = max(b[2] for b in bands)  # leave out the corners, where two bands overlap
+    for _, edge, depth in bands:
+        band = [mic.image[:depth], mic.image[ny - depth:], mic.image[:, :depth].T, mic.image[:, nx - depth:].T][edge]
+        inner = [mic.image[depth:2 * depth], mic.image[ny - 2 * depth:ny - depth],
+                 mic.image[:, depth:2 * depth].T, mic.image[:, nx - 2 * depth:nx - depth].T][edge]
+        band, inner = band[:, m:-m], inner[:, m:-m]
+        if kind == "flat":
+            assert band.std() < 0.05 * inner.std()
+        else:  # every line along the band is (nearly) the same line: smeared or striped padding
+            along = np.corrcoef(band[0], band[-1])[0, 1] if kind == "striped" else \
+                np.corrcoef(band[-1] - band[-1].mean(), band[-2] - band[-2].mean())[0, 1]
+            assert along > 0.9
+        xy = mic.xy
+        coord = [xy[:, 1], ny - 1 - xy[:, 1], xy[:, 0], nx - 1 - xy[:, 0]][edge]
+        assert np.all(coord > depth - 1)
+    # the clean twin keeps the same particles, plus those the bands hid
+    assert len(twin.xy) > len(mic.xy)
+    d = np.hypot(*(mic.xy[:, None, :] - twin.xy[None, :, :]).transpose(2, 0, 1)).min(1)
+    assert np.all(d < 1e-9)
+
+
+def test_clean_twin_has_the_same_particles_and_no_junk():
+    spec = _small(junk_target_specs()[1], p_border=0.0)
+    for i in range(4):
+        mic, twin = simulate_micrograph(spec, i), simulate_micrograph(clean_version(spec), i)
+        assert np.array_equal(mic.xy, twin.xy)
+        assert mic.info["junk_only"] == twin.info["junk_only"]
+        if not mic.info["junk_only"]:
+            assert not np.array_equal(mic.image, twin.image)
+
+
+def test_training_junk_fraction_marks_about_that_many_datasets():
+    specs = source_dataset_specs(40, seed=5, junk_fraction=0.7)
+    n = sum("junk" in s.description for s in specs)
+    assert 20 <= n <= 36
+    plain = source_dataset_specs(40, seed=5)
+    for s, p in zip(specs, plain):  # the junk draws do not change the rest of a spec
+        assert (s.family, s.diameter_A, s.pixel_size, s.shape) == (p.family, p.diameter_A, p.pixel_size, p.shape)
+    f = junk_fields(7)
+    assert set(f) <= set(specs[0].to_dict())
