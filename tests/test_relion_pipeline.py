@@ -1,5 +1,11 @@
-"""End to end with the real RELION 3.1.3 binaries: our pick job, Extract and Class2D through
+"""End to end with the real RELION binaries: our pick job, Extract and Class2D through
 ``relion_pipeliner`` exactly as the GUI runs them, on a small simulated project.
+
+Written for whichever ``relion_pipeliner`` is on PATH: the test reads its version (``--version``) and uses
+that version's option, status and node names (:mod:`relion_versions`: 3.1 integer statuses,
+``nr_iter`` and ``.Nodes/2/.../coords_suffix_autopick.star``; 4.x/5.x status labels, ``nr_iter_em`` and
+``.Nodes/<label prefix>/.../autopick.star``). Run here on Debian's RELION 3.1.3; the 4.x/5.x names are
+unit-tested in ``test_relion_versions.py``.
 
 The project: 3 simulated micrographs (512^2, 10.4 A/px) of the held-out ``t_ribosome`` target (a shape
 the model never saw in training; CTF, ice, carbon edges, junk), laid out as MotionCorr + CtfFind outputs.
@@ -26,6 +32,7 @@ import pytest
 import starfile
 
 from relion_helpers import MICS_STAR, REPO, make_sim_project
+from relion_versions import pipeliner_names
 
 RELION_BINS = ("relion_pipeliner", "relion_preprocess", "relion_refine")
 missing = [b for b in RELION_BINS if shutil.which(b) is None]
@@ -58,9 +65,20 @@ def pipeliner(project, *args, timeout=300):
     return r
 
 
-def statuses(project):
+@pytest.fixture(scope="module")
+def relion():
+    """The installed pipeliner's version-dependent names."""
+    try:
+        names = pipeliner_names()
+    except ValueError as exc:
+        pytest.fail(f"cannot tell the RELION version: {exc}")
+    print(f"\nrelion_pipeliner version {'.'.join(map(str, names.version))}")
+    return names
+
+
+def statuses(project, relion):
     procs = starfile.read(Path(project) / "default_pipeline.star", always_dict=True)["pipeline_processes"]
-    return dict(zip(procs["rlnPipeLineProcessName"], procs["rlnPipeLineProcessStatus"]))
+    return dict(zip(procs["rlnPipeLineProcessName"], procs[relion.status_column]))
 
 
 def add_job(project, kind, **options):
@@ -98,7 +116,7 @@ def fraction_within(a_xy, b_xy, radius):
 
 
 @pytest.fixture(scope="module")
-def e2e(tmp_path_factory):
+def e2e(tmp_path_factory, relion):
     if not model_path().exists():
         pytest.skip(f"the shipped model {model_path()} is not there yet (train it, or set HYDRA_TEST_MODEL)")
     project = tmp_path_factory.mktemp("relion_e2e")
@@ -111,12 +129,12 @@ def e2e(tmp_path_factory):
     if os.environ.get("HYDRA_TEST_MODEL"):
         pick.update(param3_label="model", param3_value=model_path())
     add_job(project, "External", **pick)
-    add_job(project, "Extract", star_mics=MICS_STAR, coords_suffix="External/job001/coords_suffix_autopick.star",
+    add_job(project, "Extract", star_mics=MICS_STAR, coords_suffix=relion.coords_node("External/job001/"),
             extract_size=BOX, do_invert="Yes", do_norm="Yes", bg_diameter=-1)
     # minimal Class2D: GUI psi_sampling 7.5 and offset_step 1 become --psi_step 15 --offset_step 2
-    add_job(project, "Class2D", fn_img="Extract/job002/particles.star", nr_classes=2, nr_iter=2,
-            particle_diameter=f"{spec.diameter_A + 10:g}", psi_sampling=7.5, offset_range=3, offset_step=1,
-            nr_threads=2)
+    add_job(project, "Class2D", fn_img="Extract/job002/particles.star", nr_classes=2,
+            **relion.class2d_iterations(2), particle_diameter=f"{spec.diameter_A + 10:g}", psi_sampling=7.5,
+            offset_range=3, offset_step=1, nr_threads=2)
     # the same pick, shared out over 2 CPU ranks
     add_job(project, "External", **{**pick, "param4_label": "gpu", "param4_value": "cpu",
                                     "param5_label": "ranks", "param5_value": 2})
@@ -124,22 +142,22 @@ def e2e(tmp_path_factory):
     add_job(project, "External", fn_exe=PICK, in_mic=MICS_STAR, param1_label="threshold", param1_value=0.5,
             nr_threads=1)
     t1 = time.time()
-    # trailing space: RELION 3.1's --RunJobs drops the last job otherwise
-    pipeliner(project, "--RunJobs", " ".join(JOBS) + " ", "--sec_wait_after", "1", timeout=600)
+    # (3.1/4.0: with a trailing space, else --RunJobs drops the last job)
+    pipeliner(project, "--RunJobs", relion.run_jobs_arg(JOBS), "--sec_wait_after", "1", timeout=600)
     print(f"\nsimulated project: {t_sim:.1f} s; RELION pipeline (pick + Extract + Class2D + 2-rank pick + "
           f"failing job): "
           f"{time.time() - t1:.1f} s")
     return dict(project=project, spec=spec, truth=truth)
 
 
-def test_pick_job_succeeds_through_the_pipeliner(e2e):
+def test_pick_job_succeeds_through_the_pipeliner(e2e, relion):
     project = e2e["project"]
     job = project / "External/job001"
-    assert statuses(project)["External/job001/"] == 2, (job / "run.err").read_text()
+    assert statuses(project, relion)["External/job001/"] == relion.succeeded, (job / "run.err").read_text()
     assert (job / "RELION_JOB_EXIT_SUCCESS").exists()
     # 'relion_' in the executable path makes RELION append --pipeline_control; it was accepted
     assert "--pipeline_control External/job001/" in (job / "note.txt").read_text()
-    assert (project / ".Nodes/2/External/job001/coords_suffix_autopick.star").exists()
+    assert (project / relion.node_file("External/job001/")).exists()
     out = (job / "run.out").read_text()
     assert f"micrograph {N_MICS}/{N_MICS}" in out and "picks so far" in out and "device" in out
 
@@ -155,9 +173,9 @@ def written_picks(e2e, job="External/job001/"):
     return out
 
 
-def test_extracted_particles_are_exactly_the_written_picks(e2e):
+def test_extracted_particles_are_exactly_the_written_picks(e2e, relion):
     project = e2e["project"]
-    assert statuses(project)["Extract/job002/"] == 2
+    assert statuses(project, relion)["Extract/job002/"] == relion.succeeded
     picks = written_picks(e2e)
     ny, nx = e2e["spec"].shape
     half = BOX / 2
@@ -211,30 +229,31 @@ def test_extracted_average_is_centred(e2e):
     assert sx - cx > 1.5
 
 
-def test_class2d_ends(e2e):
+def test_class2d_ends(e2e, relion):
     project = e2e["project"]
-    assert statuses(project)["Class2D/job003/"] == 2, (project / "Class2D/job003/run.err").read_text()
+    assert statuses(project, relion)["Class2D/job003/"] == relion.succeeded, \
+        (project / "Class2D/job003/run.err").read_text()
     assert (project / "Class2D/job003/run_it002_model.star").exists()
     with mrcfile.open(project / "Class2D/job003/run_it002_classes.mrcs", permissive=True) as m:
         assert m.data.shape == (2, BOX, BOX)
 
 
-def test_two_rank_pick_job_through_the_pipeliner_writes_the_same_picks(e2e):
+def test_two_rank_pick_job_through_the_pipeliner_writes_the_same_picks(e2e, relion):
     project = e2e["project"]
     job = project / "External/job004"
-    assert statuses(project)["External/job004/"] == 2, (job / "run.err").read_text()
+    assert statuses(project, relion)["External/job004/"] == relion.succeeded, (job / "run.err").read_text()
     assert sorted(p.name for p in job.glob("RELION_JOB_EXIT_*")) == ["RELION_JOB_EXIT_SUCCESS"]
-    assert (project / ".Nodes/2/External/job004/coords_suffix_autopick.star").exists()
+    assert (project / relion.node_file("External/job004/")).exists()
     out = (job / "run.out").read_text()
     assert "picking with 2 ranks on CPU" in out and "rank 1/2: micrograph" in out
     one, two = written_picks(e2e), written_picks(e2e, "External/job004/")
     assert all(len(one[n]) > 0 and np.array_equal(one[n], two[n]) for n in one)
 
 
-def test_pipeliner_records_failure_for_missing_diameter(e2e):
+def test_pipeliner_records_failure_for_missing_diameter(e2e, relion):
     """Without particle_diameter the job must end (FAILURE) instead of hanging, with a clear run.err."""
     project = e2e["project"]
-    assert statuses(project)["External/job005/"] == 3
+    assert statuses(project, relion)["External/job005/"] == relion.failed
     assert (project / "External/job005/RELION_JOB_EXIT_FAILURE").exists()
     err = (project / "External/job005/run.err").read_text()
     assert "--particle_diameter is required" in err and "Traceback" not in err
