@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Few-shot on junk: does a new head learn the user's junk?
+
+Per junk target (`hydrapicker.simulate.datasets.junk_target_specs`: held-out particle shapes with every kind
+of junk) it simulates 3 labelled micrographs, one of them junk-only (given with an empty coordinate list:
+"nothing to pick here"), and ``--test`` test micrographs (a third particle-free on average), and reports AP
+(IoU > 0.6) on the test micrographs of the zero-shot generic head, of the fine-tuned head, and of the
+zero-shot head on the clean twins of the test micrographs (the same particles without the junk: the
+reference the issue asks to come within 0.05 of), plus the picks per particle-free test micrograph at each
+head's own calibrated threshold.
+
+  OMP_NUM_THREADS=1 python benchmarks/fewshot_junk.py --json docs/benchmarks/fewshot_junk.json
+  python benchmarks/fewshot_junk.py --model runs/junk1/model.pt --targets j_proteasome --test 6
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fewshot import ap_of, write_set  # noqa: E402
+
+
+def _pick_indices(spec, n_particles: int, n_empty: int, start: int):
+    """The first micrograph indices from ``start`` giving ``n_particles`` with particles and ``n_empty``
+    junk-only ones."""
+    from hydrapicker.simulate.artefacts import artefact_rng
+
+    full, empty, i = [], [], start
+    while len(full) < n_particles or len(empty) < n_empty:
+        junk_only = bool(spec.p_junk_only and artefact_rng(spec.seed, i).random() < spec.p_junk_only)
+        (empty if junk_only else full).append(i)
+        i += 1
+    return full[:n_particles] + empty[:n_empty]
+
+
+def _picks_per_empty(picker, head, mics, truth, spec):
+    """Mean picks per particle-free micrograph at the head's own calibrated threshold."""
+    counts = []
+    pol = picker.policy(spec.diameter_A, head, threshold="model")
+    for r in picker.pick(mics, spec.diameter_A, head=head, policy=pol):
+        if len(truth[r.micrograph.name]) == 0:
+            counts.append(len(r.picks))
+    return float(np.mean(counts)) if counts else None
+
+
+def run_target(spec, args, base, work: Path) -> dict:
+    from hydrapicker.finetune import finetune
+    from hydrapicker.picker import Picker
+    from hydrapicker.simulate.datasets import clean_version
+
+    tr_idx = _pick_indices(spec, 2, 1, 0)
+    tr_mics, tr_truth = write_set(spec, work / "train", tr_idx)
+    te_idx = list(range(1000, 1000 + args.test))
+    te_mics, te_truth = write_set(spec, work / "test", te_idx)
+    cl_idx = [i for i, (k, v) in zip(te_idx, te_truth.items()) if len(v)]
+    cl_mics, cl_truth = write_set(clean_version(spec), work / "clean", cl_idx)
+    quiet = lambda *a: None  # noqa: E731
+    zs = Picker(base, device="cpu", threads=args.threads, log=quiet)
+    row = {"target": spec.name, "train_indices": tr_idx, "n_test": len(te_idx),
+           "n_test_particle_free": int(sum(len(v) == 0 for v in te_truth.values())),
+           "zero_shot_junk": ap_of(zs, "generic", te_mics, te_truth, spec)["AP"],
+           "zero_shot_clean": ap_of(zs, "generic", cl_mics, cl_truth, spec)["AP"]}
+    row["zero_shot_picks_per_empty"] = _picks_per_empty(zs, "generic", te_mics, te_truth, spec)
+    out = finetune(base, tr_mics, tr_truth, spec.diameter_A, "target", out=work / "fewshot.pt",
+                   threads=args.threads, seed=0, log=quiet)
+    ft = Picker(out, device="cpu", threads=args.threads, log=quiet)
+    row["fewshot_junk"] = ap_of(ft, "target", te_mics, te_truth, spec)["AP"]
+    row["fewshot_picks_per_empty"] = _picks_per_empty(ft, "target", te_mics, te_truth, spec)
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--targets", nargs="+", default=["j_proteasome", "j_ribosome", "j_small80kda", "j_dumbbell_pp"])
+    p.add_argument("--model", default=None, help="base model (default: the shipped one)")
+    p.add_argument("--test", type=int, default=6)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    from hydrapicker.checkpoint import default_model_path
+    from hydrapicker.simulate.datasets import junk_target_specs
+
+    base = args.model or str(default_model_path())
+    specs = {s.name: s for s in junk_target_specs()}
+    rows = []
+    for name in args.targets:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(run_target(specs[name], args, base, Path(tmp)))
+        print(json.dumps(rows[-1]), flush=True)
+    f = lambda v, s=".3f": "-" if v is None else format(v, s)  # noqa: E731
+    print("\n| target | zero-shot AP (clean twins) | zero-shot AP (junk) | few-shot AP (junk) | picks / particle-free mic zero-shot -> few-shot |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['target']} | {f(r['zero_shot_clean'])} | {f(r['zero_shot_junk'])} | {f(r['fewshot_junk'])} | "
+              f"{f(r['zero_shot_picks_per_empty'], '.1f')} -> {f(r['fewshot_picks_per_empty'], '.1f')} |")
+    if args.json:
+        from hydrapicker.atomic import write_text
+
+        write_text(Path(args.json), json.dumps({"argv": sys.argv, "model": base, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
