@@ -103,7 +103,8 @@ def write_set(spec, out: Path, indices, shape=None):
 def ap_of(picker, head, mics, truth, spec, threshold=None):
     from hydrapicker.metrics import evaluate
 
-    picks = {r.micrograph.name: r.picks for r in picker.pick(mics, spec.diameter_A, head=head, floor=0.01)}
+    policy = picker.policy(spec.diameter_A, head, threshold=0.01)
+    picks = {r.micrograph.name: r.picks for r in picker.pick(mics, spec.diameter_A, head=head, policy=policy)}
     res = evaluate(picks, {k: v.xy() for k, v in truth.items()}, spec.diameter_px)
     out = {"AP": float(res["AP"]), "AP_centre": float(res["AP_centre"])}
     if threshold is not None:  # how well the calibrated threshold does on the test micrographs

@@ -176,7 +176,7 @@ def _pick_into_job(cs, project, job, picker, opts, summary, read, project_dir, l
                         summary.empty.append(cs_path)
                     if plot_overlay and overlay_fig[0] is None and len(rec.picks) and rec.local_path:
                         overlay_fig[0] = _overlay(rec, opts, log)
-                    yield rec.mic, rec.picks, rec.picked_shape, min_dist_for(rec, opts)
+                    yield rec.mic, rec.picks, rec.picked_shape, min_dist_for(opts)
                 if i == len(mics) or time.time() - last_log[0] >= PROGRESS_EVERY_S:
                     last_log[0] = time.time()
                     compat.log(job, f"Picked {i}/{len(mics)} micrographs, {summary.n_picks} picks "

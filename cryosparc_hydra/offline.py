@@ -79,7 +79,7 @@ def pick_offline(picker, exposures_cs, out, opts: PickOptions, project_dir=None,
             if not len(rec.picks):
                 stats["empty"].append(cs_path)
             log(f"[{i}/{len(mics)}] {cs_path}: {len(rec.picks)} picks")
-            yield rec.mic, rec.picks, rec.picked_shape, min_dist_for(rec, opts)
+            yield rec.mic, rec.picks, rec.picked_shape, min_dist_for(opts)
 
     dset, _ = build_particles(items(), offline_allocator, flip_y=opts.flip_y)
     if len(stats["failed"]) == len(mics):

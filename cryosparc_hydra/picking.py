@@ -40,41 +40,42 @@ def head_for(picker, opts: PickOptions) -> str:
     return opts.head or default_head(getattr(picker, "meta", None) or {})
 
 
+def policy_for(picker, opts: PickOptions):
+    """The core's :class:`~hydrapicker.postprocess.PickPolicy` for these options and this model."""
+    from hydrapicker.postprocess import PickPolicy
+
+    return PickPolicy.for_model(getattr(picker, "meta", None) or {}, opts.diameter_A, head_for(picker, opts),
+                                "model" if opts.threshold is None else opts.threshold,
+                                min_distance_A=opts.min_distance_A, edge_A=opts.edge_A)
+
+
 def threshold_for(picker, opts: PickOptions) -> float:
-    if opts.threshold is not None:
-        return float(opts.threshold)
-    from hydrapicker.checkpoint import threshold_for as model_threshold
-
-    return model_threshold(getattr(picker, "meta", None) or {}, head_for(picker, opts))
+    return policy_for(picker, opts).threshold
 
 
-def min_dist_for(picked: Picked, opts: PickOptions) -> float:
+def min_dist_for(opts: PickOptions) -> float:
     """The NMS radius in Angstrom, as written to ``location/min_dist_A``."""
-    for value in (opts.min_distance_A, picked.info.get("min_distance_A")):
-        if value is not None:
-            return float(value)
-    return float(opts.diameter_A) / 2.0
+    return policy_for(None, opts).min_distance_A
 
 
-def _record(mic: Micrograph, res, threshold: float) -> Picked:
+def _record(mic: Micrograph, res) -> Picked:
     if not res.ok or res.picks is None:
         return Picked(mic, res.micrograph.path, None, None, res.error or RuntimeError("no picks returned"),
                       dict(res.info or {}))
     shape = (res.info or {}).get("shape") or mic.meta.get("shape") or mic.shape
-    kept = res.picks.above(threshold)
-    return Picked(mic, res.micrograph.path, kept, tuple(int(v) for v in shape[-2:]), None,
-                  dict(res.info or {}), len(res.picks) - len(kept))
+    n_below = len(res.candidates) - len(res.picks) if res.candidates is not None else 0
+    return Picked(mic, res.micrograph.path, res.picks, tuple(int(v) for v in shape[-2:]), None,
+                  dict(res.info or {}), n_below)
 
 
 def pick_micrographs(picker, mics, opts: PickOptions, downloader=None, should_stop=None):
     """Yield a :class:`Picked` per micrograph of ``mics`` (in order)."""
-    threshold = threshold_for(picker, opts)
-    kw = dict(diameter_A=opts.diameter_A, head=head_for(picker, opts), min_distance_A=opts.min_distance_A,
-              edge_A=opts.edge_A, should_stop=should_stop)
+    kw = dict(diameter_A=opts.diameter_A, head=head_for(picker, opts), policy=policy_for(picker, opts),
+              should_stop=should_stop)
     by_name = {m.name: m for m in mics}
     if downloader is None:
         for res in picker.pick(list(mics), **kw):
-            yield _record(by_name.get(res.micrograph.name, res.micrograph), res, threshold)
+            yield _record(by_name.get(res.micrograph.name, res.micrograph), res)
         return
     for mic in mics:
         if should_stop is not None and should_stop():
@@ -86,6 +87,6 @@ def pick_micrographs(picker, mics, opts: PickOptions, downloader=None, should_st
             continue
         try:
             for res in picker.pick([local], **kw):
-                yield _record(mic, res, threshold)
+                yield _record(mic, res)
         finally:
             downloader.release(local)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import defaults
 from .errors import UserFacingError
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "generic.pt"
@@ -30,9 +31,9 @@ def make_meta(net, **extra) -> dict:
         "heads": net.head_names,
         "extent_px": float(net.preset.extent_px),
         "stride": int(net.stride),
-        "default_threshold": 0.5,
-        "floor": 0.05,
-        "temperature": 1.0,
+        "default_threshold": defaults.THRESHOLD,
+        "floor": defaults.FLOOR,
+        "temperature": defaults.TEMPERATURE,
         "training": {},
     }
     meta.update(extra)
@@ -117,4 +118,4 @@ def threshold_for(meta: dict, head: str = "generic") -> float:
     per_head = meta.get("head_thresholds") or {}
     if head in per_head and per_head[head] is not None:
         return float(per_head[head])
-    return float(meta.get("default_threshold", 0.5))
+    return float(meta.get("default_threshold", defaults.THRESHOLD))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-OFFSET_RANGE = 0.75  # in units of the grid stride
+from .postprocess import OFFSET_RANGE
 
 
 def encode(xy: np.ndarray, grid_shape, stride: int, ignore_radius_cells: float = 0.0):

@@ -41,7 +41,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import defaults
 from .errors import UserFacingError
+from .types import Picks
 
 #: dihedral orientations (k quarter turns, flip), ordered so that the first 2 / 4 mix rotations and flips
 DIHEDRAL = ((0, False), (1, True), (2, False), (3, True), (0, True), (1, False), (2, True), (3, False))
@@ -238,13 +240,13 @@ def _logit(p):
 
 
 # -- detection on cached features ------------------------------------------------------------------
-def detect(grid: np.ndarray, stride: int, extent_px: float, temperature: float = 1.0, floor: float = 0.02):
-    """(3, GH, GW) head outputs -> (xy, score) in rescaled px after duplicate suppression (as the Picker)."""
-    from .postprocess import decode_grid, suppress_duplicates
+def detect(grid: np.ndarray, stride: int, extent_px: float, temperature: float = 1.0, floor=None) -> Picks:
+    """(3, GH, GW) head outputs -> picks in rescaled px: the picking path's decode and finalize
+    (``PickPolicy.for_prepared``: every pick above ``floor``, default the picking floor)."""
+    from .postprocess import PickPolicy, decode, finalize
 
-    xy, score = decode_grid(grid, stride, temperature, floor)
-    keep = suppress_duplicates(xy, score, 0.5 * extent_px)
-    return xy[keep], score[keep]
+    policy = PickPolicy.for_prepared(extent_px, defaults.FLOOR if floor is None else floor)
+    return finalize(decode(grid, stride, policy.decode_floor, temperature), policy)
 
 
 def _in_mask(xy: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -267,7 +269,6 @@ def estimate_label_fraction(train: list, oriented: list, stride: int, extent_px:
     within reach of it (shifted score >= 0.1). A generic head that detects nothing tells nothing: c = 1.
     """
     from .metrics import match_greedy
-    from .types import Picks
 
     scores, hits, n_labels = [], [], 0
     for m, o in zip(train, oriented):
@@ -275,14 +276,13 @@ def estimate_label_fraction(train: list, oriented: list, stride: int, extent_px:
             continue  # declared particle-free: says nothing about how completely particles were picked
         grid = o.teacher.copy()
         grid[2] -= shift
-        xy, sc = detect(grid, stride, extent_px, 1.0, floor=0.1)  # 0.5 = the calibrated threshold
-        inside = _in_mask(xy, m.region > 0.5)
-        xy, sc = xy[inside], sc[inside]
+        found = detect(grid, stride, extent_px, 1.0, floor=0.1)  # 0.5 = the calibrated threshold
+        found = found.subset(_in_mask(found.xy(), m.region > 0.5))
         n_labels += len(m.xy)
-        if not len(xy):
+        if not len(found):
             continue
-        tp, _ = match_greedy(Picks(xy[:, 0], xy[:, 1], sc), m.xy, extent_px)  # IoU > 0.6: no neighbours
-        scores.append(sc)
+        tp, _ = match_greedy(found, m.xy, extent_px)  # IoU > 0.6: no neighbours
+        scores.append(found.fom)
         hits.append(tp >= 0)
     if not scores:
         return 1.0, {"detections": 0, "hits": 0, "estimated": False}
@@ -301,7 +301,6 @@ def validate(head, val: list, val_feats: list, stride: int, extent_px: float, te
     import torch
 
     from .metrics import evaluate
-    from .types import Picks
 
     picks, truth = {}, {}
     was = head.training
@@ -309,10 +308,9 @@ def validate(head, val: list, val_feats: list, stride: int, extent_px: float, te
     with torch.inference_mode():
         for k, (m, f) in enumerate(zip(val, val_feats)):
             grid = head(f.float()[None])[0].numpy()
-            xy, sc = detect(grid, stride, extent_px, temperature)
+            found = detect(grid, stride, extent_px, temperature)
             mask = m.eval_mask if m.eval_mask is not None else m.region > 0.5
-            keep = _in_mask(xy, mask)
-            picks[str(k)] = Picks(xy[keep, 0], xy[keep, 1], sc[keep])
+            picks[str(k)] = found.subset(_in_mask(found.xy(), mask))
             truth[str(k)] = m.xy[_in_mask(m.xy, mask)] if len(m.xy) else m.xy
     head.train(was)
     return evaluate(picks, truth, extent_px)
@@ -320,14 +318,9 @@ def validate(head, val: list, val_feats: list, stride: int, extent_px: float, te
 
 def calibrated_threshold(res: dict, c: float, precision: float = 0.8) -> Optional[float]:
     """Lowest score where precision against the labels reaches ``precision * c`` (best recall there)."""
-    pr = res["pr"]
-    if not len(pr["precision"]):
-        return None
-    ok = np.flatnonzero(pr["precision"] >= precision * c)
-    if not len(ok):
-        return None
-    k = ok[np.argmax(pr["recall"][ok])]
-    return float(pr["thresholds"][k])
+    from .metrics import threshold_at_precision
+
+    return threshold_at_precision(res["pr"], precision * c)
 
 
 # -- the fine-tune -----------------------------------------------------------------------------------
@@ -392,7 +385,7 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
                             f"{', '.join(net.head_names)}); choose another --name")
     extent, stride = float(meta["extent_px"]), int(meta["stride"])
     temperature = float(meta.get("temperature", 1.0))
-    base_thr = float(meta.get("default_threshold", 0.5))
+    base_thr = float(meta.get("default_threshold", defaults.THRESHOLD))
     thr_generic = float(meta.get("head_thresholds", {}).get("generic", base_thr))
     bs = net.preset.body_stride
     fs = stride // bs  # feature pixels per grid cell

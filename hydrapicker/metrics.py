@@ -116,13 +116,27 @@ def pr_curve(scores: np.ndarray, is_tp: np.ndarray, n_truth: int) -> dict:
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     k = int(np.argmax(f1))
     out["F1"], out["threshold"] = float(f1[k]), float(thr[k])
-    ok = np.flatnonzero(precision >= 0.8)
-    if len(ok):
-        k = ok[np.argmax(recall[ok])]
+    k = index_at_precision(out, 0.8)
+    if k is not None:
         out["recall_at_p80"], out["threshold_p80"] = float(recall[k]), float(thr[k])
     else:
         out["recall_at_p80"], out["threshold_p80"] = 0.0, math.nan
     return out
+
+
+def index_at_precision(pr: dict, precision: float) -> Optional[int]:
+    """Index into a PR curve (``thresholds``/``precision``/``recall``) of the best recall at which
+    precision reaches ``precision``; None when it never does."""
+    ok = np.flatnonzero(np.asarray(pr["precision"]) >= precision)
+    if not len(ok):
+        return None
+    return int(ok[np.argmax(np.asarray(pr["recall"])[ok])])
+
+
+def threshold_at_precision(pr: dict, precision: float) -> Optional[float]:
+    """The FOM threshold of :func:`index_at_precision` (None when precision is never reached)."""
+    k = index_at_precision(pr, precision)
+    return None if k is None else float(pr["thresholds"][k])
 
 
 def _auroc(pos: np.ndarray, neg: np.ndarray, n_neg_empty: int = 0) -> float:

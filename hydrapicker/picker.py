@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
+from . import defaults
 from .errors import MicrographError, UserFacingError
 from .types import Micrograph, PickResult, Picks
 
@@ -220,43 +221,45 @@ class Picker:
             raise UserFacingError(f"model {self.meta.get('path')} has no head {head!r}; "
                                   f"its heads are: {', '.join(self.net.head_names)}")
 
-    def _finish(self, prepared, grid, diameter_A, floor, min_distance_A, edge_A) -> Picks:
-        from .postprocess import decode_grid, to_picks
+    def policy(self, diameter_A: float, head: str = "generic", threshold="model", **kw):
+        """:meth:`hydrapicker.postprocess.PickPolicy.for_model` for this model (``threshold="model"``:
+        the head's calibrated threshold; None: every pick above the floor)."""
+        from .postprocess import PickPolicy
 
-        floor = float(self.meta.get("floor", 0.05)) if floor is None else float(floor)
-        xy, score = decode_grid(grid, self.stride, float(self.meta.get("temperature", 1.0)), floor)
-        apix = prepared.pixel_size
-        min_d = (0.5 * diameter_A if min_distance_A is None else float(min_distance_A)) / apix
-        return to_picks(xy, score, prepared.scale_xy, prepared.shape, min_d, float(edge_A or 0) / apix)
+        return PickPolicy.for_model(self.meta, diameter_A, head, threshold, **kw)
 
-    def pick_one(self, mic: Micrograph, diameter_A: float, head: str = "generic", floor=None,
-                 min_distance_A=None, edge_A=0.0) -> Picks:
+    def _finish(self, prepared, grid, policy, invalid=None):
+        """-> (picks, ranked): :func:`~hydrapicker.postprocess.finalize` and the candidates it chose from."""
+        from .postprocess import decode, rank, select
+
+        candidates = decode(grid, self.stride, policy.decode_floor, float(self.meta.get("temperature", defaults.TEMPERATURE)),
+                            prepared.scale_xy, prepared.shape, prepared.pixel_size)
+        ranked = rank(candidates, policy, invalid)
+        return select(ranked, policy), ranked
+
+    def pick_one(self, mic: Micrograph, diameter_A: float, head: str = "generic", policy=None) -> Picks:
+        """Pick one micrograph (errors raise); ``policy`` None: every pick above the model's floor."""
         self._check_head(head)
         if isinstance(mic, str):
             mic = Micrograph(mic)
+        policy = policy or self.policy(diameter_A, head, threshold=None)
         loaded, _ = self._read(mic, diameter_A)
         prepared = self._prepared(loaded, mic, diameter_A)
-        return self._finish(prepared, self._grid(prepared.image, head), diameter_A, floor,
-                            min_distance_A, edge_A)
-
-    def pick_array(self, image: np.ndarray, pixel_size: float, diameter_A: float, head="generic",
-                   floor=None, min_distance_A=None, edge_A=0.0) -> Picks:
-        """Pick an in-memory micrograph (e.g. downloaded through an API)."""
-        from .preprocess import prepare_t
-
-        self._check_head(head)
-        prepared = prepare_t(self._to_device(image), pixel_size, diameter_A, self.extent_px)
-        return self._finish(prepared, self._grid(prepared.image, head), diameter_A, floor,
-                            min_distance_A, edge_A)
+        return self._finish(prepared, self._grid(prepared.image, head), policy)[0]
 
     # -- many micrographs -----------------------------------------------------------------------
     def pick(self, micrographs: Iterable[Micrograph], diameter_A: float, head: str = "generic",
-             floor=None, min_distance_A=None, edge_A: float = 0.0,
-             should_stop: Optional[Callable[[], bool]] = None) -> Iterator[PickResult]:
-        """Pick micrographs in order, reading the next one in a background thread."""
+             policy=None, should_stop: Optional[Callable[[], bool]] = None) -> Iterator[PickResult]:
+        """Pick micrographs in order, reading ahead in background threads.
+
+        ``policy``: a :class:`~hydrapicker.postprocess.PickPolicy` (see :meth:`policy`); None keeps every
+        pick above the model's floor. Each result's ``picks`` are the final picks, its ``candidates``
+        every pick above the floor (for FOM histograms and files thresholded later).
+        """
         self._check_head(head)
         if diameter_A is None or not diameter_A > 0:
             raise UserFacingError(f"particle diameter must be a positive number of Angstrom, got {diameter_A}")
+        policy = policy or self.policy(diameter_A, head, threshold=None)
         mics = list(micrographs)
         if not mics:
             return
@@ -283,8 +286,8 @@ class Picker:
                 done = list(group)
                 group.clear()
                 for (mic, prepared, t_read), grid in zip(done, grids):
-                    picks = self._finish(prepared, grid, diameter_A, floor, min_distance_A, edge_A)
-                    yield PickResult(mic, picks, None, {
+                    picks, ranked = self._finish(prepared, grid, policy)
+                    yield PickResult(mic, picks, None, candidates=ranked, info={
                         "seconds_read": t_read, "seconds_infer": dt, "batch": len(done),
                         "scale": prepared.scale_xy, "shape": prepared.shape,
                         "pixel_size": prepared.pixel_size, "device": str(self.device)})

@@ -1,13 +1,23 @@
-"""Decode network grids to coordinates, suppress duplicates, exclude edges.
+"""From network output to final picks, once: :func:`decode` (grid -> :class:`Candidates`) and
+:func:`finalize` (candidates + :class:`PickPolicy` -> :class:`~hydrapicker.types.Picks`).
+
+Every entry point (``hydra pick``, the RELION and CryoSPARC jobs, training and few-shot validation)
+calls these two, so a floor or a suppression rule cannot differ between what is validated and what is
+written.
 
 Decoding is the exact inverse of :func:`hydrapicker.criterion.encode`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import numpy as np
 
-from .criterion import OFFSET_RANGE
+from . import defaults
 from .types import Picks
+
+OFFSET_RANGE = 0.75  # centre offsets: cell centre + tanh(a) * OFFSET_RANGE * stride
 
 
 def decode_grid(grid: np.ndarray, stride: int, temperature: float = 1.0, floor: float = 0.0):
@@ -81,17 +91,125 @@ def suppress_duplicates(xy: np.ndarray, score: np.ndarray, min_distance: float) 
     return np.asarray(keep, dtype=int)
 
 
-def to_picks(xy_rescaled: np.ndarray, score: np.ndarray, scale_xy, shape, min_distance_px: float,
-             edge_px: float = 0.0) -> Picks:
-    """Rescaled coordinates -> Picks in pixels of the micrograph as stored, NMS'ed, edges excluded.
+@dataclass(frozen=True)
+class PickPolicy:
+    """Which candidates become picks: built once at an entry point's edge, the same for every micrograph.
+
+    Lengths are in Angstrom (in pixels for candidates whose ``pixel_size`` is 1, as in validation on
+    prepared images). ``threshold`` None keeps every pick above the floor (``hydra pick --all``); a
+    threshold below the floor lowers the floor to meet it (one rule for every entry point).
+    """
+
+    min_distance_A: float
+    threshold: Optional[float] = None
+    floor: float = defaults.FLOOR
+    edge_A: float = 0.0
+    invalid_margin_A: float = 0.0
+    round_to_pixel: bool = False
+
+    @property
+    def decode_floor(self) -> float:
+        """The score under which candidates are not decoded at all."""
+        if self.threshold is None:
+            return float(self.floor)
+        return min(float(self.floor), float(self.threshold))
+
+    @classmethod
+    def for_model(cls, meta: dict, diameter_A: float, head: str = "generic", threshold="model",
+                  min_distance_A=None, edge_A=0.0, invalid_margin_A=0.0, round_to_pixel=False) -> "PickPolicy":
+        """The policy of a model file's ``meta``: ``threshold`` = a number, None (all above the floor) or
+        ``"model"`` (the head's calibrated threshold); floor from the model; minimum distance half the
+        diameter unless given."""
+        from .checkpoint import threshold_for
+
+        if isinstance(threshold, str):
+            threshold = threshold_for(meta or {}, head)
+        min_d = defaults.MIN_DISTANCE_DIAMETERS * float(diameter_A) if min_distance_A is None else min_distance_A
+        return cls(float(min_d), None if threshold is None else float(threshold), model_floor(meta),
+                   float(edge_A or 0.0), float(invalid_margin_A or 0.0), bool(round_to_pixel))
+
+
+    @classmethod
+    def for_prepared(cls, extent_px: float, floor: float = defaults.FLOOR) -> "PickPolicy":
+        """Validation on prepared (rescaled) images: lengths in their pixels, every pick above the floor."""
+        return cls(defaults.MIN_DISTANCE_DIAMETERS * float(extent_px), None, float(floor))
+
+
+def model_floor(meta: Optional[dict]) -> float:
+    """The permissive score floor of a model file (``defaults.FLOOR`` when it names none)."""
+    floor = (meta or {}).get("floor")
+    return defaults.FLOOR if floor is None else float(floor)
+
+
+@dataclass
+class Candidates:
+    """Decoded network output of one micrograph before any selection: centres in pixels of the micrograph
+    as stored (``xy`` (N, 2), x = column), ``score`` (N,), the micrograph's ``shape`` (ny, nx) and the
+    ``pixel_size`` (A/px) that converts the policy's lengths to pixels."""
+
+    xy: np.ndarray
+    score: np.ndarray
+    shape: Optional[tuple] = None
+    pixel_size: float = 1.0
+
+
+def decode(grid: np.ndarray, stride: int, floor: float, temperature: float = defaults.TEMPERATURE,
+           scale_xy=(1.0, 1.0), shape=None, pixel_size: float = 1.0) -> Candidates:
+    """(3, H, W) raw outputs of a rescaled image -> :class:`Candidates` in pixels of the micrograph.
 
     ``scale_xy`` = (rescaled nx / nx, rescaled ny / ny). Fourier rescaling keeps sample 0 in place, so
     x_original = x_rescaled / scale_x exactly.
     """
-    ny, nx = shape
-    x = xy_rescaled[:, 0] / scale_xy[0]
-    y = xy_rescaled[:, 1] / scale_xy[1]
-    inside = (x >= edge_px) & (x <= nx - 1 - edge_px) & (y >= edge_px) & (y <= ny - 1 - edge_px)
-    x, y, score = x[inside], y[inside], score[inside]
-    keep = suppress_duplicates(np.stack([x, y], 1), score, min_distance_px)
-    return Picks(x[keep], y[keep], score[keep])
+    xy, score = decode_grid(grid, stride, temperature, floor)
+    xy = np.stack([xy[:, 0] / scale_xy[0], xy[:, 1] / scale_xy[1]], axis=1)
+    return Candidates(xy, score, None if shape is None else tuple(shape), float(pixel_size))
+
+
+def near_invalid(xy: np.ndarray, invalid: np.ndarray, margin_px: float) -> np.ndarray:
+    """True for centres inside the ``invalid`` mask (bool, micrograph pixels) or within ``margin_px`` of it."""
+    if not len(xy):
+        return np.zeros(0, bool)
+    invalid = np.asarray(invalid, bool)
+    if margin_px > 0 and invalid.any():
+        from scipy.ndimage import distance_transform_edt  # only when a mask is given
+
+        invalid = distance_transform_edt(~invalid) <= margin_px
+    ij = np.round(xy[:, ::-1]).astype(int)
+    ny, nx = invalid.shape
+    ij[:, 0] = np.clip(ij[:, 0], 0, ny - 1)
+    ij[:, 1] = np.clip(ij[:, 1], 0, nx - 1)
+    return invalid[ij[:, 0], ij[:, 1]]
+
+
+def rank(candidates: Candidates, policy: PickPolicy, invalid: Optional[np.ndarray] = None) -> Picks:
+    """Every candidate that may become a pick, highest FOM first: above the floor, inside the micrograph
+    minus ``policy.edge_A``, away from ``invalid`` regions, duplicates suppressed. No threshold yet."""
+    apix = float(candidates.pixel_size)
+    xy, score = candidates.xy, candidates.score
+    keep = score >= policy.decode_floor
+    if candidates.shape is not None:
+        ny, nx = candidates.shape[-2:]
+        e = float(policy.edge_A) / apix
+        keep &= (xy[:, 0] >= e) & (xy[:, 0] <= nx - 1 - e) & (xy[:, 1] >= e) & (xy[:, 1] <= ny - 1 - e)
+    if invalid is not None:
+        keep[keep] = ~near_invalid(xy[keep], invalid, float(policy.invalid_margin_A) / apix)
+    xy, score = xy[keep], score[keep]
+    order = suppress_duplicates(xy, score, float(policy.min_distance_A) / apix)
+    return Picks(xy[order, 0], xy[order, 1], score[order])
+
+
+def select(ranked: Picks, policy: PickPolicy) -> Picks:
+    """The picks of :func:`rank`'s output that are written: FOM >= threshold, rounded when asked."""
+    picks = ranked.above(policy.threshold)
+    if policy.round_to_pixel:  # RELION truncates coordinates at extraction
+        picks = Picks(picks.x.round(), picks.y.round(), picks.fom)
+    return picks
+
+
+def finalize(candidates: Candidates, policy: PickPolicy, invalid: Optional[np.ndarray] = None) -> Picks:
+    """The final picks of one micrograph, highest FOM first (``select(rank(...))``).
+
+    ``invalid``: bool mask in pixels of the micrograph (True = do not pick there; picks within
+    ``policy.invalid_margin_A`` of it are dropped too), or None.
+    """
+    return select(rank(candidates, policy, invalid), policy)

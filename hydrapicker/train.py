@@ -22,7 +22,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import defaults
 from .data import PreparedSet, make_batch, prepare_with_truth
+from .types import Picks
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -78,59 +80,55 @@ def simulate_sets(specs, n_mics: int, extent_px: float, jitter: float, seed: int
 
 
 # -- evaluation on prepared micrographs ------------------------------------------------------------
-def predict_prepared(net, image: np.ndarray, head: str, stride: int, extent_px: float, floor=0.02):
-    """Picks (rescaled px) on a prepared image: decode + NMS at half the particle extent."""
+def predict_prepared(net, image: np.ndarray, head: str, stride: int, extent_px: float, policy=None) -> Picks:
+    """Picks (rescaled px) on a prepared image: the picking path's decode and finalize, with
+    ``PickPolicy.for_prepared`` (every pick above the default floor) unless another policy is given."""
     import torch
 
-    from .postprocess import decode_grid, suppress_duplicates
+    from .postprocess import PickPolicy, decode, finalize
 
+    policy = policy or PickPolicy.for_prepared(extent_px)
     s = stride
     ph, pw = (-image.shape[0]) % s, (-image.shape[1]) % s
     img = np.pad(image, ((0, ph), (0, pw))) if (ph or pw) else image
     device = next(net.parameters()).device
     with torch.inference_mode():
         g = net(torch.from_numpy(np.ascontiguousarray(img))[None, None].to(device), head)[0].float().cpu().numpy()
-    xy, score = decode_grid(g, s, 1.0, floor)
-    keep = suppress_duplicates(xy, score, 0.5 * extent_px)
-    return xy[keep], score[keep]
+    return finalize(decode(g, s, policy.decode_floor), policy)
 
 
-def evaluate_sets(net, sets, head_for: Callable, stride: int, extent_px: float) -> dict:
-    """AP (thesis rule) per dataset on prepared micrographs; returns {name: metrics} and pooled scores."""
-    from .metrics import evaluate
-    from .types import Picks
-
+def _validation_picks(net, sets, head_for: Callable, stride: int, extent_px: float) -> tuple:
+    """({dataset: ({key: Picks}, {key: truth xy})}) of every prepared validation micrograph."""
     was_training = net.training
     net.eval()
     out = {}
     for ds in sets:
-        picks, truth = {}, {}
-        for k, mic in enumerate(ds.mics):
-            xy, sc = predict_prepared(net, mic.image, head_for(ds.name), stride, extent_px)
-            picks[str(k)] = Picks(xy[:, 0], xy[:, 1], sc)
-            truth[str(k)] = mic.xy
-        out[ds.name] = evaluate(picks, truth, extent_px)
+        picks = {str(k): predict_prepared(net, mic.image, head_for(ds.name), stride, extent_px)
+                 for k, mic in enumerate(ds.mics)}
+        out[ds.name] = (picks, {str(k): mic.xy for k, mic in enumerate(ds.mics)})
     net.train(was_training)
     return out
 
 
-def calibrate_threshold(net, sets, stride, extent_px, precision=0.8) -> float:
-    """The lowest score at which pooled precision on source validation data reaches ``precision``."""
+def evaluate_sets(net, sets, head_for: Callable, stride: int, extent_px: float) -> dict:
+    """AP (thesis rule) per dataset on prepared micrographs: {name: metrics}."""
     from .metrics import evaluate
-    from .types import Picks
+
+    return {name: evaluate(picks, truth, extent_px)
+            for name, (picks, truth) in _validation_picks(net, sets, head_for, stride, extent_px).items()}
+
+
+def calibrate_threshold(net, sets, stride, extent_px, precision=defaults.CALIBRATION_PRECISION) -> float:
+    """The threshold with the best recall at which pooled precision of the generic head on validation data
+    reaches ``precision`` (``defaults.THRESHOLD`` when it never does)."""
+    from .metrics import evaluate, threshold_at_precision
 
     picks, truth = {}, {}
-    net.eval()
-    for ds in sets:
-        for k, mic in enumerate(ds.mics):
-            xy, sc = predict_prepared(net, mic.image, "generic", stride, extent_px)
-            picks[f"{ds.name}/{k}"] = Picks(xy[:, 0], xy[:, 1], sc)
-            truth[f"{ds.name}/{k}"] = mic.xy
-    res = evaluate(picks, truth, extent_px)
-    thr = res.get("threshold_p80")
-    if thr is None or not np.isfinite(thr):
-        return 0.5
-    return float(thr)
+    for name, (p, t) in _validation_picks(net, sets, lambda n: "generic", stride, extent_px).items():
+        picks.update({f"{name}/{k}": v for k, v in p.items()})
+        truth.update({f"{name}/{k}": v for k, v in t.items()})
+    thr = threshold_at_precision(evaluate(picks, truth, extent_px)["pr"], precision)
+    return defaults.THRESHOLD if thr is None or not np.isfinite(thr) else float(thr)
 
 
 # -- the loop ---------------------------------------------------------------------------------------

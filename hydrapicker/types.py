@@ -91,7 +91,8 @@ class Picks:
 class PickResult:
     """What :meth:`hydrapicker.picker.Picker.pick` yields for each micrograph.
 
-    ``picks`` is None when ``error`` is set (the micrograph was reported and skipped).
+    ``picks`` (the final picks) is None when ``error`` is set (the micrograph was reported and skipped);
+    ``candidates``: every pick above the floor, before the threshold (for FOM histograms, CBOX files).
     ``info`` holds timings and the scale used (``scale``: rescaled px per original px).
     """
 
@@ -99,6 +100,7 @@ class PickResult:
     picks: Optional[Picks]
     error: Optional[BaseException] = None
     info: dict[str, Any] = field(default_factory=dict)
+    candidates: Optional[Picks] = None
 
     @property
     def ok(self) -> bool:

@@ -25,8 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-from hydrapicker.checkpoint import default_head, threshold_for
+from hydrapicker.checkpoint import default_head
 from hydrapicker.errors import UserFacingError
+from hydrapicker.postprocess import PickPolicy
 
 from . import nodes
 from .args import ArgumentError, Param
@@ -110,8 +111,10 @@ class PickRun:
         picker = self.factory(o["model"], self.device, threads)
         meta = getattr(picker, "meta", {}) or {}
         o["head"] = o["head"] or default_head(meta)
-        threshold = o["threshold"] if o["threshold"] is not None else threshold_for(meta, o["head"])
-        self.threshold = threshold
+        policy = PickPolicy.for_model(meta, o["particle_diameter"], o["head"],
+                                      "model" if o["threshold"] is None else o["threshold"],
+                                      min_distance_A=o["min_distance"], round_to_pixel=True)  # RELION truncates
+        threshold = self.threshold = policy.threshold
         heads = meta.get("heads")
         if heads and o["head"] not in heads:
             raise ArgumentError(f"--head {o['head']!r} is not in the model ({', '.join(heads)}); "
@@ -144,13 +147,10 @@ class PickRun:
                                                        if world > 1 else ""))
         mine = distributed.shard(todo)
         who = f"rank {rank}/{world}: " if world > 1 else ""
-        floor = None
-        if meta.get("floor") is not None and threshold < float(meta["floor"]):
-            floor = threshold
         t0 = time.time()
         n_picks = 0
-        kwargs = dict(diameter_A=o["particle_diameter"], head=o["head"], floor=floor,
-                      min_distance_A=o["min_distance"], should_stop=self.job.should_stop)
+        kwargs = dict(diameter_A=o["particle_diameter"], head=o["head"], policy=policy,
+                      should_stop=self.job.should_stop)
         for i, res in enumerate(picker.pick(mine, **kwargs), start=1):
             name = res.micrograph.name
             idx = len(done) + i if world == 1 else i
@@ -159,15 +159,14 @@ class PickRun:
                 self.failed[name] = str(res.error)
                 warn(f"{who}micrograph {idx}/{of} {name} skipped: {res.error}")
                 continue
-            kept = self._in_bounds(res.picks.above(threshold), res.info.get("shape"))
-            kept = type(kept)(kept.x.round(), kept.y.round(), kept.fom).sorted()  # RELION truncates
+            kept = res.picks
             coord = coord_path(self.job.name, name, o["pickname"])
             with self.job.critical():  # coordinate file + done record + memory: all or nothing
                 self._write_coords(coord, kept)
                 self.job.mark_done(name, coord, rank)
                 self.coords[name] = coord
                 self.picks[name] = kept
-                self.candidate_foms.append(res.picks.fom)
+                self.candidate_foms.append(res.candidates.fom)
             n_picks += len(kept)
             dt = time.time() - t0
             rate = i / dt if dt > 0 else float("inf")
@@ -194,14 +193,6 @@ class PickRun:
             self.failed.update(failed)
         self.prepared = all(p[4] for p in parts)
         return True
-
-    @staticmethod
-    def _in_bounds(picks, shape):
-        if not shape:
-            return picks
-        ny, nx = shape[-2], shape[-1]
-        keep = (picks.x >= 0) & (picks.y >= 0) & (picks.x <= nx - 1) & (picks.y <= ny - 1)
-        return picks.subset(keep)
 
     def _write_coords(self, path, picks):
         from hydrapicker.coords import write_relion_star

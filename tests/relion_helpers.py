@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from unittest import mock
 from pathlib import Path
 
 import numpy as np
@@ -166,9 +167,10 @@ class FakePicker:
         fom = np.linspace(0.1, 0.95, n)
         return Picks(x, y, fom)
 
-    def pick(self, micrographs, diameter_A, head="generic", floor=None, min_distance_A=None,
-             edge_A=0.0, should_stop=None):
+    def pick(self, micrographs, diameter_A, head="generic", policy=None, should_stop=None):
         import mrcfile
+
+        from fakes import finalized
 
         from hydrapicker.errors import MicrographError
         from hydrapicker.types import PickResult
@@ -183,7 +185,15 @@ class FakePicker:
                 yield PickResult(mic, None, MicrographError(f"{mic.path}: cannot read ({exc})"), {})
                 continue
             self.picked.append(mic.name)
-            yield PickResult(mic, self.expected(mic.name, self.n), None, {"shape": shape})
+            yield finalized(mic, self.expected(mic.name, self.n), shape, diameter_A, policy)
+
+    def factory(self, model, device, threads):
+        """What ``relion_hydra.pick_job`` calls to make its picker: this fake behind the Picker's spec."""
+        from fakes import speced
+        from relion_hydra.pick_job import default_picker_factory
+
+        mock.create_autospec(default_picker_factory)(model, device, threads)  # the job's call is valid
+        return speced(self)
 
 
 def run_job_subprocess(project, argv, delay=0.0):
@@ -191,7 +201,7 @@ def run_job_subprocess(project, argv, delay=0.0):
     code = ("import sys; sys.path[:0] = [%r, %r]\n"
             "from relion_helpers import FakePicker\n"
             "from relion_hydra.pick_job import main\n"
-            "sys.exit(main(sys.argv[1:], picker_factory=lambda *a: FakePicker(delay=%r)))\n"
+            "sys.exit(main(sys.argv[1:], picker_factory=FakePicker(delay=%r).factory))\n"
             % (str(REPO), str(REPO / "tests"), delay))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     job = Path(project) / argv[argv.index("--o") + 1]

@@ -220,8 +220,8 @@ def test_missing_extra_gives_install_hint(monkeypatch, tmp_path, capsys):
 
 # ---------------------------------------------------------------- mocked server
 
-class FakePicker:
-    """Stands in for hydrapicker.picker.Picker: reads each file's shape, returns fixed picks."""
+class _FakePicker:
+    """Stands in for hydrapicker.picker.Picker: reads each file's shape, returns fixed candidates."""
 
     def __init__(self, fail_on=None):
         self.meta = {"heads": ["generic"], "default_threshold": 0.5, "path": "fake.pt"}
@@ -229,9 +229,10 @@ class FakePicker:
         self.fail_on = fail_on
         self.seen = []
 
-    def pick(self, micrographs, diameter_A, head="generic", floor=None, min_distance_A=None, edge_A=0.0,
-             should_stop=None):
+    def pick(self, micrographs, diameter_A, head="generic", policy=None, should_stop=None):
         import mrcfile
+
+        from fakes import finalized
 
         for mic in micrographs:
             self.seen.append(mic.path)
@@ -241,7 +242,14 @@ class FakePicker:
             with mrcfile.open(mic.path, permissive=True) as m:
                 ny, nx = m.data.shape
             picks = Picks([5.0, nx / 2, nx - 1.0], [4.0, ny / 2, ny - 1.0], [0.9, 0.7, 0.2])
-            yield PickResult(mic, picks, None, {"shape": (ny, nx)})
+            yield finalized(mic, picks, (ny, nx), diameter_A, policy)
+
+
+def FakePicker(**kw):
+    """The fake behind the real Picker's spec (a call the Picker would refuse fails)."""
+    from fakes import speced
+
+    return speced(_FakePicker(**kw))
 
 
 @pytest.fixture
@@ -422,12 +430,10 @@ def test_pick_job_skips_a_bad_micrograph_and_reports_it(server):
 def test_pick_job_interrupt_marks_failed(server):
     from cryosparc_hydra.job import PickInterrupted, run_pick_job
 
-    class Interrupting(FakePicker):
-        def pick(self, *a, **k):
-            raise KeyboardInterrupt
-
+    interrupting = FakePicker()
+    interrupting.pick.side_effect = KeyboardInterrupt
     with pytest.raises(PickInterrupted):
-        run_pick_job(server["cs"], "P1", "W1", "J3.exposures", Interrupting(), _opts(), log=lambda *a: None)
+        run_pick_job(server["cs"], "P1", "W1", "J3.exposures", interrupting, _opts(), log=lambda *a: None)
     server["api"].jobs.mark_failed.assert_called_once()
     server["api"].jobs.mark_completed.assert_not_called()
 
@@ -581,21 +587,13 @@ def _manual_picks(exposures, per_mic):
 
 @pytest.fixture
 def fake_finetune(monkeypatch):
-    import types
+    from fakes import fake_finetune
 
-    calls = []
-
-    def finetune(base_model, micrographs, coords, diameter_A, head_name, epochs=None, out=None, log=print,
-                 should_stop=None):
-        for m in micrographs:  # the files must be readable when training runs
+    def files_readable(arguments):  # the files must be readable when training runs
+        for m in arguments["micrographs"]:
             assert os.path.isfile(m.path), m.path
-        calls.append(dict(base=base_model, mics=list(micrographs), coords=coords, diameter=diameter_A,
-                          head=head_name, out=out))
-        Path(out).write_bytes(b"model")
-        return Path(out)
 
-    monkeypatch.setitem(sys.modules, "hydrapicker.finetune", types.SimpleNamespace(finetune=finetune))
-    return calls
+    return fake_finetune(monkeypatch, files_readable)
 
 
 def test_offline_train_joins_picks_to_exposures(tmp_path, fake_finetune):
@@ -610,10 +608,10 @@ def test_offline_train_joins_picks_to_exposures(tmp_path, fake_finetune):
     assert rc == 0 and (tmp_path / "m.pt").exists()
     (call,) = fake_finetune
     # only micrographs with picks are training examples; coordinates back in pixels
-    assert [m.meta["uid"] for m in call["mics"]] == [int(ds["uid"][0]), int(ds["uid"][2])]
+    assert [m.meta["uid"] for m in call["micrographs"]] == [int(ds["uid"][0]), int(ds["uid"][2])]
     first = call["coords"][str(int(ds["uid"][0]))]
     assert np.allclose(first.x, [10, 17, 24], atol=1e-3) and np.allclose(first.y, [12, 17, 22], atol=1e-3)
-    assert call["head"] == "mine" and call["diameter"] == 40
+    assert call["head_name"] == "mine" and call["diameter_A"] == 40
 
 
 def test_train_from_project_against_mocked_server(server, fake_finetune, tmp_path):
@@ -633,7 +631,7 @@ def test_train_from_project_against_mocked_server(server, fake_finetune, tmp_pat
                               "mine", log=lambda *a: None)
     assert path.exists()
     (call,) = fake_finetune
-    assert [m.meta["uid"] for m in call["mics"]] == [int(exposures["uid"][1])]
+    assert [m.meta["uid"] for m in call["micrographs"]] == [int(exposures["uid"][1])]
     assert len(call["coords"][str(int(exposures["uid"][1]))]) == 4
     api.jobs.create.assert_not_called()  # training saves nothing to the project
     from cryosparc_hydra.job import SourceError

@@ -67,7 +67,8 @@ def data(tmp_path_factory):
 
 def _ap(model, head, mics, truth, spec):
     picker = Picker(model, device="cpu", **QUIET)
-    picks = {r.micrograph.name: r.picks for r in picker.pick(mics, spec.diameter_A, head=head, floor=0.01)}
+    policy = picker.policy(spec.diameter_A, head, threshold=0.01)
+    picks = {r.micrograph.name: r.picks for r in picker.pick(mics, spec.diameter_A, head=head, policy=policy)}
     return evaluate(picks, {k: v.xy() for k, v in truth.items()}, spec.diameter_px)["AP"]
 
 
@@ -175,7 +176,7 @@ def test_sparse_labels_do_not_teach_unlabelled_particles_as_background(data, den
         picker = Picker(model, device="cpu", **QUIET)
         out = []
         for m in data["mics"]:
-            picks = picker.pick_one(m, d, head=head, floor=0.0)
+            picks = picker.pick_one(m, d, head=head, policy=picker.policy(d, head, threshold=0.0))
             u = unlabelled[m.name]
             tree = np.hypot(picks.x[None] - u.x[:, None], picks.y[None] - u.y[:, None])
             out.append(np.where(tree.min(1) < 0.25 * data["spec"].diameter_px,
@@ -283,7 +284,8 @@ def test_every_coordinate_format_through_the_command(data, tmp_path, monkeypatch
     assert info["validation"] == "strips"  # 1-2 micrographs: held-out strips
     picker = Picker(out, device="cpu", **QUIET)
     assert picker.net.head_names == ["generic", "fmt"]
-    assert len(picker.pick_one(data["mics"][0], data["spec"].diameter_A, head="fmt", floor=0.0)) > 0
+    d = data["spec"].diameter_A
+    assert len(picker.pick_one(data["mics"][0], d, head="fmt", policy=picker.policy(d, "fmt", threshold=0.0))) > 0
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -161,3 +161,42 @@ def test_gpu_path_picks_what_the_cpu_picks(sim_dataset):
         assert abs(len(pa) - len(pb)) <= max(2, 0.05 * len(pa))  # bf16: a few borderline picks may differ
         d = np.linalg.norm(pa.xy()[:, None] - pb.xy()[None], axis=2).min(1)
         assert np.median(d) < 1.0
+
+
+def test_same_named_micrographs_in_two_folders_both_keep_their_picks_and_resume_finds_both(
+        sim_dataset, tmp_path, monkeypatch, capsys):
+    import starfile
+
+    out, spec = sim_dataset
+    first, second = sorted((out / "Micrographs").glob("*.mrc"))[:2]
+    for folder, src in (("a", first), ("b", second)):
+        (tmp_path / folder).mkdir()
+        shutil.copy(src, tmp_path / folder / "x.mrc")
+    monkeypatch.chdir(tmp_path)
+    args = ["pick", "a/x.mrc", "b/x.mrc", "--apix", str(spec.pixel_size), "--diameter", str(spec.diameter_A),
+            "--all", "--out", "picks"]
+    assert hydra(args) == 0
+    got = {f: starfile.read(tmp_path / "picks" / f / "x_hydra.star") for f in ("a", "b")}
+    for folder, src in (("a", first), ("b", second)):  # each file holds its own micrograph's picks
+        alone = tmp_path / f"alone_{folder}"
+        assert hydra(["pick", str(src), "--apix", str(spec.pixel_size), "--diameter", str(spec.diameter_A),
+                      "--all", "--quiet", "--out", str(alone)]) == 0
+        want = starfile.read(alone / f"{src.stem}_hydra.star")
+        assert len(want) > 10 and np.allclose(got[folder][["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(),
+                                              want[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy())
+    assert len(got["a"]) != len(got["b"]) or not np.allclose(got["a"]["rlnCoordinateX"], got["b"]["rlnCoordinateX"])
+    capsys.readouterr()
+    mtimes = [(tmp_path / "picks" / f / "x_hydra.star").stat().st_mtime_ns for f in ("a", "b")]
+    assert hydra(args) == 0  # resume: both are found, neither is picked again
+    assert "2 of 2 micrographs already picked" in capsys.readouterr().out
+    assert [(tmp_path / "picks" / f / "x_hydra.star").stat().st_mtime_ns for f in ("a", "b")] == mtimes
+
+
+def test_output_stems_are_relative_to_the_common_folder():
+    from hydrapicker.outputs import output_stems
+
+    assert output_stems(["M/May08_03.05.02.mrc", "M/y.mrc"]) == {"M/May08_03.05.02.mrc": "May08_03.05.02",
+                                                                  "M/y.mrc": "y"}
+    assert output_stems(["a/x.mrc", "b/x.mrc"]) == {"a/x.mrc": "a/x", "b/x.mrc": "b/x"}
+    assert output_stems(["d/x.mrc", "d/x.tif"]) == {"d/x.mrc": "x.mrc", "d/x.tif": "x.tif"}
+    assert output_stems(["top.mrc", "s/deep/y.mrc"]) == {"top.mrc": "top", "s/deep/y.mrc": "s/deep/y"}

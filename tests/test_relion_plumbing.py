@@ -37,7 +37,7 @@ def project(tmp_path, monkeypatch):
 def pick(argv_extra=(), factory=None, job=JOB):
     fake = FakePicker()
     argv = ["--o", job, "--in_mics", MICS_STAR, "--particle_diameter", "40", *argv_extra, "--j", "1"]
-    rc = main(argv, picker_factory=factory or (lambda *a: fake))
+    rc = main(argv, picker_factory=factory or fake.factory)
     return rc, fake
 
 
@@ -222,7 +222,7 @@ def test_all_micrographs_unreadable_fails(project, capsys):
     (["--o", JOB, "--in_mics", MICS_STAR, "--particle_diameter", "40", "--head", "x", "--j", "1"], "head"),
 ])
 def test_user_errors_end_in_failure_with_message(project, capsys, argv, needle):
-    rc = main(argv, picker_factory=lambda *a: FakePicker())
+    rc = main(argv, picker_factory=FakePicker().factory)
     assert rc == 1 and exit_files() == ["RELION_JOB_EXIT_FAILURE"]
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err

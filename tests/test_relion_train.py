@@ -3,9 +3,6 @@
 The plumbing tests replace ``hydrapicker.finetune`` by a recorder (test double); the last test runs
 the real few-shot training when the core provides it, and picks with the resulting head.
 """
-import importlib.util
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -47,19 +44,9 @@ def write_manual_picks(truth, layout):
 
 @pytest.fixture
 def fake_finetune(monkeypatch):
-    calls = []
+    from fakes import fake_finetune
 
-    def finetune(base_model, micrographs, coords, diameter_A, head_name, epochs=None, out=None, log=print,
-                 should_stop=None):
-        calls.append(dict(base=base_model, names=[m.name for m in micrographs], coords=coords,
-                          diameter=diameter_A, head=head_name, epochs=epochs, out=out))
-        Path(out).write_bytes(b"model")
-        return Path(out)
-
-    mod = types.ModuleType("hydrapicker.finetune")
-    mod.finetune = finetune
-    monkeypatch.setitem(sys.modules, "hydrapicker.finetune", mod)
-    return calls
+    return fake_finetune(monkeypatch)
 
 
 @pytest.mark.parametrize("layout", ["3.1", "4"])
@@ -70,8 +57,8 @@ def test_train_job_reads_manual_picks_and_writes_model(project, fake_finetune, l
                      "--head_name", "mine", "--epochs", "3", "--pipeline_control", JOB, "--j", "1"])
     assert rc == 0 and (Path(JOB) / "RELION_JOB_EXIT_SUCCESS").exists()
     (call,) = fake_finetune
-    assert call["names"] == NAMES[:2]  # the unlabelled third micrograph is not used
-    assert call["head"] == "mine" and call["epochs"] == 3 and call["diameter"] == 40.0
+    assert [m.name for m in call["micrographs"]] == NAMES[:2]  # the unlabelled third micrograph is not used
+    assert call["head_name"] == "mine" and call["epochs"] == 3 and call["diameter_A"] == 40.0
     assert call["out"] == JOB + "model.pt" and (Path(JOB) / "model.pt").exists()
     for n in NAMES[:2]:
         np.testing.assert_allclose(np.sort(call["coords"][n].x), np.sort(project[n][:, 0]), atol=1e-4)
@@ -98,8 +85,6 @@ def test_train_job_without_any_picks_fails(project, fake_finetune, capsys):
     assert rc == 1 and "no particle coordinates" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("hydrapicker.finetune") is None,
-                    reason="hydrapicker.finetune (few-shot training) is not in the core yet")
 def test_train_then_pick_with_the_new_head(project, capsys):
     """Real few-shot training, kept small: 2 epochs on the 2 labelled 256^2 micrographs, then the pick
     job uses the new head on all 3 without being told (a fine-tuned model's default head)."""

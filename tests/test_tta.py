@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from hydrapicker.checkpoint import make_meta, save_checkpoint
-from hydrapicker.criterion import OFFSET_RANGE, encode
+from hydrapicker.criterion import encode
 from hydrapicker.errors import UserFacingError
 from hydrapicker.model import build_model
 from hydrapicker.picker import Picker
-from hydrapicker.postprocess import decode_grid
+from hydrapicker.postprocess import OFFSET_RANGE, decode_grid
 
 
 class OracleNet(torch.nn.Module):

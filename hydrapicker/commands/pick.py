@@ -2,8 +2,9 @@
 
 Inputs: a micrographs STAR (RELION 3.1+ optics layout or pre-3.1), MRC files, quoted globs, or
 @list.txt files (one path per line; no "argument list too long" with thousands of files).
-Writes one RELION coordinate STAR per micrograph (<out>/<micrograph stem>_<suffix>.star, every pick above
-the threshold with its FOM), optionally BOX, Topaz text and CBOX-like files, and a summary.
+Writes one RELION coordinate STAR per micrograph (<out>/<stem>_<suffix>.star, every pick above the
+threshold with its FOM; <stem> is the micrograph's path relative to the folder holding all of them, without
+its extension, so a/x.mrc and b/x.mrc do not collide), optionally BOX, Topaz text and CBOX-like files, and a summary.
 Micrographs whose output already exists are skipped unless --overwrite (resume).
 
 Examples:
@@ -48,13 +49,6 @@ def add_args(p):
     p.add_argument("--quiet", action="store_true")
 
 
-def output_path(out_dir, mic_name: str, suffix: str, ext: str):
-    """<out>/<micrograph stem>_<suffix><ext>; names with dots (May08_03.05.02) are kept whole."""
-    from pathlib import Path
-
-    return Path(out_dir) / f"{Path(mic_name).stem}_{suffix}{ext}"
-
-
 def main(args):
     import sys
     import time
@@ -64,6 +58,7 @@ def main(args):
     from ..coords import write_box, write_cbox_like, write_relion_star, write_topaz_txt
     from ..errors import UserFacingError
     from ..micrographs import collect_micrographs
+    from ..outputs import output_path, output_stems
     from ..picker import Picker
 
     inputs = list(args.micrographs) + list(args.mics)
@@ -73,8 +68,12 @@ def main(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
-    todo = [m for m in mics
-            if args.overwrite or not output_path(out, m.name, args.suffix, ".star").exists()]
+    stems = output_stems(m.name for m in mics)  # over the whole run: every rank and every resume agree
+
+    def path(mic, ext):
+        return output_path(out, stems[mic.name], args.suffix, ext)
+
+    todo = [m for m in mics if args.overwrite or not path(m, ".star").exists()]
     if len(todo) < len(mics):
         log(f"[hydra] {len(mics) - len(todo)} of {len(mics)} micrographs already picked in {out}; skipping them")
     device = distributed.init(args.device)
@@ -86,24 +85,26 @@ def main(args):
     picker = Picker(args.model, device=device, threads=args.threads, log=log, tta=args.tta, batch=args.batch,
                     readers=args.readers)
     args.head = args.head or picker.default_head
-    threshold = None if args.all else (picker.threshold_for(args.head) if args.threshold is None else args.threshold)
+    policy = picker.policy(args.diameter, args.head,
+                           threshold=None if args.all else ("model" if args.threshold is None else args.threshold),
+                           min_distance_A=args.min_distance, edge_A=args.edge)
+    threshold = policy.threshold
     t0 = time.time()
     n_ok, n_picks, failed, topaz = 0, 0, [], {}
-    for i, res in enumerate(picker.pick(todo, args.diameter, head=args.head,
-                                        min_distance_A=args.min_distance, edge_A=args.edge), 1):
+    for i, res in enumerate(picker.pick(todo, args.diameter, head=args.head, policy=policy), 1):
         if not res.ok:
             failed.append(res.micrograph.name)
             print(f"[hydra] WARNING: skipped {res.micrograph.name}: {res.error}", file=sys.stderr, flush=True)
             continue
-        picks = res.picks.above(threshold)
+        picks = res.picks
         box_px = args.diameter / res.info["pixel_size"]
         if "box" in args.format:
-            write_box(output_path(out, res.micrograph.name, args.suffix, ".box"), picks, box_px)
+            write_box(path(res.micrograph, ".box"), picks, box_px)
         if "cbox" in args.format:
-            write_cbox_like(output_path(out, res.micrograph.name, args.suffix, ".cbox"), res.picks, box_px)
+            write_cbox_like(path(res.micrograph, ".cbox"), res.candidates, box_px)
         if "topaz" in args.format:
-            topaz[Path(res.micrograph.name).stem] = picks
-        write_relion_star(output_path(out, res.micrograph.name, args.suffix, ".star"), picks)  # last: marks the micrograph done
+            topaz[stems[res.micrograph.name]] = picks
+        write_relion_star(path(res.micrograph, ".star"), picks)  # last: marks the micrograph done
         n_ok += 1
         n_picks += len(picks)
         rate = i / max(time.time() - t0, 1e-9)
@@ -114,7 +115,7 @@ def main(args):
         n_ok, n_picks = sum(p[0] for p in parts), sum(p[1] for p in parts)
         failed = [f for p in parts for f in p[2]]
         merged = {k: v for p in parts for k, v in p[3].items()}
-        order = [Path(m.name).stem for m in mics]
+        order = [stems[m.name] for m in mics]
         topaz = {k: merged[k] for k in order if k in merged}
         distributed.finish()
         if rank != 0:

@@ -1,0 +1,16 @@
+"""The numbers every entry point falls back on, in one place.
+
+A model file's own ``meta`` (calibrated threshold, floor, temperature) wins over these; these are what a
+model without them, and a model being trained, uses.
+"""
+
+#: FOM threshold when a model carries no calibrated one
+THRESHOLD = 0.5
+#: permissive score floor: candidates under it are never decoded (``hydra pick --all`` writes all above it)
+FLOOR = 0.05
+#: logit temperature of an uncalibrated model
+TEMPERATURE = 1.0
+#: duplicate suppression distance as a fraction of the particle diameter
+MIN_DISTANCE_DIAMETERS = 0.5
+#: precision that the calibrated threshold reaches on validation data
+CALIBRATION_PRECISION = 0.8

@@ -1,0 +1,71 @@
+"""The one step from candidates to picks (:func:`hydrapicker.postprocess.finalize`) and its policy."""
+import numpy as np
+import pytest
+
+from hydrapicker import defaults
+from hydrapicker.postprocess import Candidates, PickPolicy, decode, finalize, rank
+
+
+def _cands(xy, score, shape=(100, 200), apix=2.0):
+    return Candidates(np.asarray(xy, float), np.asarray(score, float), shape, apix)
+
+
+def test_threshold_floor_distance_and_order():
+    c = _cands([[10, 10], [14, 10], [60, 50], [120, 80], [150, 20]], [0.6, 0.9, 0.3, 0.04, 0.55])
+    policy = PickPolicy(min_distance_A=20.0, threshold=0.5)  # 10 px at 2 A/px
+    p = finalize(c, policy)
+    # (10, 10) lies 4 px from the better (14, 10): suppressed; 0.3 and 0.04 under the threshold
+    assert p.xy().tolist() == [[14, 10], [150, 20]] and p.fom.tolist() == [0.9, 0.55]
+    every = finalize(c, PickPolicy(min_distance_A=20.0))  # threshold None: all above the floor
+    assert every.fom.tolist() == [0.9, 0.55, 0.3]  # 0.04 < the floor
+
+
+def test_a_threshold_below_the_floor_lowers_the_floor():
+    c = _cands([[20, 20], [80, 60]], [0.03, 0.2])
+    policy = PickPolicy(min_distance_A=10.0, threshold=0.01, floor=0.05)
+    assert policy.decode_floor == 0.01
+    assert finalize(c, policy).fom.tolist() == [0.2, 0.03]
+    assert PickPolicy(min_distance_A=10.0, threshold=0.3).decode_floor == defaults.FLOOR
+
+
+def test_edges_bounds_and_rounding():
+    c = _cands([[-0.4, 10], [199.2, 50], [3.0, 50], [50.6, 49.4], [100, 98.8]], [0.9] * 5)
+    inside = finalize(c, PickPolicy(min_distance_A=0.0, threshold=0.5))
+    assert inside.xy().tolist() == [[3.0, 50], [50.6, 49.4], [100, 98.8]]  # outside [0, n - 1] dropped
+    edged = finalize(c, PickPolicy(min_distance_A=0.0, threshold=0.5, edge_A=10.0))  # 5 px
+    assert edged.xy().tolist() == [[50.6, 49.4]]
+    rounded = finalize(c, PickPolicy(min_distance_A=0.0, threshold=0.5, round_to_pixel=True))
+    assert rounded.xy().tolist() == [[3, 50], [51, 49], [100, 99]]
+
+
+def test_invalid_regions_and_their_margin_drop_picks_before_suppression():
+    invalid = np.zeros((100, 200), bool)
+    invalid[:, 150:] = True  # e.g. a carbon edge on the right
+    c = _cands([[160, 50], [140, 50], [100, 50], [130, 50]], [0.95, 0.9, 0.8, 0.7])
+    p = finalize(c, PickPolicy(min_distance_A=30.0, threshold=0.5), invalid)
+    # (160, 50) is inside: dropped, and it suppresses nothing; (130, 50) lies 10 px from (140, 50)
+    assert p.xy().tolist() == [[140, 50], [100, 50]]
+    margin = finalize(c, PickPolicy(min_distance_A=30.0, threshold=0.5, invalid_margin_A=24.0), invalid)
+    assert margin.xy().tolist() == [[100, 50], [130, 50]]  # 140 is within 12 px of column 150; 130 is not
+    assert len(finalize(c, PickPolicy(min_distance_A=0.0, threshold=0.5), np.ones((100, 200), bool))) == 0
+
+
+def test_for_model_reads_the_model_and_resolves_the_defaults():
+    meta = {"default_threshold": 0.42, "floor": 0.07, "head_thresholds": {"prot": 0.3}}
+    p = PickPolicy.for_model(meta, 150.0)
+    assert (p.threshold, p.floor, p.min_distance_A) == (0.42, 0.07, 75.0)
+    assert PickPolicy.for_model(meta, 150.0, head="prot").threshold == 0.3
+    assert PickPolicy.for_model(meta, 150.0, threshold=None).threshold is None
+    bare = PickPolicy.for_model({}, 100.0, threshold="model", min_distance_A=20.0)
+    assert (bare.threshold, bare.floor, bare.min_distance_A) == (defaults.THRESHOLD, defaults.FLOOR, 20.0)
+    with pytest.raises(Exception):
+        p.threshold = 0.1  # frozen: built once at the edge
+
+
+def test_decode_maps_rescaled_cells_to_micrograph_pixels():
+    grid = np.full((3, 4, 4), -20.0, np.float32)
+    grid[:2] = 0.0
+    grid[2, 1, 2] = 20.0  # one confident cell: centre ((2 + 0.5) * 8 - 0.5, (1 + 0.5) * 8 - 0.5)
+    c = decode(grid, 8, floor=0.5, scale_xy=(0.5, 0.25), shape=(128, 64), pixel_size=3.0)
+    assert c.xy.tolist() == [[19.5 / 0.5, 11.5 / 0.25]] and c.shape == (128, 64) and c.pixel_size == 3.0
+    assert len(rank(c, PickPolicy(min_distance_A=1.0))) == 1
