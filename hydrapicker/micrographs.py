@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
+from typing import Optional
 
 from .errors import StarFileError, UserFacingError
 from .types import Micrograph
@@ -19,29 +20,26 @@ CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnCtfMaxResolu
 
 
 def _read_star(path):
-    import starfile
+    from .star import read_blocks
 
     path = Path(path)
     if not path.exists():
         raise StarFileError(f"micrographs STAR {path} does not exist")
     if path.stat().st_size == 0:
         raise StarFileError(f"micrographs STAR {path} is empty: select some micrographs first")
-    try:
-        blocks = starfile.read(path, always_dict=True)
-    except Exception as exc:
-        raise StarFileError(f"cannot parse {path} as a STAR file ({exc}); is it a RELION micrographs "
-                            f"STAR (data_optics + data_micrographs)?") from exc
-    return blocks
+    return read_blocks(path, "is it a RELION micrographs STAR (data_optics + data_micrographs)?")
 
 
-def _resolve(name: str, star_dir: Path) -> str:
-    p = Path(name)
+def resolve(rel, *bases) -> Optional[Path]:
+    """The first existing of ``rel`` (absolute, or from the current directory) and ``base/rel`` for each
+    base in order; None when none exists."""
+    p = Path(rel)
     if p.is_absolute() or p.exists():
-        return str(p)
-    alt = star_dir / p
-    if alt.exists():
-        return str(alt)
-    return str(p)  # reported as missing when read, naming both places tried
+        return p if p.exists() else None
+    for base in bases:
+        if base is not None and (Path(base) / p).exists():
+            return Path(base) / p
+    return None
 
 
 def read_micrographs_star(star_path, apix=None) -> list[Micrograph]:
@@ -86,7 +84,8 @@ def read_micrographs_star(star_path, apix=None) -> list[Micrograph]:
         if "rlnOpticsGroup" in table.columns:
             meta["optics_group"] = row["rlnOpticsGroup"]
         meta["star"] = str(star_path)
-        mics.append(Micrograph(path=_resolve(name, star_dir), pixel_size=px, name=name, meta=meta))
+        path = resolve(name, star_dir) or name  # a missing file is reported when read, naming it
+        mics.append(Micrograph(path=str(path), pixel_size=px, name=name, meta=meta))
     return mics
 
 

@@ -8,7 +8,7 @@
 * ``autopick.star``: block ``data_coordinate_files`` (``_rlnMicrographName`` exactly as in the input
   STAR, ``_rlnMicrographCoordinates``), what 4.x/5.x Extract reads with ``--coord_list``.
 * ``summary.star``: micrograph name, number of picks, mean FOM.
-STAR files are written through ``starfile`` (:func:`hydrapicker.coords.write_star`: atomically, with
+STAR files are written through ``starfile`` (:func:`hydrapicker.star.write_star`: atomically, with
 RELION's ``# version`` line, ``loop_`` and ``#N`` labels); the coords_suffix file is plain text.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Sequence
 import pandas as pd
 
 from hydrapicker.atomic import write_text
-from hydrapicker.coords import write_star
+from hydrapicker.star import write_star
 
-from .paths import job_dir_with_slash
+from .paths import coords_suffix_file, job_dir_with_slash
 
 # 3.1 integer node types (pipeline_jobs.h 3.1.3)
 NODE_COORDS_31 = 2
@@ -69,7 +69,7 @@ def write_output_nodes(job_dir: str, version: str, nodes) -> str:
 
 def write_coords_suffix(job_dir: str, pickname: str, in_mics: str) -> str:
     """3.1's coordinates node: its only content is the micrographs STAR path (for the Display button)."""
-    path = job_dir_with_slash(job_dir) + f"coords_suffix_{pickname}.star"
+    path = coords_suffix_file(job_dir, pickname)
     write_text(path, in_mics + "\n")
     return path
 

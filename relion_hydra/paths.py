@@ -42,10 +42,6 @@ def coord_path(job_dir: str, mic_name: str, pickname: str) -> str:
     return job_dir_with_slash(job_dir) + without_extension(strip_job_prefix(mic_name)) + f"_{pickname}.star"
 
 
-def coord_suffix(pickname: str) -> str:
-    """The suffix that 3.1's Extract derives from ``coords_suffix_<pickname>.star``."""
-    return f"_{pickname}.star"
-
-
 def coords_suffix_file(job_dir: str, pickname: str) -> str:
+    """3.1's coordinates node of a pick job: ``<job dir>coords_suffix_<pickname>.star``."""
     return job_dir_with_slash(job_dir) + f"coords_suffix_{pickname}.star"

@@ -8,8 +8,7 @@ import pytest
 import starfile
 
 from hydrapicker.coords import (CoordinateFileError, CoordsWarning, match_keys, name_stem, read_coords,
-                                strip_job_prefix, write_box, write_cbox_like, write_relion_star,
-                                write_topaz_txt)
+                                write_box, write_cbox_like, write_relion_star, write_topaz_txt)
 from hydrapicker.errors import UserFacingError
 from hydrapicker.types import Picks
 
@@ -134,8 +133,10 @@ def test_match_keys_rules():
         match_keys({"a": Picks()}, ["x/a.mrc", "y/a.mrc"])
     # a folder in the key disambiguates the same stem in two folders
     assert list(match_keys({"y/a_autopick": Picks()}, ["x/a.mrc", "y/a.mrc"])) == ["y/a.mrc"]
-    assert strip_job_prefix("MotionCorr/job002/Movies/a.mrc") == "Movies/a.mrc"
-    assert strip_job_prefix("Movies/a.mrc") == "Movies/a.mrc"
+    # a RELION coordinate file's path meets its micrograph on their common trailing folders
+    mics = ["MotionCorr/job002/Movies/a.mrc", "MotionCorr/job002/Other/a.mrc"]
+    assert list(match_keys({"External/job004/Movies/a_autopick.star": Picks()}, mics)) == [mics[0]]
+    assert list(match_keys({"Other/a": Picks()}, mics)) == [mics[1]]
 
 
 # ---------------------------------------------------------------- RELION lists and nodes
@@ -309,3 +310,18 @@ def test_readers_agree_on_one_set_of_picks(tmp_path):
         warnings.simplefilter("error")
         for src in (tmp_path / "star", tmp_path / "box", tmp_path / "cbox", tmp_path / "m.txt"):
             _same(read_coords(src)["m"], p, fom=False)
+
+
+def test_star_files_carry_relions_version_line_not_starfiles_banner(tmp_path):
+    from hydrapicker.star import write_star
+
+    picks = Picks([1.5, 20.0], [3.0, 4.25], [0.9, 0.2])
+    write_relion_star(tmp_path / "a.star", picks, version=50001)
+    text = (tmp_path / "a.star").read_text()
+    assert text.startswith("\n# version 50001\n") and "Created by" not in text
+    back = starfile.read(tmp_path / "a.star")
+    assert back["rlnCoordinateX"].tolist() == [1.5, 20.0] and back["rlnAutopickFigureOfMerit"].tolist() == [0.9, 0.2]
+    write_star(tmp_path / "two.star", {"optics": pd.DataFrame({"rlnOpticsGroup": [1]}),
+                                        "micrographs": pd.DataFrame({"rlnMicrographName": ["m.mrc"]})})
+    both = starfile.read(tmp_path / "two.star", always_dict=True)
+    assert list(both) == ["optics", "micrographs"] and not list(tmp_path.glob(".*tmp*"))
