@@ -148,7 +148,7 @@ def main_train(args) -> int:
 
         train_offline(args.particles_cs, args.exposures_cs, args.out, args.diameter, args.head,
                       base_model=args.model, project_dir=args.project_dir, epochs=args.epochs,
-                      flip_y=args.flip_y)
+                      flip_y=args.flip_y, device=args.device)
         return 0
     _need(args, ["--project", "--particles", "--exposures"], "train (or --particles-cs/--exposures-cs offline)")
     from .connect import connect
@@ -157,7 +157,7 @@ def main_train(args) -> int:
     cs = connect(args.url, args.email)
     train_from_project(cs, args.project, args.particles, args.exposures, args.out, args.diameter, args.head,
                        base_model=args.model, epochs=args.epochs, flip_y=args.flip_y, read=args.read,
-                       project_dir=args.project_dir)
+                       project_dir=args.project_dir, device=args.device)
     return 0
 
 

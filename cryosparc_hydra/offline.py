@@ -104,31 +104,29 @@ def training_set(mics, particles, flip_y=False, source="particles"):
     return labelled, coords, len(unknown)
 
 
-def finetune_function():
-    """``hydrapicker.finetune.finetune`` (imported late: it brings torch)."""
-    try:
-        from hydrapicker.finetune import finetune
-    except ImportError as exc:
-        if exc.name != "hydrapicker.finetune":
-            raise
-        raise UserFacingError("this hydrapicker has no few-shot training (hydrapicker.finetune); "
-                              "update hydrapicker") from None
-    return finetune
+def labelled_set(mics, particles, flip_y, particles_ref, exposures_ref, head, log=print) -> tuple:
+    """(labelled micrographs, {name: Picks}) of a few-shot training run, reported; an error when none of
+    the picks lie on the exposures."""
+    labelled, coords, n_unknown = training_set(mics, particles, flip_y, source=str(particles_ref))
+    if n_unknown:
+        log(f"warning: picks on {n_unknown} micrograph(s) not in {exposures_ref} are ignored")
+    if not labelled:
+        raise UserFacingError(f"{particles_ref}: no picks on the exposures of {exposures_ref}")
+    n = int(np.sum([len(p) for p in coords.values()]))
+    log(f"Training head {head!r} from {n} picks on {len(labelled)} micrographs")
+    return labelled, coords
 
 
 def train_offline(particles_cs, exposures_cs, out, diameter_A, head, base_model=None, project_dir=None,
-                  epochs=None, flip_y=False, log=print):
-    finetune = finetune_function()
+                  epochs=None, flip_y=False, device="auto", log=print):
+    from hydrapicker.finetune import finetune
+
     mics = load_micrographs(exposures_cs, project_dir)
     particles = load_cs(particles_cs, "--particles-cs")
-    labelled, coords, n_unknown = training_set(mics, particles, flip_y, source=str(particles_cs))
-    if n_unknown:
-        log(f"warning: picks on {n_unknown} micrograph(s) not in {exposures_cs} are ignored")
-    if not labelled:
-        raise UserFacingError(f"--particles-cs {particles_cs}: no picks on the exposures of {exposures_cs}")
-    n = int(np.sum([len(p) for p in coords.values()]))
-    log(f"Training head {head!r} from {n} picks on {len(labelled)} micrographs")
-    path = finetune(base_model, labelled, coords, diameter_A, head, epochs=epochs, out=out, log=log)
+    labelled, coords = labelled_set(mics, particles, flip_y, f"--particles-cs {particles_cs}", exposures_cs,
+                                    head, log)
+    path = finetune(base_model, labelled, coords, diameter_A, head, epochs=epochs, out=out, log=log,
+                    device=device)
     log(f"Wrote {path}")
     return Path(path)
 

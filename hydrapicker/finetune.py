@@ -161,6 +161,10 @@ def _pad_to(a: np.ndarray, s: int) -> np.ndarray:
     return np.pad(a, ((0, ph), (0, pw))) if (ph or pw) else a
 
 
+def _device_of(module):
+    return next(module.parameters()).device
+
+
 def body_features(net, image: np.ndarray, tile: int = 1024, margin: int = 64):
     """Body features of a whole (stride-padded) image, computed in overlapping tiles (bounded memory)."""
     import torch
@@ -170,12 +174,13 @@ def body_features(net, image: np.ndarray, tile: int = 1024, margin: int = 64):
     bs = net.preset.body_stride
     s = net.stride
     ny, nx = image.shape
-    out = torch.zeros((net.body.out_channels, ny // bs, nx // bs), dtype=torch.float16)
+    device = _device_of(net)
+    out = torch.zeros((net.body.out_channels, ny // bs, nx // bs), dtype=torch.float16)  # the cache: CPU
     with torch.inference_mode():
         for y0, y1, x0, x1, cy0, cy1, cx0, cx1 in tiles((ny, nx), tile, margin, s):
             y0, x0 = (y0 // s) * s, (x0 // s) * s
-            win = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1]))[None, None]
-            f = net.body(win)[0]
+            win = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1]))[None, None].to(device)
+            f = net.body(win)[0].cpu()
             out[:, cy0 // bs:cy1 // bs, cx0 // bs:cx1 // bs] = \
                 f[:, (cy0 - y0) // bs:(cy1 - y0) // bs, (cx0 - x0) // bs:(cx1 - x0) // bs].half()
     return out
@@ -208,7 +213,7 @@ def orient(net, m: Labelled, k: int, flip: bool, temperature: float) -> Oriented
     cls, off, _ = encode(xy, (gh, gw), s)
     reg = region.reshape(gh, s, gw, s).mean(axis=(1, 3)).astype(np.float32)
     with torch.inference_mode():
-        t = net.heads["generic"](feats.float()[None])[0].numpy().astype(np.float32)
+        t = net.heads["generic"](feats.float()[None].to(_device_of(net)))[0].cpu().numpy().astype(np.float32)
     t[2] /= temperature
     return Oriented(feats, cls, off, reg, t)
 
@@ -307,7 +312,7 @@ def validate(head, val: list, val_feats: list, stride: int, extent_px: float, te
     head.eval()
     with torch.inference_mode():
         for k, (m, f) in enumerate(zip(val, val_feats)):
-            grid = head(f.float()[None])[0].numpy()
+            grid = head(f.float()[None].to(_device_of(head)))[0].cpu().numpy()
             found = detect(grid, stride, extent_px, temperature)
             mask = m.eval_mask if m.eval_mask is not None else m.region > 0.5
             picks[str(k)] = found.subset(_in_mask(found.xy(), mask))
@@ -352,13 +357,15 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
              label_fraction: Optional[float] = None, region_radius: float = 3.0, crop: int = 128,
              batch: int = 8, lr: float = 1e-3, patience: int = 6, lambda_tie: float = 0.01,
              max_minutes: Optional[float] = None, memory_gb: float = 1.5,
-             steps_per_epoch: Optional[int] = None) -> Optional[Path]:
+             steps_per_epoch: Optional[int] = None, device: str = "auto") -> Optional[Path]:
     """Train a new head ``head_name`` on ``micrographs`` labelled by ``coords`` ({name: Picks}).
 
     ``base_model``: model file (None = the shipped generic model). ``epochs``: maximum number of epochs
     (one epoch ~ the labelled area once; default 40, early stopping on validation AP with ``patience``).
     ``label_fraction``: share of the particles the user picked (None = estimate; 1 = every particle in
-    the annotated region is picked). Returns the written model file (base heads + the new one), or None
+    the annotated region is picked). ``device``: ``auto`` (the first GPU if any), ``cpu``, ``cuda[:N]``;
+    body features are cached in CPU memory, the head trains on the device. Returns the written model file
+    (base heads + the new one), or None
     when ``should_stop()`` became true (nothing is written).
     """
     import torch
@@ -366,6 +373,7 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
     from .checkpoint import load_checkpoint, save_checkpoint
     from .criterion import Criterion, head_bias_loss
     from .metrics import summary
+    from .picker import select_device
 
     t_start, cpu_start = time.time(), time.process_time()
     log = log or (lambda *a, **k: None)
@@ -378,7 +386,9 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
                             f"(e.g. --name apoferritin)")
     if not (diameter_A and diameter_A > 0):
         raise FinetuneError(f"particle diameter must be a positive number of Angstrom, got {diameter_A}")
+    device = select_device(device)
     net, meta, ck = load_checkpoint(base_model, with_ckpt=True)
+    net.to(device)
     base_path = meta.get("path")
     if head_name in net.heads:
         raise FinetuneError(f"model {base_path} already has a head named {head_name!r} (heads: "
@@ -476,11 +486,9 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
                 return None
             n_gen = int(rng.binomial(batch, mix_generic)) if gen else 0
             items = [sample(gen) for _ in range(n_gen)] + [sample(own) for _ in range(batch - n_gen)]
-            f = torch.stack([it[0] for it in items]).float()
-            cls = torch.from_numpy(np.stack([it[1] for it in items]))
-            off = torch.from_numpy(np.stack([it[2] for it in items]))
-            wt = torch.from_numpy(np.stack([it[3] for it in items]))
-            soft = torch.from_numpy(np.stack([it[4] for it in items]))
+            f = torch.stack([it[0] for it in items]).float().to(device)
+            cls, off, wt, soft = (torch.from_numpy(np.stack([it[j] for it in items])).to(device)
+                                  for j in (1, 2, 3, 4))
             loss, parts = crit(head(f), cls, off, wt, soft=soft)
             if lambda_tie:
                 loss = loss + lambda_tie * head_bias_loss(net, [head_name])

@@ -60,7 +60,7 @@ def train(opts, job, state):
                               "coordinates as input")
     out = finetune(opts["model"], labelled, coords, diameter_A=opts["particle_diameter"],
                    head_name=opts["head_name"], epochs=opts["epochs"], out=job.name + MODEL_FILE,
-                   log=log, should_stop=job.should_stop)
+                   log=log, should_stop=job.should_stop, device=device)
     if job.should_stop():
         from .jobdir import JobAborted
         raise JobAborted(job.abort_reason)

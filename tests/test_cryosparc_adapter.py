@@ -604,14 +604,15 @@ def test_offline_train_joins_picks_to_exposures(tmp_path, fake_finetune):
     ds.save(str(exp_cs))
     _manual_picks(ds, [3, 0, 2]).save(str(part_cs))
     rc = cli.main(["train", "--exposures-cs", str(exp_cs), "--particles-cs", str(part_cs), "--project-dir",
-                   str(project), "--diameter", "40", "--head", "mine", "--out", str(tmp_path / "m.pt")])
+                   str(project), "--diameter", "40", "--head", "mine", "--out", str(tmp_path / "m.pt"),
+                   "--device", "cuda:3"])
     assert rc == 0 and (tmp_path / "m.pt").exists()
     (call,) = fake_finetune
     # only micrographs with picks are training examples; coordinates back in pixels
     assert [m.meta["uid"] for m in call["micrographs"]] == [int(ds["uid"][0]), int(ds["uid"][2])]
     first = call["coords"][str(int(ds["uid"][0]))]
     assert np.allclose(first.x, [10, 17, 24], atol=1e-3) and np.allclose(first.y, [12, 17, 22], atol=1e-3)
-    assert call["head_name"] == "mine" and call["diameter_A"] == 40
+    assert call["head_name"] == "mine" and call["diameter_A"] == 40 and call["device"] == "cuda:3"
 
 
 def test_train_from_project_against_mocked_server(server, fake_finetune, tmp_path):

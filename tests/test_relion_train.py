@@ -64,6 +64,17 @@ def test_train_job_reads_manual_picks_and_writes_model(project, fake_finetune, l
         np.testing.assert_allclose(np.sort(call["coords"][n].x), np.sort(project[n][:, 0]), atol=1e-4)
 
 
+@pytest.mark.parametrize("gpu,device", [("", "auto"), ("cpu", "cpu"), ("1", "cuda:1"), ("2,3", "cuda:2")])
+def test_train_job_trains_on_the_gpu_it_is_given(project, fake_finetune, gpu, device):
+    write_job_star(JOB, "4")
+    node = write_manual_picks(project, "4")
+    rc = train_main(["--o", JOB, "--in_mics", MICS_STAR, "--in_coords", node, "--particle_diameter", "40",
+                     "--head_name", "mine", "--gpu", gpu, "--j", "1"])
+    assert rc == 0
+    (call,) = fake_finetune
+    assert call["device"] == device
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--in_coords", "ManualPick/job004/coords_suffix_manualpick.star", "--particle_diameter", "40",
       "--head_name", "mine"], "ManualPick/job004/coords_suffix_manualpick.star does not exist"),

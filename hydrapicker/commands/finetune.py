@@ -43,6 +43,8 @@ def add_args(p):
     p.add_argument("--mix-generic", type=float, default=0.0,
                    help="share of each batch drawn from simulated generic data (0.5 = BoxNet's 1:1)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
+    p.add_argument("--device", default="auto", help="where the head trains: auto (first GPU if any), cpu, cuda or "
+                                                    "cuda:N")
     p.add_argument("-j", "--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
@@ -76,7 +78,7 @@ def main(args):
     out = finetune(args.model, mics, coords, args.diameter, args.name, epochs=args.epochs,
                    out=args.out, log=log, val_fraction=args.val_fraction, mix_generic=args.mix_generic,
                    seed=args.seed, threads=args.threads, label_fraction=args.label_fraction,
-                   region_radius=args.region, max_minutes=args.max_minutes)
+                   region_radius=args.region, max_minutes=args.max_minutes, device=args.device)
     if out is None:
         return 1
     log(f"[finetune] pick with: hydra pick --model {out} --head {args.name} --diameter {args.diameter:g} ...")
