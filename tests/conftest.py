@@ -38,3 +38,18 @@ def blob_micrograph(shape=(512, 512), centres=(), sigma=4.0, amp=-3.0, noise=0.3
 def tmp_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+#: The slow tests (RELION through relion_pipeliner, torchrun ranks, real training and fine-tuning), in one
+#: place: `pytest -m "not slow"` is the fast loop, CI (`./run_tests.sh`) runs everything.
+SLOW_MODULES = {"test_relion_pipeline", "test_distributed", "test_relion_distributed", "test_finetune"}
+SLOW_TESTS = {"test_stopped_run_resumes_where_it_stopped_and_finishes_phase_2",
+              "test_simulation_workers_do_not_hang_after_torch_ran_in_parallel",
+              "test_train_then_pick_with_the_new_head"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in SLOW_MODULES or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
