@@ -185,7 +185,7 @@ def run_target(spec, args, base, work: Path, log=print) -> dict:
 
     tr_mics, tr_truth = write_set(spec, work / "train", range(args.train))
     te_mics, te_truth = write_set(spec, work / "test", range(1000, 1000 + args.test))
-    picker = Picker(base, device="cpu", threads=args.threads, log=lambda *a: None)
+    picker = Picker(base, device="cpu", log=lambda *a: None)
     row = {"target": spec.name, "diameter_px": round(spec.diameter_px, 1),
            "n_train_particles": int(sum(len(p) for p in tr_truth.values())),
            "zero_shot": ap_of(picker, "generic", te_mics, te_truth, spec)["AP"]}
@@ -195,10 +195,10 @@ def run_target(spec, args, base, work: Path, log=print) -> dict:
         key = "dense" if frac >= 1 else f"sparse{int(round(frac * 100))}"
         t0 = time.time()
         out = finetune(base, tr_mics, labels, spec.diameter_A, "target", out=work / f"{key}.pt",
-                       threads=args.threads, seed=args.seed, mix_generic=args.mix_generic,
+                       seed=args.seed, mix_generic=args.mix_generic,
                        log=(lambda *a: None) if not args.verbose else log)
         secs = time.time() - t0
-        p2 = Picker(out, device="cpu", threads=args.threads, log=lambda *a: None)
+        p2 = Picker(out, device="cpu", log=lambda *a: None)
         info = p2.meta["finetune"]["target"]
         res = ap_of(p2, "target", te_mics, te_truth, spec, threshold=p2.meta["head_thresholds"]["target"])
         row[key] = {**res, "seconds": round(secs, 1), "cpu_seconds": info["cpu_seconds"],
@@ -228,7 +228,7 @@ def timing(base, args, work: Path, log=print) -> dict:
     spec = get_target("t_proteasome")
     mics, truth = write_set(spec, work / "timing", range(5), shape=(2048, 2048))
     t0 = time.time()
-    out = finetune(base, mics, truth, spec.diameter_A, "timing", out=work / "timing.pt", threads=args.threads,
+    out = finetune(base, mics, truth, spec.diameter_A, "timing", out=work / "timing.pt",
                    seed=args.seed, log=(lambda *a: None) if not args.verbose else log)
     secs = time.time() - t0
     import torch

@@ -53,8 +53,10 @@ def _picks_per_empty(picker, head, mics, truth, spec):
 
 def run_target(spec, args, base, work: Path) -> dict:
     from hydrapicker.finetune import finetune
-    from hydrapicker.picker import Picker
+    from hydrapicker.picker import Picker, configure_torch
     from hydrapicker.simulate.datasets import clean_version
+
+    configure_torch(args.threads)
 
     tr_idx = _pick_indices(spec, 2, 1, 0)
     tr_mics, tr_truth = write_set(spec, work / "train", tr_idx)
@@ -63,15 +65,15 @@ def run_target(spec, args, base, work: Path) -> dict:
     cl_idx = [i for i, (k, v) in zip(te_idx, te_truth.items()) if len(v)]
     cl_mics, cl_truth = write_set(clean_version(spec), work / "clean", cl_idx)
     quiet = lambda *a: None  # noqa: E731
-    zs = Picker(base, device="cpu", threads=args.threads, log=quiet)
+    zs = Picker(base, device="cpu", log=quiet)
     row = {"target": spec.name, "train_indices": tr_idx, "n_test": len(te_idx),
            "n_test_particle_free": int(sum(len(v) == 0 for v in te_truth.values())),
            "zero_shot_junk": ap_of(zs, "generic", te_mics, te_truth, spec)["AP"],
            "zero_shot_clean": ap_of(zs, "generic", cl_mics, cl_truth, spec)["AP"]}
     row["zero_shot_picks_per_empty"] = _picks_per_empty(zs, "generic", te_mics, te_truth, spec)
     out = finetune(base, tr_mics, tr_truth, spec.diameter_A, "target", out=work / "fewshot.pt",
-                   threads=args.threads, seed=0, log=quiet)
-    ft = Picker(out, device="cpu", threads=args.threads, log=quiet)
+                   seed=0, log=quiet)
+    ft = Picker(out, device="cpu", log=quiet)
     row["fewshot_junk"] = ap_of(ft, "target", te_mics, te_truth, spec)["AP"]
     row["fewshot_picks_per_empty"] = _picks_per_empty(ft, "target", te_mics, te_truth, spec)
     return row

@@ -99,9 +99,10 @@ def _need(args, names, mode):
 
 
 def _picker(args):
-    from hydrapicker.picker import Picker
+    from hydrapicker.picker import Picker, configure_torch
 
-    picker = Picker(model=args.model, device=args.device, threads=args.threads)
+    picker = Picker(model=args.model, device=args.device)
+    configure_torch(args.threads, picker.device)
     heads = picker.meta.get("heads", [])
     args.head = args.head or picker.default_head
     if args.head not in heads:

@@ -353,7 +353,7 @@ def _generic_sets(n_specs: int, n_mics: int, extent_px: float, seed: int, log) -
 
 def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name: str, epochs=None,
              out=None, log: Callable = print, should_stop: Optional[Callable[[], bool]] = None,
-             val_fraction: float = 0.2, mix_generic: float = 0.0, seed: int = 0, threads=None,
+             val_fraction: float = 0.2, mix_generic: float = 0.0, seed: int = 0,
              label_fraction: Optional[float] = None, region_radius: float = 3.0, crop: int = 128,
              batch: int = 8, lr: float = 1e-3, patience: int = 6, lambda_tie: float = 0.01,
              max_minutes: Optional[float] = None, memory_gb: float = 1.5,
@@ -377,8 +377,6 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
 
     t_start, cpu_start = time.time(), time.process_time()
     log = log or (lambda *a, **k: None)
-    if threads:
-        torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     if not isinstance(head_name, str) or not HEAD_NAME.match(head_name):

@@ -267,14 +267,12 @@ def summary(result: dict) -> dict:
 
 def pr_curve_png(result: dict, path, title: Optional[str] = None) -> None:
     """Plot the PR curves (IoU rule and centre rule) of an :func:`evaluate` result to a PNG, atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     from .atomic import atomic_path
 
-    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=120)
+    fig = Figure(figsize=(5, 4.5), dpi=120)
+    ax = fig.subplots()
     for key, label, ap in (("pr", f"IoU > {result['iou']:g}", result["AP"]),
                            ("pr_centre", "centre <= D/2", result["AP_centre"])):
         c = result[key]
@@ -296,4 +294,3 @@ def pr_curve_png(result: dict, path, title: Optional[str] = None) -> None:
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp)
-    plt.close(fig)

@@ -52,6 +52,18 @@ def select_device(device: str = "auto"):
     raise UserFacingError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
 
 
+def configure_torch(threads: Optional[int] = None, device=None) -> None:
+    """Process-wide torch settings, for entry points only (a library call must not change them): the
+    CPU thread count, and on CUDA cuDNN autotuning (micrographs of a dataset share a shape, so cuDNN
+    picks its fastest kernels once)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    if device is not None and getattr(device, "type", str(device)).startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+
+
 class Picker:
     """Holds a HydraPicker model on a device.
 
@@ -60,26 +72,23 @@ class Picker:
     ...     print(res.micrograph.name, len(res.picks))
     """
 
-    def __init__(self, model=None, device: str = "auto", threads: Optional[int] = None,
-                 log: Callable = print, tile: Optional[int] = None, tta: int = 1, batch: Optional[int] = None,
-                 readers: Optional[int] = None):
+    def __init__(self, model=None, device: str = "auto", log: Callable = print, tile: Optional[int] = None,
+                 tta: int = 1, batch: Optional[int] = None, readers: Optional[int] = None):
         """``batch``: micrographs per forward pass (default 8 on CUDA, 1 on CPU); ``readers``: reading
-        threads (default 4 on CUDA, 1 on CPU)."""
+        threads (default 4 on CUDA, 1 on CPU). Thread counts and cuDNN flags are the process's:
+        :func:`configure_torch` at the entry point sets them."""
         import torch
 
         from .checkpoint import load_checkpoint
 
-        if threads:
-            torch.set_num_threads(int(threads))
         self.log = log or (lambda *a, **k: None)
         self.device = select_device(device)
         self.net, self.meta = load_checkpoint(model)
         self.net.to(self.device).eval()
         if self.device.type == "cpu":
             self.net.to(memory_format=torch.channels_last)
-        else:  # micrographs of one dataset share a shape: let cuDNN pick its fastest kernels once
+        else:
             torch.cuda.set_device(self.device)
-            torch.backends.cudnn.benchmark = True
         self.stride = int(self.meta["stride"])
         self.extent_px = float(self.meta["extent_px"])
         if tta not in (1, 2, 4, 8):

@@ -2,7 +2,7 @@
 
 Page 1: FOM histogram of the written picks (with the threshold) and picks per micrograph.
 Next pages: a few micrographs with their picks drawn as circles of the particle diameter.
-matplotlib's Agg backend only (no display needed). Written atomically.
+matplotlib Figures drawn without pyplot (no display needed, no backend switched). Written atomically.
 """
 from __future__ import annotations
 
@@ -33,16 +33,15 @@ def write_logfile(path: str, names: Sequence[str], foms: Sequence[np.ndarray], t
     """``names``/``foms``: every micrograph and the FOMs of its written picks.
     ``examples``: (name, image path, Picks, radius_px) to overlay. ``all_foms``: optional permissive
     FOMs (including those below the threshold) for the histogram."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.backends.backend_pdf import PdfPages
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
     from matplotlib.collections import EllipseCollection
 
     counts = np.array([len(f) for f in foms], dtype=int)
     written = np.concatenate([np.asarray(f, float) for f in foms]) if len(foms) else np.zeros(0)
     with atomic_path(path) as tmp, PdfPages(tmp) as pdf:
-        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8.27, 11.0))
+        fig = Figure(figsize=(8.27, 11.0))
+        ax1, ax2 = fig.subplots(2, 1)
         fig.suptitle(f"{title}: {counts.sum()} picks on {len(names)} micrographs "
                      f"(FOM >= {threshold:.3g})")
         bins = np.linspace(0.0, 1.0, 51) if written.size == 0 or (written.min() >= 0 and written.max() <= 1) else 50
@@ -59,7 +58,6 @@ def write_logfile(path: str, names: Sequence[str], foms: Sequence[np.ndarray], t
         ax2.set_title(f"picks per micrograph (mean {counts.mean() if len(counts) else 0:.1f})")
         fig.subplots_adjust(left=0.1, right=0.95, bottom=0.06, top=0.93, hspace=0.25)  # tight_layout: slow
         pdf.savefig(fig)
-        plt.close(fig)
         for name, image_path, picks, radius_px in examples:
             try:
                 img, b = _display_image(image_path)
@@ -67,7 +65,7 @@ def write_logfile(path: str, names: Sequence[str], foms: Sequence[np.ndarray], t
                 print(f"logfile: cannot display {image_path}: {exc}")
                 continue
             lo, hi = np.percentile(img, [1, 99])
-            fig = plt.figure(figsize=(8.27, 8.27))
+            fig = Figure(figsize=(8.27, 8.27))
             ax = fig.add_axes([0.02, 0.02, 0.96, 0.93])
             ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, origin="upper", interpolation="nearest")
             if len(picks):  # x = column, y = row of the stored image; circles of the particle diameter
@@ -79,5 +77,4 @@ def write_logfile(path: str, names: Sequence[str], foms: Sequence[np.ndarray], t
             ax.set_title(f"{name}: {len(picks)} picks", fontsize=9)
             ax.set_axis_off()
             pdf.savefig(fig)
-            plt.close(fig)
-    return str(path)
+        return str(path)

@@ -56,8 +56,11 @@ N_EXAMPLES = 3
 
 
 def default_picker_factory(model, device, threads):
-    from hydrapicker.picker import Picker
-    return Picker(model=model, device=device, threads=threads, log=log)
+    from hydrapicker.picker import Picker, configure_torch
+
+    picker = Picker(model=model, device=device, log=log)
+    configure_torch(threads, picker.device)  # the job's own process: its settings
+    return picker
 
 
 class PickRun:

@@ -227,3 +227,26 @@ def test_evaluate_cli_bad_input_is_a_clear_error(tmp_path, capsys):
     rc = main(["evaluate", "--picks", str(tmp_path / "nope.star"), "--truth", str(tmp_path), "--box", "20"])
     err = capsys.readouterr().err
     assert rc == 1 and "nope.star' does not exist" in err
+
+
+def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    """Library plots (PR curve, the RELION job's logfile) draw on Figures: a notebook's backend stays."""
+    import subprocess
+    import sys
+
+    code = f"""
+import matplotlib, numpy as np
+matplotlib.use("svg")
+from hydrapicker.metrics import evaluate, pr_curve_png
+from hydrapicker.types import Picks
+from relion_hydra.logfile import write_logfile
+res = evaluate({{"m": Picks([10.0, 50.0], [10.0, 50.0], [0.9, 0.4])}}, {{"m": np.array([[10.0, 10.0]])}}, 8.0)
+pr_curve_png(res, {str(tmp_path / "pr.png")!r})
+write_logfile({str(tmp_path / "log.pdf")!r}, ["m"], [np.array([0.9, 0.4])], 0.5)
+print(matplotlib.get_backend())
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MPLBACKEND"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "svg"
+    assert (tmp_path / "pr.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "log.pdf").read_bytes()[:4] == b"%PDF"

@@ -103,17 +103,15 @@ def main(args):
 
 
 def _overlay(items, thr, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
     import mrcfile
     import numpy as np
 
     from ..atomic import atomic_path
 
     n = len(items)
-    fig, axes = plt.subplots(1, n, figsize=(6 * n, 6), squeeze=False)
+    fig = Figure(figsize=(6 * n, 6))
+    axes = fig.subplots(1, n, squeeze=False)
     for ax, (name, mrc, picks, truth, box) in zip(axes[0], items):
         img = mrcfile.read(mrc).astype(np.float32)
         lo, hi = np.percentile(img, [1, 99])
@@ -129,4 +127,3 @@ def _overlay(items, thr, path):
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80)
-    plt.close(fig)

@@ -69,7 +69,9 @@ def main(args):
     from ..errors import UserFacingError
     from ..finetune import finetune
     from ..micrographs import collect_micrographs
+    from ..picker import configure_torch
 
+    configure_torch(args.threads)
     log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
     mics = collect_micrographs(args.mics, apix=args.apix)
     coords = read_all_coords(args.coords, [m.name for m in mics])
@@ -77,7 +79,7 @@ def main(args):
         raise UserFacingError(f"no coordinates found in {', '.join(args.coords)}")
     out = finetune(args.model, mics, coords, args.diameter, args.name, epochs=args.epochs,
                    out=args.out, log=log, val_fraction=args.val_fraction, mix_generic=args.mix_generic,
-                   seed=args.seed, threads=args.threads, label_fraction=args.label_fraction,
+                   seed=args.seed, label_fraction=args.label_fraction,
                    region_radius=args.region, max_minutes=args.max_minutes, device=args.device)
     if out is None:
         return 1

@@ -59,7 +59,7 @@ def main(args):
     from ..errors import UserFacingError
     from ..micrographs import collect_micrographs
     from ..outputs import output_path, output_stems
-    from ..picker import Picker
+    from ..picker import Picker, configure_torch
 
     inputs = list(args.micrographs) + list(args.mics)
     if not inputs:
@@ -82,8 +82,8 @@ def main(args):
         todo = distributed.shard(todo)
         if rank != 0:
             log = lambda *a, **k: None  # noqa: E731  (rank 0 reports)
-    picker = Picker(args.model, device=device, threads=args.threads, log=log, tta=args.tta, batch=args.batch,
-                    readers=args.readers)
+    picker = Picker(args.model, device=device, log=log, tta=args.tta, batch=args.batch, readers=args.readers)
+    configure_torch(args.threads, picker.device)
     args.head = args.head or picker.default_head
     policy = picker.policy(args.diameter, args.head,
                            threshold=None if args.all else ("model" if args.threshold is None else args.threshold),
