@@ -5,6 +5,9 @@ RELION considers an External job finished only when ``RELION_JOB_EXIT_SUCCESS``,
 stays "Running" forever). The GUI aborts by touching ``RELION_JOB_ABORT_NOW``; a scheduler or a user
 may send SIGTERM. Both end in ``RELION_JOB_EXIT_ABORTED``: a watcher thread polls the abort file every
 ``poll_s`` seconds and interrupts the main thread, so even a long micrograph is left within seconds.
+An abort file counts only if it is not older than the job (the process's start, or the launching
+process's for torchrun ranks): one left by an earlier aborted run is removed at start, one the user
+touched in the job's first moments (before our imports finished) aborts it.
 Outputs are written atomically, so an interrupted job directory is always consistent.
 
 Continue: RELION reruns the same command in the same directory, so the job is incremental. Each
@@ -21,6 +24,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 from .paths import job_dir_with_slash
@@ -32,6 +36,25 @@ ABORT_NOW = "RELION_JOB_ABORT_NOW"
 DONE_LIST = "done_mics.txt"
 RANK_DONE = "done_mics.rank{rank}.txt"
 RANK_DONE_GLOB = "done_mics.rank*.txt"
+START_ENV = "HYDRAPICKER_RELION_JOB_START"  # the launching process's start, for its torchrun ranks
+_IMPORTED_AT = time.time()
+
+
+def process_start_time() -> float:
+    """When this job started (seconds since the epoch): the launcher's start for a torchrun rank
+    (``START_ENV``), else this process's start from /proc (boot time, whole seconds, + start ticks; never
+    later than the true start), else when this module was imported."""
+    env = os.environ.get(START_ENV)
+    if env:
+        with contextlib.suppress(ValueError):
+            return float(env)
+    try:
+        btime = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines()
+                     if ln.startswith("btime "))
+        fields = Path(f"/proc/{os.getpid()}/stat").read_text().rpartition(")")[2].split()
+        return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED_AT
 
 
 class JobAborted(Exception):
@@ -39,10 +62,11 @@ class JobAborted(Exception):
 
 
 class JobDir:
-    def __init__(self, path: str, poll_s: float = 0.5):
+    def __init__(self, path: str, poll_s: float = 0.5, started: float | None = None):
         self.name = job_dir_with_slash(path)
         self.path = Path(self.name)
         self.poll_s = poll_s
+        self.started = process_start_time() if started is None else float(started)
         self.abort_reason = None
         self._interruptible = False
         self._stop = threading.Event()
@@ -51,11 +75,15 @@ class JobDir:
 
     # ---- exit files -------------------------------------------------------------------------
     def start(self) -> None:
-        """Create the directory and remove exit/abort files left by an earlier run (RELION does too)."""
+        """Create the directory and remove exit files left by an earlier run (RELION does too), and an
+        abort file older than this job; a newer one is the user's abort of this job and stays."""
         self.path.mkdir(parents=True, exist_ok=True)
-        for name in (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED, ABORT_NOW):
+        for name in (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED):
             with contextlib.suppress(FileNotFoundError):
                 (self.path / name).unlink()
+        if self._abort_mtime() is not None and not self.abort_file_present():
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / ABORT_NOW).unlink()
 
     def finish(self, status: str) -> Path:
         """Touch exactly one exit file: ``status`` is EXIT_SUCCESS, EXIT_FAILURE or EXIT_ABORTED."""
@@ -68,8 +96,16 @@ class JobDir:
         return target
 
     # ---- abort ------------------------------------------------------------------------------
+    def _abort_mtime(self):
+        try:
+            return (self.path / ABORT_NOW).stat().st_mtime
+        except OSError:
+            return None
+
     def abort_file_present(self) -> bool:
-        return (self.path / ABORT_NOW).exists()
+        """An abort file touched since this job started (an older one is an earlier run's)."""
+        mtime = self._abort_mtime()
+        return mtime is not None and mtime >= self.started
 
     def should_stop(self) -> bool:
         """For polling between work items: an abort was asked for (file or signal)."""

@@ -13,7 +13,7 @@ from hydrapicker.errors import UserFacingError
 
 from .args import ArgumentError
 from .driver import LAUNCHED_ENV, log
-from .jobdir import EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS, JobAborted
+from .jobdir import EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS, START_ENV, JobAborted
 
 
 def gpu_ids(gpu: str) -> list[str]:
@@ -75,7 +75,8 @@ def launch_ranks(argv: list[str], opts: dict, job, n: int, prog: str) -> None:
             raise UserFacingError(f"gpu = {opts['gpu']}: CUDA is not available on this machine; leave 'gpu' "
                                   "empty or set it to cpu")
     root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, LAUNCHED_ENV: "1", "OMP_NUM_THREADS": str(max(1, opts["j"] // n)),
+    env = {**os.environ, LAUNCHED_ENV: "1", START_ENV: repr(job.started),  # abort files older: stale
+           "OMP_NUM_THREADS": str(max(1, opts["j"] // n)),
            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     cmd = rank_command(argv, n)
     where = f"GPUs {','.join(ids[i % len(ids)] for i in range(n))}" if ids else "CPU"
