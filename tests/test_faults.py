@@ -65,3 +65,36 @@ def test_relion_abort_file_newer_than_the_job_start_aborts_at_once(tmp_path, mon
     assert main(_job_argv(), picker_factory=fake.factory) == 3
     assert fake.picked == []
     assert sorted(p.name for p in (tmp_path / JOB).glob("RELION_JOB_EXIT_*")) == ["RELION_JOB_EXIT_ABORTED"]
+
+
+# ---- 2: aggregate outputs describe every micrograph done, whichever run did it -----------------------
+def _noise_micrographs(folder, n=3, shape=(256, 256), apix=4.0):
+    from conftest import blob_micrograph
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(n):
+        centres = rng.uniform(30, shape[0] - 30, (12, 2))
+        paths.append(write_mrc(Path(folder) / f"mic{i}.mrc", blob_micrograph(shape, centres, sigma=6.0, seed=i),
+                               apix=apix))
+    return paths
+
+
+def test_topaz_file_after_an_interrupted_run_and_a_resume_lists_every_micrograph(tmp_path):
+    from hydrapicker.cli import main as hydra
+
+    _noise_micrographs(tmp_path / "mics")
+    args = ["pick", str(tmp_path / "mics" / "*.mrc"), "--diameter", "60", "--all", "--quiet",
+            "--format", "star", "topaz"]
+    assert hydra(args + ["--out", str(tmp_path / "whole")]) == 0
+    whole = (tmp_path / "whole" / "picks_hydra.txt").read_bytes()
+    assert {ln.split(b"\t")[0] for ln in whole.splitlines()[1:]} == {b"mic0", b"mic1", b"mic2"}
+    # a run killed before its last micrograph (the coordinate STAR is written last), then resumed
+    assert hydra(args + ["--out", str(tmp_path / "part")]) == 0
+    (tmp_path / "part" / "mic2_hydra.star").unlink()
+    (tmp_path / "part" / "picks_hydra.txt").unlink()
+    assert hydra(args + ["--out", str(tmp_path / "part")]) == 0
+    assert (tmp_path / "part" / "picks_hydra.txt").read_bytes() == whole
+    # and a resume with nothing left to do rewrites it whole too
+    assert hydra(args + ["--out", str(tmp_path / "part")]) == 0
+    assert (tmp_path / "part" / "picks_hydra.txt").read_bytes() == whole

@@ -103,7 +103,7 @@ def main(args):
         if "cbox" in args.format:
             write_cbox_like(path(res.micrograph, ".cbox"), res.candidates, box_px)
         if "topaz" in args.format:
-            topaz[stems[res.micrograph.name]] = picks
+            topaz[stems[res.micrograph.name]] = as_written(picks)
         write_relion_star(path(res.micrograph, ".star"), picks)  # last: marks the micrograph done
         n_ok += 1
         n_picks += len(picks)
@@ -114,13 +114,12 @@ def main(args):
         parts = distributed.gather_objects((n_ok, n_picks, failed, topaz))
         n_ok, n_picks = sum(p[0] for p in parts), sum(p[1] for p in parts)
         failed = [f for p in parts for f in p[2]]
-        merged = {k: v for p in parts for k, v in p[3].items()}
-        order = [stems[m.name] for m in mics]
-        topaz = {k: merged[k] for k in order if k in merged}
+        topaz = {k: v for p in parts for k, v in p[3].items()}
         distributed.finish()
         if rank != 0:
             return 0
-    if topaz:
+    if "topaz" in args.format:  # every micrograph done, by this run or an earlier one, in the input's order
+        topaz = all_done(mics, stems, topaz, lambda m: path(m, ".star"))
         write_topaz_txt(out / f"picks_{args.suffix}.txt", topaz)
     thr_txt = "all above the floor" if threshold is None else f"FOM >= {threshold:.3f}"
     log(f"[hydra] picked {n_ok} micrographs, {n_picks} particles ({thr_txt}) in {time.time() - t0:.1f} s; "
@@ -131,3 +130,31 @@ def main(args):
         if n_ok == 0 and len(todo) == len(mics):  # nothing picked, now or before
             return 1
     return 0
+
+
+def as_written(picks):
+    """``picks`` as a coordinate STAR holds them (starfile writes ``%.6f``): the Topaz text of a micrograph
+    picked now and of one read back from an earlier run's STAR are the same bytes."""
+    import numpy as np
+
+    from ..types import Picks
+
+    def r(a):
+        return np.array([float("%.6f" % v) for v in a], dtype=float)
+
+    return Picks(r(picks.x), r(picks.y), None if picks.fom is None else r(picks.fom))
+
+
+def all_done(mics, stems, picked: dict, star_of) -> dict:
+    """{stem: Picks} of every micrograph of the run whose coordinate STAR exists, in the run's order: this
+    run's picks from ``picked``, earlier runs' read back from their STAR."""
+    from ..coords.readers import read_relion_coords
+
+    out = {}
+    for m in mics:
+        stem = stems[m.name]
+        if stem in picked:
+            out[stem] = picked[stem]
+        elif stem not in out and star_of(m).exists():
+            out[stem] = read_relion_coords(star_of(m))
+    return out
