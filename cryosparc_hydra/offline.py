@@ -130,6 +130,3 @@ def train_offline(particles_cs, exposures_cs, out, diameter_A, head, base_model=
     log(f"Wrote {path}")
     return Path(path)
 
-
-def is_offline(args) -> bool:
-    return bool(getattr(args, "exposures_cs", None))

@@ -3,7 +3,7 @@
 CryoSPARC stores a pick as fractions of the micrograph it sits on: ``center_x_frac = x / nx`` (column)
 and ``center_y_frac = y / ny`` (row of the array as stored, no flip), with ``micrograph_shape = [ny, nx]``
 and ``micrograph_uid`` = the exposure's ``uid`` (the join key for Inspect Picks and Extract).
-See docs/README_cryosparc.md and the reference notes for the sources of these conventions.
+The README's CryoSPARC section ("Coordinate conventions") gives the sources of these conventions.
 
 Only ``cryosparc.dataset`` is needed here (no server); it is imported lazily.
 """

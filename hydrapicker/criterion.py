@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .postprocess import OFFSET_RANGE
 
 
-def encode(xy: np.ndarray, grid_shape, stride: int, ignore_radius_cells: float = 0.0):
+def encode(xy: np.ndarray, grid_shape, stride: int):
     """Truth centres (N, 2) in rescaled px -> (cls (H, W) float, offsets (2, H, W), pos mask (H, W)).
 
     Coordinates are pixel indices (pixel k has its centre at k); the cell (i, j) has its centre at

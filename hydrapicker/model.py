@@ -171,6 +171,3 @@ def preset_dict(preset: Preset) -> dict:
     d["stride"] = preset.stride
     return d
 
-
-# Checkpoint helpers re-exported here so that ``hydrapicker.model`` is the one place to look.
-from .checkpoint import default_model_path, load_checkpoint, save_checkpoint  # noqa: E402,F401

@@ -29,7 +29,7 @@ class Prepared:
     pixel_size: float          # A/px of the original
 
 
-def read_mrc(path, expected_apix=None):
+def read_mrc(path):
     """Memory-map a 2D micrograph -> (array view, header pixel size or None). Clear errors otherwise."""
     import mrcfile
 

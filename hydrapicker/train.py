@@ -329,7 +329,7 @@ def run_training(args, log: Callable = print, should_stop: Optional[Callable] = 
     t_last_ckpt = time.time()
     t0 = time.time()
     budget_s = (args.hours or 0) * 3600.0
-    t_start_budget = time.time() - float(getattr(args, "_elapsed_before", 0.0))
+    t_start_budget = time.time()
     while True:
         elapsed = time.time() - t_start_budget
         end1, end2, stop = decisions(

@@ -101,7 +101,7 @@ def _is_number(word: str) -> bool:
         return False
 
 
-def parse(argv: list[str], params: tuple, prog: str, usage_extra: str = "") -> dict:
+def parse(argv: list[str], params: tuple, prog: str) -> dict:
     """Parse ``argv`` against RELION's arguments plus ``params``; returns ``{name: value}``.
 
     Raises :class:`ArgumentError` naming every unknown label, and for missing required ones.

@@ -43,8 +43,11 @@ def _peek_job_dir(argv) -> str | None:
 
 
 def run(argv, prog, params, summary, work) -> int:
-    """Shared driver: exit files, abort, error reporting. ``work(opts, job)`` returns
-    ``(status, finish)`` where ``finish()`` writes final outputs (also after an abort)."""
+    """Shared driver of both RELION programs: help, exit files, abort, error reporting.
+
+    ``work(opts, job, state)`` does the job; it may put ``state["finish"] = finish`` where
+    ``finish(aborted) -> bool`` writes the final outputs (also after an abort; False = the job failed).
+    Returns 0 success, 1 failure, 3 aborted; rank 0 writes the exit file."""
     argv = list(argv)
     if wants_help(argv):
         print(usage(params, prog, summary))

@@ -134,7 +134,7 @@ def test_dataset_lists():
     assert not set(TRAIN_FAMILIES) & set(TARGET_FAMILIES)
     for s in src:  # binned training regime
         assert 20 <= s.diameter_px <= 80 and 512 <= min(s.shape) and max(s.shape) <= 1024
-        assert 60 <= s.diameter_A <= 500 or s.diameter_A >= 50
+        assert 50 <= s.diameter_A <= 500  # the families' ranges, small proteins from 50 A
     from hydrapicker.simulate import particle_model
     small = [s for s in tgt if s.name.startswith("t_small")][0]
     assert 50 <= particle_model(small).mass_kDa <= 110
