@@ -237,14 +237,15 @@ class Picker:
 
         return PickPolicy.for_model(self.meta, diameter_A, head, threshold, **kw)
 
-    def _finish(self, prepared, grid, policy, invalid=None):
-        """-> (picks, ranked): :func:`~hydrapicker.postprocess.finalize` and the candidates it chose from."""
+    def _finish(self, prepared, grid, policy, invalid=None, info=None):
+        """-> (picks, ranked): :func:`~hydrapicker.postprocess.finalize` and the candidates it chose from;
+        ``info`` (a dict) receives the micrograph's ``threshold`` and ``threshold_info``."""
         from .postprocess import decode, rank, select
 
         candidates = decode(grid, self.stride, policy.decode_floor, float(self.meta.get("temperature", defaults.TEMPERATURE)),
                             prepared.scale_xy, prepared.shape, prepared.pixel_size)
         ranked = rank(candidates, policy, invalid)
-        return select(ranked, policy), ranked
+        return select(ranked, policy, info), ranked
 
     def pick_one(self, mic: Micrograph, diameter_A: float, head: str = "generic", policy=None) -> Picks:
         """Pick one micrograph (errors raise); ``policy`` None: every pick above the model's floor."""
@@ -295,11 +296,11 @@ class Picker:
                 done = list(group)
                 group.clear()
                 for (mic, prepared, t_read), grid in zip(done, grids):
-                    picks, ranked = self._finish(prepared, grid, policy)
-                    yield PickResult(mic, picks, None, candidates=ranked, info={
-                        "seconds_read": t_read, "seconds_infer": dt, "batch": len(done),
-                        "scale": prepared.scale_xy, "shape": prepared.shape,
-                        "pixel_size": prepared.pixel_size, "device": str(self.device)})
+                    info = {"seconds_read": t_read, "seconds_infer": dt, "batch": len(done),
+                            "scale": prepared.scale_xy, "shape": prepared.shape,
+                            "pixel_size": prepared.pixel_size, "device": str(self.device)}
+                    picks, ranked = self._finish(prepared, grid, policy, info=info)
+                    yield PickResult(mic, picks, None, candidates=ranked, info=info)
 
             while pending:
                 if should_stop is not None and should_stop():

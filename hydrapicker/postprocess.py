@@ -10,13 +10,14 @@ Decoding is the exact inverse of :func:`hydrapicker.criterion.encode`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
 from . import defaults
 from .types import Picks
 
+AUTO = "auto"  # PickPolicy.threshold: each micrograph's own (hydrapicker.thresholds)
 OFFSET_RANGE = 0.75  # centre offsets: cell centre + tanh(a) * OFFSET_RANGE * stride
 
 
@@ -97,36 +98,63 @@ class PickPolicy:
 
     Lengths are in Angstrom (in pixels for candidates whose ``pixel_size`` is 1, as in validation on
     prepared images). ``threshold`` None keeps every pick above the floor (``hydra pick --all``); a
-    threshold below the floor lowers the floor to meet it (one rule for every entry point).
+    threshold below the floor lowers the floor to meet it (one rule for every entry point). ``threshold``
+    ``"auto"`` chooses each micrograph's own (:func:`hydrapicker.thresholds.auto_threshold` of its candidate
+    FOMs, bounded around ``calibrated``, the model's threshold) in :func:`select`.
     """
 
     min_distance_A: float
-    threshold: Optional[float] = None
+    threshold: Union[float, str, None] = None
     floor: float = defaults.FLOOR
     edge_A: float = 0.0
     invalid_margin_A: float = 0.0
     round_to_pixel: bool = False
+    calibrated: Optional[float] = None
+
+    def __post_init__(self):
+        if self.is_auto and not (self.calibrated is not None and 0.0 < float(self.calibrated) < 1.0):
+            raise ValueError(f"PickPolicy: threshold 'auto' needs the calibrated threshold in (0, 1), "
+                             f"got {self.calibrated}")
+        if isinstance(self.threshold, str) and not self.is_auto:
+            raise ValueError(f"PickPolicy: threshold must be a number, None or 'auto', not {self.threshold!r}")
+
+    @property
+    def is_auto(self) -> bool:
+        return isinstance(self.threshold, str) and self.threshold == AUTO
 
     @property
     def decode_floor(self) -> float:
         """The score under which candidates are not decoded at all."""
-        if self.threshold is None:
+        if self.threshold is None or self.is_auto:  # auto never cuts below the floor
             return float(self.floor)
         return min(float(self.floor), float(self.threshold))
+
+    def describe(self) -> str:
+        """The threshold in words, for logs."""
+        if self.threshold is None:
+            return "all above the floor"
+        if self.is_auto:
+            return f"FOM >= a per-micrograph threshold (auto, around {float(self.calibrated):.3f})"
+        return f"FOM >= {float(self.threshold):.3f}"
 
     @classmethod
     def for_model(cls, meta: dict, diameter_A: float, head: str = "generic", threshold="model",
                   min_distance_A=None, edge_A=0.0, invalid_margin_A=0.0, round_to_pixel=False) -> "PickPolicy":
         """The policy of a model file's ``meta``: ``threshold`` = a number, None (all above the floor) or
-        ``"model"`` (the head's calibrated threshold); floor from the model; minimum distance half the
-        diameter unless given."""
+        ``"model"`` (the head's calibrated threshold) or ``"auto"`` (per micrograph, around the head's
+        calibrated threshold); floor from the model; minimum distance half the diameter unless given."""
         from .checkpoint import threshold_for
 
+        calibrated = None
         if isinstance(threshold, str):
-            threshold = threshold_for(meta or {}, head)
+            if threshold not in ("model", AUTO):
+                raise ValueError(f"threshold must be a number, None, 'model' or 'auto', not {threshold!r}")
+            calibrated = float(threshold_for(meta or {}, head))
+            threshold = AUTO if threshold == AUTO else calibrated
         min_d = defaults.MIN_DISTANCE_DIAMETERS * float(diameter_A) if min_distance_A is None else min_distance_A
-        return cls(float(min_d), None if threshold is None else float(threshold), model_floor(meta),
-                   float(edge_A or 0.0), float(invalid_margin_A or 0.0), bool(round_to_pixel))
+        thr = threshold if threshold is None or threshold == AUTO else float(threshold)
+        return cls(float(min_d), thr, model_floor(meta), float(edge_A or 0.0), float(invalid_margin_A or 0.0),
+                   bool(round_to_pixel), calibrated)
 
 
     @classmethod
@@ -198,18 +226,36 @@ def rank(candidates: Candidates, policy: PickPolicy, invalid: Optional[np.ndarra
     return Picks(xy[order, 0], xy[order, 1], score[order])
 
 
-def select(ranked: Picks, policy: PickPolicy) -> Picks:
-    """The picks of :func:`rank`'s output that are written: FOM >= threshold, rounded when asked."""
-    picks = ranked.above(policy.threshold)
+def choose_threshold(ranked: Picks, policy: PickPolicy) -> tuple:
+    """(threshold of this micrograph or None, info): the policy's number, or with ``"auto"``
+    :func:`hydrapicker.thresholds.auto_threshold` of ``ranked``'s FOMs (every candidate :func:`rank` kept),
+    bounded around ``policy.calibrated`` and never below the floor."""
+    if not policy.is_auto:
+        return policy.threshold, {"method": "fixed" if policy.threshold is not None else "none"}
+    from .thresholds import auto_threshold
+
+    return auto_threshold(ranked.fom, float(policy.calibrated), floor=float(policy.floor))
+
+
+def select(ranked: Picks, policy: PickPolicy, info: Optional[dict] = None) -> Picks:
+    """The picks of :func:`rank`'s output that are written: FOM >= threshold (the micrograph's own with
+    ``"auto"``: :func:`choose_threshold`), rounded when asked. ``info``: a dict that receives the
+    ``threshold`` used and ``threshold_info``."""
+    threshold, why = choose_threshold(ranked, policy)
+    if info is not None:
+        info["threshold"] = threshold
+        info["threshold_info"] = why
+    picks = ranked.above(threshold)
     if policy.round_to_pixel:  # RELION truncates coordinates at extraction
         picks = Picks(picks.x.round(), picks.y.round(), picks.fom)
     return picks
 
 
-def finalize(candidates: Candidates, policy: PickPolicy, invalid: Optional[np.ndarray] = None) -> Picks:
+def finalize(candidates: Candidates, policy: PickPolicy, invalid: Optional[np.ndarray] = None,
+             info: Optional[dict] = None) -> Picks:
     """The final picks of one micrograph, highest FOM first (``select(rank(...))``).
 
     ``invalid``: bool mask in pixels of the micrograph (True = do not pick there; picks within
-    ``policy.invalid_margin_A`` of it are dropped too), or None.
+    ``policy.invalid_margin_A`` of it are dropped too), or None. ``info``: see :func:`select`.
     """
-    return select(rank(candidates, policy, invalid), policy)
+    return select(rank(candidates, policy, invalid), policy, info)
