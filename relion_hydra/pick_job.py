@@ -36,11 +36,20 @@ from .jobdir import JobAborted, JobDir, is_continue
 from .paths import coord_path
 from .ranks import device_from_gpu, launch_ranks, rank_device, ranks_wanted
 
+
+def threshold_value(raw: str):
+    """The ``threshold`` parameter's value: ``"auto"`` (any case) or a number (ValueError otherwise)."""
+    word = str(raw).strip()
+    return "auto" if word.lower() == "auto" else float(word)
+
+
 PROG = "relion_hydra_pick"
 PARAMS = (
     Param("in_mics", str, None, True, "micrographs STAR (RELION's 'Input micrographs' field)"),
     Param("particle_diameter", float, None, True, "particle diameter in Angstrom", positive=True),
-    Param("threshold", float, None, False, "FOM threshold, 0-1, higher = fewer picks (default: the model's)"),
+    Param("threshold", threshold_value, None, False,
+          "FOM threshold, 0-1, higher = fewer picks, or 'auto' (each micrograph's own, from its FOM distribution, "
+          "around the model's); default: the model's"),
     Param("model", str, None, False, "model file (default: the shipped generic model)"),
     Param("head", str, "", False, "which head of the model picks (empty: the model's own: the few-shot "
                                   "head of a fine-tuned model, else generic)"),
@@ -76,6 +85,7 @@ class PickRun:
         self.picks: dict = {}                     # name -> Picks written (this run)
         self.candidate_foms = []                  # permissive FOMs of this run (for the histogram)
         self.failed: dict[str, str] = {}
+        self.thresholds: dict[str, float] = {}    # name -> threshold chosen (this run, threshold auto)
         self.version = None
         self.prepared = False
         from hydrapicker import distributed
@@ -100,9 +110,10 @@ class PickRun:
         self.say(f"{PROG}: {len(self.mics)} micrographs in {o['in_mics']}; RELION {self.version} "
             f"({why}); job.star continue flag: {int(is_continue(self.job.name))}")
 
-    def _fingerprint(self, model_desc: str, threshold: float) -> str:
+    def _fingerprint(self, model_desc: str, threshold) -> str:
         o = self.o
-        key = repr((model_desc, o["head"], round(threshold, 6), o["particle_diameter"], o["min_distance"],
+        thr = threshold if isinstance(threshold, str) else round(threshold, 6)  # "auto" or a number
+        key = repr((model_desc, o["head"], thr, o["particle_diameter"], o["min_distance"],
                     o["pickname"]))
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
@@ -118,6 +129,7 @@ class PickRun:
                                       "model" if o["threshold"] is None else o["threshold"],
                                       min_distance_A=o["min_distance"], round_to_pixel=True)  # RELION truncates
         threshold = self.threshold = policy.threshold
+        self.policy = policy
         heads = meta.get("heads")
         if heads and o["head"] not in heads:
             raise ArgumentError(f"--head {o['head']!r} is not in the model ({', '.join(heads)}); "
@@ -145,7 +157,7 @@ class PickRun:
         todo = [m for m in self.mics if m.name not in done]
         n_total = len(self.mics)
         self.say(f"model {model_path}, head {o['head']}, device {getattr(picker, 'device', self.device)}, "
-                 f"particle diameter {o['particle_diameter']:g} A, threshold {threshold:g}, "
+                 f"particle diameter {o['particle_diameter']:g} A, threshold {self._thr_text()}, "
                  f"{len(todo)} micrographs to pick" + (f" by {world} ranks, {threads} threads each"
                                                        if world > 1 else ""))
         mine = distributed.shard(todo)
@@ -173,7 +185,11 @@ class PickRun:
             n_picks += len(kept)
             dt = time.time() - t0
             rate = i / dt if dt > 0 else float("inf")
-            log(f"{who}micrograph {idx}/{of}: {name}: {len(kept)} picks; {n_picks} picks so far; "
+            thr = res.info.get("threshold")
+            if policy.is_auto and thr is not None:
+                self.thresholds[name] = float(thr)
+            thr_txt = f" (auto threshold {thr:.3f})" if policy.is_auto and thr is not None else ""
+            log(f"{who}micrograph {idx}/{of}: {name}: {len(kept)} picks{thr_txt}; {n_picks} picks so far; "
                 f"{rate:.2f} micrographs/s; device {getattr(picker, 'device', self.device)}")
         if self.job.should_stop():
             raise JobAborted(self.job.abort_reason)
@@ -196,6 +212,22 @@ class PickRun:
             self.failed.update(failed)
         self.prepared = all(p[4] for p in parts)
         return True
+
+    def _thr_number(self) -> float:
+        """A number for the logfile's histogram line: the threshold, or the calibrated one under auto."""
+        policy = getattr(self, "policy", None)
+        if policy is not None and policy.is_auto:
+            return float(policy.calibrated)
+        return float(getattr(self, "threshold", None) or 0.0)
+
+    def _thr_text(self) -> str:
+        policy = getattr(self, "policy", None)
+        if policy is not None and policy.is_auto:
+            chosen = list(self.thresholds.values())
+            rng = f", {min(chosen):.3f}-{max(chosen):.3f} this run" if chosen else ""
+            return f"auto (per micrograph, around {float(policy.calibrated):.3f}{rng})"
+        thr = getattr(self, "threshold", None)
+        return "nan" if thr is None else f"{thr:g}"
 
     def _write_coords(self, path, picks):
         from hydrapicker.coords import write_relion_star
@@ -231,7 +263,7 @@ class PickRun:
                             for n, p in list(all_picks.items())[:N_EXAMPLES]]
                 import numpy as np
                 write_logfile(d + nodes.LOGFILE, list(all_picks), [p.fom for p in all_picks.values()],
-                              getattr(self, "threshold", 0.0), examples,
+                              self._thr_number(), examples,
                               all_foms=np.concatenate(self.candidate_foms) if self.candidate_foms else None,
                               title=f"HydraPicker {d}")
             except Exception as exc:  # the log is a convenience; never fail the picks for it
@@ -241,7 +273,7 @@ class PickRun:
                                  nodes.pick_output_nodes(d, o["pickname"], self.version, with_log))
         total = sum(len(p) for p in all_picks.values())
         log(f"{len(rows)}/{len(self.names)} micrographs have coordinates; {total} picks in total "
-            f"(FOM >= {getattr(self, 'threshold', float('nan')):g})")
+            f"(FOM >= {self._thr_text()})")
         if rows and total == 0:
             warn("no picks at or above the threshold: Extract would give 0 particles; lower 'threshold' "
                  "or check 'particle_diameter'")

@@ -30,7 +30,9 @@ def finalized(mic, candidates: Picks, shape, diameter_A, policy=None, info=None)
     policy = dataclasses.replace(policy, min_distance_A=0.0)
     c = Candidates(np.stack([candidates.x, candidates.y], 1), candidates.fom, tuple(shape[-2:]), 1.0)
     ranked = rank(c, policy)
-    return PickResult(mic, select(ranked, policy), None, {"shape": tuple(shape), **(info or {})}, ranked)
+    chosen = {}  # the threshold select() used, as the real Picker records it
+    picks = select(ranked, policy, chosen)
+    return PickResult(mic, picks, None, {"shape": tuple(shape), **chosen, **(info or {})}, ranked)
 
 
 def fake_finetune(monkeypatch, check=None) -> list:

@@ -59,3 +59,65 @@ def test_for_model_auto_keeps_the_heads_calibrated_threshold():
     assert p.is_auto and p.calibrated == pytest.approx(threshold_for(meta, "generic")) and p.floor == 0.04
     with pytest.raises(ValueError):
         PickPolicy.for_model(meta, 150.0, "generic", "automatic")
+
+
+# ---- the RELION job: threshold = auto -----------------------------------------------------------------
+class BimodalPicker:
+    """FakePicker with 196 candidates per micrograph (a 14 x 14 grid), FOMs from two logit Gaussians whose
+    particle mode moves with the micrograph, so each micrograph gets its own cut-off."""
+
+    @staticmethod
+    def make():
+        from relion_helpers import FakePicker
+
+        class _P(FakePicker):
+            @staticmethod
+            def expected(name, n=12):
+                from hydrapicker.types import Picks
+
+                k = int(name[-5])  # mic001 -> 1
+                rng = np.random.default_rng(k)
+                g = np.arange(14) * 17.0 + 10
+                x, y = np.meshgrid(g, g)
+                z = np.concatenate([rng.normal(-2.0, 0.5, 140), rng.normal(-0.6 + 0.6 * k, 0.4, 56)])
+                return Picks(x.ravel(), y.ravel(), sigmoid(z))
+
+        return _P()
+
+
+def test_relion_job_threshold_auto_picks_per_micrograph_and_logs_each_threshold(tmp_path, monkeypatch, capsys):
+    from relion_helpers import MICS_STAR, make_project
+    from relion_hydra import paths
+    from relion_hydra.coordfiles import read_coord_star
+    from relion_hydra.pick_job import PARAMS, main
+    from relion_hydra.args import parse
+
+    assert parse(["--o", "J/", "--in_mics", "a.star", "--particle_diameter", "40", "--threshold", "Auto"],
+                 PARAMS, "p")["threshold"] == "auto"
+    assert parse(["--o", "J/", "--in_mics", "a.star", "--particle_diameter", "40", "--threshold", "0.4"],
+                 PARAMS, "p")["threshold"] == 0.4
+    from relion_hydra.args import ArgumentError
+    with pytest.raises(ArgumentError, match="threshold"):
+        parse(["--o", "J/", "--in_mics", "a.star", "--particle_diameter", "40", "--threshold", "high"], PARAMS, "p")
+
+    make_project(tmp_path, n_mics=3, shape=(256, 256))
+    monkeypatch.chdir(tmp_path)
+    job = "External/job001/"
+    fake = BimodalPicker.make()
+    argv = ["--o", job, "--in_mics", MICS_STAR, "--particle_diameter", "10", "--threshold", "auto", "--j", "1"]
+    assert main(argv, picker_factory=fake.factory) == 0
+    out = capsys.readouterr().out
+    names = [f"MotionCorr/job002/Movies/mic{i:03d}.mrc" for i in (1, 2, 3)]
+    chosen = []
+    for n in names:
+        cand = fake.expected(n)
+        expect, _ = auto_threshold(cand.fom[cand.fom >= 0.05], 0.5, floor=0.05)
+        assert f"{n}: " in out and f"(auto threshold {expect:.3f})" in out
+        got = read_coord_star(paths.coord_path(job, n, "autopick"))
+        assert len(got) == int((cand.fom >= expect).sum())
+        chosen.append(expect)
+    assert len(set(np.round(chosen, 6))) >= 2 and "threshold auto (per micrograph" in out
+    # a Continue with a fixed threshold is other settings: everything picked again
+    fake2 = BimodalPicker.make()
+    assert main(argv[:-4] + ["--threshold", "0.5", "--j", "1"], picker_factory=fake2.factory) == 0
+    assert sorted(fake2.picked) == names
