@@ -55,7 +55,7 @@ def main(args):
     from pathlib import Path
 
     from .. import distributed
-    from ..coords import write_box, write_cbox_like, write_relion_star, write_topaz_txt
+    from ..coords import write_topaz_txt
     from ..errors import UserFacingError
     from ..micrographs import collect_micrographs
     from ..outputs import output_path, output_stems
@@ -97,14 +97,9 @@ def main(args):
             print(f"[hydra] WARNING: skipped {res.micrograph.name}: {res.error}", file=sys.stderr, flush=True)
             continue
         picks = res.picks
-        box_px = args.diameter / res.info["pixel_size"]
-        if "box" in args.format:
-            write_box(path(res.micrograph, ".box"), picks, box_px)
-        if "cbox" in args.format:
-            write_cbox_like(path(res.micrograph, ".cbox"), res.candidates, box_px)
+        write_outputs(res, args, path)
         if "topaz" in args.format:
             topaz[stems[res.micrograph.name]] = as_written(picks)
-        write_relion_star(path(res.micrograph, ".star"), picks)  # last: marks the micrograph done
         n_ok += 1
         n_picks += len(picks)
         rate = i / max(time.time() - t0, 1e-9)
@@ -130,6 +125,18 @@ def main(args):
         if n_ok == 0 and len(todo) == len(mics):  # nothing picked, now or before
             return 1
     return 0
+
+
+def write_outputs(res, args, path) -> None:
+    """One micrograph's files in ``args.format``; its coordinate STAR last (it marks the micrograph done)."""
+    from ..coords import write_box, write_cbox_like, write_relion_star
+
+    box_px = args.diameter / res.info["pixel_size"]
+    if "box" in args.format:
+        write_box(path(res.micrograph, ".box"), res.picks, box_px)
+    if "cbox" in args.format:
+        write_cbox_like(path(res.micrograph, ".cbox"), res.candidates, box_px)
+    write_relion_star(path(res.micrograph, ".star"), res.picks)
 
 
 def as_written(picks):
