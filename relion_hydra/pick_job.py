@@ -62,6 +62,7 @@ PARAMS = (
                                      "'gpu'; with gpu = cpu, CPU processes sharing the threads", positive=True),
 )
 N_EXAMPLES = 3
+SETTINGS = ".hydra_settings.json"  # the last run's options -> done-list fingerprint, head, threshold
 
 
 def default_picker_factory(model, device, threads):
@@ -86,6 +87,7 @@ class PickRun:
         self.candidate_foms = []                  # permissive FOMs of this run (for the histogram)
         self.failed: dict[str, str] = {}
         self.thresholds: dict[str, float] = {}    # name -> threshold chosen (this run, threshold auto)
+        self.quick = False                        # nothing new: no model loaded, the logfile kept
         self.version = None
         self.prepared = False
         from hydrapicker import distributed
@@ -117,9 +119,63 @@ class PickRun:
                     o["pickname"]))
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
+    # A cycle with nothing new (a Scheme's next round, a repeated Continue) loads no model: the settings of
+    # the last run are kept with the options they came from (the job's options + the model file's identity),
+    # so an unchanged set of options gives the done list's fingerprint without the model.
+    def _options_key(self) -> str:
+        from hydrapicker.checkpoint import default_model_path
+
+        o = self.o
+        model = o["model"] or str(default_model_path())
+        try:
+            st = os.stat(model)
+            ident = f"{Path(model).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            ident = str(model)
+        key = repr((ident, o["head"], o["threshold"], o["particle_diameter"], o["min_distance"], o["pickname"]))
+        return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+    def _remember_settings(self, fp: str) -> None:
+        import json
+
+        from hydrapicker.atomic import write_text
+        policy = self.policy
+        write_text(self.job.path / SETTINGS, json.dumps({
+            "options": self.options_key, "fingerprint": fp, "head": self.o["head"],
+            "threshold": policy.threshold, "calibrated": policy.calibrated}) + "\n")
+
+    def nothing_new(self) -> bool:
+        """True (and the run's state set) when the last run had these options and every micrograph of the
+        input STAR is in the done list: nothing to pick, so no model is loaded."""
+        import json
+
+        if self.world > 1:
+            return False
+        try:
+            saved = json.loads((self.job.path / SETTINGS).read_text())
+        except (OSError, ValueError):
+            return False
+        if saved.get("options") != self.options_key:
+            return False
+        done = self.job.read_done(saved["fingerprint"])
+        if not done or any(n not in done for n in self.names):
+            return False
+        self.coords = {n: done[n] for n in self.names}
+        self.o["head"] = saved.get("head") or self.o["head"]
+        self.threshold = saved.get("threshold")
+        self.policy = None
+        self.calibrated = saved.get("calibrated")
+        self.prepared = self.quick = True
+        self.say(f"nothing new: all {len(self.names)} micrographs are done with these settings (no model "
+                 "loaded); rewriting the list files")
+        return True
+
     def pick(self):
         from hydrapicker import distributed
 
+        self.options_key = self._options_key()  # of the options as given (before the model resolves them)
+        if self.nothing_new():
+            return
         o, rank, world = self.o, self.rank, self.world
         threads = max(1, o["j"] // world)  # ranks share the job's threads
         picker = self.factory(o["model"], self.device, threads)
@@ -149,6 +205,7 @@ class PickRun:
             elif (self.job.path / "done_mics.txt").exists():
                 log("settings differ from the earlier run (or no micrograph was finished): picking all again")
             self.job.start_done_list(fp, done)
+            self._remember_settings(fp)
         distributed.barrier()
         if rank > 0:
             self.job.start_rank_list(fp, rank)
@@ -218,7 +275,8 @@ class PickRun:
         policy = getattr(self, "policy", None)
         if policy is not None and policy.is_auto:
             return float(policy.calibrated)
-        return float(getattr(self, "threshold", None) or 0.0)
+        thr = getattr(self, "threshold", None)
+        return float(getattr(self, "calibrated", None) or 0.0) if isinstance(thr, str) else float(thr or 0.0)
 
     def _thr_text(self) -> str:
         policy = getattr(self, "policy", None)
@@ -227,6 +285,8 @@ class PickRun:
             rng = f", {min(chosen):.3f}-{max(chosen):.3f} this run" if chosen else ""
             return f"auto (per micrograph, around {float(policy.calibrated):.3f}{rng})"
         thr = getattr(self, "threshold", None)
+        if isinstance(thr, str):
+            return thr
         return "nan" if thr is None else f"{thr:g}"
 
     def _write_coords(self, path, picks):
@@ -254,6 +314,8 @@ class PickRun:
         if aborted:
             with_log = os.path.exists(d + nodes.LOGFILE)
             log(f"{d}{nodes.LOGFILE} is not redrawn after an abort (a Continue redraws it)")
+        elif self.quick and os.path.exists(d + nodes.LOGFILE):
+            with_log = True  # nothing picked: the logfile of the run that picked stays
         else:
             with_log = True
             try:
