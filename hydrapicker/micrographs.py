@@ -42,6 +42,18 @@ def resolve(rel, *bases) -> Optional[Path]:
     return None
 
 
+def _group_key(value) -> str:
+    """An optics group number as text: ``1``, ``1.0`` (a row of an all-numeric optics table, read through
+    pandas' ``iterrows``) and ``"1"`` are one group."""
+    try:
+        f = float(value)
+        if f.is_integer():
+            return str(int(f))
+    except (TypeError, ValueError):
+        pass
+    return str(value)
+
+
 def read_micrographs_star(star_path, apix=None) -> list[Micrograph]:
     """Read a RELION micrographs STAR (3.1+ optics layout or pre-3.1 single block)."""
     import pandas as pd
@@ -66,7 +78,7 @@ def read_micrographs_star(star_path, apix=None) -> list[Micrograph]:
                 if col in optics.columns and pd.notna(row[col]):
                     value = float(row[col])
                     break
-            apix_by_group[str(row["rlnOpticsGroup"])] = value
+            apix_by_group[_group_key(row["rlnOpticsGroup"])] = value
             if "rlnOpticsGroupName" in optics.columns:
                 apix_by_group[str(row["rlnOpticsGroupName"])] = value
     star_dir = star_path.parent
@@ -75,7 +87,7 @@ def read_micrographs_star(star_path, apix=None) -> list[Micrograph]:
         name = str(row["rlnMicrographName"])
         px = None
         if "rlnOpticsGroup" in table.columns and apix_by_group:
-            px = apix_by_group.get(str(row["rlnOpticsGroup"]))
+            px = apix_by_group.get(_group_key(row["rlnOpticsGroup"]))
         elif "rlnDetectorPixelSize" in table.columns and "rlnMagnification" in table.columns:
             px = float(row["rlnDetectorPixelSize"]) * 1e4 / float(row["rlnMagnification"])
         if apix is not None:

@@ -98,3 +98,107 @@ def test_topaz_file_after_an_interrupted_run_and_a_resume_lists_every_micrograph
     # and a resume with nothing left to do rewrites it whole too
     assert hydra(args + ["--out", str(tmp_path / "part")]) == 0
     assert (tmp_path / "part" / "picks_hydra.txt").read_bytes() == whole
+
+
+# ---- 8: a model file cannot exhaust memory, and torch's unsafe advice is never printed --------------
+def _crafted_model(path, **changes):
+    import torch
+
+    from hydrapicker.checkpoint import default_model_path
+
+    ck = torch.load(default_model_path(), map_location="cpu", weights_only=True)
+    meta = dict(ck["meta"])
+    params = dict(meta["preset_params"])
+    for k, v in changes.items():
+        if k in params:
+            params[k] = v
+        else:
+            meta[k] = v
+    meta["preset_params"] = params
+    ck["meta"] = meta
+    torch.save(ck, path)
+    return path
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"n_blocks": 10 ** 7}, "n_blocks"),
+    ({"body_channels": 4096, "n_blocks": 64}, "parameters"),
+    ({"stem_channels": [16] * 10 ** 6}, "stem_channels"),
+    ({"head_channels": "abc"}, "head_channels"),
+    ({"norm": "weird"}, "norm"),
+    ({"heads": ["generic"] * 100000}, "heads"),
+    ({"preset_params": {"n_blocks": 2, "mystery": 1}}, "mystery"),
+    ({"stride": 3}, "stride"),
+    ({"default_threshold": float("nan")}, "default_threshold"),
+])
+def test_crafted_model_metadata_is_refused_before_the_network_is_built(tmp_path, capsys, change, words):
+    import resource
+
+    from hydrapicker.cli import main as hydra
+
+    path = tmp_path / "crafted.pt"
+    if "preset_params" in change:
+        import torch
+        _crafted_model(path)
+        ck = torch.load(path, weights_only=True)
+        ck["meta"]["preset_params"] = {**ck["meta"]["preset_params"], **change["preset_params"]}
+        torch.save(ck, path)
+    else:
+        _crafted_model(path, **change)
+    write_mrc(tmp_path / "m.mrc", np.random.rand(128, 128), apix=4.0)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.time()
+    for argv in (["info", str(path)], ["pick", str(tmp_path / "m.mrc"), "--diameter", "60", "--model", str(path),
+                                       "--out", str(tmp_path / "o")]):
+        assert hydra(argv) == 1
+        err = capsys.readouterr().err
+        assert str(path) in err and words in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    assert time.time() - t0 < 30
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 500_000  # kB
+
+
+def test_pickled_code_in_a_model_is_refused_without_torchs_unsafe_advice(tmp_path, capsys):
+    import torch
+
+    from hydrapicker.cli import main as hydra
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    torch.save({"model": {}, "meta": Evil()}, tmp_path / "evil.pt")
+    assert hydra(["info", str(tmp_path / "evil.pt")]) == 1
+    err = capsys.readouterr().err
+    assert not (tmp_path / "pwned").exists()
+    assert "evil.pt" in err and "weights_only=False" not in err and "weights_only` set to `False" not in err, err
+    assert "os.system" in err or "posix.system" in err or "system" in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+# ---- 7: apostrophes in STAR names -----------------------------------------------------------------
+def test_apostrophes_in_micrograph_names_survive_reading_a_star(tmp_path, monkeypatch):
+    """RELION reads ``it's.mrc`` literally (relion_star_printtable 3.1.3 prints it unchanged); starfile turns
+    it into ``it"s.mrc``. Quoted tokens keep working."""
+    import pandas as pd
+
+    from hydrapicker.micrographs import read_micrographs_star
+    from hydrapicker.star import read_blocks, to_text
+
+    monkeypatch.chdir(tmp_path)
+    names = ["Movies/it's_a.mrc", "Movies/don't\"x.mrc", "Movies/end'", "Movies/plain.mrc"]
+    rows = "\n".join(f"{n} 1" for n in names)
+    (tmp_path / "mics.star").write_text(
+        "\n# version 30001\n\ndata_optics\n\nloop_\n_rlnOpticsGroup #1\n_rlnMicrographPixelSize #2\n1 1.5\n\n"
+        "# version 30001\n\ndata_micrographs\n\nloop_\n_rlnMicrographName #1\n_rlnOpticsGroup #2\n"
+        f"{rows}\n'Movies/quoted name.mrc' 1\n\ndata_general\n\n_rlnNote o'clock\n")
+    mics = read_micrographs_star(tmp_path / "mics.star")
+    assert [m.name for m in mics] == names + ["Movies/quoted name.mrc"]
+    assert [m.pixel_size for m in mics] == [1.5] * 5
+    assert read_blocks(tmp_path / "mics.star")["general"]["rlnNote"].tolist() == ["o'clock"]
+    # what we write reads back the same (the coordinate list files carry micrograph names)
+    frame = pd.DataFrame({"rlnMicrographName": names, "rlnMicrographCoordinates": [f"x/{i}'s.star" for i in range(4)]})
+    (tmp_path / "list.star").write_text(to_text({"coordinate_files": frame}))
+    back = read_blocks(tmp_path / "list.star")["coordinate_files"]
+    assert back["rlnMicrographName"].tolist() == names
+    assert back["rlnMicrographCoordinates"].tolist() == [f"x/{i}'s.star" for i in range(4)]
