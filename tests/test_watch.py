@@ -1,5 +1,6 @@
 """Watch mode: the core (hydrapicker/watch.py) and ``hydra pick --watch`` end to end."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,3 +121,96 @@ def test_stop_flag_turns_sigterm_into_a_clean_stop(tmp_path):
         time.sleep(0.05)
         assert flag() and "SIGTERM" in flag.reason
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
+# ---- hydra pick --watch, end to end (shipped model, 256 px micrographs) -------------------------------
+APIX, DIAM = 2.0, 40.0
+CENTRES = [(60, 60), (180, 70), (70, 190), (190, 190), (128, 128)]
+
+
+def _mic(path, seed):
+    return write_mrc(path, blob_micrograph((256, 256), CENTRES, sigma=5.0, seed=seed), apix=APIX)
+
+
+def _args(src, out, *extra):
+    return ["pick", str(src), "--apix", str(APIX), "--diameter", str(DIAM), "--out", str(out),
+            "--format", "star", "topaz", "--threads", "1", *extra]
+
+
+def _outputs(out):
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(Path(out).rglob("*"))
+            if p.is_file() and not p.name.startswith(".") and p.name != "STOP"}
+
+
+def test_watch_a_growing_folder_stop_file_restart_and_the_same_picks_as_a_batch_run(tmp_path, capsys):
+    from hydrapicker.cli import main as hydra
+
+    staging, mics, out = tmp_path / "staging", tmp_path / "mics", tmp_path / "out"
+    _mic(mics / "m1.mrc", 1)
+    for i in (2, 3, 4):
+        _mic(staging / f"m{i}.mrc", i)
+    seen = {}
+
+    def microscope():
+        for i in (2, 3):
+            time.sleep(0.4)
+            finish = _halves(staging / f"m{i}.mrc", mics / f"m{i}.mrc")
+            time.sleep(1.0)  # several polls see the half-written file
+            finish()
+            seen[f"m{i}"] = time.time()
+            star = out / f"m{i}_hydra.star"
+            deadline = time.time() + 120
+            while not star.exists() and time.time() < deadline:
+                time.sleep(0.05)
+            seen[f"m{i}_picked"] = time.time()
+        (out / "STOP").write_text("")
+
+    t = threading.Thread(target=microscope)
+    t.start()
+    assert hydra(_args(mics, out, "--watch", "--poll", "0.3")) == 0
+    t.join()
+    cap = capsys.readouterr()
+    assert "skipped" not in cap.err and "WARNING" not in cap.err  # never read half-written
+    assert "[hydra watch] stopped" in cap.out and "STOP" in cap.out and "backlog" in cap.out
+    assert sorted(p.name for p in out.glob("*_hydra.star")) == ["m1_hydra.star", "m2_hydra.star", "m3_hydra.star"]
+    with capsys.disabled():  # the latency (a benchmark number, not asserted)
+        for i in (2, 3):
+            print(f"\nm{i}: picks written {seen[f'm{i}_picked'] - seen[f'm{i}']:.2f} s after the file was "
+                  f"complete (poll 0.3 s)")
+    # restart in the middle: m1-m3 are not picked again, m4 is; the idle timeout ends it
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*_hydra.star")}
+    (out / "STOP").unlink()
+    shutil.copyfile(staging / "m4.mrc", mics / "m4.mrc")
+    assert hydra(_args(mics, out, "--watch", "--poll", "0.3", "--idle-timeout", "2")) == 0
+    cap = capsys.readouterr().out
+    assert "no new micrograph for 2 s" in cap and "m4.mrc" in cap
+    assert not any(f"m{i}.mrc:" in cap for i in (1, 2, 3))
+    assert {n: (out / n).stat().st_mtime_ns for n in mtimes} == mtimes
+    # the same files picked in one batch run: the same bytes (coordinates, Topaz text, summary)
+    batch = tmp_path / "batch"
+    assert hydra(["pick", str(mics / "*.mrc"), *_args(mics, batch, "--quiet")[2:]]) == 0
+    got, want = _outputs(out), _outputs(batch)
+    assert sorted(got) == sorted(want) and got == want
+    summary = (out / "summary_hydra.tsv").read_text().splitlines()
+    assert summary[0] == "micrograph\tcoordinates\tpicks\tthreshold" and len(summary) == 5
+
+
+def test_watch_stops_cleanly_on_sigterm(tmp_path):
+    mics, out = tmp_path / "mics", tmp_path / "out"
+    _mic(mics / "m1.mrc", 1)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "hydrapicker", *_args(mics, out, "--watch", "--poll", "0.3")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+    try:
+        deadline = time.time() + 120
+        while not (out / "summary_hydra.tsv").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert (out / "m1_hydra.star").exists()
+        proc.send_signal(signal.SIGTERM)
+        text, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, text
+    assert "stopped (signal SIGTERM)" in text
+    assert not list(out.glob(".*tmp*"))  # no half-written file

@@ -4,15 +4,35 @@ Inputs: a micrographs STAR (RELION 3.1+ optics layout or pre-3.1), MRC files, qu
 @list.txt files (one path per line; no "argument list too long" with thousands of files).
 Writes one RELION coordinate STAR per micrograph (<out>/<stem>_<suffix>.star, every pick above the
 threshold with its FOM; <stem> is the micrograph's path relative to the folder holding all of them, without
-its extension, so a/x.mrc and b/x.mrc do not collide), optionally BOX, Topaz text and CBOX-like files, and a summary.
-Micrographs whose output already exists are skipped unless --overwrite (resume).
+its extension, so a/x.mrc and b/x.mrc do not collide), optionally BOX, Topaz text and CBOX-like files, and a summary
+(<out>/summary_<suffix>.tsv: micrograph, coordinate file, picks, the threshold used; with --threshold auto each
+micrograph's own). Micrographs whose output already exists are skipped unless --overwrite (resume).
+
+--watch: after the micrographs present at start, keep picking new ones as they appear (a folder, a glob or a
+micrographs STAR another program rewrites) every --poll seconds; a file is picked once complete (size stable
+across two polls and equal to its MRC header's), never twice (the coordinate STAR marks it done, across
+restarts); stops with exit 0 on a file named STOP in --out, SIGINT/SIGTERM or --idle-timeout seconds without a
+new micrograph. The Topaz text and the summary are rewritten atomically after every batch.
 
 Examples:
   hydra pick --mics CtfFind/job003/micrographs_ctf.star --diameter 150 --out picks/
   hydra pick 'Micrographs/*.mrc' --apix 1.06 --diameter 120 --out picks/ --threshold 0.3
   hydra pick @all_mics.txt --apix 1.06 --diameter 120 --format star box topaz --device cuda:0
   torchrun --nproc_per_node=4 -m hydrapicker pick --mics mics.star --diameter 150 --out picks/
+  hydra pick /data/session1/Micrographs --apix 0.83 --diameter 140 --out picks/ --watch --threshold auto
 """
+
+
+def threshold_arg(word: str):
+    """``--threshold``: a number or ``auto``."""
+    if word.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(word)
+    except ValueError:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"a number or 'auto', not {word!r}") from None
 
 
 def add_args(p):
@@ -25,8 +45,9 @@ def add_args(p):
     p.add_argument("--head", default=None,
                    help="head to pick with (default: the model's own: the few-shot head of a model made by "
                         "`hydra finetune`, else generic)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="FOM threshold for written picks (default: the model's calibrated threshold)")
+    p.add_argument("--threshold", type=threshold_arg, default=None,
+                   help="FOM threshold for written picks (default: the model's calibrated threshold); 'auto': "
+                        "each micrograph's own, from its FOM distribution, within +-0.3 logit of the model's")
     p.add_argument("--all", action="store_true",
                    help="write every pick above the permissive floor (threshold later, e.g. at Extract)")
     p.add_argument("--min-distance", type=float, default=None,
@@ -46,6 +67,12 @@ def add_args(p):
     p.add_argument("--readers", type=int, default=None,
                    help="threads reading micrographs ahead (default: 4 with a GPU, 1 on the CPU)")
     p.add_argument("--overwrite", action="store_true", help="re-pick micrographs already done")
+    p.add_argument("--watch", action="store_true",
+                   help="keep picking new micrographs as they appear (folder, glob or rewritten STAR) until a "
+                        "STOP file in --out, SIGINT/SIGTERM or --idle-timeout")
+    p.add_argument("--poll", type=float, default=5.0, help="--watch: seconds between looks (default 5)")
+    p.add_argument("--idle-timeout", type=float, default=None,
+                   help="--watch: stop after this many seconds without a new micrograph (default: never)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -55,7 +82,6 @@ def main(args):
     from pathlib import Path
 
     from .. import distributed
-    from ..coords import write_topaz_txt
     from ..errors import UserFacingError
     from ..micrographs import collect_micrographs
     from ..outputs import output_path, output_stems
@@ -63,8 +89,10 @@ def main(args):
 
     inputs = list(args.micrographs) + list(args.mics)
     if not inputs:
-        raise UserFacingError("give micrographs (files, globs, @list.txt) or --mics STAR")
-    mics = collect_micrographs(inputs, apix=args.apix)
+        raise UserFacingError("give micrographs (files, globs, @list.txt, a folder with --watch) or --mics STAR")
+    if args.watch and (args.poll <= 0 or (args.idle_timeout is not None and args.idle_timeout < 0)):
+        raise UserFacingError("--poll must be > 0 and --idle-timeout >= 0")
+    mics = [] if args.watch else collect_micrographs(inputs, apix=args.apix)  # watch: listed as they come
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
@@ -79,6 +107,8 @@ def main(args):
     device = distributed.init(args.device)
     rank, world = distributed.rank_world()
     if world > 1:
+        if args.watch:
+            raise UserFacingError("--watch runs in one process (not under torchrun)")
         todo = distributed.shard(todo)
         if rank != 0:
             log = lambda *a, **k: None  # noqa: E731  (rank 0 reports)
@@ -88,43 +118,134 @@ def main(args):
     policy = picker.policy(args.diameter, args.head,
                            threshold=None if args.all else ("model" if args.threshold is None else args.threshold),
                            min_distance_A=args.min_distance, edge_A=args.edge)
-    threshold = policy.threshold
+    agg = Aggregates(out, args.suffix, args.format, stems, path)
+    if args.watch:
+        return watch_main(args, inputs, out, stems, path, picker, policy, agg, log)
     t0 = time.time()
-    n_ok, n_picks, failed, topaz = 0, 0, [], {}
-    for i, res in enumerate(picker.pick(todo, args.diameter, head=args.head, policy=policy), 1):
-        if not res.ok:
-            failed.append(res.micrograph.name)
-            print(f"[hydra] WARNING: skipped {res.micrograph.name}: {res.error}", file=sys.stderr, flush=True)
-            continue
-        picks = res.picks
-        write_outputs(res, args, path)
-        if "topaz" in args.format:
-            topaz[stems[res.micrograph.name]] = as_written(picks)
-        n_ok += 1
-        n_picks += len(picks)
-        rate = i / max(time.time() - t0, 1e-9)
-        log(f"[hydra] {i}/{len(todo)} {res.micrograph.name}: {len(picks)} picks "
-            f"(total {n_picks}, {rate:.2f} micrographs/s, {res.info['device']})")
+    n_ok, n_picks, failed = pick_batch(picker, todo, args, policy, path, agg, log)
     if world > 1:
-        parts = distributed.gather_objects((n_ok, n_picks, failed, topaz))
+        parts = distributed.gather_objects((n_ok, n_picks, failed, agg.state()))
         n_ok, n_picks = sum(p[0] for p in parts), sum(p[1] for p in parts)
         failed = [f for p in parts for f in p[2]]
-        topaz = {k: v for p in parts for k, v in p[3].items()}
+        for p in parts[1:]:
+            agg.merge(p[3])
         distributed.finish()
         if rank != 0:
             return 0
-    if "topaz" in args.format:  # every micrograph done, by this run or an earlier one, in the input's order
-        topaz = all_done(mics, stems, topaz, lambda m: path(m, ".star"))
-        write_topaz_txt(out / f"picks_{args.suffix}.txt", topaz)
-    thr_txt = "all above the floor" if threshold is None else f"FOM >= {threshold:.3f}"
-    log(f"[hydra] picked {n_ok} micrographs, {n_picks} particles ({thr_txt}) in {time.time() - t0:.1f} s; "
-        f"outputs in {out}/")
+    agg.write(mics)  # every micrograph done, by this run or an earlier one, in the input's order
+    log(f"[hydra] picked {n_ok} micrographs, {n_picks} particles ({policy.describe()}) in "
+        f"{time.time() - t0:.1f} s; outputs in {out}/")
     if failed:
         print(f"[hydra] {len(failed)} micrograph(s) failed: {', '.join(failed[:10])}"
               f"{' ...' if len(failed) > 10 else ''}", file=sys.stderr)
         if n_ok == 0 and len(todo) == len(mics):  # nothing picked, now or before
             return 1
     return 0
+
+
+def pick_batch(picker, todo, args, policy, path, agg, log, should_stop=None) -> tuple:
+    """Pick ``todo``, write each micrograph's files and record it in ``agg``; -> (n ok, n picks, failed)."""
+    import sys
+    import time
+
+    t0 = time.time()
+    n_ok, n_picks, failed = 0, 0, []
+    for i, res in enumerate(picker.pick(todo, args.diameter, head=args.head, policy=policy,
+                                        should_stop=should_stop), 1):
+        if not res.ok:
+            failed.append(res.micrograph.name)
+            print(f"[hydra] WARNING: skipped {res.micrograph.name}: {res.error}", file=sys.stderr, flush=True)
+            continue
+        write_outputs(res, args, path)
+        agg.add(res.micrograph, res.picks, res.info.get("threshold"))
+        n_ok += 1
+        n_picks += len(res.picks)
+        rate = i / max(time.time() - t0, 1e-9)
+        thr = res.info.get("threshold")
+        thr_txt = f", threshold {thr:.3f}" if policy.is_auto and thr is not None else ""
+        log(f"[hydra] {i}/{len(todo)} {res.micrograph.name}: {len(res.picks)} picks{thr_txt} "
+            f"(total {n_picks}, {rate:.2f} micrographs/s, {res.info['device']})")
+    return n_ok, n_picks, failed
+
+
+def watch_main(args, inputs, out, stems, path, picker, policy, agg, log) -> int:
+    """``--watch``: :func:`hydrapicker.watch.watch` over the inputs; each batch through :func:`pick_batch`,
+    the aggregates rewritten after it. Stems are kept once given (:class:`~hydrapicker.watch.StableStems`)."""
+    from ..watch import StableStems, StopFlag, WatchSource, watch
+
+    book = StableStems(out / f".watch_stems_{args.suffix}.json")
+    seen, picked_now = [], set()
+    stop = StopFlag(out)
+
+    def on_new(mics):
+        seen.extend(mics)
+        stems.update(book.assign(m.name for m in seen))
+
+    def is_done(m):
+        return m.name in picked_now or (not args.overwrite and path(m, ".star").exists())
+
+    def process(batch):
+        _, n_picks, _ = pick_batch(picker, batch, args, policy, path, agg, log, should_stop=stop)
+        picked_now.update(m.name for m in batch if path(m, ".star").exists())
+        agg.write(seen)
+        return n_picks
+
+    log(f"[hydra watch] watching {', '.join(inputs)} every {args.poll:g} s ({policy.describe()}); stop: "
+        f"touch {out / 'STOP'}, Ctrl-C/SIGTERM" + (f", or {args.idle_timeout:g} s without a new micrograph"
+                                                   if args.idle_timeout is not None else ""))
+    watch(WatchSource(inputs, apix=args.apix), process, is_done, out, poll=args.poll,
+          idle_timeout=args.idle_timeout, log=log, stop=stop, on_new=on_new)
+    agg.write(seen)
+    return 0
+
+
+class Aggregates:
+    """The run's aggregate outputs, rewritten atomically from every micrograph done (by this run or an
+    earlier one): the Topaz text (with ``topaz`` in the formats) and ``summary_<suffix>.tsv`` (micrograph,
+    coordinate file, picks, threshold used; an earlier run's thresholds are kept from its summary).
+    Earlier runs' picks are read back from their coordinate STARs once and cached."""
+
+    def __init__(self, out, suffix, formats, stems, path):
+        self.out, self.suffix, self.formats, self.stems, self.path = out, suffix, formats, stems, path
+        self.picks: dict = {}       # stem -> Picks as written
+        self.threshold: dict = {}   # micrograph name -> threshold used ("" unknown)
+        self.summary = out / f"summary_{suffix}.tsv"
+        try:
+            for line in self.summary.read_text().splitlines()[1:]:
+                cols = line.split("\t")
+                if len(cols) == 4:
+                    self.threshold[cols[0]] = cols[3]
+        except OSError:
+            pass
+
+    def add(self, mic, picks, threshold) -> None:
+        self.picks[self.stems[mic.name]] = as_written(picks)
+        self.threshold[mic.name] = "none" if threshold is None else f"{float(threshold):.6f}"
+
+    def state(self):
+        return self.picks, self.threshold
+
+    def merge(self, state) -> None:
+        self.picks.update(state[0])
+        self.threshold.update(state[1])
+
+    def write(self, mics) -> None:
+        from ..atomic import write_text
+        from ..coords import write_topaz_txt
+
+        done = all_done(mics, self.stems, self.picks, lambda m: self.path(m, ".star"))
+        self.picks.update(done)
+        if "topaz" in self.formats:
+            write_topaz_txt(self.out / f"picks_{self.suffix}.txt", done)
+        rows, listed = ["micrograph\tcoordinates\tpicks\tthreshold"], set()
+        for m in mics:
+            stem = self.stems[m.name]
+            if stem in done and m.name not in listed:
+                listed.add(m.name)
+                star = self.path(m, ".star")
+                rows.append(f"{m.name}\t{star.relative_to(self.out)}\t{len(done[stem])}\t"
+                            f"{self.threshold.get(m.name, '')}")
+        write_text(self.summary, "\n".join(rows) + "\n")
 
 
 def write_outputs(res, args, path) -> None:
