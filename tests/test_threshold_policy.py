@@ -121,3 +121,31 @@ def test_relion_job_threshold_auto_picks_per_micrograph_and_logs_each_threshold(
     fake2 = BimodalPicker.make()
     assert main(argv[:-4] + ["--threshold", "0.5", "--j", "1"], picker_factory=fake2.factory) == 0
     assert sorted(fake2.picked) == names
+
+
+def test_hydra_pick_threshold_auto_records_each_micrographs_threshold_in_the_summary(tmp_path, capsys):
+    from conftest import blob_micrograph, write_mrc
+    from hydrapicker.cli import main as hydra
+    from hydrapicker.coords import read_coords
+
+    centres = [(x, y) for x in range(30, 250, 40) for y in range(30, 250, 40)]
+    for i, amp in enumerate((-3.0, -1.2)):  # a clear and a faint micrograph
+        write_mrc(tmp_path / "mics" / f"m{i}.mrc", blob_micrograph((256, 256), centres, 5.0, amp, seed=i), apix=2.0)
+    out = tmp_path / "out"
+    assert hydra(["pick", str(tmp_path / "mics" / "*.mrc"), "--apix", "2", "--diameter", "40", "--out", str(out),
+                  "--threshold", "auto", "--threads", "1"]) == 0
+    assert "per-micrograph threshold (auto" in capsys.readouterr().out
+    rows = [ln.split("\t") for ln in (out / "summary_hydra.tsv").read_text().splitlines()]
+    assert rows[0] == ["micrograph", "coordinates", "picks", "threshold"] and len(rows) == 3
+    from hydrapicker.checkpoint import default_model_path, read_checkpoint, threshold_for
+
+    calibrated = threshold_for(read_checkpoint(default_model_path())["meta"], "generic")
+    assert calibrated != 0.5  # the shipped model's own, not the fallback
+    z = np.log(calibrated / (1 - calibrated))
+    for name, coords, n, thr in rows[1:]:
+        thr = float(thr)
+        assert float(sigmoid(z - 0.3)) - 1e-6 <= thr <= float(sigmoid(z + 0.3)) + 1e-6
+        picks = next(iter(read_coords(out / coords).values()))
+        assert len(picks) == int(n) and (picks.fom >= thr - 1e-6).all()
+    with pytest.raises(SystemExit):
+        hydra(["pick", "x.mrc", "--diameter", "40", "--threshold", "high"])
