@@ -37,9 +37,29 @@ def without_extension(name: str) -> str:
     return name if dot < 0 else name[:dot]
 
 
+ESCAPED_DIR = "outside_project/"  # coordinates of micrographs whose name leaves the job directory
+
+
+def escapes(mic_name: str) -> bool:
+    """True when RELION's rule would put the coordinates of ``mic_name`` outside the job directory (a
+    ``..`` component in the part of the name that is kept)."""
+    return ".." in without_extension(strip_job_prefix(mic_name)).split("/")
+
+
 def coord_path(job_dir: str, mic_name: str, pickname: str) -> str:
-    """Where RELION expects the coordinates of ``mic_name`` (relative to the project directory)."""
-    return job_dir_with_slash(job_dir) + without_extension(strip_job_prefix(mic_name)) + f"_{pickname}.star"
+    """Where RELION expects the coordinates of ``mic_name`` (relative to the project directory).
+
+    A name whose kept part has ``..`` components (``../../x/m.mrc``) would leave the job directory:
+    its file goes to ``<job dir>outside_project/<the name without them>.<8 hex digits of the name's
+    SHA-1>_<pickname>.star`` instead, inside the job directory and distinct for distinct names (the
+    list file names it, which is how RELION 4.x/5.x find coordinates)."""
+    rel = without_extension(strip_job_prefix(mic_name))
+    if escapes(mic_name):
+        import hashlib
+
+        kept = "/".join(p for p in rel.split("/") if p not in ("", ".", ".."))
+        rel = f"{ESCAPED_DIR}{kept}.{hashlib.sha1(mic_name.encode()).hexdigest()[:8]}"
+    return job_dir_with_slash(job_dir) + rel + f"_{pickname}.star"
 
 
 def coords_suffix_file(job_dir: str, pickname: str) -> str:

@@ -33,7 +33,7 @@ from . import nodes
 from .args import ArgumentError, Param
 from .driver import LAUNCHED_ENV, log, run, warn
 from .jobdir import JobAborted, JobDir, is_continue
-from .paths import coord_path
+from .paths import ESCAPED_DIR, coord_path, escapes
 from .ranks import device_from_gpu, launch_ranks, rank_device, ranks_wanted
 
 
@@ -108,6 +108,12 @@ class PickRun:
         if not self.mics:
             raise UserFacingError(f"{o['in_mics']} lists no micrographs; select some micrographs first")
         self.names = [m.name for m in self.mics]
+        escaping = [n for n in self.names if escapes(n)]
+        if escaping and self.rank == 0:
+            warn(f"{len(escaping)} micrograph name(s) lead outside the job directory (e.g. {escaping[0]}): their "
+                 f"coordinates are written under {self.job.name}{ESCAPED_DIR} instead, as the list file says"
+                 + ("; RELION 3.1's Extract looks for them by name and will not find them"
+                    if str(self.version).startswith("3") else ""))
         self.device = rank_device(o["gpu"]) if self.world > 1 else device_from_gpu(o["gpu"])
         self.say(f"{PROG}: {len(self.mics)} micrographs in {o['in_mics']}; RELION {self.version} "
             f"({why}); job.star continue flag: {int(is_continue(self.job.name))}")

@@ -204,3 +204,37 @@ def test_apostrophes_in_micrograph_names_survive_reading_a_star(tmp_path, monkey
     back = read_blocks(tmp_path / "list.star")["coordinate_files"]
     assert back["rlnMicrographName"].tolist() == names
     assert back["rlnMicrographCoordinates"].tolist() == [f"x/{i}'s.star" for i in range(4)]
+
+
+# ---- 6: the RELION job writes inside its job directory only --------------------------------------------
+def test_relion_job_keeps_outputs_of_dotdot_micrograph_names_inside_its_job_directory(tmp_path, monkeypatch):
+    import starfile
+
+    from relion_helpers import FakePicker, write_mics_star
+    from relion_hydra.pick_job import main
+
+    proj = tmp_path / "a" / "b" / "proj"
+    names = ["../../x/m.mrc", "Movies/../../y/m.mrc", "MotionCorr/job002/Movies/m.mrc", "../../x/m.tif.mrc",
+             str(tmp_path / "z" / "m.mrc")]
+    for n in names:
+        write_mrc(proj / n if not n.startswith("/") else Path(n), np.random.rand(128, 128), apix=2.0)
+    write_mics_star(proj / MICS_STAR, names, 2.0)
+    monkeypatch.chdir(proj)
+    before = {p for p in tmp_path.rglob("*") if proj not in p.parents and p != proj}
+    fake = FakePicker()
+    assert main(_job_argv(), picker_factory=fake.factory) == 0
+    after = {p for p in tmp_path.rglob("*") if proj not in p.parents and p != proj}
+    assert after == before, sorted(map(str, after - before))  # nothing written outside the project
+    lst = starfile.read(proj / JOB / "autopick.star")
+    assert lst["rlnMicrographName"].tolist() == names
+    coords = lst["rlnMicrographCoordinates"].tolist()
+    assert len(set(coords)) == len(names)
+    for c in coords:
+        full = (proj / c).resolve()
+        assert (proj / JOB).resolve() in full.parents, c
+        assert full.exists()
+    assert coords[2] == JOB + "Movies/m_autopick.star"  # RELION's own rule where it stays inside
+    assert fake.picked == names
+    # and a Continue finds them all done
+    fake = FakePicker()
+    assert main(_job_argv(), picker_factory=fake.factory) == 0 and fake.picked == []
