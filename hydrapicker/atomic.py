@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
+
+# what atomic_path names its temporary files: "." + target name + ".tmp." + mkstemp's 8 characters + suffix
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.tmp\.[a-z0-9_]{8}(?P<suffix>.*)$")
 
 
 def _umask() -> int:
@@ -50,3 +54,25 @@ def atomic_path(path, suffix=None):
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def is_temp_name(name: str) -> bool:
+    """True for a name :func:`atomic_path` gives its temporary files (and only for those)."""
+    m = _TEMP_NAME.match(name)
+    return bool(m) and m.group("suffix") == Path(m.group("target")).suffix
+
+
+def clean_stale_temps(folder) -> int:
+    """Remove the temporary files a killed run of ours left under ``folder`` (``kill -9`` during a write);
+    call it only when no other run writes there (after taking the folder's lock). Returns how many."""
+    n = 0
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            if name.startswith(".") and is_temp_name(name):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(dirpath, name))
+                    n += 1
+    return n

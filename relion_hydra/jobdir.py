@@ -75,8 +75,9 @@ class JobDir:
 
     # ---- exit files -------------------------------------------------------------------------
     def start(self) -> None:
-        """Create the directory and remove exit files left by an earlier run (RELION does too), and an
-        abort file older than this job; a newer one is the user's abort of this job and stays."""
+        """Create the directory and remove exit files left by an earlier run (RELION does too), an abort
+        file older than this job (a newer one is the user's abort of this job and stays) and the
+        temporary files of a killed run."""
         self.path.mkdir(parents=True, exist_ok=True)
         for name in (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED):
             with contextlib.suppress(FileNotFoundError):
@@ -84,6 +85,9 @@ class JobDir:
         if self._abort_mtime() is not None and not self.abort_file_present():
             with contextlib.suppress(FileNotFoundError):
                 (self.path / ABORT_NOW).unlink()
+        from hydrapicker.atomic import clean_stale_temps
+
+        clean_stale_temps(self.path)  # a killed run's half-written files (RELION runs one job per directory)
 
     def finish(self, status: str) -> Path:
         """Touch exactly one exit file: ``status`` is EXIT_SUCCESS, EXIT_FAILURE or EXIT_ABORTED."""
