@@ -163,24 +163,15 @@ def main_train(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "_main", None):
-        parser.print_help()
-        return 2
+    from hydrapicker.cli import run_command
+
     try:
-        return args._main(args) or 0
-    except KeyboardInterrupt:
-        print("cryosparc_hydra: interrupted", file=sys.stderr)
-        return 130
-    except UserFacingError as exc:
-        print(f"cryosparc_hydra {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return run_command(build_parser(), argv, "cryosparc_hydra")
     except Exception as exc:
-        from .job import PickInterrupted
+        from .job import PickInterrupted  # late: the job module is not needed for --help
 
         if isinstance(exc, PickInterrupted):
-            print(f"cryosparc_hydra {args.command}: {exc}; the External job was marked failed", file=sys.stderr)
+            print(f"cryosparc_hydra: {exc}; the External job was marked failed", file=sys.stderr)
             return 130
         raise
 

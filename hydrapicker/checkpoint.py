@@ -82,6 +82,9 @@ def net_from_meta(meta: dict):
 
     params = dict(meta.get("preset_params") or {})
     params.pop("stride", None)
+    if params and meta.get("preset") in PRESETS:  # files older than a field: the named preset's value
+        known = PRESETS[meta["preset"]]
+        params = {**{k: getattr(known, k) for k in ("tile", "tile_margin")}, **params}
     if params:
         params["stem_channels"] = tuple(params["stem_channels"])
         params["head_channels"] = tuple(params["head_channels"])

@@ -32,24 +32,27 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    parser = build_parser()
+def run_command(parser, argv, prog: str) -> int:
+    """Parse ``argv`` and run the chosen command's ``_main``: help without a command (2), a one-line error
+    for bad input (1, no traceback), 130 on Ctrl-C. Shared by every command-line program."""
+    from .errors import UserFacingError
+
     args = parser.parse_args(argv)
     if not getattr(args, "_main", None):
         parser.print_help()
         return 2
     try:
-        rc = args._main(args)
+        return args._main(args) or 0
     except KeyboardInterrupt:
-        print("hydra: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except UserFacingError as exc:  # clear message, no traceback
-        print(f"hydra {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    return rc or 0
 
 
-from .errors import UserFacingError  # noqa: E402
+def main(argv=None):
+    return run_command(build_parser(), argv, "hydra")
 
 
 def entry_point():

@@ -165,8 +165,9 @@ def _device_of(module):
     return next(module.parameters()).device
 
 
-def body_features(net, image: np.ndarray, tile: int = 1024, margin: int = 64):
-    """Body features of a whole (stride-padded) image, computed in overlapping tiles (bounded memory)."""
+def body_features(net, image: np.ndarray):
+    """Body features of a whole (stride-padded) image, computed in the preset's overlapping tiles (bounded
+    memory, as the Picker)."""
     import torch
 
     from .preprocess import tiles
@@ -177,7 +178,7 @@ def body_features(net, image: np.ndarray, tile: int = 1024, margin: int = 64):
     device = _device_of(net)
     out = torch.zeros((net.body.out_channels, ny // bs, nx // bs), dtype=torch.float16)  # the cache: CPU
     with torch.inference_mode():
-        for y0, y1, x0, x1, cy0, cy1, cx0, cx1 in tiles((ny, nx), tile, margin, s):
+        for y0, y1, x0, x1, cy0, cy1, cx0, cx1 in tiles((ny, nx), net.preset.tile, net.preset.tile_margin, s):
             y0, x0 = (y0 // s) * s, (x0 // s) * s
             win = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1]))[None, None].to(device)
             f = net.body(win)[0].cpu()

@@ -39,6 +39,8 @@ class Preset:
     dropout: float
     extent_px: float              # particle diameter in pixels of the rescaled micrograph
     logit_bias: float = -4.0
+    tile: int = 1024              # inference tile (rescaled px): bounded memory on large micrographs
+    tile_margin: int = 64         # context kept around each tile (covers the receptive field)
 
     @property
     def stride(self) -> int:
@@ -48,7 +50,7 @@ class Preset:
 PRESETS = {
     "thesis": Preset("thesis", stem_channels=(64, 64), body_channels=64, body_stride=1, n_blocks=3,
                      norm="group", head_channels=(128, 256, 512, 1024), head_extra_conv=False,
-                     dropout=0.3, extent_px=21.0),
+                     dropout=0.3, extent_px=21.0, tile=512, tile_margin=96),
     "lite": Preset("lite", stem_channels=(16,), body_channels=32, body_stride=2, n_blocks=2,
                    norm="batch", head_channels=(64, 96), head_extra_conv=True, dropout=0.1,
                    extent_px=16.0),

@@ -97,8 +97,8 @@ class Picker:
         cuda = self.device.type == "cuda"
         self.batch = max(1, int(batch or (8 if cuda else 1)))
         self.readers = max(1, int(readers or (min(4, os.cpu_count() or 1) if cuda else 1)))
-        self.tile = tile or (1024 if self.meta.get("preset") != "thesis" else 512)
-        self.margin = 64 if self.meta.get("preset") != "thesis" else 96
+        self.tile = tile or self.net.preset.tile
+        self.margin = self.net.preset.tile_margin
         self.log(f"[hydra] model {self.meta.get('path')} (preset {self.meta.get('preset')}, "
                  f"heads {', '.join(self.meta['heads'])}) on device {self.device}")
 
