@@ -295,6 +295,19 @@ class PickRun:
             return thr
         return "nan" if thr is None else f"{thr:g}"
 
+    @staticmethod
+    def _earlier_summary(path) -> dict:
+        """{name: (picks, mean FOM, the file's mtime_ns)} from an earlier run's summary.star ({} if none)."""
+        try:
+            from hydrapicker.star import read_blocks
+
+            mtime = os.stat(path).st_mtime_ns
+            df = read_blocks(path, "summary.star")["summary"]
+            return {str(n): (int(k), float(f), mtime) for n, k, f in
+                    zip(df["rlnMicrographName"], df["rlnGroupNrParticles"], df["rlnAutopickFigureOfMerit"])}
+        except Exception:  # missing, empty or foreign: read the coordinate files instead
+            return {}
+
     def _write_coords(self, path, picks):
         from hydrapicker.coords import write_relion_star
         write_relion_star(path, picks, version=self.star_version)
@@ -310,13 +323,25 @@ class PickRun:
         o, d = self.o, self.job.name
         rows = [(n, self.coords[n]) for n in self.names if n in self.coords]
         all_picks = {}
+
+        def picks_of(n, c):  # this run's, else read back once
+            if n not in all_picks:
+                all_picks[n] = self.picks[n] if n in self.picks else read_coord_star(c)
+            return all_picks[n]
+
+        # the summary rows of micrographs picked by earlier runs come from the earlier summary (no re-reading
+        # of thousands of coordinate files each cycle) when their file is not newer than it
+        earlier = self._earlier_summary(d + nodes.SUMMARY)
+        counts = {}
         for n, c in rows:
-            all_picks[n] = self.picks[n] if n in self.picks else read_coord_star(c)
+            if n not in self.picks and n in earlier and _mtime(c) <= earlier[n][2]:
+                counts[n] = earlier[n][:2]
+            else:
+                p = picks_of(n, c)
+                counts[n] = (len(p), float(p.fom.mean()) if len(p) else 0.0)
         nodes.write_coords_suffix(d, o["pickname"], o["in_mics"])
         nodes.write_coord_list(d + nodes.COORD_LIST, rows, self.star_version)
-        nodes.write_summary(d + nodes.SUMMARY,
-                            [(n, len(p), float(p.fom.mean()) if len(p) else 0.0) for n, p in all_picks.items()],
-                            self.star_version)
+        nodes.write_summary(d + nodes.SUMMARY, [(n, *counts[n]) for n, _ in rows], self.star_version)
         if aborted:
             with_log = os.path.exists(d + nodes.LOGFILE)
             log(f"{d}{nodes.LOGFILE} is not redrawn after an abort (a Continue redraws it)")
@@ -325,6 +350,8 @@ class PickRun:
         else:
             with_log = True
             try:
+                for n, c in rows:
+                    picks_of(n, c)
                 by_name = {m.name: m for m in self.mics}
                 examples = [(n, by_name[n].path, p,
                              o["particle_diameter"] / 2.0 / (by_name[n].pixel_size or 1.0))
@@ -339,7 +366,7 @@ class PickRun:
                 warn(f"could not write {d}{nodes.LOGFILE}: {exc}")
         nodes.write_output_nodes(d, self.version,
                                  nodes.pick_output_nodes(d, o["pickname"], self.version, with_log))
-        total = sum(len(p) for p in all_picks.values())
+        total = sum(k for k, _ in counts.values())
         log(f"{len(rows)}/{len(self.names)} micrographs have coordinates; {total} picks in total "
             f"(FOM >= {self._thr_text()})")
         if rows and total == 0:
@@ -349,6 +376,13 @@ class PickRun:
             warn(f"{len(self.failed)} micrograph(s) failed and have no coordinates (a Continue retries "
                  f"them): " + "; ".join(f"{n}: {e}" for n, e in list(self.failed.items())[:5]))
         return len(rows)
+
+
+def _mtime(path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 1 << 62  # unknown: never older than the summary
 
 
 def main(argv=None, picker_factory=None) -> int:

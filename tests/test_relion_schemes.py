@@ -49,6 +49,16 @@ def test_grown_star_picks_only_the_new_micrographs_and_nothing_new_loads_no_mode
     assert _mtimes(JOB, NAMES) == all_before and os.stat(JOB + "logfile.pdf").st_mtime_ns == log_before
     assert starfile.read(JOB + "autopick.star")["rlnMicrographName"].tolist() == NAMES
     assert sorted(p.name for p in Path(JOB).glob("RELION_JOB_EXIT_*")) == ["RELION_JOB_EXIT_SUCCESS"]
+    # the summary (earlier rows reused, not re-read) still counts what the coordinate files hold
+    summary = starfile.read(JOB + "summary.star")
+    assert summary["rlnMicrographName"].tolist() == NAMES
+    assert summary["rlnGroupNrParticles"].tolist() == [len(FakePicker.expected(n).above(0.5)) for n in NAMES]
+    # a coordinate file newer than the summary is read again, not taken from it
+    from hydrapicker.coords import write_relion_star
+    write_relion_star(paths.coord_path(JOB, NAMES[0], "autopick"), FakePicker.expected(NAMES[0]).above(0.9))
+    assert main(argv, picker_factory=no_model) == 0
+    assert starfile.read(JOB + "summary.star")["rlnGroupNrParticles"].tolist()[0] == \
+        len(FakePicker.expected(NAMES[0]).above(0.9))
     # other options (a new threshold) are other settings: the model is loaded and everything re-picked
     fake = FakePicker()
     assert main(argv[:-2] + ["--threshold", "0.7", "--j", "1"], picker_factory=fake.factory) == 0
