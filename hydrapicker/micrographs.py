@@ -33,11 +33,17 @@ def _read_star(path):
 def resolve(rel, *bases) -> Optional[Path]:
     """The first existing of ``rel`` (absolute, or from the current directory) and ``base/rel`` for each
     base in order; None when none exists."""
+    def exists(q):
+        try:
+            return q.exists()
+        except OSError:  # e.g. a name too long for the file system: reported when the file is read
+            return False
+
     p = Path(rel)
-    if p.is_absolute() or p.exists():
-        return p if p.exists() else None
+    if p.is_absolute() or exists(p):
+        return p if exists(p) else None
     for base in bases:
-        if base is not None and (Path(base) / p).exists():
+        if base is not None and exists(Path(base) / p):
             return Path(base) / p
     return None
 
@@ -106,8 +112,21 @@ def _expand_one(item: str) -> list[str]:
         listing = Path(item[1:])
         if not listing.exists():
             raise UserFacingError(f"list file {listing} does not exist")
+        if listing.is_dir():
+            raise UserFacingError(f"list file {listing} is a directory: give @<text file with one micrograph "
+                                  f"path per line>, or the folder's micrographs as a quoted glob '{listing}/*.mrc'")
+        try:
+            raw = listing.read_bytes()
+            if b"\0" in raw:
+                raise UnicodeDecodeError("utf-8", raw[:1], 0, 1, "NUL byte")
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserFacingError(f"list file {listing} is not a text file (binary content): give @<text file "
+                                  "with one micrograph path per line>") from None
+        except OSError as exc:
+            raise UserFacingError(f"cannot read list file {listing}: {exc.strerror or exc}") from None
         out = []
-        for line in listing.read_text().splitlines():
+        for line in text.splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
                 out.extend(_expand_one(line))

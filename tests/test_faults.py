@@ -261,7 +261,6 @@ def test_relion_continue_removes_temporary_files_a_killed_run_left(tmp_path, mon
     assert all(p.exists() for p in mine)
 
 
-@pytest.mark.xfail(strict=True, reason="hydra pick's side of item 9 not wired in yet")
 def test_hydra_pick_removes_temporary_files_a_killed_run_left(tmp_path):
     from hydrapicker.cli import main as hydra
 
@@ -272,3 +271,152 @@ def test_hydra_pick_removes_temporary_files_a_killed_run_left(tmp_path):
     stale.write_bytes(b"")
     assert hydra(["pick", str(tmp_path / "mics" / "mic0.mrc"), "--diameter", "60", "--quiet", "--out", str(out)]) == 0
     assert not stale.exists() and not list(out.rglob(".*.tmp.*"))
+
+
+# ---- 11: one hydra pick per --out ---------------------------------------------------------------------
+def _lock_of(pid, host=None, ticks=None):
+    import socket
+
+    from hydrapicker.lock import _start_ticks
+
+    ticks = _start_ticks(pid) if ticks is None else ticks
+    return f"pid={pid}\nhost={host or socket.gethostname()}\nstart_ticks={ticks}\nstarted=earlier\nwhat=hydra pick\n"
+
+
+def test_second_live_hydra_pick_on_one_out_is_refused(tmp_path, capsys, monkeypatch):
+    import subprocess
+
+    from hydrapicker.cli import main as hydra
+    from hydrapicker.picker import Picker
+
+    _noise_micrographs(tmp_path / "mics", n=1)
+    out = tmp_path / "o"
+    out.mkdir()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        (out / ".hydrapicker.lock").write_text(_lock_of(live.pid))
+        monkeypatch.setattr(Picker, "__init__", lambda *a, **k: pytest.fail("the model was loaded"))
+        assert hydra(["pick", str(tmp_path / "mics" / "mic0.mrc"), "--diameter", "60", "--out", str(out)]) == 1
+    finally:
+        live.kill()
+        live.wait()
+    err = capsys.readouterr().err
+    assert f"pid {live.pid}" in err and str(out) in err and "another hydra pick" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == [".hydrapicker.lock"]  # the owner's lock is left alone
+
+
+def test_stale_lock_of_a_dead_run_is_taken_over_and_released(tmp_path):
+    import subprocess
+
+    from hydrapicker.cli import main as hydra
+
+    _noise_micrographs(tmp_path / "mics", n=1)
+    out = tmp_path / "o"
+    out.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (out / ".hydrapicker.lock").write_text(_lock_of(dead.pid, ticks=12345))
+    assert hydra(["pick", str(tmp_path / "mics" / "mic0.mrc"), "--diameter", "60", "--quiet", "--out", str(out)]) == 0
+    assert (out / "mic0_hydra.star").exists() and not (out / ".hydrapicker.lock").exists()
+
+
+def test_lock_reused_pid_with_another_start_time_is_stale(tmp_path):
+    from hydrapicker.lock import OutputLock
+
+    (tmp_path / ".hydrapicker.lock").write_text(_lock_of(os.getpid(), ticks=1))  # this pid, another process
+    with OutputLock(tmp_path) as lock:
+        assert lock.held and f"pid={os.getpid()}" in (tmp_path / ".hydrapicker.lock").read_text()
+    assert not (tmp_path / ".hydrapicker.lock").exists()
+
+
+def test_lock_held_on_another_host_is_refused_naming_the_file(tmp_path):
+    from hydrapicker.errors import UserFacingError
+    from hydrapicker.lock import OutputLock
+
+    (tmp_path / ".hydrapicker.lock").write_text(_lock_of(1, host="elsewhere-node07"))
+    with pytest.raises(UserFacingError, match="elsewhere-node07.*delete .*hydrapicker.lock"):
+        OutputLock(tmp_path).acquire()
+
+
+# ---- 5: read-only --out, disk full, bad @lists, over-long names -----------------------------------------
+@pytest.fixture
+def small_mount(tmp_path):
+    """A tmpfs mounted for the test (root and a permissive container only; skipped otherwise)."""
+    import subprocess
+
+    mounted = []
+
+    def mount(name, options):
+        where = tmp_path / name
+        where.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip()})")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_read_only_out_is_reported_before_the_model_is_loaded(tmp_path, small_mount, capsys, monkeypatch):
+    from hydrapicker.cli import main as hydra
+    from hydrapicker.picker import Picker
+
+    _noise_micrographs(tmp_path / "mics", n=1)
+    ro = small_mount("ro", "ro,size=64k")
+    monkeypatch.setattr(Picker, "__init__", lambda *a, **k: pytest.fail("the model was loaded first"))
+    for out in (ro, ro / "sub"):
+        assert hydra(["pick", str(tmp_path / "mics" / "mic0.mrc"), "--diameter", "60", "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert str(out) in err and "Read-only" in err and "--out" in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_disk_full_stops_with_a_clear_message_and_nothing_half_written(tmp_path, small_mount, capsys):
+    from hydrapicker.cli import main as hydra
+
+    _noise_micrographs(tmp_path / "mics", n=3)
+    out = small_mount("full", "size=64k")
+    (out / "filler").write_bytes(b"\0" * (64 - 8) * 1024)  # two pages left: the lock and one more file
+    rc = hydra(["pick", str(tmp_path / "mics" / "*.mrc"), "--diameter", "60", "--all", "--quiet",
+                "--format", "star", "box", "topaz", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert "No space left" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    left = sorted(p.name for p in out.iterdir() if p.name != "filler")
+    assert not [n for n in left if ".tmp." in n], left  # no temporary files
+    for p in out.glob("*.star"):  # what is there is whole
+        import starfile
+        assert len(starfile.read(p)) >= 0 and p.stat().st_size > 0
+    assert ".hydrapicker.lock" not in left
+
+
+def test_list_file_that_is_a_directory_or_binary_is_one_line(tmp_path, capsys):
+    from hydrapicker.cli import main as hydra
+
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "bin.txt").write_bytes(bytes(range(256)) * 4)
+    for listing, words in ((tmp_path / "adir", "is a directory"), (tmp_path / "bin.txt", "not a text file")):
+        assert hydra(["pick", f"@{listing}", "--diameter", "60", "--out", str(tmp_path / "o")]) == 1
+        err = capsys.readouterr().err
+        assert str(listing) in err and words in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_micrograph_name_over_255_bytes_is_skipped_like_an_unreadable_one(tmp_path, capsys, monkeypatch):
+    from hydrapicker.cli import main as hydra
+
+    _noise_micrographs(tmp_path / "mics", n=1)
+    monkeypatch.chdir(tmp_path)
+    long_name = "mics/" + "x" * 300 + ".mrc"
+    (tmp_path / "list.txt").write_text(f"mics/mic0.mrc\n{long_name}\n")
+    (tmp_path / "mics.star").write_text("data_\nloop_\n_rlnMicrographName\nmics/mic0.mrc\n" + long_name + "\n")
+    for inp in ("@list.txt", "mics.star"):
+        out = tmp_path / f"o_{inp[-4:]}"
+        assert hydra(["pick", inp, "--apix", "4", "--diameter", "60", "--quiet", "--out", str(out)]) == 0
+        err = capsys.readouterr().err
+        assert "skipped" in err and "x" * 40 in err and "Traceback" not in err, err
+        assert [p.name for p in out.glob("*.star")] == ["mic0_hydra.star"]

@@ -77,15 +77,11 @@ def add_args(p):
 
 
 def main(args):
-    import sys
-    import time
     from pathlib import Path
 
     from .. import distributed
     from ..errors import UserFacingError
     from ..micrographs import collect_micrographs
-    from ..outputs import output_path, output_stems
-    from ..picker import Picker, configure_torch
 
     inputs = list(args.micrographs) + list(args.mics)
     if not inputs:
@@ -94,14 +90,73 @@ def main(args):
         raise UserFacingError("--poll must be > 0 and --idle-timeout >= 0")
     mics = [] if args.watch else collect_micrographs(inputs, apix=args.apix)  # watch: listed as they come
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    lock = take_out(out, distributed.rank_world()[0])  # before the model loads: a read-only --out fails now
+    try:
+        return _main(args, inputs, mics, out)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def take_out(out, rank: int):
+    """Create ``out``, take its lock (rank 0; one run per folder) and remove the temporary files a killed
+    run left there; a folder that cannot be written is reported in one line. -> the lock, or None."""
+    from ..atomic import clean_stale_temps
+    from ..errors import UserFacingError
+    from ..lock import OutputLock
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserFacingError(f"cannot create the output folder {out}: {exc.strerror or exc}; "
+                              "choose a writable folder with --out") from None
+    if rank != 0:
+        return None
+    lock = OutputLock(out, "hydra pick").acquire()
+    clean_stale_temps(out)
+    return lock
+
+
+def _stopping_on_write_errors(fn, *args):
+    """``fn(*args)``; a write that fails (disk full, quota, read-only, permissions) stops the run with one
+    line. Files are written atomically, so nothing half-written stays and a rerun resumes."""
+    from ..errors import UserFacingError
+
+    try:
+        return fn(*args)
+    except OSError as exc:
+        where = exc.filename or "the output folder"
+        raise UserFacingError(f"cannot write {where}: {exc.strerror or exc}; nothing half-written is left: free "
+                              "space (or fix the folder) and run the same command again to resume") from None
+
+
+def _main(args, inputs, mics, out):
+    import sys
+    import time
+
+    from .. import distributed
+    from ..errors import UserFacingError
+    from ..outputs import output_path, output_stems
+    from ..picker import Picker, configure_torch
+
     log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
     stems = output_stems(m.name for m in mics)  # over the whole run: every rank and every resume agree
 
     def path(mic, ext):
         return output_path(out, stems[mic.name], args.suffix, ext)
 
-    todo = [m for m in mics if args.overwrite or not path(m, ".star").exists()]
+    def done_before(m):
+        try:
+            return path(m, ".star").exists()
+        except OSError as exc:  # e.g. a name too long for the file system: skipped like unreadable ones
+            print(f"[hydra] WARNING: skipped {m.name}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+            unusable.add(m.name)
+            return True
+
+    unusable = set()
+    done = {m.name for m in mics if done_before(m)}
+    mics = [m for m in mics if m.name not in unusable]
+    todo = [m for m in mics if args.overwrite or m.name not in done]
     if len(todo) < len(mics):
         log(f"[hydra] {len(mics) - len(todo)} of {len(mics)} micrographs already picked in {out}; skipping them")
     device = distributed.init(args.device)
@@ -123,6 +178,7 @@ def main(args):
         return watch_main(args, inputs, out, stems, path, picker, policy, agg, log)
     t0 = time.time()
     n_ok, n_picks, failed = pick_batch(picker, todo, args, policy, path, agg, log)
+    failed = sorted(unusable) + failed if rank == 0 else failed
     if world > 1:
         parts = distributed.gather_objects((n_ok, n_picks, failed, agg.state()))
         n_ok, n_picks = sum(p[0] for p in parts), sum(p[1] for p in parts)
@@ -132,7 +188,7 @@ def main(args):
         distributed.finish()
         if rank != 0:
             return 0
-    agg.write(mics)  # every micrograph done, by this run or an earlier one, in the input's order
+    _stopping_on_write_errors(agg.write, mics)  # every micrograph done, by this or an earlier run, in order
     log(f"[hydra] picked {n_ok} micrographs, {n_picks} particles ({policy.describe()}) in "
         f"{time.time() - t0:.1f} s; outputs in {out}/")
     if failed:
@@ -156,7 +212,7 @@ def pick_batch(picker, todo, args, policy, path, agg, log, should_stop=None) -> 
             failed.append(res.micrograph.name)
             print(f"[hydra] WARNING: skipped {res.micrograph.name}: {res.error}", file=sys.stderr, flush=True)
             continue
-        write_outputs(res, args, path)
+        _stopping_on_write_errors(write_outputs, res, args, path)
         agg.add(res.micrograph, res.picks, res.info.get("threshold"))
         n_ok += 1
         n_picks += len(res.picks)
