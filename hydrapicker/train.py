@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -214,223 +215,314 @@ def init_from(net, path) -> dict:
             "init_from": training.get("init_from")}
 
 
-def run_training(args, log: Callable = print, should_stop: Optional[Callable] = None) -> Path:
-    """Train per ``args`` (see :mod:`hydrapicker.commands.train`); returns the final model path.
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run is told (built from ``hydra train``'s arguments by
+    :meth:`from_namespace`; the field names are the options' names)."""
 
-    Under torchrun every rank calls this; only rank 0 logs and writes files (see the module docstring).
-    """
-    import torch
+    out: str
+    preset: str = "lite"
+    datasets: int = 32
+    mics_per_dataset: int = 8
+    junk_fraction: float = 0.0
+    val_mics: int = 2
+    steps: int = 6000
+    phase2_steps: int = 1500
+    hours: float = 0.0
+    phase1_fraction: float = 0.8
+    batch: int = 8
+    crop: int = 192
+    lr: float = 2e-3
+    cycle: int = 2000
+    lambda_loc: float = 1.0
+    lambda_bias: float = 0.01
+    generic_weight: float = 0.5
+    scale_jitter: float = 0.4
+    init: Optional[str] = None
+    refresh_every: int = 150
+    val_every: int = 500
+    log_every: int = 25
+    checkpoint_minutes: float = 5.0
+    workers: int = 2
+    threads: int = 0
+    device: str = "auto"
+    seed: int = 0
+    restart: bool = False
 
-    from . import distributed
-    from .checkpoint import make_meta, read_checkpoint, save_checkpoint
-    from .criterion import Criterion
-    from .model import GENERIC, build_model
-    from .picker import select_device
-    from .simulate import source_dataset_specs
+    @classmethod
+    def from_namespace(cls, ns) -> "TrainConfig":
+        return cls(**{f.name: getattr(ns, f.name) for f in fields(cls) if hasattr(ns, f.name)})
 
-    # a bad --device fails before any output
-    device = select_device(distributed.init(getattr(args, "device", None) or "auto"))
-    rank, world = distributed.rank_world()
-    lead = rank == 0
-    if not lead:
-        log = lambda *a, **k: None  # noqa: E731  (rank 0 reports)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    out = Path(args.out)
-    if lead:
-        out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, final_path = out / "checkpoint.pt", out / "model.pt"
-    jlog = JsonLog(out / "log.jsonl") if lead else None
-    torch.manual_seed(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(args.seed if world == 1 else [args.seed, rank])  # each rank its own batches
+    def recipe(self) -> dict:
+        return asdict(self)
 
-    specs = source_dataset_specs(n=args.datasets, seed=args.seed,
-                                 junk_fraction=getattr(args, "junk_fraction", 0.0))
-    net = build_model(args.preset).to(device)
-    log(f"[train] device {device}" + (f"; {world} ranks (DistributedDataParallel), batch {args.batch} per rank"
-                                       if world > 1 else ""))
-    extent, stride = net.preset.extent_px, net.stride
-    train_sets = simulate_sets(specs, args.mics_per_dataset, extent, args.scale_jitter, args.seed,
-                               args.workers, 0, log, across_ranks=True)
-    val_sets = simulate_sets(specs, args.val_mics, extent, 0.0, args.seed + 1, args.workers,
-                             10_000, log, across_ranks=True)
-    if not lead:
-        val_sets = []  # rank 0 validates
-    ds_heads = [f"ds{k:02d}" for k in range(len(specs))]
-    crit = Criterion(lambda_loc=args.lambda_loc)
 
-    step, phase = 0, 1
-    total1, total2 = args.steps, args.phase2_steps
+class _Run:
+    """One training run's state: the network, its data, optimiser and phase; rank 0 logs and writes."""
 
-    TrainForward = _forward_module()
+    def __init__(self, cfg: TrainConfig, log: Callable):
+        import torch
 
-    def make_opt():
-        return torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=args.lr,
+        from . import distributed
+        from .criterion import Criterion
+        from .model import build_model
+        from .picker import select_device
+        from .simulate import source_dataset_specs
+
+        self.cfg = cfg
+        # a bad --device fails before any output
+        self.device = select_device(distributed.init(cfg.device or "auto"))
+        self.rank, self.world = distributed.rank_world()
+        self.lead = self.rank == 0
+        self.log = log if self.lead else (lambda *a, **k: None)  # rank 0 reports
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.out = Path(cfg.out)
+        if self.lead:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.ckpt_path, self.final_path = self.out / "checkpoint.pt", self.out / "model.pt"
+        self.jlog = JsonLog(self.out / "log.jsonl") if self.lead else None
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed if self.world == 1 else [cfg.seed, self.rank])  # own batches
+        self.specs = source_dataset_specs(n=cfg.datasets, seed=cfg.seed, junk_fraction=cfg.junk_fraction)
+        self.net = build_model(cfg.preset).to(self.device)
+        self.log(f"[train] device {self.device}" + (f"; {self.world} ranks (DistributedDataParallel), batch "
+                                                     f"{cfg.batch} per rank" if self.world > 1 else ""))
+        self.extent, self.stride = self.net.preset.extent_px, self.net.stride
+        self.train_sets = simulate_sets(self.specs, cfg.mics_per_dataset, self.extent, cfg.scale_jitter, cfg.seed,
+                                        cfg.workers, 0, self.log, across_ranks=True)
+        val_sets = simulate_sets(self.specs, cfg.val_mics, self.extent, 0.0, cfg.seed + 1, cfg.workers,
+                                 10_000, self.log, across_ranks=True)
+        self.val_sets = val_sets if self.lead else []  # rank 0 validates
+        self.ds_heads = [f"ds{k:02d}" for k in range(len(self.specs))]
+        self.crit = Criterion(lambda_loc=cfg.lambda_loc)
+        self.step, self.phase = 0, 1
+        self.total1, self.total2 = cfg.steps, cfg.phase2_steps
+        self.TrainForward = _forward_module()
+        self.init_meta = None
+        self._start()
+
+    def _start(self):
+        """Weights from --init, or the checkpoint of an earlier run with this --out (resume)."""
+        from .checkpoint import read_checkpoint
+
+        cfg = self.cfg
+        resume = self.ckpt_path.exists() and not cfg.restart
+        if cfg.init and not resume:
+            self.init_meta = init_from(self.net, cfg.init)
+            self.log(f"[train] initialised body and generic head from {cfg.init}")
+        self.opt = self.make_opt()
+        if not resume:
+            return
+        ck = read_checkpoint(self.ckpt_path)
+        self.phase = int(ck["args"].get("phase", 1))
+        if self.phase == 2:
+            self._add_dataset_heads()
+            self.opt = self.make_opt()
+        self.net.load_state_dict(ck["model"])
+        if ck.get("optimizer"):
+            self.opt.load_state_dict(ck["optimizer"])
+        self.step = int(ck["epoch"])
+        self.rng = np.random.default_rng([cfg.seed, self.rank, self.step])  # not the batches already trained on
+        self.total1 = int(ck["args"].get("phase1_end", self.total1)) if self.phase == 2 else self.total1
+        self.init_meta = ((ck.get("meta") or {}).get("training") or {}).get("init_from")  # lineage survives
+        self.log(f"[train] resumed from {self.ckpt_path} at phase {self.phase}, step {self.step}")
+
+    def _add_dataset_heads(self):
+        for h in self.ds_heads:
+            if h not in self.net.heads:
+                self.net.add_head(h)
+
+    def make_opt(self):
+        import torch
+
+        return torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=self.cfg.lr,
                                 weight_decay=1e-5)
 
-    def make_forward():
-        fwd = TrainForward(net)
-        if world == 1:
+    def make_forward(self):
+        fwd = self.TrainForward(self.net)
+        if self.world == 1:
             return fwd
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda" else None)
+        dev = self.device
+        return DistributedDataParallel(fwd, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    init_meta = None
-    if getattr(args, "init", None) and not (ckpt_path.exists() and not args.restart):
-        init_meta = init_from(net, args.init)
-        log(f"[train] initialised body and generic head from {args.init}")
-    opt = make_opt()
-    if ckpt_path.exists() and not args.restart:
-        ck = read_checkpoint(ckpt_path)
-        phase = int(ck["args"].get("phase", 1))
-        if phase == 2:
-            for h in ds_heads:
-                if h not in net.heads:
-                    net.add_head(h)
-            opt = make_opt()
-        net.load_state_dict(ck["model"])
-        if ck.get("optimizer"):
-            opt.load_state_dict(ck["optimizer"])
-        step = int(ck["epoch"])
-        rng = np.random.default_rng([args.seed, rank, step])  # not the batches already trained on
-        total1 = int(ck["args"].get("phase1_end", total1)) if phase == 2 else total1
-        init_meta = ((ck.get("meta") or {}).get("training") or {}).get("init_from")  # lineage survives resume
-        log(f"[train] resumed from {ckpt_path} at phase {phase}, step {step}")
+    def save(self, path=None, final=False, extra_meta=None):
+        from .checkpoint import make_meta, save_checkpoint
 
-    def save(path=ckpt_path, final=False, extra_meta=None):
-        if not lead:
+        if not self.lead:
             return
-        meta = make_meta(net, training=training_meta(), **(extra_meta or {}))
-        save_checkpoint(path, net, meta, optimizer=None if final else opt, epoch=step,
-                        args={**{k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))
-                                 or v is None}, "phase": phase, "phase1_end": total1}, half=final)
+        meta = make_meta(self.net, training=self.training_meta(), **(extra_meta or {}))
+        plain = {k: v for k, v in self.cfg.recipe().items() if isinstance(v, (int, float, str, bool)) or v is None}
+        save_checkpoint(path or self.ckpt_path, self.net, meta, optimizer=None if final else self.opt,
+                        epoch=self.step, args={**plain, "phase": self.phase, "phase1_end": self.total1},
+                        half=final)
 
-    def training_meta():
-        return {"recipe": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))},
-                "datasets": [s.to_dict() for s in specs], "dataset_heads": ds_heads,
-                "simulator": "hydrapicker.simulate", "phase": phase, "step": step, "world_size": world,
-                **({"init_from": init_meta} if init_meta else {})}
+    def training_meta(self) -> dict:
+        return {"recipe": {k: v for k, v in self.cfg.recipe().items() if isinstance(v, (int, float, str, bool))},
+                "datasets": [s.to_dict() for s in self.specs], "dataset_heads": self.ds_heads,
+                "simulator": "hydrapicker.simulate", "phase": self.phase, "step": self.step,
+                "world_size": self.world, **({"init_from": self.init_meta} if self.init_meta else {})}
 
-    def decisions(end1: bool, end2: bool, stop: bool):
+    def decisions(self, end1: bool, end2: bool, stop: bool):
         """Rank 0's decisions, the same on every rank (time budgets and stop requests differ by rank)."""
-        if world == 1:
+        if self.world == 1:
             return end1, end2, stop
+        import torch
         import torch.distributed as dist
 
-        t = torch.tensor([end1, end2, stop], dtype=torch.int32, device=device)
+        t = torch.tensor([end1, end2, stop], dtype=torch.int32, device=self.device)
         dist.broadcast(t, src=0)
         return tuple(bool(v) for v in t.tolist())
 
-    net.train()
-    fwd = make_forward()
-    t_last_ckpt = time.time()
-    t0 = time.time()
-    budget_s = (args.hours or 0) * 3600.0
-    t_start_budget = time.time()
-    while True:
-        elapsed = time.time() - t_start_budget
-        end1, end2, stop = decisions(
-            bool(budget_s and phase == 1 and elapsed > args.phase1_fraction * budget_s and step < total1),
-            bool(budget_s and phase == 2 and elapsed > budget_s and step < total1 + total2),
-            bool(lead and should_stop is not None and should_stop()))
-        if end1:
-            log(f"[train] time budget: phase 1 ends at step {step}")
-            total1 = step
-        if end2:
-            log(f"[train] time budget: phase 2 ends at step {step}")
-            total2 = step - total1
-        if phase == 1 and step >= total1:
-            save()
-            save(out / "phase1.pt")  # the single-head model, kept for the multi- vs single-head ablation
-            if total2 <= 0:
-                break
-            phase = 2
-            for h in ds_heads:
-                if h not in net.heads:
-                    net.add_head(h)
-            del fwd  # the old DDP wrapper lets go of its gradient hooks before the new one is made
-            fwd = make_forward()
-            opt = make_opt()
-            log(f"[train] phase 2: {len(ds_heads)} dataset heads tied to the generic head")
-        if phase == 2 and step >= total1 + total2:
-            break
-        if stop:
-            save()
-            log("[train] stopped on request; checkpoint saved")
-            distributed.finish()
-            return ckpt_path
-        k = int(rng.integers(0, len(train_sets)))
-        imgs, cls, off, wt = (t.to(device, non_blocking=True)
-                              for t in make_batch(train_sets[k], args.batch, args.crop, stride, rng))
-        lr = lr_at(step if phase == 1 else step - total1, total1, args.lr * (1.0 if phase == 1 else 0.3),
-                   args.cycle)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        if phase == 1:
-            (out_g,) = fwd(imgs)
-            loss, parts = crit(out_g, cls, off, wt)
-        else:
-            out_g, out_k, bias = fwd(imgs, ds_heads[k], tuple(ds_heads))
-            loss_g, parts = crit(out_g, cls, off, wt)
-            loss_k, parts_k = crit(out_k, cls, off, wt)
-            loss = loss_k + args.generic_weight * loss_g + args.lambda_bias * bias
-            parts = {**parts, "head_cls": parts_k["cls"], "bias": float(bias.detach())}
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
-        opt.step()
-        step += 1
-        if lead and step % args.log_every == 0:
-            rec = {"step": step, "phase": phase, "loss": float(loss.detach()), **parts, "lr": lr,
-                   "elapsed_s": round(time.time() - t0, 1), "dataset": train_sets[k].name}
-            jlog.write(**rec)
-            log(f"[train] step {step} phase {phase} loss {float(loss.detach()):.4f} cls {parts['cls']:.4f} "
-                f"loc {parts['loc']:.4f} lr {lr:.2e} ({time.time() - t0:.0f} s)")
-        if lead and args.val_every and step % args.val_every == 0:
-            res = evaluate_sets(net, val_sets, lambda n: GENERIC, stride, extent)
-            aps = {n: round(r["AP"], 4) for n, r in res.items()}
-            jlog.write(step=step, phase=phase, val_AP_mean=float(np.nanmean(list(aps.values()))), val_AP=aps)
-            log(f"[train] step {step} validation AP (generic head) mean {np.nanmean(list(aps.values())):.3f}")
-        if lead and time.time() - t_last_ckpt > args.checkpoint_minutes * 60:
-            save()
-            t_last_ckpt = time.time()
-        if args.refresh_every and phase == 1 and step % args.refresh_every == 0:
-            # more particle diversity for the generic head: replace one dataset's micrographs (each rank its own)
-            j = int(rng.integers(0, len(train_sets)))
-            idx0 = (step // args.refresh_every) * args.mics_per_dataset + 100 + 1_000_000 * rank
-            train_sets[j] = simulate_sets([specs[j]], args.mics_per_dataset, extent, args.scale_jitter,
-                                          args.seed + step, 1, idx0, lambda *a: None)[0]
+    def train_step(self, fwd) -> tuple:
+        """One optimiser step on one dataset's mini-batch -> (loss, parts, lr, dataset index)."""
+        import torch
 
-    del fwd
-    sync = None
-    if world > 1:  # proof that DistributedDataParallel kept the ranks identical
-        sums = distributed.gather_objects(parameter_checksum(net))
-        sync = {"world_size": world, "ranks_in_sync": len(set(sums)) == 1, "parameter_checksums": sums}
-        if not sync["ranks_in_sync"]:
-            raise RuntimeError(f"ranks ended with different weights (checksums {sums}); this is a bug")
-        if not lead:
-            distributed.finish()
-            return final_path
-    # final: validation, calibration, model file
-    net.eval()
-    res = evaluate_sets(net, val_sets, lambda n: GENERIC, stride, extent)
-    val = {n: round(float(r["AP"]), 4) for n, r in res.items()}
-    extra = {"validation_AP": val, "validation_AP_mean": float(np.nanmean(list(val.values())))}
-    if phase == 2:
-        res_h = evaluate_sets(net, val_sets, lambda n: ds_heads[[s.name for s in specs].index(n)], stride, extent)
-        extra["validation_AP_dataset_heads"] = {n: round(float(r["AP"]), 4) for n, r in res_h.items()}
-    thr = calibrate_threshold(net, val_sets, stride, extent)
-    extra["default_threshold"] = thr
-    save(ckpt_path)
-    save(final_path, final=True, extra_meta=extra)
-    jlog.write(step=step, final=True, **extra, **(sync or {}))
-    log(f"[train] done: validation AP mean {extra['validation_AP_mean']:.3f}, default threshold {thr:.3f}; "
-        f"wrote {final_path}")
-    distributed.finish()
-    return final_path
+        cfg, rng = self.cfg, self.rng
+        k = int(rng.integers(0, len(self.train_sets)))
+        imgs, cls, off, wt = (t.to(self.device, non_blocking=True)
+                              for t in make_batch(self.train_sets[k], cfg.batch, cfg.crop, self.stride, rng))
+        lr = lr_at(self.step if self.phase == 1 else self.step - self.total1, self.total1,
+                   cfg.lr * (1.0 if self.phase == 1 else 0.3), cfg.cycle)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        if self.phase == 1:
+            (out_g,) = fwd(imgs)
+            loss, parts = self.crit(out_g, cls, off, wt)
+        else:
+            out_g, out_k, bias = fwd(imgs, self.ds_heads[k], tuple(self.ds_heads))
+            loss_g, parts = self.crit(out_g, cls, off, wt)
+            loss_k, parts_k = self.crit(out_k, cls, off, wt)
+            loss = loss_k + cfg.generic_weight * loss_g + cfg.lambda_bias * bias
+            parts = {**parts, "head_cls": parts_k["cls"], "bias": float(bias.detach())}
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 10.0)
+        self.opt.step()
+        self.step += 1
+        return loss, parts, lr, k
+
+    def evaluate(self, head_for=None) -> dict:
+        """Validation AP per source dataset ({name: AP}) of the generic head (or ``head_for(name)``)."""
+        from .model import GENERIC
+
+        res = evaluate_sets(self.net, self.val_sets, head_for or (lambda n: GENERIC), self.stride, self.extent)
+        return {n: round(float(r["AP"]), 4) for n, r in res.items()}
+
+    def _phase_boundaries(self, fwd, should_stop, t_budget):
+        """Budget and phase decisions before a step -> (fwd, "go" | "done" | "stopped")."""
+        cfg = self.cfg
+        budget_s = (cfg.hours or 0) * 3600.0
+        elapsed = time.time() - t_budget
+        end1, end2, stop = self.decisions(
+            bool(budget_s and self.phase == 1 and elapsed > cfg.phase1_fraction * budget_s
+                 and self.step < self.total1),
+            bool(budget_s and self.phase == 2 and elapsed > budget_s and self.step < self.total1 + self.total2),
+            bool(self.lead and should_stop is not None and should_stop()))
+        if end1:
+            self.log(f"[train] time budget: phase 1 ends at step {self.step}")
+            self.total1 = self.step
+        if end2:
+            self.log(f"[train] time budget: phase 2 ends at step {self.step}")
+            self.total2 = self.step - self.total1
+        if self.phase == 1 and self.step >= self.total1:
+            self.save()
+            self.save(self.out / "phase1.pt")  # the single-head model, kept for the multi- vs single-head ablation
+            if self.total2 <= 0:
+                return fwd, "done"
+            self.phase = 2
+            self._add_dataset_heads()
+            del fwd  # the old DDP wrapper lets go of its gradient hooks before the new one is made
+            fwd = self.make_forward()
+            self.opt = self.make_opt()
+            self.log(f"[train] phase 2: {len(self.ds_heads)} dataset heads tied to the generic head")
+        if self.phase == 2 and self.step >= self.total1 + self.total2:
+            return fwd, "done"
+        return fwd, ("stopped" if stop else "go")
+
+    def _after_step(self, loss, parts, lr, k, t0):
+        """Logging, validation, periodic checkpoints and data refresh after a step."""
+        cfg, step = self.cfg, self.step
+        if self.lead and step % cfg.log_every == 0:
+            rec = {"step": step, "phase": self.phase, "loss": float(loss.detach()), **parts, "lr": lr,
+                   "elapsed_s": round(time.time() - t0, 1), "dataset": self.train_sets[k].name}
+            self.jlog.write(**rec)
+            self.log(f"[train] step {step} phase {self.phase} loss {float(loss.detach()):.4f} cls "
+                     f"{parts['cls']:.4f} loc {parts['loc']:.4f} lr {lr:.2e} ({time.time() - t0:.0f} s)")
+        if self.lead and cfg.val_every and step % cfg.val_every == 0:
+            aps = {n: round(ap, 4) for n, ap in self.evaluate().items()}
+            self.jlog.write(step=step, phase=self.phase, val_AP_mean=float(np.nanmean(list(aps.values()))),
+                            val_AP=aps)
+            self.log(f"[train] step {step} validation AP (generic head) mean {np.nanmean(list(aps.values())):.3f}")
+        if self.lead and time.time() - self.t_last_ckpt > cfg.checkpoint_minutes * 60:
+            self.save()
+            self.t_last_ckpt = time.time()
+        if cfg.refresh_every and self.phase == 1 and step % cfg.refresh_every == 0:
+            # more particle diversity for the generic head: replace one dataset's micrographs (each rank its own)
+            j = int(self.rng.integers(0, len(self.train_sets)))
+            idx0 = (step // cfg.refresh_every) * cfg.mics_per_dataset + 100 + 1_000_000 * self.rank
+            self.train_sets[j] = simulate_sets([self.specs[j]], cfg.mics_per_dataset, self.extent,
+                                               cfg.scale_jitter, cfg.seed + step, 1, idx0, lambda *a: None)[0]
+
+    def loop(self, should_stop) -> bool:
+        """Train until both phases are done (False) or a stop was requested (True, checkpoint saved)."""
+        self.net.train()
+        fwd = self.make_forward()
+        self.t_last_ckpt = t0 = t_budget = time.time()
+        while True:
+            fwd, state = self._phase_boundaries(fwd, should_stop, t_budget)
+            if state == "done":
+                return False
+            if state == "stopped":
+                self.save()
+                self.log("[train] stopped on request; checkpoint saved")
+                return True
+            self._after_step(*self.train_step(fwd), t0)
+
+    def finish(self) -> Path:
+        """Ranks in sync; then on rank 0: final validation, threshold calibration, the model file."""
+        from . import distributed
+
+        sync = None
+        if self.world > 1:  # proof that DistributedDataParallel kept the ranks identical
+            sums = distributed.gather_objects(parameter_checksum(self.net))
+            sync = {"world_size": self.world, "ranks_in_sync": len(set(sums)) == 1, "parameter_checksums": sums}
+            if not sync["ranks_in_sync"]:
+                raise RuntimeError(f"ranks ended with different weights (checksums {sums}); this is a bug")
+            if not self.lead:
+                return self.final_path
+        self.net.eval()
+        val = self.evaluate()
+        extra = {"validation_AP": val, "validation_AP_mean": float(np.nanmean(list(val.values())))}
+        if self.phase == 2:
+            names = [s.name for s in self.specs]
+            extra["validation_AP_dataset_heads"] = self.evaluate(lambda n: self.ds_heads[names.index(n)])
+        thr = calibrate_threshold(self.net, self.val_sets, self.stride, self.extent)
+        extra["default_threshold"] = thr
+        self.save(self.ckpt_path)
+        self.save(self.final_path, final=True, extra_meta=extra)
+        self.jlog.write(step=self.step, final=True, **extra, **(sync or {}))
+        self.log(f"[train] done: validation AP mean {extra['validation_AP_mean']:.3f}, default threshold "
+                 f"{thr:.3f}; wrote {self.final_path}")
+        return self.final_path
+
+
+def run_training(cfg: TrainConfig, log: Callable = print, should_stop: Optional[Callable] = None) -> Path:
+    """Train per ``cfg``; returns the final model path (the checkpoint's when stopped on request).
+
+    Under torchrun every rank calls this; only rank 0 logs and writes files (see the module docstring).
+    """
+    from . import distributed
+
+    run = _Run(cfg, log)
+    try:
+        if run.loop(should_stop):
+            return run.ckpt_path
+        return run.finish()
+    finally:
+        distributed.finish()
 
 
 def strip_heads(src, dst, keep=("generic",)):

@@ -43,7 +43,9 @@ def tmp_cwd(tmp_path, monkeypatch):
 #: The slow tests (RELION through relion_pipeliner, torchrun ranks, real training and fine-tuning), in one
 #: place: `pytest -m "not slow"` is the fast loop, CI (`./run_tests.sh`) runs everything.
 SLOW_MODULES = {"test_relion_pipeline", "test_distributed", "test_relion_distributed", "test_finetune"}
-SLOW_TESTS = {"test_stopped_run_resumes_where_it_stopped_and_finishes_phase_2",
+SLOW_TESTS = {"test_tiny_run_lowers_the_loss", "test_stopped_run_resumes_where_it_stopped_and_finishes_phase_2",
+              "test_init_lineage_survives_a_resumed_run", "test_init_copies_body_and_generic_head_and_records_the_source",
+              "test_init_with_another_preset_is_refused",
               "test_simulation_workers_do_not_hang_after_torch_ran_in_parallel",
               "test_train_then_pick_with_the_new_head"}
 

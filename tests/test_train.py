@@ -9,17 +9,19 @@ import torch
 
 from hydrapicker.checkpoint import load_checkpoint, read_checkpoint
 from hydrapicker.commands import train as train_cmd
-from hydrapicker.train import run_training
+from hydrapicker.train import TrainConfig, run_training
 
 QUIET = lambda *a, **k: None  # noqa: E731
 
 
 def _args(out, *extra):
+    """The TrainConfig that ``hydra train --out OUT <small settings> EXTRA`` builds."""
     p = argparse.ArgumentParser()
     train_cmd.add_args(p)
-    return p.parse_args(["--out", str(out), "--datasets", "2", "--mics-per-dataset", "2", "--val-mics", "1",
-                         "--crop", "96", "--batch", "4", "--log-every", "5", "--val-every", "0",
-                         "--workers", "1", "--threads", "2", "--lr", "5e-3", *extra])
+    ns = p.parse_args(["--out", str(out), "--datasets", "2", "--mics-per-dataset", "2", "--val-mics", "1",
+                       "--crop", "96", "--batch", "4", "--log-every", "5", "--val-every", "0",
+                       "--workers", "1", "--threads", "2", "--lr", "5e-3", *extra])
+    return TrainConfig.from_namespace(ns)
 
 
 def _log(out):
@@ -127,3 +129,15 @@ def test_simulation_workers_do_not_hang_after_torch_ran_in_parallel(tmp_path):
         "print('micrographs', sum(len(s.mics) for s in sets))\n")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "micrographs 4" in r.stdout, r.stderr
+
+
+def test_the_config_takes_every_option_of_hydra_train():
+    """The typed config and the command line cannot drift apart: every option has its field, same default."""
+    from dataclasses import fields
+
+    p = argparse.ArgumentParser()
+    train_cmd.add_args(p)
+    options = {a.dest: a.default for a in p._actions if a.dest != "help"}
+    assert options.keys() == {f.name for f in fields(TrainConfig)}
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.name != "out"}
+    assert {k: v for k, v in options.items() if k != "out"} == defaults

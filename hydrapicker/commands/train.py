@@ -56,7 +56,10 @@ def add_args(p):
 
 
 def main(args):
-    from ..train import run_training
+    from ..picker import configure_torch
+    from ..train import TrainConfig, run_training
 
-    run_training(args)
+    config = TrainConfig.from_namespace(args)  # the typed config: the engine never sees argparse
+    configure_torch(config.threads)
+    run_training(config)
     return 0
