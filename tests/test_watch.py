@@ -214,3 +214,33 @@ def test_watch_stops_cleanly_on_sigterm(tmp_path):
     assert proc.returncode == 0, text
     assert "stopped (signal SIGTERM)" in text
     assert not list(out.glob(".*tmp*"))  # no half-written file
+
+
+def test_watch_a_micrographs_star_that_another_program_rewrites(tmp_path, monkeypatch, capsys):
+    from hydrapicker.cli import main as hydra
+    from relion_helpers import write_mics_star
+
+    monkeypatch.chdir(tmp_path)
+    names = [f"MotionCorr/job002/Movies/m{i}.mrc" for i in (1, 2)]
+    for i, n in enumerate(names, 1):
+        _mic(tmp_path / n, i)
+    star = "CtfFind/job003/micrographs_ctf.star"
+    write_mics_star(star, names[:1], APIX)
+
+    def preprocessing():
+        time.sleep(1.0)
+        tmp = Path(star + ".tmp")
+        write_mics_star(tmp, names, APIX)
+        os.replace(tmp, star)  # how RELION rewrites its STARs
+        deadline = time.time() + 120
+        while not (tmp_path / "out" / "m2_hydra.star").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        (tmp_path / "out" / "STOP").write_text("")
+
+    t = threading.Thread(target=preprocessing)
+    t.start()
+    assert hydra(["pick", "--mics", star, "--diameter", str(DIAM), "--out", "out", "--watch", "--poll", "0.3",
+                  "--threads", "1", "--quiet"]) == 0
+    t.join()
+    rows = (tmp_path / "out" / "summary_hydra.tsv").read_text().splitlines()[1:]
+    assert [r.split("\t")[0] for r in rows] == names  # as named in the STAR, in its order
