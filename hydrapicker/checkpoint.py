@@ -70,16 +70,145 @@ def read_checkpoint(path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, or a pickled module
-        raise UserFacingError(f"cannot load model file {path} as a HydraPicker checkpoint "
-                              f"(state dict with weights_only=True): {exc}") from exc
+        raise UserFacingError(_load_error(path, exc)) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
         raise UserFacingError(f"{path} is not a HydraPicker model file (no 'model'/'meta' entries)")
+    if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        raise UserFacingError(f"{path} is not a HydraPicker model file ('model' is not a dict of tensors)")
+    check_meta(ckpt["meta"], sum(int(v.numel()) for v in ckpt["model"].values()), path)
     return ckpt
+
+
+def _load_error(path, exc) -> str:
+    """One line for a file torch will not load with ``weights_only=True``, without torch's advice to load
+    it with ``weights_only=False`` (which would run whatever code the file holds)."""
+    import pickle
+
+    text = " ".join(part.strip() for part in str(exc).split("\n\n")
+                    if part.strip() and "weights_only" not in part and "torch.load" not in part)
+    text = " ".join(text.split())
+    if isinstance(exc, pickle.UnpicklingError):
+        return (f"model file {path} holds pickled code or objects that are not plain tensors and values "
+                f"({text or type(exc).__name__}): refused; use a model file written by HydraPicker "
+                "(hydra train / hydra finetune)")
+    return (f"cannot load model file {path}: {text or type(exc).__name__}; is it a complete HydraPicker model "
+            "file? (copy it again)")
+
+
+# Bounds on what a model file may ask us to build: far above any real network (the shipped lite preset
+# has 1 stem conv of 16 channels, 2 blocks of 32, heads of 64/96; thesis 64/64, 3 blocks, 128..1024).
+_INT_BOUNDS = {"body_channels": (1, 4096), "body_stride": (1, 2), "n_blocks": (0, 64), "tile": (32, 16384),
+               "tile_margin": (0, 4096)}
+_CHANNEL_LISTS = {"stem_channels": (0, 8), "head_channels": (1, 8)}
+MAX_HEADS = 64
+MAX_PARAMETERS = 400_000_000  # 1.6 GB of float32: refused even before the state dict is compared
+
+
+def _bad(path, what: str) -> UserFacingError:
+    return UserFacingError(f"model file {path or '(metadata)'} is not a valid HydraPicker model: {what}; "
+                           "use a model file written by HydraPicker (hydra train / hydra finetune)")
+
+
+def _weights_needed(p: dict, n_heads: int) -> int:
+    """Convolution weights the network of ``p`` has (a lower bound on its parameter count)."""
+    n, cin = 0, 1
+    for c in p["stem_channels"]:
+        n, cin = n + 9 * cin * c, c
+    if p["body_stride"] != 1 or cin != p["body_channels"]:
+        n += 9 * cin * p["body_channels"]
+    b = p["body_channels"]
+    n += p["n_blocks"] * 4 * 9 * b * b
+    head, cin = 0, b
+    for c in p["head_channels"]:
+        head, cin = head + 9 * cin * c, c
+    if p.get("head_extra_conv"):
+        head += 9 * cin * cin
+    head += 27 * cin
+    return n + n_heads * head
+
+
+def check_meta(meta, n_stored=None, path=None) -> None:
+    """Refuse metadata that would build an absurd network, before anything is built: field types and
+    bounds, and (with ``n_stored``, the number of values in the file's state dict) no network larger than
+    the weights the file holds. Raises :class:`UserFacingError` naming the file and the field."""
+    import math
+    from dataclasses import MISSING, fields
+
+    from .model import PRESETS, Preset
+
+    if not isinstance(meta, dict):
+        raise _bad(path, "'meta' is not a dict")
+    heads = meta.get("heads")
+    if (not isinstance(heads, (list, tuple)) or not 1 <= len(heads) <= MAX_HEADS
+            or not all(isinstance(h, str) and 0 < len(h) <= 64 for h in heads) or len(set(heads)) != len(heads)):
+        raise _bad(path, f"'heads' must list 1 to {MAX_HEADS} distinct names")
+    params = meta.get("preset_params")
+    if params:
+        if not isinstance(params, dict):
+            raise _bad(path, "'preset_params' is not a dict")
+        known = {f.name for f in fields(Preset)} | {"stride"}
+        unknown = sorted(str(k) for k in params if k not in known)
+        if unknown:
+            raise _bad(path, f"unknown preset parameter(s) {', '.join(unknown[:5])}")
+        base = PRESETS.get(meta.get("preset")) if isinstance(meta.get("preset"), str) else None
+        p = {**({f.name: getattr(base, f.name) for f in fields(Preset)} if base else {}), **params}
+        missing = [f.name for f in fields(Preset) if f.name not in p and f.default is MISSING]
+        if missing:
+            raise _bad(path, f"preset parameter(s) missing: {', '.join(missing)}")
+    elif meta.get("preset") in PRESETS:
+        from dataclasses import asdict
+        p = asdict(PRESETS[meta["preset"]])
+    else:
+        raise _bad(path, f"unknown preset {str(meta.get('preset'))[:40]!r} and no 'preset_params'")
+
+    def integer(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    for key, (lo, hi) in _INT_BOUNDS.items():
+        if key in p and not (integer(p[key]) and lo <= p[key] <= hi):
+            raise _bad(path, f"{key} = {str(p[key])[:40]} (an integer from {lo} to {hi} is expected)")
+    for key, (lo, hi) in _CHANNEL_LISTS.items():
+        v = p.get(key)
+        if not (isinstance(v, (list, tuple)) and lo <= len(v) <= hi and all(integer(c) and 1 <= c <= 4096 for c in v)):
+            raise _bad(path, f"{key} must list {lo} to {hi} channel counts from 1 to 4096")
+    if p.get("norm") not in ("group", "batch"):
+        raise _bad(path, f"norm = {str(p.get('norm'))[:40]!r} (group or batch)")
+    if not isinstance(p.get("head_extra_conv"), bool):
+        raise _bad(path, "head_extra_conv must be true or false")
+    if not (number(p.get("dropout")) and 0 <= p["dropout"] < 1):
+        raise _bad(path, "dropout must be a number from 0 to 1")
+    if not (number(p.get("extent_px")) and 1 <= p["extent_px"] <= 1024):
+        raise _bad(path, "extent_px must be a number from 1 to 1024")
+    if "logit_bias" in p and not number(p["logit_bias"]):
+        raise _bad(path, "logit_bias must be a finite number")
+    stride = p["body_stride"] * 2 ** len(p["head_channels"])
+    for where in (p, meta):
+        if "stride" in where and where["stride"] != stride:
+            raise _bad(path, f"stride = {str(where['stride'])[:20]} but the network's grid stride is {stride}")
+    for key, lo, hi in (("default_threshold", 0, 1), ("floor", 0, 1), ("temperature", 1e-3, 1e3),
+                        ("extent_px", 1, 1024)):
+        if meta.get(key) is not None and not (number(meta[key]) and lo <= meta[key] <= hi):
+            raise _bad(path, f"{key} = {str(meta[key])[:40]} (a number from {lo:g} to {hi:g} is expected)")
+    per_head = meta.get("head_thresholds") or {}
+    if not isinstance(per_head, dict) or not all(v is None or (number(v) and 0 <= v <= 1) for v in per_head.values()):
+        raise _bad(path, "head_thresholds must map heads to numbers from 0 to 1")
+    n_heads = len(set(heads) | {"generic"})
+    needed = _weights_needed(p, n_heads)
+    if needed > MAX_PARAMETERS:
+        raise _bad(path, f"its metadata describes a network of over {needed:,} parameters (at most "
+                         f"{MAX_PARAMETERS:,})")
+    if n_stored is not None and needed > n_stored:
+        raise _bad(path, f"its metadata describes a network of {needed:,} parameters but the file holds "
+                         f"{n_stored:,} values")
 
 
 def net_from_meta(meta: dict):
     from .model import PRESETS, HydraNet, Preset
 
+    check_meta(meta, path=meta.get("path") if isinstance(meta, dict) else None)
     params = dict(meta.get("preset_params") or {})
     params.pop("stride", None)
     if params and meta.get("preset") in PRESETS:  # files older than a field: the named preset's value

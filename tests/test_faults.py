@@ -120,8 +120,6 @@ def _crafted_model(path, **changes):
     return path
 
 
-@pytest.mark.skipif(not hasattr(__import__("hydrapicker.checkpoint").checkpoint, "check_meta"),
-                    reason="issue 19 item 8 not fixed yet: such a file is built (minutes, gigabytes)")
 @pytest.mark.parametrize("change, words", [
     ({"n_blocks": 10 ** 7}, "n_blocks"),
     ({"body_channels": 4096, "n_blocks": 64}, "parameters"),
