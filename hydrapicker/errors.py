@@ -11,3 +11,8 @@ class MicrographError(UserFacingError):
 
 class StarFileError(UserFacingError):
     """A STAR file is missing, empty or lacks a required column."""
+
+
+class PixelSizeError(MicrographError):
+    """No trustworthy pixel size (none, 0, or the 1.0 that writers put when they do not know): guessing
+    would pick every micrograph at the wrong scale, so the whole run stops instead of skipping one."""

@@ -96,9 +96,12 @@ def read_micrographs_star(star_path, apix=None) -> list[Micrograph]:
             px = apix_by_group.get(_group_key(row["rlnOpticsGroup"]))
         elif "rlnDetectorPixelSize" in table.columns and "rlnMagnification" in table.columns:
             px = float(row["rlnDetectorPixelSize"]) * 1e4 / float(row["rlnMagnification"])
+        meta = {c: row[c] for c in CTF_COLUMNS if c in table.columns}
         if apix is not None:
             px = float(apix)
-        meta = {c: row[c] for c in CTF_COLUMNS if c in table.columns}
+            meta["apix_source"] = "--apix"
+        elif px is not None:
+            meta["apix_source"] = f"the micrographs STAR {star_path}"
         if "rlnOpticsGroup" in table.columns:
             meta["optics_group"] = row["rlnOpticsGroup"]
         meta["star"] = str(star_path)
@@ -141,13 +144,19 @@ def _expand_one(item: str) -> list[str]:
 
 def collect_micrographs(inputs, apix=None) -> list[Micrograph]:
     """STAR files, MRC files, globs (quoted, expanded here) and @list.txt files -> Micrographs."""
+    import math
+
+    if apix is not None and not (math.isfinite(apix) and apix > 0):
+        raise UserFacingError(f"--apix {apix:g} is not a pixel size: give the micrographs' pixel size in A/px, "
+                              "e.g. --apix 1.06")
+    given = {"apix_source": "--apix"} if apix is not None else {}
     mics = []
     for item in inputs:
         for path in _expand_one(str(item)):
             if path.endswith(".star"):
                 mics.extend(read_micrographs_star(path, apix=apix))
             else:
-                mics.append(Micrograph(path=os.path.normpath(path), pixel_size=apix, name=path))
+                mics.append(Micrograph(path=os.path.normpath(path), pixel_size=apix, name=path, meta=dict(given)))
     if not mics:
         raise UserFacingError("no micrographs given")
     return mics

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 
 from . import defaults
-from .errors import MicrographError, UserFacingError
+from .errors import MicrographError, PixelSizeError, UserFacingError
 from .types import Micrograph, PickResult, Picks
 
 # (quarter turns, flip left-right first) in the order test-time augmentation uses them
@@ -84,6 +84,7 @@ class Picker:
         self.log = log or (lambda *a, **k: None)
         self.device = select_device(device)
         self.net, self.meta = load_checkpoint(model)
+        self._apix_source: dict = {}  # micrograph path -> where its pixel size came from (results' info)
         self.net.to(self.device).eval()
         if self.device.type == "cpu":
             self.net.to(memory_format=torch.channels_last)
@@ -126,11 +127,13 @@ class Picker:
         preparation overlaps the network), for CUDA page-locked for an asynchronous upload."""
         import torch
 
-        from .preprocess import _cpu_tensor, prepare_t, read_mrc, resolve_pixel_size
+        from .preprocess import _cpu_tensor, pixel_size_and_source, prepare_t, read_mrc
 
         t0 = time.perf_counter()
         data, header_apix = read_mrc(mic.path)
-        apix = resolve_pixel_size(mic.path, mic.pixel_size, header_apix)
+        apix, source = pixel_size_and_source(mic.path, mic.pixel_size, header_apix,
+                                             (mic.meta or {}).get("apix_source", "the caller"))
+        self._apix_source[mic.path] = source
         t = _cpu_tensor(data)  # copies the memory map: this is the actual read
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # per thread: page-locked memory of this rank's GPU, not GPU 0's
@@ -298,7 +301,8 @@ class Picker:
                 for (mic, prepared, t_read), grid in zip(done, grids):
                     info = {"seconds_read": t_read, "seconds_infer": dt, "batch": len(done),
                             "scale": prepared.scale_xy, "shape": prepared.shape,
-                            "pixel_size": prepared.pixel_size, "device": str(self.device)}
+                            "pixel_size": prepared.pixel_size, "device": str(self.device),
+                            "pixel_size_source": self._apix_source.get(mic.path)}
                     picks, ranked = self._finish(prepared, grid, policy, info=info)
                     yield PickResult(mic, picks, None, candidates=ranked, info=info)
 
@@ -313,6 +317,10 @@ class Picker:
                     loaded, t_read = future.result()
                     prepared = self._prepared(loaded, mic, diameter_A)
                 except errors as exc:
+                    if isinstance(exc, PixelSizeError):  # every micrograph would be at a wrong scale: stop
+                        for _, f in pending:
+                            f.cancel()
+                        raise
                     yield from flush()  # results stay in the order of the micrographs
                     yield PickResult(mic, None, exc, {})
                     continue

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MicrographError
+from .errors import MicrographError, PixelSizeError
 
 
 @dataclass
@@ -61,26 +61,44 @@ def read_mrc(path):
 
 
 def resolve_pixel_size(path, star_apix, header_apix, explicit_apix=None, tolerance=0.02) -> float:
-    """Choose the pixel size: explicit > STAR > MRC header; error when none, zero or negative.
+    """The pixel size of :func:`pixel_size_and_source` (explicit > STAR > MRC header)."""
+    if explicit_apix is not None:
+        return pixel_size_and_source(path, explicit_apix, header_apix, "--apix", tolerance)[0]
+    return pixel_size_and_source(path, star_apix, header_apix, None, tolerance)[0]
 
-    A STAR and header that disagree by more than ``tolerance`` (relative) is reported as a warning
-    naming both (RELION trusts the STAR, and so do we), unless the header holds the common unset
-    value 1.0.
+
+def pixel_size_and_source(path, given, header_apix, given_source=None, tolerance=0.02) -> tuple:
+    """-> (pixel size in A/px, where it came from). ``given``: the value of the STAR or ``--apix``
+    (``given_source`` says which; None: "the micrographs STAR"), else the MRC header is used.
+
+    Raises :class:`PixelSizeError` (the run stops: every micrograph would be picked at a wrong scale)
+    for a given value that is not positive, and, when nothing else gives one, for a header without a
+    pixel size or with exactly 1.0 (what many writers put when they do not know it). A STAR and header
+    that disagree by more than ``tolerance`` (relative) is reported as a warning naming both (RELION
+    trusts the STAR, and so do we), unless the header holds the common unset value 1.0.
     """
-    for value, source in ((explicit_apix, "--apix"), (star_apix, "the micrographs STAR")):
-        if value is not None:
-            if not np.isfinite(value) or value <= 0:
-                raise MicrographError(f"pixel size {value} from {source} for {path} is not positive: "
-                                      f"fix _rlnMicrographPixelSize in the optics table or pass --apix")
-            if (header_apix and abs(header_apix - 1.0) > 1e-6
-                    and abs(header_apix - value) > tolerance * value and source != "--apix"):
-                warnings.warn(f"{path}: pixel size {value} A in the STAR but {header_apix} A in the MRC "
-                              f"header; using the STAR value", stacklevel=2)
-            return float(value)
-    if header_apix:
-        return float(header_apix)
-    raise MicrographError(f"no pixel size for {path}: the MRC header has none and no STAR gave one; "
-                          f"pass --apix or use a micrographs STAR with _rlnMicrographPixelSize")
+    if given is not None:
+        source = given_source or "the micrographs STAR"
+        if not np.isfinite(given) or given <= 0:
+            if source == "--apix":
+                raise PixelSizeError(f"--apix {given:g} is not a pixel size: give the micrographs' pixel size in "
+                                     f"A/px, e.g. --apix 1.06")
+            raise PixelSizeError(f"pixel size {given:g} from {source} for {path} is not positive: fix "
+                                 f"_rlnMicrographPixelSize in its optics table, or pass --apix to hydra pick")
+        if (header_apix and abs(header_apix - 1.0) > 1e-6
+                and abs(header_apix - given) > tolerance * given and source != "--apix"):
+            warnings.warn(f"{path}: pixel size {given} A in the STAR but {header_apix} A in the MRC "
+                          f"header; using the STAR value", stacklevel=2)
+        return float(given), source
+    if not header_apix:
+        raise PixelSizeError(f"no pixel size for {path}: its MRC header has none (0) and no STAR or --apix gives "
+                             f"one; pass --apix <A/px> or use a micrographs STAR with _rlnMicrographPixelSize")
+    if abs(header_apix - 1.0) <= 1e-6:
+        raise PixelSizeError(f"{path}: the MRC header's pixel size is exactly 1.0 A/px, what many programs write "
+                             f"when they do not know it, and no STAR or --apix gives one: pass --apix <A/px> "
+                             f"(--apix 1.0 if it really is 1.0) or use a micrographs STAR with "
+                             f"_rlnMicrographPixelSize")
+    return float(header_apix), "MRC header"
 
 
 def _torch():

@@ -115,6 +115,14 @@ class PickRun:
                  + ("; RELION 3.1's Extract looks for them by name and will not find them"
                     if str(self.version).startswith("3") else ""))
         self.device = rank_device(o["gpu"]) if self.world > 1 else device_from_gpu(o["gpu"])
+        groups: dict = {}
+        for m in self.mics:
+            key = (str(m.meta.get("optics_group", "-")), m.pixel_size, m.meta.get("apix_source"))
+            groups[key] = groups.get(key, 0) + 1
+        for (group, px, source), n in groups.items():
+            self.say(f"pixel size {px:g} A/px ({source}) for optics group {group}: {n} micrograph(s)" if px else
+                     f"optics group {group}: no pixel size in {o['in_mics']}: each micrograph's MRC header is used "
+                     f"({n} micrograph(s); a header with 0 or exactly 1.0 stops the job)")
         self.say(f"{PROG}: {len(self.mics)} micrographs in {o['in_mics']}; RELION {self.version} "
             f"({why}); job.star continue flag: {int(is_continue(self.job.name))}")
 

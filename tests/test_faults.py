@@ -418,3 +418,47 @@ def test_micrograph_name_over_255_bytes_is_skipped_like_an_unreadable_one(tmp_pa
         err = capsys.readouterr().err
         assert "skipped" in err and "x" * 40 in err and "Traceback" not in err, err
         assert [p.name for p in out.glob("*.star")] == ["mic0_hydra.star"]
+
+
+# ---- 4: a pixel size of exactly 1.0 (or 0) from an MRC header is not used silently --------------------
+@pytest.mark.parametrize("header", [1.0, 0.0])
+def test_unknown_pixel_size_in_the_mrc_header_stops_the_job(tmp_path, capsys, header):
+    from hydrapicker.cli import main as hydra
+
+    for i in range(2):
+        write_mrc(tmp_path / f"m{i}.mrc", np.random.rand(256, 256), apix=header)
+    rc = hydra(["pick", str(tmp_path / "m*.mrc"), "--diameter", "60", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "MRC header" in err and "--apix" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err  # stopped at the first one: not one warning per micrograph
+    assert not list((tmp_path / "o").glob("*.star"))
+
+
+def test_apix_zero_is_blamed_on_apix_not_on_the_star(tmp_path, capsys):
+    from hydrapicker.cli import main as hydra
+
+    write_mrc(tmp_path / "m.mrc", np.random.rand(256, 256), apix=2.0)
+    assert hydra(["pick", str(tmp_path / "m.mrc"), "--apix", "0", "--diameter", "60", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "--apix 0" in err and "STAR" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_every_job_prints_the_pixel_size_it_used_and_its_source(tmp_path, capsys, monkeypatch):
+    from hydrapicker.cli import main as hydra
+    from relion_helpers import FakePicker
+    from relion_hydra.pick_job import main as relion_pick
+
+    write_mrc(tmp_path / "one.mrc", np.random.rand(256, 256), apix=1.0)
+    write_mrc(tmp_path / "two.mrc", np.random.rand(256, 256), apix=3.5)
+    assert hydra(["pick", str(tmp_path / "one.mrc"), "--apix", "1.0", "--diameter", "60", "--out", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "pixel size 1 A/px (--apix)" in out, out
+    assert hydra(["pick", str(tmp_path / "two.mrc"), "--diameter", "60", "--out", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "pixel size 3.5 A/px (MRC header" in out, out
+    make_project(tmp_path / "proj", n_mics=2, shape=(128, 128), apix=2.0)
+    monkeypatch.chdir(tmp_path / "proj")
+    assert relion_pick(_job_argv(), picker_factory=FakePicker().factory) == 0
+    out = capsys.readouterr().out
+    assert out.count("pixel size 2 A/px") == 1 and f"optics group 1" in out and MICS_STAR in out, out

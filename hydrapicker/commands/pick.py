@@ -212,6 +212,7 @@ def pick_batch(picker, todo, args, policy, path, agg, log, should_stop=None) -> 
             failed.append(res.micrograph.name)
             print(f"[hydra] WARNING: skipped {res.micrograph.name}: {res.error}", file=sys.stderr, flush=True)
             continue
+        report_pixel_size(res, agg.pixel_sizes_reported, log)
         _stopping_on_write_errors(write_outputs, res, args, path)
         agg.add(res.micrograph, res.picks, res.info.get("threshold"))
         n_ok += 1
@@ -266,6 +267,7 @@ class Aggregates:
         self.picks: dict = {}       # stem -> Picks as written
         self.threshold: dict = {}   # micrograph name -> threshold used ("" unknown)
         self.summary = out / f"summary_{suffix}.tsv"
+        self.pixel_sizes_reported: set = set()  # (optics group, A/px, source) told to the user once
         try:
             for line in self.summary.read_text().splitlines()[1:]:
                 cols = line.split("\t")
@@ -342,3 +344,17 @@ def all_done(mics, stems, picked: dict, star_of) -> dict:
         elif stem not in out and star_of(m).exists():
             out[stem] = read_relion_coords(star_of(m))
     return out
+
+
+def report_pixel_size(res, seen: set, log) -> None:
+    """Tell the pixel size a micrograph was picked at and where it came from (STAR, MRC header, --apix),
+    once per optics group, value and source."""
+    info = res.info or {}
+    apix, source = info.get("pixel_size"), info.get("pixel_size_source")
+    group = (res.micrograph.meta or {}).get("optics_group")
+    key = (str(group), apix, source)
+    if apix is None or key in seen:
+        return
+    seen.add(key)
+    log(f"[hydra] pixel size {apix:g} A/px ({source or 'source unknown'})"
+        + (f" for optics group {group}" if group is not None else ""))
