@@ -121,13 +121,24 @@ def mrc_expected_size(path) -> Optional[int]:
 
 class Completeness:
     """Tracks file sizes across polls: :meth:`check` is True once the size did not change since the
-    previous poll (and is > 0) and, for MRC files, matches the header's."""
+    previous poll (and is > 0) and, for MRC files, matches the header's. ``settling``: the files whose size
+    already matches their header (or, for other files, is > 0) but was seen once only; :func:`watch` looks
+    again at them after a short ``settle`` instead of a whole poll."""
 
     def __init__(self):
         self._size: dict = {}
+        self.settling: set = set()
+
+    def _whole(self, path: str, size: int) -> bool:
+        if size == 0:
+            return False
+        if path.lower().endswith(MRC_SUFFIXES):
+            return mrc_expected_size(path) == size
+        return True
 
     def check(self, path) -> bool:
         path = str(path)
+        self.settling.discard(path)
         try:
             size = os.path.getsize(path)
         except OSError:
@@ -135,14 +146,15 @@ class Completeness:
             return False
         before = self._size.get(path)
         self._size[path] = size
-        if before is None or before != size or size == 0:
+        if before is None or before != size:
+            if self._whole(path, size):
+                self.settling.add(path)
             return False
-        if path.lower().endswith(MRC_SUFFIXES):
-            return mrc_expected_size(path) == size
-        return True
+        return self._whole(path, size)
 
     def forget(self, path) -> None:
         self._size.pop(str(path), None)
+        self.settling.discard(str(path))
 
 
 # -- stems that never change ---------------------------------------------------------------------------
@@ -221,14 +233,16 @@ class StopFlag:
 def watch(source: WatchSource, process: Callable[[list], int], is_done: Callable[[Micrograph], bool],
           out, poll: float = 5.0, idle_timeout: Optional[float] = None, log: Callable = print,
           stop: Optional[StopFlag] = None, batch_max: Optional[int] = None,
-          on_new: Optional[Callable[[list], None]] = None) -> dict:
+          on_new: Optional[Callable[[list], None]] = None, settle: float = 0.5) -> dict:
     """Pick what ``source`` lists as it appears, until stopped; returns counts and the stop reason.
 
     ``process(mics)`` picks a batch (and rewrites the aggregate outputs) and returns its number of picks;
     ``is_done(mic)`` says whether a micrograph was picked before (by this or an earlier run). ``on_new(mics)``
     sees each micrograph the first time it is listed (before it is complete), e.g. to give it its stem.
     ``batch_max``: at most this many micrographs per call (default: every complete one). The first poll looks
-    again after ``min(poll, 1)`` s, so the micrographs present at start are not kept waiting a whole poll.
+    again after ``min(poll, 1)`` s, so the micrographs present at start are not kept waiting a whole poll;
+    a file that looked whole for the first time is looked at again after ``min(poll, settle)`` s (its size
+    must still be the same), so a micrograph waits about one poll after its last byte, not two.
     """
     stop = stop or StopFlag(out)
     done: set = set()          # names handled (picked now, picked before, or failed now)
@@ -270,14 +284,14 @@ def watch(source: WatchSource, process: Callable[[list], int], is_done: Callable
                 log(f"[hydra watch] {len(handled)}/{len(ready)} micrographs picked in {dt:.1f} s "
                     f"({len(handled) / max(dt, 1e-9):.2f} micrographs/s), {int(picks or 0)} picks; "
                     f"total {n_mics} micrographs, {n_picks} picks; backlog {backlog}")
-                if backlog and not stop():
-                    continue  # more complete ones may be waiting: no sleep
+                if not stop():
+                    continue  # look again at once: picking took the time of a poll, more may be complete
             if stop():
                 break
             if idle_timeout is not None and time.time() - t_new >= idle_timeout:
                 stop.set(f"no new micrograph for {idle_timeout:g} s")
                 break
-            _sleep(min(poll, 1.0) if first else poll, stop)
+            _sleep(min(poll, 1.0) if first else (min(poll, settle) if sizes.settling else poll), stop)
             first = False
     wall = time.time() - t_start
     log(f"[hydra watch] stopped ({stop.reason}): {n_mics} micrographs, {n_picks} picks in {wall:.1f} s "

@@ -34,10 +34,11 @@ def test_a_file_written_in_two_halves_is_complete_only_when_whole_and_stable(tmp
     finish = _halves(whole, dst)
     c = Completeness()
     assert not c.check(dst)  # first sight
-    assert not c.check(dst)  # stable, but shorter than its header says
+    assert not c.check(dst) and not c.settling  # stable, but shorter than its header says
     finish()
-    assert not c.check(dst)  # grew since the last poll
-    assert c.check(dst)      # stable and whole
+    assert not c.check(dst)  # grew since the last poll ...
+    assert str(dst) in c.settling  # ... to its header's size: looked at again soon
+    assert c.check(dst) and not c.settling  # stable and whole
     (tmp_path / "tiny.mrc").write_bytes(b"x" * 100)  # not even a header
     assert mrc_expected_size(tmp_path / "tiny.mrc") is None
     assert not c.check(tmp_path / "missing.mrc")
