@@ -105,7 +105,10 @@ def read_micrographs_star(star_path, apix=None) -> list[Micrograph]:
         if "rlnOpticsGroup" in table.columns:
             meta["optics_group"] = row["rlnOpticsGroup"]
         meta["star"] = str(star_path)
-        path = resolve(name, star_dir) or name  # a missing file is reported when read, naming it
+        path = resolve(name, star_dir)
+        if path is None:  # a missing file is reported when read, naming both places looked in
+            path = name
+            meta["looked_in"] = [os.getcwd(), os.path.abspath(star_dir)]
         mics.append(Micrograph(path=str(path), pixel_size=px, name=name, meta=meta))
     return mics
 

@@ -130,7 +130,7 @@ class Picker:
         from .preprocess import _cpu_tensor, pixel_size_and_source, prepare_t, read_mrc
 
         t0 = time.perf_counter()
-        data, header_apix = read_mrc(mic.path)
+        data, header_apix = read_mrc(mic.path, looked_in=(mic.meta or {}).get("looked_in"))
         apix, source = pixel_size_and_source(mic.path, mic.pixel_size, header_apix,
                                              (mic.meta or {}).get("apix_source", "the caller"))
         self._apix_source[mic.path] = source

@@ -12,6 +12,7 @@ equals ``scipy.ndimage.gaussian_filter(mode="reflect", truncate=4)``, the median
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +30,24 @@ class Prepared:
     pixel_size: float          # A/px of the original
 
 
-def read_mrc(path):
-    """Memory-map a 2D micrograph -> (array view, header pixel size or None). Clear errors otherwise."""
+def read_mrc(path, looked_in=None):
+    """Memory-map a 2D micrograph -> (array view, header pixel size or None). Clear errors otherwise.
+
+    ``looked_in``: the folders a relative name was looked for from (for the message when it is missing)."""
     import mrcfile
 
     path = Path(path)
     if not path.exists():
+        if looked_in and not path.is_absolute():
+            where = " and from ".join(str(d) for d in looked_in)
+            raise MicrographError(f"micrograph {path} does not exist: looked for it from {where} (the current "
+                                  f"directory, then the STAR file's folder); check the name in the STAR or run "
+                                  f"from the folder its names are relative to")
         raise MicrographError(f"micrograph {path} does not exist: check the path (relative paths are read "
-                              f"from the current directory, the RELION project directory)")
+                              f"from the current directory, {os.getcwd()})")
+    if path.is_dir():
+        raise MicrographError(f"{path} is a directory, not a micrograph: give the MRC files in it, e.g. "
+                              f"'{path}/*.mrc' (quoted)")
     try:
         mrc = mrcfile.mmap(path, mode="r", permissive=False)
     except Exception as exc:

@@ -29,12 +29,13 @@ class Param:
     required: bool = False
     help: str = ""
     positive: bool = False
+    between: Optional[tuple] = None  # (lo, hi): the value must lie in this closed range
 
 
 # Always accepted: RELION's own arguments. ``pipeline_control`` is accepted and ignored.
 RELION_ARGS = (
     Param("o", str, None, True, "output job directory, with trailing slash (set by RELION)"),
-    Param("j", int, 1, False, "number of threads (GUI 'Number of threads')"),
+    Param("j", int, 1, False, "number of threads (GUI 'Number of threads')", positive=True),
     Param("pipeline_control", str, None, False, "added by RELION when the command contains 'relion_'; ignored"),
 )
 
@@ -60,6 +61,10 @@ def _convert(param: Param, raw: Optional[str]):
         raise ArgumentError(f"{flag} must be {kind}, got {raw!r}; fix its value in the Params tab") from None
     if param.positive and not value > 0:
         raise ArgumentError(f"{flag} must be > 0, got {raw!r}; fix its value in the Params tab")
+    if (param.between is not None and isinstance(value, (int, float))
+            and not param.between[0] <= value <= param.between[1]):
+        lo, hi = param.between
+        raise ArgumentError(f"{flag} must be from {lo:g} to {hi:g}, got {raw!r}; fix its value in the Params tab")
     return value
 
 

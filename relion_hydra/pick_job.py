@@ -49,7 +49,7 @@ PARAMS = (
     Param("particle_diameter", float, None, True, "particle diameter in Angstrom", positive=True),
     Param("threshold", threshold_value, None, False,
           "FOM threshold, 0-1, higher = fewer picks, or 'auto' (each micrograph's own, from its FOM distribution, "
-          "around the model's); default: the model's"),
+          "around the model's); default: the model's", between=(0.0, 1.0)),
     Param("model", str, None, False, "model file (default: the shipped generic model)"),
     Param("head", str, "", False, "which head of the model picks (empty: the model's own: the few-shot "
                                   "head of a fine-tuned model, else generic)"),

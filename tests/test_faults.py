@@ -462,3 +462,59 @@ def test_every_job_prints_the_pixel_size_it_used_and_its_source(tmp_path, capsys
     assert relion_pick(_job_argv(), picker_factory=FakePicker().factory) == 0
     out = capsys.readouterr().out
     assert out.count("pixel size 2 A/px") == 1 and f"optics group 1" in out and MICS_STAR in out, out
+
+
+# ---- 10: messages that say what is wrong ------------------------------------------------------------
+def test_missing_micrograph_of_a_star_names_both_places_tried(tmp_path, capsys, monkeypatch):
+    from hydrapicker.cli import main as hydra
+
+    write_mrc(tmp_path / "s" / "Movies" / "ok.mrc", np.random.rand(256, 256), apix=4.0)
+    (tmp_path / "s" / "mics.star").write_text("data_\nloop_\n_rlnMicrographName\nMovies/ok.mrc\nMovies/gone.mrc\n")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert hydra(["pick", "--mics", str(tmp_path / "s" / "mics.star"), "--diameter", "60", "--quiet",
+                  "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    line = next(ln for ln in err.splitlines() if "gone.mrc" in ln and "skipped" in ln)
+    assert str(tmp_path / "cwd") in line and str(tmp_path / "s") in line, line
+
+
+def test_a_directory_given_as_a_micrograph_is_called_a_directory(tmp_path, capsys):
+    from hydrapicker.cli import main as hydra
+
+    write_mrc(tmp_path / "ok.mrc", np.random.rand(256, 256), apix=4.0)
+    (tmp_path / "folder.mrc").mkdir()
+    assert hydra(["pick", str(tmp_path / "ok.mrc"), str(tmp_path / "folder.mrc"), "--diameter", "60", "--quiet",
+                  "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    line = next(ln for ln in err.splitlines() if "folder.mrc" in ln and "skipped" in ln)
+    assert "is a directory" in line and "motion correction" not in line, line
+
+
+@pytest.mark.parametrize("argv, words", [(["-j", "0"], "--threads"), (["--threshold", "2"], "--threshold"),
+                                         (["--threshold", "-0.1"], "--threshold")])
+def test_hydra_pick_refuses_zero_threads_and_thresholds_outside_0_1(tmp_path, capsys, argv, words):
+    from hydrapicker.cli import main as hydra
+
+    write_mrc(tmp_path / "m.mrc", np.random.rand(256, 256), apix=4.0)
+    with pytest.raises(SystemExit) as e:
+        hydra(["pick", str(tmp_path / "m.mrc"), "--diameter", "60", "--out", str(tmp_path / "o"), *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, words", [(["--j", "0"], "--j"), (["--threshold", "2"], "--threshold")])
+def test_relion_job_refuses_zero_threads_and_thresholds_outside_0_1(tmp_path, capsys, monkeypatch, argv, words):
+    from relion_helpers import FakePicker
+    from relion_hydra.pick_job import main
+
+    make_project(tmp_path, n_mics=1, shape=(128, 128))
+    monkeypatch.chdir(tmp_path)
+    fake = FakePicker()
+    base = [a for a in _job_argv() if a not in ("--j", "1")]
+    assert main(base + argv, picker_factory=fake.factory) == 1
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and fake.picked == [], err
+    assert (tmp_path / JOB / "RELION_JOB_EXIT_FAILURE").exists()

@@ -64,8 +64,11 @@ def test_argv_grouping_flags_multiword_negative_and_both_pipeline_control_spelli
     assert raw["flag"] is None
     assert raw["pipeline_control"] == "External/job004/"
     opts = rargs.parse(["--o", "J/", "--in_mics", "a.star", "--particle_diameter", "150",
-                        "--pipeline-control", "J/", "--j", "3", "--threshold", "-0.5"], PARAMS, "prog")
-    assert opts["particle_diameter"] == 150.0 and opts["j"] == 3 and opts["threshold"] == -0.5
+                        "--pipeline-control", "J/", "--j", "3", "--threshold", "0.25"], PARAMS, "prog")
+    assert opts["particle_diameter"] == 150.0 and opts["j"] == 3 and opts["threshold"] == 0.25
+    with pytest.raises(rargs.ArgumentError, match="--threshold must be from 0 to 1"):  # FOMs are 0-1
+        rargs.parse(["--o", "J/", "--in_mics", "a.star", "--particle_diameter", "150", "--threshold", "-0.5"],
+                    PARAMS, "prog")
     assert opts["pickname"] == "autopick" and opts["head"] == ""  # empty: the model's own head
 
 

@@ -25,14 +25,31 @@ Examples:
 
 def threshold_arg(word: str):
     """``--threshold``: a number or ``auto``."""
+    import argparse
+    import math
+
     if word.strip().lower() == "auto":
         return "auto"
     try:
-        return float(word)
+        value = float(word)
     except ValueError:
-        import argparse
-
         raise argparse.ArgumentTypeError(f"a number or 'auto', not {word!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"{word} is outside 0-1: FOMs are probabilities (0.3 = more picks, "
+                                         "0.7 = fewer), or use 'auto'")
+    return value
+
+
+def positive_int(word: str) -> int:
+    import argparse
+
+    try:
+        value = int(word)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number, not {word!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {word}")
+    return value
 
 
 def add_args(p):
@@ -61,7 +78,7 @@ def add_args(p):
     p.add_argument("--format", nargs="+", default=["star"], choices=["star", "box", "topaz", "cbox"],
                    help="output formats")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("-j", "--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("-j", "--threads", type=positive_int, default=None, help="CPU threads for torch")
     p.add_argument("--batch", type=int, default=None,
                    help="micrographs of one shape per forward pass (default: 8 on a GPU, 1 on the CPU)")
     p.add_argument("--readers", type=int, default=None,
