@@ -115,13 +115,15 @@ def test_watch_picks_each_micrograph_once_and_stops_on_the_stop_file(tmp_path):
     assert picked == ["a.mrc", "b.mrc"] and res["micrographs"] == 0 and "no new micrograph" in res["reason"]
 
 
-def test_stop_flag_turns_sigterm_into_a_clean_stop(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_flag_turns_sigterm_and_sigint_into_a_clean_stop_and_restores_the_handlers(tmp_path, sig):
+    before = signal.getsignal(sig)
     flag = StopFlag(tmp_path)
     with flag.handling():
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
         time.sleep(0.05)
-        assert flag() and "SIGTERM" in flag.reason
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+        assert flag() and signal.Signals(sig).name in flag.reason
+    assert signal.getsignal(sig) is before
 
 
 # ---- hydra pick --watch, end to end (shipped model, 256 px micrographs) -------------------------------
