@@ -59,7 +59,15 @@ def job_status(job) -> str:
 def load_exposures_input(job, name: str):
     if is_v4():
         return job.load_input(name, slots=["micrograph_blob"])
-    return job.load_input(name, slots="default")
+    # the slots used, by name: "default" may leave out the optional ones, and without mscope_params/ctf every
+    # pick's location/exp_group_id would be 0; a source that has neither still loads with its blob alone
+    try:
+        return job.load_input(name, slots=["micrograph_blob", "mscope_params", "ctf"])
+    except Exception:
+        try:
+            return job.load_input(name, slots=["micrograph_blob", "mscope_params"])
+        except Exception:
+            return job.load_input(name, slots=["micrograph_blob"])
 
 
 def log(job, text: str, *, name=None, level: str = "text"):

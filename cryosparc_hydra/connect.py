@@ -46,13 +46,24 @@ def resolve_url(url: Optional[str]) -> str:
     return normalise_url(url)
 
 
-def _saved_login(url: str, email: Optional[str]) -> bool:
-    """True when ``python -m cryosparc.tools login`` saved a (non-expired) token for ``url`` (5.x)."""
+def saved_login_url(url: str, email: Optional[str]) -> Optional[str]:
+    """The spelling of ``url`` under which ``python -m cryosparc.tools login`` saved a (non-expired) token
+    (5.x), or None: the look-up is by exact key, and a login made with ``--url http://host:39000/`` is
+    saved with its trailing slash, which :func:`normalise_url` strips."""
     try:
         auth = require("cryosparc.auth")
-        return auth.InstanceAuthSessions.load().find(url, email) is not None
+        sessions = auth.InstanceAuthSessions.load()
+        for form in (url, url.rstrip("/") + "/"):
+            if sessions.find(form, email) is not None:
+                return form
     except Exception:
-        return False
+        pass
+    return None
+
+
+def _saved_login(url: str, email: Optional[str]) -> bool:
+    """True when a saved login exists for ``url`` in either spelling (see :func:`saved_login_url`)."""
+    return saved_login_url(url, email) is not None
 
 
 def resolve_credentials(url: str, email=None, password=None, interactive: Optional[bool] = None):
@@ -91,6 +102,8 @@ def connect(url=None, email=None, password=None, *, interactive=None, log=print)
     tools = require("cryosparc.tools")
     url = resolve_url(url)
     email, password = resolve_credentials(url, email, password, interactive)
+    if password is None and not compat.is_v4():
+        url = saved_login_url(url, email) or url  # cryosparc-tools finds the saved token by this exact key
     version = compat.tools_version()
     try:
         with warnings.catch_warnings():

@@ -42,6 +42,10 @@ class NothingPicked(UserFacingError):
     """Every micrograph failed."""
 
 
+class JobSetupError(UserFacingError):
+    """The server refused to set up the External job (its input, connection or output)."""
+
+
 def parse_output_ref(ref: str, what: str = "--exposures"):
     """``"J12.exposures"`` -> ``("J12", "exposures")``."""
     job_uid, _, output = ref.partition(".")
@@ -100,12 +104,31 @@ def job_description(picker, opts: PickOptions, ref: str) -> str:
 
 
 def create_pick_job(project, workspace_uid: str, source_job: str, source_output: str, title: str, desc: str):
-    """Create the External job, its connected exposure input and its particle output."""
+    """Create the External job, its connected exposure input and its particle output.
+
+    A server that refuses the input, the connection or the output would leave the job "building" for ever
+    with no error: the job is then run just long enough to be marked failed with the server's message,
+    and the user gets that message in one line."""
     job = project.create_external_job(workspace_uid, title=title, desc=desc)
-    job.add_input("exposure", name=INPUT_NAME, min=1, slots=compat.input_slots(INPUT_SLOTS),
-                  title="Micrographs picked")
-    job.connect(INPUT_NAME, source_job, source_output)
-    job.add_output("particle", name=OUTPUT_NAME, slots=OUTPUT_SLOTS, title="HydraPicker particles")
+    step = "add its input"
+    try:
+        job.add_input("exposure", name=INPUT_NAME, min=1, slots=compat.input_slots(INPUT_SLOTS),
+                      title="Micrographs picked")
+        step = f"connect {source_job}.{source_output}"
+        job.connect(INPUT_NAME, source_job, source_output)
+        step = "add its particle output"
+        job.add_output("particle", name=OUTPUT_NAME, slots=OUTPUT_SLOTS, title="HydraPicker particles")
+    except Exception as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        message = f"CryoSPARC refused to {step} for External job {job.uid}: {text}"
+        try:
+            with job.run():
+                raise JobSetupError(message)
+        except JobSetupError:
+            pass
+        except Exception as mark_exc:  # the job could not even be marked failed: say so
+            message += f" (and marking {job.uid} failed did not work either: {mark_exc}; delete it in CryoSPARC)"
+        raise JobSetupError(message) from None
     return job
 
 

@@ -518,3 +518,59 @@ def test_relion_job_refuses_zero_threads_and_thresholds_outside_0_1(tmp_path, ca
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and fake.picked == [], err
     assert (tmp_path / JOB / "RELION_JOB_EXIT_FAILURE").exists()
+
+
+# ---- 13: CryoSPARC: a refused set-up, a saved login with a trailing slash, the slots loaded -------------
+@pytest.fixture
+def cs_server(monkeypatch, tmp_path):
+    pytest.importorskip("cryosparc.tools")
+    import test_cryosparc_adapter as T
+
+    return T.server.__wrapped__(monkeypatch, tmp_path) if hasattr(T.server, "__wrapped__") else \
+        T.server.__pytest_wrapped__.obj(monkeypatch, tmp_path)
+
+
+@pytest.mark.parametrize("refused", ["connect", "add_external_output"])
+def test_cryosparc_job_refused_by_the_server_is_marked_failed_and_reported_in_one_line(cs_server, refused):
+    import test_cryosparc_adapter as T
+    from cryosparc_hydra.job import run_pick_job
+    from hydrapicker.errors import UserFacingError
+
+    api = cs_server["api"]
+    getattr(api.jobs, refused).side_effect = RuntimeError("422: output type mismatch\n(server detail)")
+    with pytest.raises(UserFacingError, match="J9.*422: output type mismatch") as e:
+        run_pick_job(cs_server["cs"], "P1", "W1", "J3.exposures", T.FakePicker(), T._opts(), log=lambda *a: None)
+    assert "\n" not in str(e.value)
+    api.jobs.mark_failed.assert_called_once()
+    assert "output type mismatch" in api.jobs.mark_failed.call_args.kwargs["error"]
+    assert cs_server["state"]["job"].status == "failed"  # not left "building"
+
+
+def test_cryosparc_input_is_loaded_with_the_optional_slots_named(cs_server):
+    import test_cryosparc_adapter as T
+    from cryosparc_hydra.job import run_pick_job
+
+    api = cs_server["api"]
+    run_pick_job(cs_server["cs"], "P1", "W1", "J3.exposures", T.FakePicker(), T._opts(), log=lambda *a: None)
+    slots = api.jobs.load_input.call_args.kwargs.get("slots")
+    assert [s if isinstance(s, str) else getattr(s, "name", s) for s in slots] == \
+        ["micrograph_blob", "mscope_params", "ctf"], api.jobs.load_input.call_args
+
+
+def test_cryosparc_saved_login_made_with_a_trailing_slash_is_found(monkeypatch):
+    pytest.importorskip("cryosparc.tools")
+    from cryosparc_hydra import connect as C
+
+    class Sessions:
+        @staticmethod
+        def load():
+            return Sessions()
+
+        def find(self, url, email):
+            return object() if url == "http://host:39000/" else None
+
+    monkeypatch.setattr(C, "require", lambda name: type("M", (), {"InstanceAuthSessions": Sessions}))
+    monkeypatch.setattr(C.compat, "is_v4", lambda: False)
+    url = C.resolve_url("http://host:39000/")
+    assert C.resolve_credentials(url, interactive=False) == (None, None)  # the saved login, no prompt
+    assert C.saved_login_url(url, None) == "http://host:39000/"
