@@ -149,3 +149,35 @@ def test_hydra_pick_threshold_auto_records_each_micrographs_threshold_in_the_sum
         assert len(picks) == int(n) and (picks.fom >= thr - 1e-6).all()
     with pytest.raises(SystemExit):
         hydra(["pick", "x.mrc", "--diameter", "40", "--threshold", "high"])
+
+
+def test_threshold_auto_is_auto_threshold_of_what_all_writes(tmp_path):
+    """The wired path (--threshold auto) and the benchmark's (auto_threshold of every pick above the floor,
+    what --all writes) choose the same cut-off for each micrograph."""
+    from conftest import blob_micrograph, write_mrc
+    from hydrapicker.checkpoint import default_model_path, read_checkpoint, threshold_for
+    from hydrapicker.cli import main as hydra
+    from hydrapicker.coords import read_coords
+    from hydrapicker.postprocess import model_floor
+
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        centres = rng.uniform(20, 236, (60, 2))
+        write_mrc(tmp_path / "mics" / f"m{i}.mrc", blob_micrograph((256, 256), centres, 4.0, -2.0 + 0.5 * i,
+                                                                   seed=i), apix=2.0)
+    common = ["pick", str(tmp_path / "mics" / "*.mrc"), "--apix", "2", "--diameter", "30", "--threads", "1",
+              "--quiet"]
+    assert hydra(common + ["--out", str(tmp_path / "all"), "--all"]) == 0
+    assert hydra(common + ["--out", str(tmp_path / "auto"), "--threshold", "auto"]) == 0
+    meta = read_checkpoint(default_model_path())["meta"]
+    calibrated, floor = threshold_for(meta, "generic"), model_floor(meta)
+    rows = [ln.split("\t") for ln in (tmp_path / "auto" / "summary_hydra.tsv").read_text().splitlines()[1:]]
+    assert len(rows) == 3
+    methods = []
+    for name, coords, n, thr in rows:
+        every = next(iter(read_coords(tmp_path / "all" / coords).values()))
+        expect, why = auto_threshold(every.fom, calibrated, floor=floor)
+        methods.append(why["method"])
+        assert float(thr) == pytest.approx(expect, abs=1e-4)
+        assert int(n) == int((every.fom >= float(thr)).sum())
+    assert "mixture" in methods  # the fit was trusted (not only the fallback)
