@@ -13,7 +13,7 @@ RELION's ``# version`` line, ``loop_`` and ``#N`` labels); the coords_suffix fil
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import pandas as pd
 
@@ -81,11 +81,19 @@ def write_coord_list(path: str, rows: Sequence[tuple[str, str]], star_version: i
     return path
 
 
-def write_summary(path: str, rows: Sequence[tuple[str, int, float]], star_version: int) -> str:
+THRESHOLD_LABEL = "hydraThreshold"  # summary.star, threshold = auto: each micrograph's cut-off (no RELION label)
+
+
+def write_summary(path: str, rows: Sequence[tuple[str, int, float]], star_version: int,
+                  thresholds: Optional[dict] = None) -> str:
     """``data_summary``: micrograph name, number of picks (at or above the threshold) and their mean
-    FOM, with the labels RELION's own AutoPick uses in its summary.star."""
+    FOM, with the labels RELION's own AutoPick uses in its summary.star. ``thresholds`` ({name: threshold},
+    ``threshold = auto``) adds ``_hydraThreshold`` (-1 where unknown); RELION has no label for it and reads
+    no External job's summary (3.1 readers warn about, and keep, an unknown label)."""
     df = pd.DataFrame({"rlnMicrographName": [str(n) for n, _, _ in rows],
                        "rlnGroupNrParticles": pd.Series([int(k) for _, k, _ in rows], dtype=int),
                        "rlnAutopickFigureOfMerit": pd.Series([float(f) for _, _, f in rows], dtype=float)})
+    if thresholds is not None:
+        df[THRESHOLD_LABEL] = pd.Series([float(thresholds.get(str(n), -1.0)) for n, _, _ in rows], dtype=float)
     write_star(path, {"summary": df}, star_version)  # floats as %.6f (starfile's default)
     return path

@@ -111,3 +111,17 @@ def test_repeated_run_on_a_grown_star_through_the_pipeliner(tmp_path):
     assert "nothing new: all 4 micrographs" in (job / "run.out").read_text()
     print(f"\npipeliner cycles: first (2 micrographs) {t_first:.1f} s, grown (+2) {t_grown:.1f} s, "
           f"nothing new {t_none:.1f} s")
+
+
+def test_summary_can_carry_each_micrographs_auto_threshold(tmp_path):
+    from emtable import Table
+
+    from relion_hydra import nodes
+
+    p = nodes.write_summary(str(tmp_path / "summary.star"), [("a.mrc", 3, 0.5), ("b.mrc", 0, 0.0)], 30001,
+                            thresholds={"a.mrc": 0.281})
+    df = starfile.read(p)
+    assert df[nodes.THRESHOLD_LABEL].tolist() == [0.281, -1.0]  # -1: unknown
+    assert Table(fileName=p, tableName="summary").getColumnNames()[-1] == nodes.THRESHOLD_LABEL
+    plain = starfile.read(nodes.write_summary(str(tmp_path / "s2.star"), [("a.mrc", 3, 0.5)], 30001))
+    assert list(plain.columns) == ["rlnMicrographName", "rlnGroupNrParticles", "rlnAutopickFigureOfMerit"]
