@@ -195,7 +195,7 @@ def raw_grids(picker, ds: Dataset, head: str = "generic") -> dict:
     temp = float(picker.meta.get("temperature", 1.0))
     for stem, path in zip(ds.stems, ds.mic_paths):
         mic = Micrograph(str(path), pixel_size=ds.pixel_size, name=stem)
-        loaded, _ = picker._read(mic, ds.diameter_A)
+        loaded, _, _ = picker._read(mic, ds.diameter_A)
         prep = picker._prepared(loaded, mic, ds.diameter_A)
         grid = picker._grid(prep.image, head)
         out[stem] = Raw(np.asarray(grid, np.float64), tuple(prep.scale_xy), tuple(prep.shape), picker.stride, temp)

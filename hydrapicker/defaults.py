@@ -12,5 +12,7 @@ FLOOR = 0.05
 TEMPERATURE = 1.0
 #: duplicate suppression distance as a fraction of the particle diameter
 MIN_DISTANCE_DIAMETERS = 0.5
+#: picks closer than this (a fraction of the particle diameter) to a border band or dead area are dropped
+INVALID_MARGIN_DIAMETERS = 0.5
 #: precision that the calibrated threshold reaches on validation data
 CALIBRATION_PRECISION = 0.8

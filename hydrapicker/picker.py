@@ -122,9 +122,11 @@ class Picker:
         return threshold_for(self.meta, head)
 
     # -- one micrograph -------------------------------------------------------------------------
-    def _read(self, mic: Micrograph, diameter_A: float):
+    def _read(self, mic: Micrograph, diameter_A: float, find_invalid: bool = False):
         """Reader thread: the file as a float32 tensor with its pixel size; on the CPU also prepared (so
-        preparation overlaps the network), for CUDA page-locked for an asynchronous upload."""
+        preparation overlaps the network), for CUDA page-locked for an asynchronous upload. Returns
+        (loaded, seconds, regions): ``regions`` the border bands and dead areas of the micrograph as stored
+        (:func:`hydrapicker.regions.find_regions`) when ``find_invalid``, else None."""
         import torch
 
         from .preprocess import _cpu_tensor, pixel_size_and_source, prepare_t, read_mrc
@@ -135,10 +137,16 @@ class Picker:
                                              (mic.meta or {}).get("apix_source", "the caller"))
         self._apix_source[mic.path] = source
         t = _cpu_tensor(data)  # copies the memory map: this is the actual read
+        regions = None
+        if find_invalid:
+            from .regions import find_regions
+
+            regions = find_regions(t.numpy())
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # per thread: page-locked memory of this rank's GPU, not GPU 0's
-            return ("raw", t.pin_memory(), apix), time.perf_counter() - t0
-        return ("prepared", prepare_t(t, apix, diameter_A, self.extent_px, path=mic.path)), time.perf_counter() - t0
+            return ("raw", t.pin_memory(), apix), time.perf_counter() - t0, regions
+        return (("prepared", prepare_t(t, apix, diameter_A, self.extent_px, path=mic.path)),
+                time.perf_counter() - t0, regions)
 
     def _prepared(self, loaded, mic: Micrograph, diameter_A: float):
         """What a reader returned -> :class:`Prepared` with its image on the device."""
@@ -256,9 +264,9 @@ class Picker:
         if isinstance(mic, str):
             mic = Micrograph(mic)
         policy = policy or self.policy(diameter_A, head, threshold=None)
-        loaded, _ = self._read(mic, diameter_A)
+        loaded, _, regions = self._read(mic, diameter_A, policy.find_invalid)
         prepared = self._prepared(loaded, mic, diameter_A)
-        return self._finish(prepared, self._grid(prepared.image, head), policy)[0]
+        return self._finish(prepared, self._grid(prepared.image, head), policy, regions)[0]
 
     # -- many micrographs -----------------------------------------------------------------------
     def pick(self, micrographs: Iterable[Micrograph], diameter_A: float, head: str = "generic",
@@ -284,26 +292,28 @@ class Picker:
             def read_ahead():
                 mic = next(upcoming, None)
                 if mic is not None:
-                    pending.append((mic, pool.submit(self._read, mic, diameter_A)))
+                    pending.append((mic, pool.submit(self._read, mic, diameter_A, policy.find_invalid)))
 
             for _ in range(self.readers + self.batch - 1):
                 read_ahead()
-            group = []  # (micrograph, prepared, seconds reading) waiting to share a forward pass
+            group = []  # (micrograph, prepared, seconds reading, regions) waiting to share a forward pass
 
             def flush():
                 if not group:
                     return
                 t0 = time.perf_counter()
-                grids = self._infer_many([p.image for _, p, _ in group], head)
+                grids = self._infer_many([p.image for _, p, _, _ in group], head)
                 dt = (time.perf_counter() - t0) / len(group)
                 done = list(group)
                 group.clear()
-                for (mic, prepared, t_read), grid in zip(done, grids):
+                for (mic, prepared, t_read, regions), grid in zip(done, grids):
                     info = {"seconds_read": t_read, "seconds_infer": dt, "batch": len(done),
                             "scale": prepared.scale_xy, "shape": prepared.shape,
                             "pixel_size": prepared.pixel_size, "device": str(self.device),
-                            "pixel_size_source": self._apix_source.get(mic.path)}
-                    picks, ranked = self._finish(prepared, grid, policy, info=info)
+                            "pixel_size_source": self._apix_source.get(mic.path),
+                            "invalid": None if regions is None else regions.summary(),
+                            "invalid_text": None if regions is None else regions.describe()}
+                    picks, ranked = self._finish(prepared, grid, policy, regions, info=info)
                     yield PickResult(mic, picks, None, candidates=ranked, info=info)
 
             while pending:
@@ -314,7 +324,7 @@ class Picker:
                 mic, future = pending.popleft()
                 read_ahead()
                 try:
-                    loaded, t_read = future.result()
+                    loaded, t_read, regions = future.result()
                     prepared = self._prepared(loaded, mic, diameter_A)
                 except errors as exc:
                     if isinstance(exc, PixelSizeError):  # every micrograph would be at a wrong scale: stop
@@ -327,7 +337,7 @@ class Picker:
                 if group and (len(group) >= self.batch or not self._batchable(prepared.image)
                               or prepared.image.shape != group[0][1].image.shape):
                     yield from flush()
-                group.append((mic, prepared, t_read))
+                group.append((mic, prepared, t_read, regions))
                 if not self._batchable(prepared.image):
                     yield from flush()
             yield from flush()

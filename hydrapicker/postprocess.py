@@ -110,6 +110,7 @@ class PickPolicy:
     invalid_margin_A: float = 0.0
     round_to_pixel: bool = False
     calibrated: Optional[float] = None
+    find_invalid: bool = False  # find border bands and dead areas (hydrapicker.regions) and pick none there
 
     def __post_init__(self):
         if self.is_auto and not (self.calibrated is not None and 0.0 < float(self.calibrated) < 1.0):
@@ -139,10 +140,13 @@ class PickPolicy:
 
     @classmethod
     def for_model(cls, meta: dict, diameter_A: float, head: str = "generic", threshold="model",
-                  min_distance_A=None, edge_A=0.0, invalid_margin_A=0.0, round_to_pixel=False) -> "PickPolicy":
+                  min_distance_A=None, edge_A=0.0, invalid_margin_A=None, round_to_pixel=False,
+                  find_invalid=True) -> "PickPolicy":
         """The policy of a model file's ``meta``: ``threshold`` = a number, None (all above the floor) or
         ``"model"`` (the head's calibrated threshold) or ``"auto"`` (per micrograph, around the head's
-        calibrated threshold); floor from the model; minimum distance half the diameter unless given."""
+        calibrated threshold); floor from the model; minimum distance half the diameter unless given;
+        border bands and dead areas found and avoided by ``invalid_margin_A`` (default half a diameter)
+        unless ``find_invalid`` is False."""
         from .checkpoint import threshold_for
 
         calibrated = None
@@ -153,8 +157,10 @@ class PickPolicy:
             threshold = AUTO if threshold == AUTO else calibrated
         min_d = defaults.MIN_DISTANCE_DIAMETERS * float(diameter_A) if min_distance_A is None else min_distance_A
         thr = threshold if threshold is None or threshold == AUTO else float(threshold)
-        return cls(float(min_d), thr, model_floor(meta), float(edge_A or 0.0), float(invalid_margin_A or 0.0),
-                   bool(round_to_pixel), calibrated)
+        margin = defaults.INVALID_MARGIN_DIAMETERS * float(diameter_A) if invalid_margin_A is None \
+            else float(invalid_margin_A)
+        return cls(float(min_d), thr, model_floor(meta), float(edge_A or 0.0), margin,
+                   bool(round_to_pixel), calibrated, bool(find_invalid))
 
 
     @classmethod
@@ -193,10 +199,13 @@ def decode(grid: np.ndarray, stride: int, floor: float, temperature: float = def
     return Candidates(xy, score, None if shape is None else tuple(shape), float(pixel_size))
 
 
-def near_invalid(xy: np.ndarray, invalid: np.ndarray, margin_px: float) -> np.ndarray:
-    """True for centres inside the ``invalid`` mask (bool, micrograph pixels) or within ``margin_px`` of it."""
+def near_invalid(xy: np.ndarray, invalid, margin_px: float) -> np.ndarray:
+    """True for centres inside ``invalid`` (a bool mask in micrograph pixels, or the
+    :class:`hydrapicker.regions.InvalidRegions` the picker found) or within ``margin_px`` of it."""
     if not len(xy):
         return np.zeros(0, bool)
+    if hasattr(invalid, "near"):
+        return invalid.near(xy[:, 0], xy[:, 1], margin_px)
     invalid = np.asarray(invalid, bool)
     if margin_px > 0 and invalid.any():
         from scipy.ndimage import distance_transform_edt  # only when a mask is given
@@ -209,7 +218,7 @@ def near_invalid(xy: np.ndarray, invalid: np.ndarray, margin_px: float) -> np.nd
     return invalid[ij[:, 0], ij[:, 1]]
 
 
-def rank(candidates: Candidates, policy: PickPolicy, invalid: Optional[np.ndarray] = None) -> Picks:
+def rank(candidates: Candidates, policy: PickPolicy, invalid=None) -> Picks:
     """Every candidate that may become a pick, highest FOM first: above the floor, inside the micrograph
     minus ``policy.edge_A``, away from ``invalid`` regions, duplicates suppressed. No threshold yet."""
     apix = float(candidates.pixel_size)

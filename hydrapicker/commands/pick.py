@@ -6,7 +6,8 @@ Writes one RELION coordinate STAR per micrograph (<out>/<stem>_<suffix>.star, ev
 threshold with its FOM; <stem> is the micrograph's path relative to the folder holding all of them, without
 its extension, so a/x.mrc and b/x.mrc do not collide), optionally BOX, Topaz text and CBOX-like files, and a summary
 (<out>/summary_<suffix>.tsv: micrograph, coordinate file, picks, the threshold used; with --threshold auto each
-micrograph's own). Micrographs whose output already exists are skipped unless --overwrite (resume).
+micrograph's own; the fraction of its area excluded as border bands or dead areas: no pick is kept in them or
+within half a diameter of them unless --keep-invalid). Micrographs whose output already exists are skipped unless --overwrite (resume).
 
 --watch: after the micrographs present at start, keep picking new ones as they appear (a folder, a glob or a
 micrographs STAR another program rewrites) every --poll seconds; a file is picked once complete (size stable
@@ -70,6 +71,10 @@ def add_args(p):
     p.add_argument("--min-distance", type=float, default=None,
                    help="duplicate suppression distance in A (default: half the diameter)")
     p.add_argument("--edge", type=float, default=0.0, help="exclude picks closer than this (A) to an edge")
+    p.add_argument("--keep-invalid", action="store_true",
+                   help="also pick in border bands (flat, smeared or striped motion-correction padding) and "
+                        "dead areas; by default they are found per micrograph and no pick is kept in them or "
+                        "within half a diameter of them (the excluded area is in the summary)")
     p.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
                    help="test-time augmentation: average the network over this many rotations/flips of each "
                         "micrograph (N times slower; measured +0.01-0.02 AP on most sets)")
@@ -189,7 +194,8 @@ def _main(args, inputs, mics, out):
     args.head = args.head or picker.default_head
     policy = picker.policy(args.diameter, args.head,
                            threshold=None if args.all else ("model" if args.threshold is None else args.threshold),
-                           min_distance_A=args.min_distance, edge_A=args.edge)
+                           min_distance_A=args.min_distance, edge_A=args.edge,
+                           find_invalid=not getattr(args, "keep_invalid", False))
     agg = Aggregates(out, args.suffix, args.format, stems, path)
     if args.watch:
         return watch_main(args, inputs, out, stems, path, picker, policy, agg, log)
@@ -231,12 +237,15 @@ def pick_batch(picker, todo, args, policy, path, agg, log, should_stop=None) -> 
             continue
         report_pixel_size(res, agg.pixel_sizes_reported, log)
         _stopping_on_write_errors(write_outputs, res, args, path)
-        agg.add(res.micrograph, res.picks, res.info.get("threshold"))
+        agg.add(res.micrograph, res.picks, res.info.get("threshold"), res.info.get("invalid"))
         n_ok += 1
         n_picks += len(res.picks)
         rate = i / max(time.time() - t0, 1e-9)
         thr = res.info.get("threshold")
         thr_txt = f", threshold {thr:.3f}" if policy.is_auto and thr is not None else ""
+        inv = res.info.get("invalid")
+        if inv and inv["excluded_fraction"] > 0:
+            thr_txt += f", {res.info['invalid_text']}"
         log(f"[hydra] {i}/{len(todo)} {res.micrograph.name}: {len(res.picks)} picks{thr_txt} "
             f"(total {n_picks}, {rate:.2f} micrographs/s, {res.info['device']})")
     return n_ok, n_picks, failed
@@ -283,26 +292,31 @@ class Aggregates:
         self.out, self.suffix, self.formats, self.stems, self.path = out, suffix, formats, stems, path
         self.picks: dict = {}       # stem -> Picks as written
         self.threshold: dict = {}   # micrograph name -> threshold used ("" unknown)
+        self.excluded: dict = {}    # micrograph name -> fraction of its area in border bands/dead areas
         self.summary = out / f"summary_{suffix}.tsv"
         self.pixel_sizes_reported: set = set()  # (optics group, A/px, source) told to the user once
         try:
             for line in self.summary.read_text().splitlines()[1:]:
                 cols = line.split("\t")
-                if len(cols) == 4:
+                if len(cols) >= 4:
                     self.threshold[cols[0]] = cols[3]
+                if len(cols) >= 5:
+                    self.excluded[cols[0]] = cols[4]
         except OSError:
             pass
 
-    def add(self, mic, picks, threshold) -> None:
+    def add(self, mic, picks, threshold, invalid=None) -> None:
         self.picks[self.stems[mic.name]] = as_written(picks)
         self.threshold[mic.name] = "none" if threshold is None else f"{float(threshold):.6f}"
+        self.excluded[mic.name] = "" if invalid is None else f"{float(invalid['excluded_fraction']):.6f}"
 
     def state(self):
-        return self.picks, self.threshold
+        return self.picks, self.threshold, self.excluded
 
     def merge(self, state) -> None:
         self.picks.update(state[0])
         self.threshold.update(state[1])
+        self.excluded.update(state[2])
 
     def write(self, mics) -> None:
         from ..atomic import write_text
@@ -312,14 +326,14 @@ class Aggregates:
         self.picks.update(done)
         if "topaz" in self.formats:
             write_topaz_txt(self.out / f"picks_{self.suffix}.txt", done)
-        rows, listed = ["micrograph\tcoordinates\tpicks\tthreshold"], set()
+        rows, listed = ["micrograph\tcoordinates\tpicks\tthreshold\texcluded_area"], set()
         for m in mics:
             stem = self.stems[m.name]
             if stem in done and m.name not in listed:
                 listed.add(m.name)
                 star = self.path(m, ".star")
                 rows.append(f"{m.name}\t{star.relative_to(self.out)}\t{len(done[stem])}\t"
-                            f"{self.threshold.get(m.name, '')}")
+                            f"{self.threshold.get(m.name, '')}\t{self.excluded.get(m.name, '')}")
         write_text(self.summary, "\n".join(rows) + "\n")
 
 

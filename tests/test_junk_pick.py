@@ -1,0 +1,62 @@
+"""End to end: hydra pick on simulated junk micrographs keeps no pick in border bands (or near them) and
+reports the excluded area; a clean micrograph loses nothing."""
+import numpy as np
+import pytest
+
+from hydrapicker.cli import main as hydra
+from hydrapicker.coords import read_coords
+from hydrapicker.simulate import simulate_micrograph
+from hydrapicker.simulate.datasets import junk_target_specs
+
+from conftest import write_mrc
+
+OFF = dict(p_junk_only=0.0, vesicles=0.0, ice_crystals=0.0, gold=0.0, rim_contamination=0.0, p_thin_carbon=0.0,
+           other_aggregates=0.0, p_border=0.0, p_gain_stripes=0.0, p_hot_pixels=0.0)
+
+
+def _summary(out):
+    rows = [ln.split("\t") for ln in (out / "summary_hydra.tsv").read_text().splitlines()]
+    assert rows[0][-1] == "excluded_area"
+    return {r[0]: r for r in rows[1:]}
+
+
+@pytest.fixture(scope="module")
+def junk_mics(tmp_path_factory):
+    d = tmp_path_factory.mktemp("junkmics")
+    spec = junk_target_specs()[0].replace(**{**OFF, "p_border": 1.0, "vesicles": 2.0, "other_aggregates": 2.0,
+                                             "ice_crystals": 1.0}, shape=(448, 448), coverage=(0.25, 0.3))
+    mics = {}
+    for i in range(3):
+        m = simulate_micrograph(spec, i)
+        mics[m.name] = (write_mrc(d / f"{m.name}.mrc", m.image, apix=spec.pixel_size), m)
+    clean = simulate_micrograph(spec.replace(**OFF, name="plain"), 0)
+    mics["plain"] = (write_mrc(d / "plain.mrc", clean.image, apix=spec.pixel_size), clean)
+    return d, spec, mics
+
+
+def test_pick_on_junk_micrographs_drops_picks_in_and_near_border_bands(junk_mics, tmp_path):
+    d, spec, mics = junk_mics
+    out, keep = tmp_path / "default", tmp_path / "keep"
+    args = [str(d / "*.mrc"), "--diameter", str(spec.diameter_A), "--all", "--threads", "1"]
+    assert hydra(["pick", *args, "--out", str(out)]) == 0
+    assert hydra(["pick", *args, "--out", str(keep), "--keep-invalid"]) == 0
+    summ = _summary(out)
+    margin = 0.5 * spec.diameter_px
+    n_dropped = 0
+    for name, (path, sim) in mics.items():
+        ny, nx = sim.image.shape
+        row = next(r for k, r in summ.items() if k.endswith(f"{name}.mrc"))
+        got = next(iter(read_coords(out / row[1]).values()))
+        kept_all = next(iter(read_coords(keep / row[1]).values()))
+        bands = sim.info.get("border_bands") or []
+        if name == "plain":
+            assert float(row[4]) == 0.0  # a clean micrograph loses no area and no pick
+            assert len(got) == len(kept_all)
+            continue
+        assert bands and float(row[4]) > 0
+        for _, edge, depth in bands:
+            dist = [got.y, ny - 1 - got.y, got.x, nx - 1 - got.x][edge]
+            assert np.all(dist > depth - 1 + margin - 1.0), (name, edge, depth)
+            dist_all = [kept_all.y, ny - 1 - kept_all.y, kept_all.x, nx - 1 - kept_all.x][edge]
+            n_dropped += int(np.sum(dist_all <= depth - 1 + margin - 1.0))
+    assert n_dropped > 0  # --keep-invalid does pick there: the default really excluded something
