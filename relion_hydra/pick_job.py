@@ -308,14 +308,16 @@ class PickRun:
 
     @staticmethod
     def _earlier_summary(path) -> dict:
-        """{name: (picks, mean FOM, the file's mtime_ns)} from an earlier run's summary.star ({} if none)."""
+        """{name: (picks, mean FOM, the file's mtime_ns, threshold or -1)} from an earlier run's summary.star
+        ({} if none)."""
         try:
             from hydrapicker.star import read_blocks
 
             mtime = os.stat(path).st_mtime_ns
             df = read_blocks(path, "summary.star")["summary"]
-            return {str(n): (int(k), float(f), mtime) for n, k, f in
-                    zip(df["rlnMicrographName"], df["rlnGroupNrParticles"], df["rlnAutopickFigureOfMerit"])}
+            thr = (df[nodes.THRESHOLD_LABEL] if nodes.THRESHOLD_LABEL in df.columns else [-1.0] * len(df))
+            return {str(n): (int(k), float(f), mtime, float(t)) for n, k, f, t in
+                    zip(df["rlnMicrographName"], df["rlnGroupNrParticles"], df["rlnAutopickFigureOfMerit"], thr)}
         except Exception:  # missing, empty or foreign: read the coordinate files instead
             return {}
 
@@ -352,7 +354,13 @@ class PickRun:
                 counts[n] = (len(p), float(p.fom.mean()) if len(p) else 0.0)
         nodes.write_coords_suffix(d, o["pickname"], o["in_mics"])
         nodes.write_coord_list(d + nodes.COORD_LIST, rows, self.star_version)
-        nodes.write_summary(d + nodes.SUMMARY, [(n, *counts[n]) for n, _ in rows], self.star_version)
+        auto = getattr(self, "threshold", None) == "auto"
+        thresholds = None
+        if auto:  # each micrograph's cut-off: this run's, else the earlier summary's
+            thresholds = {n: earlier[n][3] for n, _ in rows if n in earlier and earlier[n][3] >= 0}
+            thresholds.update(self.thresholds)
+        nodes.write_summary(d + nodes.SUMMARY, [(n, *counts[n]) for n, _ in rows], self.star_version,
+                            thresholds=thresholds)
         if aborted:
             with_log = os.path.exists(d + nodes.LOGFILE)
             log(f"{d}{nodes.LOGFILE} is not redrawn after an abort (a Continue redraws it)")

@@ -117,6 +117,13 @@ def test_relion_job_threshold_auto_picks_per_micrograph_and_logs_each_threshold(
         assert len(got) == int((cand.fom >= expect).sum())
         chosen.append(expect)
     assert len(set(np.round(chosen, 6))) >= 2 and "threshold auto (per micrograph" in out
+    import starfile
+    from relion_hydra.nodes import THRESHOLD_LABEL
+    summary = starfile.read(job + "summary.star")
+    np.testing.assert_allclose(summary[THRESHOLD_LABEL], chosen, atol=1e-6)  # each micrograph's, recorded
+    # a Continue with nothing new keeps them (no model loaded)
+    assert main(argv, picker_factory=lambda *a: pytest.fail("model loaded")) == 0
+    np.testing.assert_allclose(starfile.read(job + "summary.star")[THRESHOLD_LABEL], chosen, atol=1e-6)
     # a Continue with a fixed threshold is other settings: everything picked again
     fake2 = BimodalPicker.make()
     assert main(argv[:-4] + ["--threshold", "0.5", "--j", "1"], picker_factory=fake2.factory) == 0
