@@ -1,4 +1,6 @@
-"""The ``hydra`` command: one sub-command per module of :mod:`hydrapicker.commands`.
+"""hydra: pick cryo-EM particles with HydraPicker (sub-commands below; hydra COMMAND --help for each).
+
+One sub-command per module of ``hydrapicker.commands``.
 
 Each command module has a docstring (its help, with examples), ``add_args(parser)`` and ``main(args)``.
 Heavy imports (torch) are deferred into ``main`` so that ``hydra --help`` is instant.

@@ -117,14 +117,14 @@ def parse(argv: list[str], params: tuple, prog: str) -> dict:
     if unknown:
         names = ", ".join(f"--{k}" for k in unknown)
         known = ", ".join(p.name for p in params)
-        raise ArgumentError(f"{prog}: unknown parameter(s) {names}. Accepted parameter labels: {known} "
+        raise ArgumentError(f"unknown parameter(s) {names}. Accepted parameter labels: {known} "
                             "(plus RELION's --o, --j). Fix the label(s) in the Params tab.")
     values = {}
     for name, p in spec.items():
         if name in raw:
             values[name] = _convert(p, raw[name])
         elif p.required:
-            raise ArgumentError(f"{prog}: --{name} is required ({p.help}). In the RELION GUI, Params tab: "
+            raise ArgumentError(f"--{name} is required ({p.help}). In the RELION GUI, Params tab: "
                                 f"set a 'Param label' to '{name}' and its value.")
         else:
             values[name] = False if p.kind is bool else p.default

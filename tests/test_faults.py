@@ -615,3 +615,51 @@ def test_hydra_pick_killed_at_random_points_then_resumed_equals_an_uninterrupted
             assert cut(got[rel]) == cut(data)
         else:
             assert got[rel] == data, rel
+
+
+# ---- 12: what a new user tripped on ----------------------------------------------------------------
+def test_hydra_help_has_no_sphinx_markup(capsys):
+    from hydrapicker.cli import main as hydra
+
+    with pytest.raises(SystemExit):
+        hydra(["--help"])
+    out = capsys.readouterr().out
+    assert ":mod:" not in out and "``" not in out, out
+
+
+def test_relion_errors_do_not_repeat_the_program_name(tmp_path, capsys, monkeypatch):
+    from relion_helpers import FakePicker
+    from relion_hydra.pick_job import main
+
+    make_project(tmp_path, n_mics=1, shape=(128, 128))
+    monkeypatch.chdir(tmp_path)
+    assert main(_job_argv() + ["--treshold", "0.3"], picker_factory=FakePicker().factory) == 1
+    assert main(["--o", JOB, "--j", "1"], picker_factory=FakePicker().factory) == 1
+    err = capsys.readouterr().err
+    assert "relion_hydra_pick: error: relion_hydra_pick:" not in err and "relion_hydra_pick: error:" in err, err
+
+
+def test_hydra_info_of_a_fine_tuned_model_describes_its_new_head(tmp_path, capsys):
+    import torch
+
+    from hydrapicker.checkpoint import default_model_path
+    from hydrapicker.cli import main as hydra
+
+    ck = torch.load(default_model_path(), map_location="cpu", weights_only=True)
+    meta = dict(ck["meta"])
+    head = "fewshot_abc"
+    meta["heads"] = list(meta["heads"]) + [head]
+    meta["default_head"] = head
+    meta["default_threshold"] = 0.41
+    meta["head_thresholds"] = {**(meta.get("head_thresholds") or {}), head: 0.41}
+    meta["finetune"] = {head: {"base_model": "generic.pt", "diameter_A": 140.0, "micrographs": ["a", "b", "c"],
+                               "validation_AP": 0.777, "threshold": 0.41, "n_picks": 123}}
+    state = dict(ck["model"])
+    state.update({k.replace("heads.generic.", f"heads.{head}."): v for k, v in ck["model"].items()
+                  if k.startswith("heads.generic.")})
+    torch.save({**ck, "meta": meta, "model": state}, tmp_path / "ft.pt")
+    assert hydra(["info", str(tmp_path / "ft.pt")]) == 0
+    out = capsys.readouterr().out
+    assert head in out and "0.777" in out and "123" in out and "3 micrographs" in out, out
+    ap_lines = [ln for ln in out.splitlines() if "validation AP" in ln]
+    assert all("generic" in ln or head in ln for ln in ap_lines), out  # whose AP each one is

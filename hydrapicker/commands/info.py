@@ -33,12 +33,24 @@ def main(args):
     print(f"parameters:        body {count_parameters(net.body):,}, "
           f"per head {count_parameters(net.heads['generic']):,}")
     print(f"particle extent:   {meta.get('extent_px')} px after rescaling")
-    print(f"default threshold: {meta.get('default_threshold')} (FOM floor {meta.get('floor')})")
+    from ..checkpoint import default_head
+
+    own = default_head(meta)
+    print(f"default head:      {own}" + (" (picks unless --head says otherwise)" if own != "generic" else ""))
+    print(f"default threshold: {meta.get('default_threshold')} (of head {own}; FOM floor {meta.get('floor')})")
+    for head, ft in (meta.get("finetune") or {}).items():  # few-shot heads: their own data and numbers
+        ap = ft.get("validation_AP")
+        print(f"few-shot head:     {head}: fine-tuned from {ft.get('base_model')} on "
+              f"{len(ft.get('micrographs') or [])} micrographs, {ft.get('n_picks')} picks, diameter "
+              f"{ft.get('diameter_A')} A; threshold {ft.get('threshold')}")
+        print(f"validation AP:     {'n/a (no validation micrographs)' if ap is None else f'{ap:.3f}'} "
+              f"(head {head}, on its held-out labelled micrographs)")
     if meta.get("validation_AP_mean") is not None:
-        print(f"validation AP:     {meta['validation_AP_mean']:.3f} (mean over source validation sets)")
+        print(f"validation AP:     {meta['validation_AP_mean']:.3f} (head generic, mean over the base model's "
+              f"simulated validation sets)")
     if tr:
         print(f"training:          {len(tr.get('datasets', []))} simulated datasets, phase {tr.get('phase')}, "
-              f"step {tr.get('step')}")
+              f"step {tr.get('step')} (the generic head and body)")
     if meta.get("note"):
         print(f"note:              {meta['note']}")
     return 0
