@@ -352,6 +352,226 @@ def _generic_sets(n_specs: int, n_mics: int, extent_px: float, seed: int, log) -
     return out
 
 
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How a few-shot head is trained (the tuning arguments of :func:`finetune`)."""
+
+    epochs: Optional[int] = None
+    val_fraction: float = 0.2
+    mix_generic: float = 0.0
+    seed: int = 0
+    label_fraction: Optional[float] = None
+    region_radius: float = 3.0
+    crop: int = 128
+    batch: int = 8
+    lr: float = 1e-3
+    patience: int = 6
+    lambda_tie: float = 0.01
+    max_minutes: Optional[float] = None
+    memory_gb: float = 1.5
+    steps_per_epoch: Optional[int] = None
+
+
+def _load_base(base_model, head_name, diameter_A, device):
+    """(net on the device, meta, checkpoint) of the base model, after checking the new head's name."""
+    from .checkpoint import load_checkpoint
+    from .picker import select_device
+
+    if not isinstance(head_name, str) or not HEAD_NAME.match(head_name):
+        raise FinetuneError(f"head name {head_name!r} is not valid: use letters, digits, '_', '-' or '.' "
+                            f"(e.g. --name apoferritin)")
+    if not (diameter_A and diameter_A > 0):
+        raise FinetuneError(f"particle diameter must be a positive number of Angstrom, got {diameter_A}")
+    device = select_device(device)
+    net, meta, ck = load_checkpoint(base_model, with_ckpt=True)
+    net.to(device)
+    if head_name in net.heads:
+        raise FinetuneError(f"model {meta.get('path')} already has a head named {head_name!r} (heads: "
+                            f"{', '.join(net.head_names)}); choose another --name")
+    return net, meta, ck
+
+
+def _cache_features(net, train, mix, val, cfg, temperature, should_stop, log):
+    """Body features of every training micrograph in as many dihedral orientations as fit in
+    ``cfg.memory_gb`` -> (variants [(source index, Oriented)], validation features, orientations), or None
+    when stopped."""
+    bs, stride = net.preset.body_stride, net.stride
+    fs = stride // bs
+    per_variant = sum(net.body.out_channels * (m.image.shape[0] // bs + fs) * (m.image.shape[1] // bs + fs) * 2
+                      for m in train + mix)
+    n_var = next((n for n in (8, 4, 2) if n * per_variant <= cfg.memory_gb * 2 ** 30), 1)
+    t0 = time.time()
+    net.eval()
+    variants = []   # (source index, Oriented) over train + mix
+    for rot, flip in DIHEDRAL[:n_var]:
+        for i, m in enumerate(train + mix):
+            if should_stop is not None and should_stop():
+                return None
+            variants.append((i, orient(net, m, rot, flip, temperature)))
+    val_feats = [body_features(net, _pad_to(m.image, stride)) for m in val]
+    log(f"[finetune] body features of {len(train) + len(mix)} micrographs x {n_var} orientations cached in "
+        f"{time.time() - t0:.0f} s")
+    return variants, val_feats, n_var
+
+
+def _weigh_labels(train, variants, stride, extent, thr_generic, cfg, log) -> tuple:
+    """Label fraction (estimated unless given) and every cell's target and weight -> (c, evidence)."""
+    ident = [o for i, o in variants[:len(train)]]
+    shift = _logit(thr_generic)
+    est_c, c_info = estimate_label_fraction(train, ident, stride, extent, shift)
+    c = est_c if cfg.label_fraction is None else float(cfg.label_fraction)
+    for i, o in variants:
+        if i < len(train):
+            # a micrograph given with no picks is declared particle-free (junk the user wants rejected):
+            # every cell a plain negative, whatever the label fraction of the others
+            c_i = 1.0 if not len(train[i].xy) else c
+            o.target, o.weight = pu_targets(o.region, _sigmoid(o.teacher[2] - shift), o.cls, c_i)
+        else:
+            o.target, o.weight = o.cls, np.ones_like(o.region)
+    log(f"[finetune] label fraction {c:.2f} ({'estimated' if cfg.label_fraction is None else 'given'}; "
+        f"generic detections {c_info['detections']}, on labels {c_info['hits']})")
+    return c, c_info
+
+
+def _new_head(net, head_name):
+    """The new head, initialised from the generic head; everything else frozen."""
+    head = net.add_head(head_name, init_from="generic")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for p in head.parameters():
+        p.requires_grad_(True)
+    head.train()
+    _freeze_norms(head)
+    return head
+
+
+def _sample(pool, g: int, fs: int, rng):
+    """One (features, cls, offsets, weight, target) crop of g x g cells from a random oriented micrograph,
+    preferring crops that are mostly annotated."""
+    o = pool[int(rng.integers(0, len(pool)))]
+    gh, gw = o.cls.shape
+    for _ in range(8):
+        i0, j0 = int(rng.integers(0, gh - g + 1)), int(rng.integers(0, gw - g + 1))
+        w = o.weight[i0:i0 + g, j0:j0 + g]
+        if w.mean() > 0.1:
+            break
+    f = o.feats[:, i0 * fs:(i0 + g) * fs, j0 * fs:(j0 + g) * fs]
+    return f, o.cls[i0:i0 + g, j0:j0 + g], o.off[:, i0:i0 + g, j0:j0 + g], w, o.target[i0:i0 + g, j0:j0 + g]
+
+
+def train_one_epoch(net, head_name, own, gen, opt, crit, cfg, g, steps, rng, should_stop=None):
+    """``steps`` optimiser steps of the new head on crops of ``own`` (and ``gen``, at ``cfg.mix_generic``)
+    -> the losses, or None when stopped."""
+    import torch
+
+    from .criterion import head_bias_loss
+
+    head = net.heads[head_name]
+    device = _device_of(head)
+    fs = net.stride // net.preset.body_stride
+    losses = []
+    for _ in range(steps):
+        if should_stop is not None and should_stop():
+            return None
+        n_gen = int(rng.binomial(cfg.batch, cfg.mix_generic)) if gen else 0
+        items = [_sample(gen, g, fs, rng) for _ in range(n_gen)] + [_sample(own, g, fs, rng)
+                                                                     for _ in range(cfg.batch - n_gen)]
+        f = torch.stack([it[0] for it in items]).float().to(device)
+        cls, off, wt, soft = (torch.from_numpy(np.stack([it[j] for it in items])).to(device) for j in (1, 2, 3, 4))
+        loss, parts = crit(head(f), cls, off, wt, soft=soft)
+        if cfg.lambda_tie:
+            loss = loss + cfg.lambda_tie * head_bias_loss(net, [head_name])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), 10.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def _fit(net, head_name, variants, n_train, area, val, val_feats, cfg, grid, rng, t_start, should_stop, log):
+    """Epochs of :func:`train_one_epoch` with validation and early stopping; the best head is kept
+    -> (history, (best AP, state, epoch), last epoch, steps), or None when stopped. ``area``: pixels of the
+    training micrographs (one epoch ~ that area once); ``grid``: (stride, extent px, temperature)."""
+    import torch
+
+    from .criterion import Criterion
+
+    head = net.heads[head_name]
+    stride, extent, temperature = grid
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=1e-5)
+    crit = Criterion()
+    g = min([max(2, cfg.crop // stride)] + [min(o.cls.shape) for _, o in variants])
+    own = [o for i, o in variants if i < n_train]
+    gen = [o for i, o in variants if i >= n_train]
+    steps = cfg.steps_per_epoch or int(np.clip(math.ceil(area / float((g * stride) ** 2) / cfg.batch), 10, 200))
+    if not val:
+        log("[finetune] no validation data: training a fixed number of epochs, no early stopping")
+    history, best, step, epoch = [], (-1.0, None, 0), 0
+    deadline = t_start + cfg.max_minutes * 60 if cfg.max_minutes else None
+    for epoch in range(1, (int(cfg.epochs) if cfg.epochs else 40) + 1):
+        losses = train_one_epoch(net, head_name, own, gen, opt, crit, cfg, g, steps, rng, should_stop)
+        if losses is None:
+            return None
+        step += len(losses)
+        rec = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(time.time() - t_start, 1)}
+        if val:
+            res = validate(head, val, val_feats, stride, extent, temperature)
+            rec["val_AP"] = float(res["AP"]) if np.isfinite(res["AP"]) else 0.0
+            if rec["val_AP"] > best[0] + 1e-4:
+                best = (rec["val_AP"], copy.deepcopy(head.state_dict()), epoch)
+        history.append(rec)
+        log(f"[finetune] epoch {epoch}: loss {rec['loss']:.4f}"
+            + (f", validation AP {rec['val_AP']:.3f} (best {best[0]:.3f} at epoch {best[2]})" if val else "")
+            + f" ({rec['seconds']:.0f} s)")
+        if val and epoch - best[2] >= cfg.patience:
+            log(f"[finetune] early stop: no validation gain in {cfg.patience} epochs")
+            break
+        if deadline and time.time() > deadline:
+            log(f"[finetune] time limit of {cfg.max_minutes} min reached")
+            break
+    return history, best, epoch, step
+
+
+def _calibrate(head, val, val_feats, stride, extent, temperature, c, base_thr, log) -> tuple:
+    """(threshold of the new head, validation summary): the label-corrected precision rule on the
+    validation data, else max F1, else the base model's threshold."""
+    from .metrics import summary
+
+    thr, val_summary = None, None
+    if val:
+        res = validate(head, val, val_feats, stride, extent, temperature)
+        thr = calibrated_threshold(res, c)
+        if thr is None and np.isfinite(res.get("threshold", np.nan)):
+            thr = float(res["threshold"])
+        val_summary = summary(res)
+    if thr is None:
+        thr = base_thr
+        log(f"[finetune] no calibrated threshold (no validation data reached the precision); "
+            f"using the base model's {thr:.3f}")
+    return thr, val_summary
+
+
+def _write_model(out, net, meta, ck, head_name, thr, base_thr, diameter_A, info) -> Path:
+    """The model file: the base model's heads plus the new one, its threshold and its training record."""
+    import torch
+
+    from .checkpoint import save_checkpoint
+
+    new_meta = {k: v for k, v in meta.items() if k != "path"}
+    head_thr = dict(new_meta.get("head_thresholds") or {})
+    head_thr.setdefault("generic", base_thr)
+    head_thr[head_name] = float(thr)
+    new_meta["head_thresholds"] = head_thr
+    new_meta["default_threshold"] = float(thr)
+    new_meta["default_head"] = head_name
+    new_meta["head_diameters"] = {**new_meta.get("head_diameters", {}), head_name: float(diameter_A)}
+    new_meta["finetune"] = {**(new_meta.get("finetune") or {}), head_name: info}
+    base_half = any(v.dtype == torch.float16 for v in ck["model"].values() if torch.is_tensor(v))
+    save_checkpoint(out, net, new_meta, half=base_half)
+    return out
+
+
 def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name: str, epochs=None,
              out=None, log: Callable = print, should_stop: Optional[Callable[[], bool]] = None,
              val_fraction: float = 0.2, mix_generic: float = 0.0, seed: int = 0,
@@ -365,197 +585,60 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
     (one epoch ~ the labelled area once; default 40, early stopping on validation AP with ``patience``).
     ``label_fraction``: share of the particles the user picked (None = estimate; 1 = every particle in
     the annotated region is picked). ``device``: ``auto`` (the first GPU if any), ``cpu``, ``cuda[:N]``;
-    body features are cached in CPU memory, the head trains on the device. Returns the written model file
-    (base heads + the new one), or None
-    when ``should_stop()`` became true (nothing is written).
+    body features are cached in CPU memory, the head trains on the device. The tuning arguments form a
+    :class:`FinetuneConfig`. Returns the written model file (base heads + the new one), or None when
+    ``should_stop()`` became true (nothing is written).
     """
     import torch
 
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .criterion import Criterion, head_bias_loss
-    from .metrics import summary
-    from .picker import select_device
-
+    cfg = FinetuneConfig(epochs, val_fraction, mix_generic, seed, label_fraction, region_radius, crop, batch,
+                         lr, patience, lambda_tie, max_minutes, memory_gb, steps_per_epoch)
     t_start, cpu_start = time.time(), time.process_time()
     log = log or (lambda *a, **k: None)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    if not isinstance(head_name, str) or not HEAD_NAME.match(head_name):
-        raise FinetuneError(f"head name {head_name!r} is not valid: use letters, digits, '_', '-' or '.' "
-                            f"(e.g. --name apoferritin)")
-    if not (diameter_A and diameter_A > 0):
-        raise FinetuneError(f"particle diameter must be a positive number of Angstrom, got {diameter_A}")
-    device = select_device(device)
-    net, meta, ck = load_checkpoint(base_model, with_ckpt=True)
-    net.to(device)
-    base_path = meta.get("path")
-    if head_name in net.heads:
-        raise FinetuneError(f"model {base_path} already has a head named {head_name!r} (heads: "
-                            f"{', '.join(net.head_names)}); choose another --name")
+    net, meta, ck = _load_base(base_model, head_name, diameter_A, device)
     extent, stride = float(meta["extent_px"]), int(meta["stride"])
     temperature = float(meta.get("temperature", 1.0))
     base_thr = float(meta.get("default_threshold", defaults.THRESHOLD))
     thr_generic = float(meta.get("head_thresholds", {}).get("generic", base_thr))
-    bs = net.preset.body_stride
-    fs = stride // bs  # feature pixels per grid cell
 
     mics = load_labelled(micrographs, coords, diameter_A, extent, region_radius, log)
     train, val = split_validation(mics, val_fraction, extent, rng)
     n_picks = sum(m.info["n_picks"] for m in mics)
     log(f"[finetune] {len(mics)} labelled micrographs, {n_picks} picks; {len(train)} for training, "
         f"{len(val)} for validation" + (" (held-out strips)" if val and val[0].eval_mask is not None else ""))
-
-    mix = []
-    if mix_generic > 0:
-        mix = _generic_sets(4, 2, extent, seed, log)
-
-    # feature cache: as many dihedral orientations as fit in the memory budget
-    per_variant = sum(net.body.out_channels * (m.image.shape[0] // bs + fs) * (m.image.shape[1] // bs + fs) * 2
-                      for m in train + mix)
-    n_var = next((n for n in (8, 4, 2) if n * per_variant <= memory_gb * 2 ** 30), 1)
-    t0 = time.time()
-    net.eval()
-    variants = []   # (source index, Oriented) over train + mix
-    for k, (rot, flip) in enumerate(DIHEDRAL[:n_var]):
-        for i, m in enumerate(train + mix):
-            if should_stop is not None and should_stop():
-                log("[finetune] stopped on request; nothing written")
-                return None
-            variants.append((i, orient(net, m, rot, flip, temperature)))
-    val_feats = [body_features(net, _pad_to(m.image, stride)) for m in val]
-    log(f"[finetune] body features of {len(train) + len(mix)} micrographs x {n_var} orientations cached in "
-        f"{time.time() - t0:.0f} s")
-
-    # sparse labels: label fraction and per-cell weights
-    ident = [o for i, o in variants[:len(train)]]
-    shift = _logit(thr_generic)
-    est_c, c_info = estimate_label_fraction(train, ident, stride, extent, shift)
-    c = est_c if label_fraction is None else float(label_fraction)
-    for i, o in variants:
-        if i < len(train):
-            o.target, o.weight = pu_targets(o.region, _sigmoid(o.teacher[2] - shift), o.cls, c)
-        else:
-            o.target, o.weight = o.cls, np.ones_like(o.region)
-    log(f"[finetune] label fraction {c:.2f} ({'estimated' if label_fraction is None else 'given'}; "
-        f"generic detections {c_info['detections']}, on labels {c_info['hits']})")
-
-    # the new head
-    head = net.add_head(head_name, init_from="generic")
-    for p in net.parameters():
-        p.requires_grad_(False)
-    for p in head.parameters():
-        p.requires_grad_(True)
-    head.train()
-    _freeze_norms(head)
-    opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=1e-5)
-    crit = Criterion()
-
-    g = max(2, crop // stride)
-    g = min([g] + [min(o.cls.shape) for _, o in variants])
-    own = [o for i, o in variants if i < len(train)]
-    gen = [o for i, o in variants if i >= len(train)]
-    area = sum(m.image.size for m in train)
-    if not steps_per_epoch:
-        steps_per_epoch = int(np.clip(math.ceil(area / float((g * stride) ** 2) / batch), 10, 200))
-    max_epochs = int(epochs) if epochs else 40
-    if not val:
-        log("[finetune] no validation data: training a fixed number of epochs, no early stopping")
-
-    def sample(pool):
-        o = pool[int(rng.integers(0, len(pool)))]
-        gh, gw = o.cls.shape
-        for _ in range(8):
-            i0, j0 = int(rng.integers(0, gh - g + 1)), int(rng.integers(0, gw - g + 1))
-            w = o.weight[i0:i0 + g, j0:j0 + g]
-            if w.mean() > 0.1:
-                break
-        f = o.feats[:, i0 * fs:(i0 + g) * fs, j0 * fs:(j0 + g) * fs]
-        return (f, o.cls[i0:i0 + g, j0:j0 + g], o.off[:, i0:i0 + g, j0:j0 + g], w,
-                o.target[i0:i0 + g, j0:j0 + g])
-
-    history, best = [], (-1.0, None, 0)
-    step = 0
-    deadline = t_start + max_minutes * 60 if max_minutes else None
-    epoch = 0
-    for epoch in range(1, max_epochs + 1):
-        losses = []
-        for _ in range(steps_per_epoch):
-            if should_stop is not None and should_stop():
-                log("[finetune] stopped on request; nothing written")
-                return None
-            n_gen = int(rng.binomial(batch, mix_generic)) if gen else 0
-            items = [sample(gen) for _ in range(n_gen)] + [sample(own) for _ in range(batch - n_gen)]
-            f = torch.stack([it[0] for it in items]).float().to(device)
-            cls, off, wt, soft = (torch.from_numpy(np.stack([it[j] for it in items])).to(device)
-                                  for j in (1, 2, 3, 4))
-            loss, parts = crit(head(f), cls, off, wt, soft=soft)
-            if lambda_tie:
-                loss = loss + lambda_tie * head_bias_loss(net, [head_name])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(head.parameters(), 10.0)
-            opt.step()
-            losses.append(float(loss.detach()))
-            step += 1
-        rec = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(time.time() - t_start, 1)}
-        if val:
-            res = validate(head, val, val_feats, stride, extent, temperature)
-            rec["val_AP"] = float(res["AP"]) if np.isfinite(res["AP"]) else 0.0
-            if rec["val_AP"] > best[0] + 1e-4:
-                best = (rec["val_AP"], copy.deepcopy(head.state_dict()), epoch)
-        history.append(rec)
-        log(f"[finetune] epoch {epoch}: loss {rec['loss']:.4f}"
-            + (f", validation AP {rec['val_AP']:.3f} (best {best[0]:.3f} at epoch {best[2]})" if val else "")
-            + f" ({rec['seconds']:.0f} s)")
-        if val and epoch - best[2] >= patience:
-            log(f"[finetune] early stop: no validation gain in {patience} epochs")
-            break
-        if deadline and time.time() > deadline:
-            log(f"[finetune] time limit of {max_minutes} min reached")
-            break
-
+    mix = _generic_sets(4, 2, extent, seed, log) if mix_generic > 0 else []
+    cached = _cache_features(net, train, mix, val, cfg, temperature, should_stop, log)
+    fitted = None
+    if cached is not None:
+        variants, val_feats, n_var = cached
+        c, c_info = _weigh_labels(train, variants, stride, extent, thr_generic, cfg, log)
+        head = _new_head(net, head_name)
+        fitted = _fit(net, head_name, variants, len(train), sum(m.image.size for m in train), val, val_feats,
+                      cfg, (stride, extent, temperature), rng, t_start, should_stop, log)
+    if fitted is None:
+        log("[finetune] stopped on request; nothing written")
+        return None
+    history, best, epoch, step = fitted
     if best[1] is not None:
         head.load_state_dict(best[1])
     head.eval()
-    thr, val_summary = None, None
-    if val:
-        res = validate(head, val, val_feats, stride, extent, temperature)
-        thr = calibrated_threshold(res, c)
-        if thr is None and np.isfinite(res.get("threshold", np.nan)):
-            thr = float(res["threshold"])
-        val_summary = summary(res)
-    if thr is None:
-        thr = base_thr
-        log(f"[finetune] no calibrated threshold (no validation data reached the precision); "
-            f"using the base model's {thr:.3f}")
-
-    # the model file: base heads + the new one
-    out = Path(out) if out else Path.cwd() / f"{head_name}.pt"
-    new_meta = {k: v for k, v in meta.items() if k != "path"}
-    head_thr = dict(new_meta.get("head_thresholds") or {})
-    head_thr.setdefault("generic", base_thr)
-    head_thr[head_name] = float(thr)
-    new_meta["head_thresholds"] = head_thr
-    new_meta["default_threshold"] = float(thr)
-    new_meta["default_head"] = head_name
-    new_meta.setdefault("head_diameters", {})
-    new_meta["head_diameters"] = {**new_meta["head_diameters"], head_name: float(diameter_A)}
+    thr, val_summary = _calibrate(head, val, val_feats, stride, extent, temperature, c, base_thr, log)
     info = {
-        "base_model": str(base_path), "diameter_A": float(diameter_A),
+        "base_model": str(meta.get("path")), "diameter_A": float(diameter_A),
         "micrographs": [m.name for m in mics], "train_micrographs": [m.name for m in train],
         "validation_micrographs": [m.name for m in val],
         "validation": "strips" if val and val[0].eval_mask is not None else ("micrographs" if val else "none"),
         "n_picks": int(n_picks), "label_fraction": c, "label_fraction_estimated": label_fraction is None,
-        "label_fraction_evidence": c_info, "region_radius_diameters": region_radius, "mix_generic": mix_generic, "orientations": n_var,
-        "epochs": epoch, "best_epoch": best[2] if val else epoch, "steps": step,
+        "label_fraction_evidence": c_info, "region_radius_diameters": region_radius, "mix_generic": mix_generic,
+        "orientations": n_var, "epochs": epoch, "best_epoch": best[2] if val else epoch, "steps": step,
         "validation_AP": best[0] if val else None, "threshold": float(thr),
         "seconds": round(time.time() - t_start, 1), "cpu_seconds": round(time.process_time() - cpu_start, 1),
-        "history": history,
-        "validation_metrics": val_summary, "seed": seed,
+        "history": history, "validation_metrics": val_summary, "seed": seed,
     }
-    new_meta["finetune"] = {**(new_meta.get("finetune") or {}), head_name: info}
-    base_half = any(v.dtype == torch.float16 for v in ck["model"].values() if torch.is_tensor(v))
-    save_checkpoint(out, net, new_meta, half=base_half)
+    out = _write_model(Path(out) if out else Path.cwd() / f"{head_name}.pt", net, meta, ck, head_name, thr,
+                       base_thr, diameter_A, info)
     log(f"[finetune] head {head_name!r}: validation AP {info['validation_AP'] if val else float('nan'):.3f}, "
         f"threshold {thr:.3f}; wrote {out} ({time.time() - t_start:.0f} s)")
     return out

@@ -318,3 +318,28 @@ def test_existing_or_invalid_head_name_and_bad_coordinates(data, dense, tmp_path
     with pytest.raises(UserFacingError, match="no particles"):
         finetune(data["base"], data["mics"], empty, d, "x", out=tmp_path / "x.pt", **QUIET)
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_micrograph_given_without_picks_teaches_plain_negatives_even_under_pu_weighting():
+    """Junk the user wants rejected: a micrograph with an empty coordinate file is particle-free, so its
+    cells are plain negatives (target 0, weight 1) even where the generic head is confident and the other
+    micrographs are weighted as positive-unlabelled (label fraction < 1)."""
+    from types import SimpleNamespace
+
+    from hydrapicker.finetune import Labelled, Oriented, _weigh_labels
+
+    g = (6, 6)
+    cls = np.zeros(g, np.float32)
+    cls[2, 3] = 1.0
+    teacher = np.full((3, *g), 4.0, np.float32)  # the generic head is sure everywhere (junk or particles)
+    region = np.ones(g, np.float32)
+    picked = Labelled("picked", np.zeros((48, 48), np.float32), np.array([[28.0, 20.0]]), np.ones((48, 48)))
+    junk = Labelled("junk", np.zeros((48, 48), np.float32), np.zeros((0, 2)), np.ones((48, 48)))
+    variants = [(0, Oriented(None, cls.copy(), np.zeros((2, *g)), region, teacher.copy())),
+                (1, Oriented(None, np.zeros(g, np.float32), np.zeros((2, *g)), region, teacher.copy()))]
+    c, _ = _weigh_labels([picked, junk], variants, 8, 16.0, 0.5, SimpleNamespace(label_fraction=0.3),
+                         lambda *a: None)
+    assert c == pytest.approx(0.3)
+    on_picked, on_junk = variants[0][1], variants[1][1]
+    assert on_picked.target[2, 3] == 1.0 and on_picked.target[0, 0] > 0.5  # PU: unlabelled may be particles
+    assert np.all(on_junk.target == 0.0) and np.all(on_junk.weight == 1.0)
