@@ -195,7 +195,7 @@ def test_watch_a_growing_folder_stop_file_restart_and_the_same_picks_as_a_batch_
     got, want = _outputs(out), _outputs(batch)
     assert sorted(got) == sorted(want) and got == want
     summary = (out / "summary_hydra.tsv").read_text().splitlines()
-    assert summary[0] == "micrograph\tcoordinates\tpicks\tthreshold" and len(summary) == 5
+    assert summary[0].startswith("micrograph\tcoordinates\tpicks\tthreshold") and len(summary) == 5
 
 
 def test_watch_stops_cleanly_on_sigterm(tmp_path):
