@@ -236,8 +236,10 @@ def pick_batch(picker, todo, args, policy, path, agg, log, should_stop=None) -> 
             print(f"[hydra] WARNING: skipped {res.micrograph.name}: {res.error}", file=sys.stderr, flush=True)
             continue
         report_pixel_size(res, agg.pixel_sizes_reported, log)
+        # recorded (journal) before the coordinate STAR marks it done: a kill between them loses nothing
+        _stopping_on_write_errors(agg.add, res.micrograph, res.picks, res.info.get("threshold"),
+                                  res.info.get("invalid"))
         _stopping_on_write_errors(write_outputs, res, args, path)
-        agg.add(res.micrograph, res.picks, res.info.get("threshold"), res.info.get("invalid"))
         n_ok += 1
         n_picks += len(res.picks)
         rate = i / max(time.time() - t0, 1e-9)
@@ -286,7 +288,9 @@ class Aggregates:
     """The run's aggregate outputs, rewritten atomically from every micrograph done (by this run or an
     earlier one): the Topaz text (with ``topaz`` in the formats) and ``summary_<suffix>.tsv`` (micrograph,
     coordinate file, picks, threshold used; an earlier run's thresholds are kept from its summary).
-    Earlier runs' picks are read back from their coordinate STARs once and cached."""
+    Earlier runs' picks are read back from their coordinate STARs once and cached. Each micrograph's
+    summary columns are also appended to ``.summary_<suffix>.journal`` as it is done, so a run killed
+    before it rewrote the summary leaves them to the next one; the journal goes once the summary is written."""
 
     def __init__(self, out, suffix, formats, stems, path):
         self.out, self.suffix, self.formats, self.stems, self.path = out, suffix, formats, stems, path
@@ -295,6 +299,7 @@ class Aggregates:
         self.excluded: dict = {}    # micrograph name -> fraction of its area in border bands/dead areas
         self.summary = out / f"summary_{suffix}.tsv"
         self.pixel_sizes_reported: set = set()  # (optics group, A/px, source) told to the user once
+        self.journal = out / f".summary_{suffix}.journal"
         try:
             for line in self.summary.read_text().splitlines()[1:]:
                 cols = line.split("\t")
@@ -304,11 +309,20 @@ class Aggregates:
                     self.excluded[cols[0]] = cols[4]
         except OSError:
             pass
+        try:
+            for line in self.journal.read_text().split("\n")[:-1]:  # the last part: "" or a torn line
+                cols = line.split("\t")
+                if len(cols) == 3:
+                    self.threshold[cols[0]], self.excluded[cols[0]] = cols[1], cols[2]
+        except OSError:
+            pass
 
     def add(self, mic, picks, threshold, invalid=None) -> None:
         self.picks[self.stems[mic.name]] = as_written(picks)
         self.threshold[mic.name] = "none" if threshold is None else f"{float(threshold):.6f}"
         self.excluded[mic.name] = "" if invalid is None else f"{float(invalid['excluded_fraction']):.6f}"
+        with open(self.journal, "a") as fh:  # one short append per micrograph (ranks append to one file)
+            fh.write(f"{mic.name}\t{self.threshold[mic.name]}\t{self.excluded[mic.name]}\n")
 
     def state(self):
         return self.picks, self.threshold, self.excluded
@@ -319,6 +333,8 @@ class Aggregates:
         self.excluded.update(state[2])
 
     def write(self, mics) -> None:
+        import contextlib
+
         from ..atomic import write_text
         from ..coords import write_topaz_txt
 
@@ -335,6 +351,8 @@ class Aggregates:
                 rows.append(f"{m.name}\t{star.relative_to(self.out)}\t{len(done[stem])}\t"
                             f"{self.threshold.get(m.name, '')}\t{self.excluded.get(m.name, '')}")
         write_text(self.summary, "\n".join(rows) + "\n")
+        with contextlib.suppress(FileNotFoundError):
+            self.journal.unlink()  # its entries are in the summary now
 
 
 def write_outputs(res, args, path) -> None:
