@@ -507,7 +507,7 @@ def _fit(net, head_name, variants, n_train, area, val, val_feats, cfg, grid, rng
     steps = cfg.steps_per_epoch or int(np.clip(math.ceil(area / float((g * stride) ** 2) / cfg.batch), 10, 200))
     if not val:
         log("[finetune] no validation data: training a fixed number of epochs, no early stopping")
-    history, best, step, epoch = [], (-1.0, None, 0), 0
+    history, best, step, epoch = [], (-1.0, None, 0), 0, 0
     deadline = t_start + cfg.max_minutes * 60 if cfg.max_minutes else None
     for epoch in range(1, (int(cfg.epochs) if cfg.epochs else 40) + 1):
         losses = train_one_epoch(net, head_name, own, gen, opt, crit, cfg, g, steps, rng, should_stop)
