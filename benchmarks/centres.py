@@ -739,7 +739,7 @@ def main(argv=None) -> int:
         pass
     from hydrapicker.picker import Picker
 
-    picker = Picker(args.model, device="cpu", threads=args.threads, log=lambda *a: None)
+    picker = Picker(args.model, device="cpu", log=lambda *a: None)
     work = Path(args.work)
     sets = resolve(args.sets, args.n_sim, Path(args.sim_cache))
     results = []
