@@ -18,6 +18,7 @@ has coordinates, and a Continue picks the skipped ones again.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -247,12 +248,21 @@ class PickRun:
                 continue
             kept = res.picks
             coord = coord_path(self.job.name, name, o["pickname"])
-            with self.job.critical():  # coordinate file + done record + memory: all or nothing
-                self._write_coords(coord, kept)
-                self.job.mark_done(name, coord, rank)
-                self.coords[name] = coord
-                self.picks[name] = kept
-                self.candidate_foms.append(res.candidates.fom)
+            try:
+                with self.job.critical():  # coordinate file + done record + memory: all or nothing
+                    self._write_coords(coord, kept)
+                    self.job.mark_done(name, coord, rank)
+                    self.coords[name] = coord
+                    self.picks[name] = kept
+                    self.candidate_foms.append(res.candidates.fom)
+            except OSError as exc:
+                if exc.errno == errno.ENAMETOOLONG:  # this micrograph's name only: skipped like unreadable ones
+                    self.failed[name] = f"cannot write {coord}: {exc.strerror}"
+                    warn(f"{who}micrograph {idx}/{of} {name} skipped: {self.failed[name]}")
+                    continue
+                raise UserFacingError(f"cannot write {exc.filename or coord}: {exc.strerror or exc}; nothing "
+                                      "half-written is left: free space (or fix the folder) and Continue the "
+                                      "job, which picks only the rest") from None
             n_picks += len(kept)
             dt = time.time() - t0
             rate = i / dt if dt > 0 else float("inf")

@@ -658,3 +658,36 @@ def test_hydra_info_of_a_fine_tuned_model_describes_its_new_head(tmp_path, capsy
     assert head in out and "0.777" in out and "123" in out and "3 micrographs" in out, out
     ap_lines = [ln for ln in out.splitlines() if "validation AP" in ln]
     assert all("generic" in ln or head in ln for ln in ap_lines), out  # whose AP each one is
+
+
+# ---- 5, RELION side: an over-long micrograph name is skipped; a full disk is one line -----------------------
+def test_relion_job_skips_a_micrograph_whose_name_is_too_long_for_the_file_system(tmp_path, capsys, monkeypatch):
+    from relion_helpers import FakePicker, write_mics_star
+    from relion_hydra.pick_job import main
+
+    make_project(tmp_path, n_mics=2, shape=(128, 128))
+    long_name = "MotionCorr/job002/Movies/" + "y" * 300 + ".mrc"
+    names = ["MotionCorr/job002/Movies/mic001.mrc", long_name, "MotionCorr/job002/Movies/mic002.mrc"]
+    write_mics_star(tmp_path / MICS_STAR, names, 2.0)
+    monkeypatch.chdir(tmp_path)
+    fake = FakePicker()
+    assert main(_job_argv(), picker_factory=fake.factory) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "y" * 40 in err, err
+    assert (tmp_path / JOB / "RELION_JOB_EXIT_SUCCESS").exists()
+    import starfile
+    assert starfile.read(tmp_path / JOB / "autopick.star")["rlnMicrographName"].tolist() == [names[0], names[2]]
+
+
+def test_relion_job_on_a_full_disk_fails_in_one_line(tmp_path, small_mount, capsys, monkeypatch):
+    from relion_helpers import FakePicker
+    from relion_hydra.pick_job import main
+
+    make_project(tmp_path, n_mics=3, shape=(128, 128))
+    ext = small_mount("External", "size=64k")
+    (ext / "filler").write_bytes(b"\0" * (64 - 12) * 1024)
+    monkeypatch.chdir(tmp_path)
+    assert main(_job_argv(), picker_factory=FakePicker().factory) == 1
+    err = capsys.readouterr().err
+    assert "No space left" in err and "Traceback" not in err, err
+    assert not [p for p in (tmp_path / JOB).rglob("*") if ".tmp." in p.name]
