@@ -75,7 +75,8 @@ class WatchSource:
 
     def _file(self, path: str) -> Micrograph:
         path = os.path.normpath(path)
-        return Micrograph(path=path, pixel_size=self.apix, name=path)
+        return Micrograph(path=path, pixel_size=self.apix, name=path,
+                          meta={"apix_source": "--apix"} if self.apix is not None else {})
 
     def list(self) -> list:
         """Every micrograph the inputs name now, once each (by name), in the inputs' order."""

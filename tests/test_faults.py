@@ -691,3 +691,32 @@ def test_relion_job_on_a_full_disk_fails_in_one_line(tmp_path, small_mount, caps
     err = capsys.readouterr().err
     assert "No space left" in err and "Traceback" not in err, err
     assert not [p for p in (tmp_path / JOB).rglob("*") if ".tmp." in p.name]
+
+
+def test_watch_mode_names_apix_as_the_pixel_size_source(tmp_path):
+    from hydrapicker.watch import WatchSource
+
+    write_mrc(tmp_path / "m.mrc", np.random.rand(64, 64), apix=1.0)
+    (mic,) = WatchSource([str(tmp_path)], apix=1.3).list()
+    assert mic.pixel_size == 1.3 and mic.meta.get("apix_source") == "--apix"
+
+
+@pytest.mark.slow
+def test_two_hydra_picks_started_together_on_one_out_one_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    _noise_micrographs(tmp_path / "mics", n=4)
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH")])))
+    cmd = [sys.executable, "-m", "hydrapicker", "pick", str(tmp_path / "mics" / "*.mrc"), "--diameter", "60",
+           "--all", "--quiet", "--format", "star", "topaz", "--out", str(tmp_path / "o")]
+    procs = [subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    assert sorted(rc for rc, _ in results) == [0, 1], results
+    refused = next(err for rc, err in results if rc == 1)
+    assert "another hydra pick" in refused and "Traceback" not in refused, refused
+    topaz = (tmp_path / "o" / "picks_hydra.txt").read_text()
+    assert {ln.split("\t")[0] for ln in topaz.splitlines()[1:]} == {f"mic{i}" for i in range(4)}
+    assert not (tmp_path / "o" / ".hydrapicker.lock").exists()
