@@ -65,7 +65,8 @@ def exposures_to_micrographs(dset, project_dir=None, source: str = "exposures") 
             path=str(local), pixel_size=psize if psize > 0 else None, name=str(int(uids[i])),
             shape=shape,
             meta={"uid": int(uids[i]), "cs_path": cs_path, "shape": shape, "psize_A": psize,
-                  "exp_group_id": int(groups[i])},
+                  "exp_group_id": int(groups[i]),
+                  **({"apix_source": "the exposures' micrograph_blob/psize_A"} if psize > 0 else {})},
         ))
     return mics
 

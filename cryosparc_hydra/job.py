@@ -171,6 +171,17 @@ def _pick_into_job(cs, project, job, picker, opts, summary, read, project_dir, l
         raise SourceError("the connected exposures are empty")
     summary.n_micrographs = len(mics)
     summary.read_mode = choose_reader(mics, read)
+    groups: dict = {}  # the pixel size used per exposure group, and where it comes from
+    for m in mics:
+        key = (m.meta.get("exp_group_id"), m.pixel_size)
+        groups[key] = groups.get(key, 0) + 1
+    for (group, px), n in groups.items():
+        line = (f"pixel size {px:g} A/px (the exposures' micrograph_blob/psize_A) for exposure group {group}: "
+                f"{n} micrograph(s)" if px else
+                f"exposure group {group}: no psize_A in the exposures: each micrograph's MRC header is used "
+                f"({n} micrograph(s); a header with 0 or exactly 1.0 stops the job)")
+        log(line)
+        compat.log(job, line)
     threshold = threshold_for(picker, opts)
     compat.log(job, f"HydraPicker: {len(mics)} micrographs (read by {summary.read_mode}), diameter "
                     f"{opts.diameter_A:g} A, threshold {threshold:g}, device {getattr(picker, 'device', '?')}")

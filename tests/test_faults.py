@@ -720,3 +720,13 @@ def test_two_hydra_picks_started_together_on_one_out_one_is_refused(tmp_path):
     topaz = (tmp_path / "o" / "picks_hydra.txt").read_text()
     assert {ln.split("\t")[0] for ln in topaz.splitlines()[1:]} == {f"mic{i}" for i in range(4)}
     assert not (tmp_path / "o" / ".hydrapicker.lock").exists()
+
+
+def test_cryosparc_job_prints_the_pixel_size_per_exposure_group(cs_server):
+    import test_cryosparc_adapter as T
+    from cryosparc_hydra.job import run_pick_job
+
+    lines = []
+    run_pick_job(cs_server["cs"], "P1", "W1", "J3.exposures", T.FakePicker(), T._opts(), log=lines.append)
+    said = [ln for ln in lines if "pixel size" in ln]
+    assert said and all("psize_A" in ln and "exposure group" in ln for ln in said), lines
