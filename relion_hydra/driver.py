@@ -9,6 +9,7 @@ the old ones); the other ranks report errors and end with their exit code, which
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ from .args import ArgumentError, parse, split_argv, usage, wants_help
 from .jobdir import EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS, JobAborted, JobDir
 
 
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 LAUNCHED_ENV = "HYDRAPICKER_RELION_LAUNCHED"  # set by a job that started its ranks itself (torchrun)
 
 
@@ -82,6 +84,16 @@ def run(argv, prog, params, summary, work) -> int:
     except UserFacingError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         log(f"{prog}: error: {exc}")
+        status = EXIT_FAILURE
+    except OSError as exc:
+        if exc.errno in _STORAGE_ERRNOS:  # the file system, not a bug: one line
+            msg = (f"cannot write {exc.filename or 'in the job directory'}: {exc.strerror or exc}; nothing "
+                   "half-written is left: free space (or fix the folder) and Continue the job")
+        else:
+            traceback.print_exc(file=sys.stderr)
+            msg = f"{type(exc).__name__}: {exc}"
+        print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+        log(f"{prog}: error: {msg}")
         status = EXIT_FAILURE
     except Exception as exc:  # a bug or an environment problem: full traceback in run.err
         traceback.print_exc(file=sys.stderr)

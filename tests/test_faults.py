@@ -730,3 +730,23 @@ def test_cryosparc_job_prints_the_pixel_size_per_exposure_group(cs_server):
     run_pick_job(cs_server["cs"], "P1", "W1", "J3.exposures", T.FakePicker(), T._opts(), log=lines.append)
     said = [ln for ln in lines if "pixel size" in ln]
     assert said and all("psize_A" in ln and "exposure group" in ln for ln in said), lines
+
+
+def test_relion_job_whose_list_files_hit_a_full_disk_fails_in_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from relion_helpers import FakePicker
+    from relion_hydra import nodes
+    from relion_hydra.pick_job import main
+
+    make_project(tmp_path, n_mics=2, shape=(128, 128))
+    monkeypatch.chdir(tmp_path)
+
+    def full(path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(nodes, "write_coord_list", full)  # the disk fills after the coordinate files
+    assert main(_job_argv(), picker_factory=FakePicker().factory) == 1
+    err = capsys.readouterr().err
+    assert "No space left" in err and "Traceback" not in err and "Continue" in err, err
+    assert (tmp_path / JOB / "RELION_JOB_EXIT_FAILURE").exists()
