@@ -395,6 +395,10 @@ class PickRun:
                 warn(f"could not write {d}{nodes.LOGFILE}: {exc}")
         nodes.write_output_nodes(d, self.version,
                                  nodes.pick_output_nodes(d, o["pickname"], self.version, with_log))
+        if str(self.version).startswith("3"):
+            log(f"{d}RELION_OUTPUT_NODES.star carries 3.1's node type and 4.x/5.x's label: RELION 3.1's "
+                "'WARNING: will ignore (but maintain) values for the unknown label: rlnPipeLineNodeTypeLabel' "
+                "is expected and harmless")
         total = sum(k for k, _ in counts.values())
         log(f"{len(rows)}/{len(self.names)} micrographs have coordinates; {total} picks in total "
             f"(FOM >= {self._thr_text()})")

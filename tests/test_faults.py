@@ -750,3 +750,17 @@ def test_relion_job_whose_list_files_hit_a_full_disk_fails_in_one_line(tmp_path,
     err = capsys.readouterr().err
     assert "No space left" in err and "Traceback" not in err and "Continue" in err, err
     assert (tmp_path / JOB / "RELION_JOB_EXIT_FAILURE").exists()
+
+
+def test_relion_31_run_out_says_the_node_type_label_warning_is_expected(tmp_path, capsys, monkeypatch):
+    from relion_helpers import FakePicker
+    from relion_hydra.pick_job import main
+
+    make_project(tmp_path, n_mics=1, shape=(128, 128))
+    monkeypatch.chdir(tmp_path)
+    assert main(_job_argv() + ["--relion_version", "3.1"], picker_factory=FakePicker().factory) == 0
+    out = capsys.readouterr().out
+    assert "rlnPipeLineNodeTypeLabel" in out and "expected" in out, out
+    assert main(["--o", "External/job002/", "--in_mics", MICS_STAR, "--particle_diameter", "40", "--j", "1",
+                 "--relion_version", "4"], picker_factory=FakePicker().factory) == 0
+    assert "rlnPipeLineNodeTypeLabel" not in capsys.readouterr().out
