@@ -175,6 +175,8 @@ class PickRun:
         done = self.job.read_done(saved["fingerprint"])
         if not done or any(n not in done for n in self.names):
             return False
+        if len(self.job._done_files()) > 1:  # an earlier multi-rank run's lists: fold them into the one
+            self.job.start_done_list(saved["fingerprint"], done)
         self.coords = {n: done[n] for n in self.names}
         self.o["head"] = saved.get("head") or self.o["head"]
         self.threshold = saved.get("threshold")
