@@ -12,6 +12,9 @@ from . import defaults
 from .errors import UserFacingError
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "generic.pt"
+#: models shipped in the package, by the name a user may give instead of a path (``--model generic-junk``)
+SHIPPED_MODELS = {"generic": DEFAULT_MODEL,
+                  "generic-junk": DEFAULT_MODEL.parent / "generic_junk.pt"}
 FORMAT = "hydrapicker-checkpoint-1"
 
 
@@ -63,6 +66,8 @@ def read_checkpoint(path) -> dict:
     import torch
 
     path = Path(path)
+    if not path.exists() and str(path) in SHIPPED_MODELS:  # a shipped model's name
+        path = SHIPPED_MODELS[str(path)]
     if not path.exists():
         hint = ("the shipped model is missing from the installation; reinstall hydrapicker"
                 if path == DEFAULT_MODEL else "check the --model path")

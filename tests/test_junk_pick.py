@@ -60,3 +60,16 @@ def test_pick_on_junk_micrographs_drops_picks_in_and_near_border_bands(junk_mics
             dist_all = [kept_all.y, ny - 1 - kept_all.y, kept_all.x, nx - 1 - kept_all.x][edge]
             n_dropped += int(np.sum(dist_all <= depth - 1 + margin - 1.0))
     assert n_dropped > 0  # --keep-invalid does pick there: the default really excluded something
+
+
+def test_the_junk_trained_model_ships_by_name_and_names_its_lineage():
+    from hydrapicker.checkpoint import SHIPPED_MODELS, load_checkpoint, read_checkpoint
+
+    assert SHIPPED_MODELS["generic-junk"].stat().st_size < 25e6
+    meta = read_checkpoint("generic-junk")["meta"]
+    rec = meta["training"]["recipe"]
+    assert rec["junk_fraction"] == 0.7 and meta["training"]["init_from"]  # trained on junk, from the shipped one
+    junk_sets = [d for d in meta["training"]["datasets"] if d.get("vesicles") or d.get("p_border")]
+    assert len(junk_sets) >= 20
+    net, _ = load_checkpoint("generic-junk")
+    assert net.head_names == ["generic"]
