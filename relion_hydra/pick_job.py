@@ -187,21 +187,15 @@ class PickRun:
                  "loaded); rewriting the list files")
         return True
 
-    def pick(self):
-        from hydrapicker import distributed
-
-        self.options_key = self._options_key()  # of the options as given (before the model resolves them)
-        if self.nothing_new():
-            return
-        o, rank, world = self.o, self.rank, self.world
-        threads = max(1, o["j"] // world)  # ranks share the job's threads
-        picker = self.factory(o["model"], self.device, threads)
+    def _policy_and_fingerprint(self, picker) -> tuple:
+        """The pick policy of the job's options and the model, and the done list's settings fingerprint."""
+        o = self.o
         meta = getattr(picker, "meta", {}) or {}
         o["head"] = o["head"] or default_head(meta)
         policy = PickPolicy.for_model(meta, o["particle_diameter"], o["head"],
                                       "model" if o["threshold"] is None else o["threshold"],
                                       min_distance_A=o["min_distance"], round_to_pixel=True)  # RELION truncates
-        threshold = self.threshold = policy.threshold
+        self.threshold = policy.threshold
         self.policy = policy
         heads = meta.get("heads")
         if heads and o["head"] not in heads:
@@ -212,7 +206,18 @@ class PickRun:
             model_desc = f"{Path(model_path).resolve()}:{os.path.getsize(model_path)}"
         except OSError:
             model_desc = str(model_path)
-        fp = self._fingerprint(model_desc, threshold)
+        return policy, self._fingerprint(model_desc, policy.threshold), model_path
+
+    def pick(self):
+        from hydrapicker import distributed
+
+        self.options_key = self._options_key()  # of the options as given (before the model resolves them)
+        if self.nothing_new():
+            return
+        o, rank, world = self.o, self.rank, self.world
+        threads = max(1, o["j"] // world)  # ranks share the job's threads
+        picker = self.factory(o["model"], self.device, threads)
+        policy, fp, model_path = self._policy_and_fingerprint(picker)
         done = self.job.read_done(fp)
         done = {n: c for n, c in done.items() if n in set(self.names)}
         distributed.barrier()  # every rank has read the done list before rank 0 rewrites it
