@@ -311,8 +311,9 @@ class Picker:
                             "scale": prepared.scale_xy, "shape": prepared.shape,
                             "pixel_size": prepared.pixel_size, "device": str(self.device),
                             "pixel_size_source": self._apix_source.get(mic.path),
-                            "invalid": None if regions is None else regions.summary(),
-                            "invalid_text": None if regions is None else regions.describe()}
+                            "invalid": None if regions is None else regions.summary()}
+                    if info["invalid"] and info["invalid"]["excluded_fraction"] > 0:  # for the run logs
+                        info["invalid_text"] = regions.describe()
                     picks, ranked = self._finish(prepared, grid, policy, regions, info=info)
                     yield PickResult(mic, picks, None, candidates=ranked, info=info)
 

@@ -199,25 +199,6 @@ def decode(grid: np.ndarray, stride: int, floor: float, temperature: float = def
     return Candidates(xy, score, None if shape is None else tuple(shape), float(pixel_size))
 
 
-def near_invalid(xy: np.ndarray, invalid, margin_px: float) -> np.ndarray:
-    """True for centres inside ``invalid`` (a bool mask in micrograph pixels, or the
-    :class:`hydrapicker.regions.InvalidRegions` the picker found) or within ``margin_px`` of it."""
-    if not len(xy):
-        return np.zeros(0, bool)
-    if hasattr(invalid, "near"):
-        return invalid.near(xy[:, 0], xy[:, 1], margin_px)
-    invalid = np.asarray(invalid, bool)
-    if margin_px > 0 and invalid.any():
-        from scipy.ndimage import distance_transform_edt  # only when a mask is given
-
-        invalid = distance_transform_edt(~invalid) <= margin_px
-    ij = np.round(xy[:, ::-1]).astype(int)
-    ny, nx = invalid.shape
-    ij[:, 0] = np.clip(ij[:, 0], 0, ny - 1)
-    ij[:, 1] = np.clip(ij[:, 1], 0, nx - 1)
-    return invalid[ij[:, 0], ij[:, 1]]
-
-
 def rank(candidates: Candidates, policy: PickPolicy, invalid=None) -> Picks:
     """Every candidate that may become a pick, highest FOM first: above the floor, inside the micrograph
     minus ``policy.edge_A``, away from ``invalid`` regions, duplicates suppressed. No threshold yet."""
@@ -229,7 +210,10 @@ def rank(candidates: Candidates, policy: PickPolicy, invalid=None) -> Picks:
         e = float(policy.edge_A) / apix
         keep &= (xy[:, 0] >= e) & (xy[:, 0] <= nx - 1 - e) & (xy[:, 1] >= e) & (xy[:, 1] <= ny - 1 - e)
     if invalid is not None:
-        keep[keep] = ~near_invalid(xy[keep], invalid, float(policy.invalid_margin_A) / apix)
+        from .regions import near_invalid  # a bool mask or the InvalidRegions the picker found
+
+        sel = xy[keep]
+        keep[keep] = ~near_invalid(invalid, sel[:, 0], sel[:, 1], float(policy.invalid_margin_A) / apix)
     xy, score = xy[keep], score[keep]
     order = suppress_duplicates(xy, score, float(policy.min_distance_A) / apix)
     return Picks(xy[order, 0], xy[order, 1], score[order])

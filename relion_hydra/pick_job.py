@@ -277,8 +277,7 @@ class PickRun:
             if policy.is_auto and thr is not None:
                 self.thresholds[name] = float(thr)
             thr_txt = f" (auto threshold {thr:.3f})" if policy.is_auto and thr is not None else ""
-            inv = res.info.get("invalid")
-            if inv and inv["excluded_fraction"] > 0:  # border bands / dead areas: no picks there
+            if res.info.get("invalid_text"):  # border bands / dead areas: no picks there
                 thr_txt += f" ({res.info['invalid_text']})"
             log(f"{who}micrograph {idx}/{of}: {name}: {len(kept)} picks{thr_txt}; {n_picks} picks so far; "
                 f"{rate:.2f} micrographs/s; device {getattr(picker, 'device', self.device)}")

@@ -248,8 +248,7 @@ def pick_batch(picker, todo, args, policy, path, agg, log, should_stop=None) -> 
         rate = i / max(time.time() - t0, 1e-9)
         thr = res.info.get("threshold")
         thr_txt = f", threshold {thr:.3f}" if policy.is_auto and thr is not None else ""
-        inv = res.info.get("invalid")
-        if inv and inv["excluded_fraction"] > 0:
+        if res.info.get("invalid_text"):  # border bands or dead areas excluded
             thr_txt += f", {res.info['invalid_text']}"
         log(f"[hydra] {i}/{len(todo)} {res.micrograph.name}: {len(res.picks)} picks{thr_txt} "
             f"(total {n_picks}, {rate:.2f} micrographs/s, {res.info['device']})")
