@@ -250,6 +250,12 @@ def default_head(meta: dict) -> str:
     return head if head and head in (meta.get("heads") or []) else "generic"
 
 
+def assign_reach(meta: dict) -> float:
+    """The target-assignment reach a model was trained with (:func:`hydrapicker.criterion.encode`); a few-shot
+    head on its body is trained with the same."""
+    return float(meta.get("assign_reach", defaults.ASSIGN_REACH_OWN_CELL))
+
+
 def threshold_for(meta: dict, head: str = "generic") -> float:
     """The calibrated FOM threshold of ``head`` (few-shot heads carry their own), else the model's."""
     per_head = meta.get("head_thresholds") or {}

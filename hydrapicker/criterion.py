@@ -2,7 +2,8 @@
 
 Anchors are the cells of the output grid (one per ``stride`` x ``stride`` pixels of the rescaled image).
 A particle is assigned to the cell that contains its centre (the released code's "single best anchor";
-a particle of ~16-21 px cannot reach IoU 0.6 with a 8-16 px anchor). The offset channels are decoded as
+a particle of ~16-21 px cannot reach IoU 0.6 with a 8-16 px anchor) and, for models trained with a wider
+``reach`` (model metadata ``assign_reach``), to the neighbour cells whose centres lie near it. The offset channels are decoded as
 ``centre = cell_centre + tanh(a) * 0.75 * stride``; :func:`encode` and :func:`hydrapicker.postprocess.decode_grid`
 are exact inverses (tested).
 
@@ -15,18 +16,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import defaults
 from .postprocess import OFFSET_RANGE
 
 
-def encode(xy: np.ndarray, grid_shape, stride: int):
+def encode(xy: np.ndarray, grid_shape, stride: int, reach: float = defaults.ASSIGN_REACH_OWN_CELL):
     """Truth centres (N, 2) in rescaled px -> (cls (H, W) float, offsets (2, H, W), pos mask (H, W)).
 
     Coordinates are pixel indices (pixel k has its centre at k); the cell (i, j) has its centre at
     ((j + 0.5) * stride - 0.5, (i + 0.5) * stride - 0.5).
 
-    When two particles fall in one cell, the one nearest the cell centre is kept (the other's cell
-    stays positive, its exact position unused). Offsets are in units of the stride, within +-0.5.
+    ``reach`` (stride units): a particle is assigned to the cell holding its centre and to every cell
+    whose centre lies within ``reach`` of it along both axes (0.5: the holding cell only; 0.7 also teaches
+    the neighbour cells of a particle near a cell border to decode *its* centre, so whichever of them wins
+    suppression is well centred: issue 18). A cell claimed by two particles keeps the nearer one (the other
+    particle's cells stay positive). Offsets are in units of the stride, within +-max(reach, 0.5).
     """
+    if not 0.0 <= reach < OFFSET_RANGE:
+        raise ValueError(f"assignment reach {reach} must lie in [0, {OFFSET_RANGE}) strides")
     H, W = grid_shape
     cls = np.zeros((H, W), np.float32)
     off = np.zeros((2, H, W), np.float32)
@@ -34,16 +41,23 @@ def encode(xy: np.ndarray, grid_shape, stride: int):
     xy = np.asarray(xy, np.float64).reshape(-1, 2)
     for x, y in xy:
         # pixel k has its centre at coordinate k; cell j covers pixels j*s .. j*s+s-1
-        x, y = x + 0.5, y + 0.5
-        j, i = int(np.floor(x / stride)), int(np.floor(y / stride))
-        if not (0 <= i < H and 0 <= j < W):
+        u, v = (x + 0.5) / stride, (y + 0.5) / stride
+        j0, i0 = int(np.floor(u)), int(np.floor(v))
+        if not (0 <= i0 < H and 0 <= j0 < W):
             continue
-        dx, dy = x / stride - (j + 0.5), y / stride - (i + 0.5)
-        d = dx * dx + dy * dy
-        if d < best[i, j]:
-            best[i, j] = d
-            cls[i, j] = 1.0
-            off[0, i, j], off[1, i, j] = dx, dy
+        for i in range(max(i0 - 1, 0), min(i0 + 2, H)):
+            dy = v - (i + 0.5)
+            if i != i0 and abs(dy) >= reach:
+                continue
+            for j in range(max(j0 - 1, 0), min(j0 + 2, W)):
+                dx = u - (j + 0.5)
+                if j != j0 and abs(dx) >= reach:
+                    continue
+                d = dx * dx + dy * dy
+                if d < best[i, j]:
+                    best[i, j] = d
+                    cls[i, j] = 1.0
+                    off[0, i, j], off[1, i, j] = dx, dy
     return cls, off, cls > 0
 
 

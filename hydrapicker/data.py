@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import defaults
 from .criterion import encode
 from .preprocess import prepare
 
@@ -80,7 +81,7 @@ def augment_intensity(img, rng):
     return ((out - float(out.mean())) / s).astype(np.float32)
 
 
-def sample_crop(mic: PreparedMic, crop: int, stride: int, rng, augment=True):
+def sample_crop(mic: PreparedMic, crop: int, stride: int, rng, augment=True, reach=defaults.ASSIGN_REACH):
     """A random crop (crop x crop) with its encoded targets (cls, off, weight on the grid)."""
     img, xy, wt = mic.image, mic.xy, mic.weight
     h, w = img.shape
@@ -102,7 +103,7 @@ def sample_crop(mic: PreparedMic, crop: int, stride: int, rng, augment=True):
         c_img, c_xy, c_wt = _rot_flip(c_img, c_xy, c_wt, int(rng.integers(0, 4)), bool(rng.integers(0, 2)))
         c_img = augment_intensity(c_img, rng)
     g = crop // stride
-    cls, off, _ = encode(c_xy, (g, g), stride)
+    cls, off, _ = encode(c_xy, (g, g), stride, reach)
     if c_wt is None:
         weight = np.ones((g, g), np.float32)
     else:
@@ -111,13 +112,14 @@ def sample_crop(mic: PreparedMic, crop: int, stride: int, rng, augment=True):
     return np.ascontiguousarray(c_img, dtype=np.float32), cls, off, weight
 
 
-def make_batch(dataset: PreparedSet, batch: int, crop: int, stride: int, rng, augment=True):
+def make_batch(dataset: PreparedSet, batch: int, crop: int, stride: int, rng, augment=True,
+               reach=defaults.ASSIGN_REACH):
     import torch
 
     imgs, clss, offs, wts = [], [], [], []
     for _ in range(batch):
         mic = dataset.mics[int(rng.integers(0, len(dataset.mics)))]
-        a, c, o, w = sample_crop(mic, crop, stride, rng, augment)
+        a, c, o, w = sample_crop(mic, crop, stride, rng, augment, reach)
         imgs.append(a)
         clss.append(c)
         offs.append(o)

@@ -16,3 +16,8 @@ MIN_DISTANCE_DIAMETERS = 0.5
 INVALID_MARGIN_DIAMETERS = 0.5
 #: precision that the calibrated threshold reaches on validation data
 CALIBRATION_PRECISION = 0.8
+#: training targets: a particle teaches every grid cell whose centre lies within this many strides of it
+#: along both axes (issue 18: neighbour cells near a border learn to decode its centre)
+ASSIGN_REACH = 0.7
+#: the reach of models whose metadata names none (trained before issue 18: the cell holding the centre only)
+ASSIGN_REACH_OWN_CELL = 0.5

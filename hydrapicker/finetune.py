@@ -200,7 +200,9 @@ class Oriented:
     target: Optional[np.ndarray] = None   # (GH, GW) classification targets (soft where unlabelled)
 
 
-def orient(net, m: Labelled, k: int, flip: bool, temperature: float) -> Oriented:
+def orient(net, m: Labelled, k: int, flip: bool, temperature: float, reach: float = defaults.ASSIGN_REACH_OWN_CELL) -> Oriented:
+    """One dihedral view of a labelled micrograph: body features, targets (assigned with the base model's
+    ``reach``, :func:`hydrapicker.criterion.encode`) and the generic head's outputs as the teacher."""
     import torch
 
     from .criterion import encode
@@ -211,7 +213,7 @@ def orient(net, m: Labelled, k: int, flip: bool, temperature: float) -> Oriented
     img, region = _pad_to(img, s), _pad_to(region, s)
     feats = body_features(net, img)
     gh, gw = img.shape[0] // s, img.shape[1] // s
-    cls, off, _ = encode(xy, (gh, gw), s)
+    cls, off, _ = encode(xy, (gh, gw), s, reach)
     reg = region.reshape(gh, s, gw, s).mean(axis=(1, 3)).astype(np.float32)
     with torch.inference_mode():
         t = net.heads["generic"](feats.float()[None].to(_device_of(net)))[0].cpu().numpy().astype(np.float32)
@@ -391,7 +393,7 @@ def _load_base(base_model, head_name, diameter_A, device):
     return net, meta, ck
 
 
-def _cache_features(net, train, mix, val, cfg, temperature, should_stop, log):
+def _cache_features(net, train, mix, val, cfg, temperature, reach, should_stop, log):
     """Body features of every training micrograph in as many dihedral orientations as fit in
     ``cfg.memory_gb`` -> (variants [(source index, Oriented)], validation features, orientations), or None
     when stopped."""
@@ -407,7 +409,7 @@ def _cache_features(net, train, mix, val, cfg, temperature, should_stop, log):
         for i, m in enumerate(train + mix):
             if should_stop is not None and should_stop():
                 return None
-            variants.append((i, orient(net, m, rot, flip, temperature)))
+            variants.append((i, orient(net, m, rot, flip, temperature, reach)))
     val_feats = [body_features(net, _pad_to(m.image, stride)) for m in val]
     log(f"[finetune] body features of {len(train) + len(mix)} micrographs x {n_var} orientations cached in "
         f"{time.time() - t0:.0f} s")
@@ -609,7 +611,9 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
     log(f"[finetune] {len(mics)} labelled micrographs, {n_picks} picks; {len(train)} for training, "
         f"{len(val)} for validation" + (" (held-out strips)" if val and val[0].eval_mask is not None else ""))
     mix = _generic_sets(4, 2, extent, seed, log) if mix_generic > 0 else []
-    cached = _cache_features(net, train, mix, val, cfg, temperature, should_stop, log)
+    from .checkpoint import assign_reach
+
+    cached = _cache_features(net, train, mix, val, cfg, temperature, assign_reach(meta), should_stop, log)
     fitted = None
     if cached is not None:
         variants, val_feats, n_var = cached

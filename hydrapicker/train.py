@@ -248,6 +248,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     restart: bool = False
+    assign_reach: float = defaults.ASSIGN_REACH
 
     @classmethod
     def from_namespace(cls, ns) -> "TrainConfig":
@@ -353,7 +354,8 @@ class _Run:
 
         if not self.lead:
             return
-        meta = make_meta(self.net, training=self.training_meta(), **(extra_meta or {}))
+        meta = make_meta(self.net, training=self.training_meta(), assign_reach=float(self.cfg.assign_reach),
+                         **(extra_meta or {}))
         plain = {k: v for k, v in self.cfg.recipe().items() if isinstance(v, (int, float, str, bool)) or v is None}
         save_checkpoint(path or self.ckpt_path, self.net, meta, optimizer=None if final else self.opt,
                         epoch=self.step, args={**plain, "phase": self.phase, "phase1_end": self.total1},
@@ -383,7 +385,8 @@ class _Run:
         cfg, rng = self.cfg, self.rng
         k = int(rng.integers(0, len(self.train_sets)))
         imgs, cls, off, wt = (t.to(self.device, non_blocking=True)
-                              for t in make_batch(self.train_sets[k], cfg.batch, cfg.crop, self.stride, rng))
+                              for t in make_batch(self.train_sets[k], cfg.batch, cfg.crop, self.stride, rng,
+                                                   reach=cfg.assign_reach))
         lr = lr_at(self.step if self.phase == 1 else self.step - self.total1, self.total1,
                    cfg.lr * (1.0 if self.phase == 1 else 0.3), cfg.cycle)
         for g in self.opt.param_groups:

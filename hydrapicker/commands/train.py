@@ -13,6 +13,8 @@ Examples:
   hydra train --out runs/tiny --datasets 2 --mics-per-dataset 2 --steps 20 --phase2-steps 10 --crop 128
 """
 
+from .. import defaults
+
 
 def add_args(p):
     p.add_argument("--out", required=True, help="run directory (checkpoint.pt, model.pt, log.jsonl)")
@@ -52,6 +54,9 @@ def add_args(p):
     p.add_argument("--device", default="auto",
                    help="auto (first GPU if any, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--assign-reach", type=float, default=defaults.ASSIGN_REACH,
+                   help="a particle teaches every output cell whose centre is within this many strides of it "
+                        "along both axes (0.5: only the cell holding it, the rule before issue 18)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
 
 
