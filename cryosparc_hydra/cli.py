@@ -60,6 +60,13 @@ def add_pick_args(p):
                    help="minimum distance between picks in Angstrom (default: half the diameter)")
     p.add_argument("--edge", type=float, default=0.0, metavar="A",
                    help="drop picks closer than this to the micrograph edge (Angstrom)")
+    p.add_argument("--adapt", action="store_true",
+                   help="self-adaptation without labels: learn a head from these exposures' own confident picks, "
+                        "then pick with it (the zero-shot picks when the pseudo-labels are too few or "
+                        "inconsistent); needs the micrographs on disk")
+    p.add_argument("--save-model", default=None, metavar="M.pt",
+                   help="--adapt: where the adapted model goes (default: hydra_adapted_<project>_<job>.pt here, "
+                        "offline <out>_adapted.pt; an existing file is re-used); pick later with --model")
     p.add_argument("--title", default="HydraPicker picks", help="title of the External job")
     p.add_argument("--out", metavar="picks.cs", help="offline mode: the particle dataset to write")
 
@@ -117,7 +124,8 @@ def _options(args):
     if not args.diameter > 0:
         raise UserFacingError(f"--diameter {args.diameter}: give the particle diameter in Angstrom (> 0)")
     return PickOptions(diameter_A=args.diameter, threshold=args.threshold, head=args.head,
-                       min_distance_A=args.min_distance, edge_A=args.edge, flip_y=args.flip_y)
+                       min_distance_A=args.min_distance, edge_A=args.edge, flip_y=args.flip_y,
+                       adapt=getattr(args, "adapt", False), save_model=getattr(args, "save_model", None))
 
 
 def main_pick(args) -> int:

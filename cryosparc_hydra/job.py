@@ -21,7 +21,7 @@ from hydrapicker.errors import UserFacingError
 from . import compat, plots
 from .exposures import Downloader, exposures_to_micrographs, visible_locally
 from .particles import build_particles, validate_particles
-from .picking import PickOptions, head_for, min_dist_for, pick_micrographs, threshold_for
+from .picking import PickOptions, adapted, head_for, min_dist_for, pick_micrographs, threshold_for
 
 INPUT_NAME = "micrographs"
 OUTPUT_NAME = "particles"
@@ -100,7 +100,8 @@ def job_description(picker, opts: PickOptions, ref: str) -> str:
     meta = getattr(picker, "meta", {}) or {}
     return (f"HydraPicker picks of {ref}: diameter {opts.diameter_A:g} A, head {head_for(picker, opts)}, "
             f"threshold {threshold_for(picker, opts):g}, model {meta.get('path', meta.get('preset', '?'))} "
-            f"(hydrapicker {meta.get('hydrapicker_version', '?')}), flip_y={opts.flip_y}")
+            f"(hydrapicker {meta.get('hydrapicker_version', '?')}), flip_y={opts.flip_y}"
+            + (" (self-adapted to these exposures: the head and threshold the job log names)" if opts.adapt else ""))
 
 
 def create_pick_job(project, workspace_uid: str, source_job: str, source_output: str, title: str, desc: str):
@@ -182,6 +183,12 @@ def _pick_into_job(cs, project, job, picker, opts, summary, read, project_dir, l
                 f"({n} micrograph(s); a header with 0 or exactly 1.0 stops the job)")
         log(line)
         compat.log(job, line)
+    if opts.adapt:
+        if summary.read_mode != "file":
+            raise UserFacingError("--adapt reads a sample of the micrographs from the project directory: run "
+                                  "where it is mounted (--read file, --project-dir)")
+        picker, opts = adapted(picker, mics, opts, f"hydra_adapted_{project.uid}_{job.uid}.pt", log)
+        compat.log(job, f"HydraPicker: picking with head {opts.head} of {picker.meta.get('path')}")
     threshold = threshold_for(picker, opts)
     compat.log(job, f"HydraPicker: {len(mics)} micrographs (read by {summary.read_mode}), diameter "
                     f"{opts.diameter_A:g} A, threshold {threshold:g}, device {getattr(picker, 'device', '?')}")

@@ -6,7 +6,7 @@ micrograph that cannot be read or picked is reported (``error``) and skipped, th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from hydrapicker.types import Micrograph, Picks
@@ -20,6 +20,8 @@ class PickOptions:
     min_distance_A: Optional[float] = None
     edge_A: float = 0.0
     flip_y: bool = False
+    adapt: bool = False               # self-adaptation without labels (hydrapicker.adapt) before picking
+    save_model: Optional[str] = None  # where the adapted model goes (None: the caller's default)
 
 
 @dataclass
@@ -56,6 +58,18 @@ def threshold_for(picker, opts: PickOptions) -> float:
 def min_dist_for(opts: PickOptions) -> float:
     """The NMS radius in Angstrom, as written to ``location/min_dist_A``."""
     return policy_for(None, opts).min_distance_A
+
+
+def adapted(picker, mics, opts: PickOptions, default_save: str, log=print) -> tuple:
+    """``opts.adapt``: the core's :func:`hydrapicker.adapt.adapted_picker` over ``mics`` (read from disk)
+    -> (picker, options naming its head); otherwise both unchanged."""
+    if not opts.adapt:
+        return picker, opts
+    from hydrapicker.adapt import adapted_picker
+
+    picker, head, _ = adapted_picker(picker, mics, opts.diameter_A, opts.save_model or default_save, opts.head,
+                                     log=log)
+    return picker, replace(opts, head=head)
 
 
 def _record(mic: Micrograph, res) -> Picked:

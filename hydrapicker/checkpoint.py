@@ -62,6 +62,19 @@ def save_checkpoint(path, net, meta: dict, optimizer=None, epoch=None, args=None
     return Path(path)
 
 
+def update_meta(path, **changes) -> Path:
+    """Rewrite a model file (atomically) with some of its metadata entries replaced."""
+    import torch
+
+    from .atomic import atomic_path
+
+    ckpt = read_checkpoint(path)
+    ckpt["meta"] = {**ckpt["meta"], **changes}
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+    return Path(path)
+
+
 def read_checkpoint(path) -> dict:
     import torch
 

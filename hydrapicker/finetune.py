@@ -372,6 +372,12 @@ class FinetuneConfig:
     max_minutes: Optional[float] = None
     memory_gb: float = 1.5
     steps_per_epoch: Optional[int] = None
+    #: pseudo-labels (self-adaptation, :mod:`hydrapicker.adapt`): unlabelled cells whose shifted generic
+    #: score is below this are negatives, the rest are left untaught (instead of the PU soft targets)
+    negatives_below: Optional[float] = None
+    #: weight of the centre loss (0: the new head keeps the generic head's centre offsets, e.g. when the
+    #: labels' positions are a model's own estimates)
+    lambda_loc: float = 1.0
 
 
 def _load_base(base_model, head_name, diameter_A, device):
@@ -416,10 +422,26 @@ def _cache_features(net, train, mix, val, cfg, temperature, reach, should_stop, 
     return variants, val_feats, n_var
 
 
+def band_targets(region: np.ndarray, teacher_prob: np.ndarray, cls: np.ndarray, below: float) -> tuple:
+    """Per-cell (target, weight) for pseudo-labels: labelled cells positive; unlabelled cells negative
+    where the generic head is confident there is nothing (``teacher_prob < below``), else untaught."""
+    lab = cls > 0.5
+    target = lab.astype(np.float32)
+    weight = np.where(lab, 1.0, np.where(teacher_prob < below, region, 0.0)).astype(np.float32)
+    return target, weight
+
+
 def _weigh_labels(train, variants, stride, extent, thr_generic, cfg, log) -> tuple:
     """Label fraction (estimated unless given) and every cell's target and weight -> (c, evidence)."""
     ident = [o for i, o in variants[:len(train)]]
     shift = _logit(thr_generic)
+    if cfg.negatives_below is not None:
+        for i, o in variants:
+            o.target, o.weight = (band_targets(o.region, _sigmoid(o.teacher[2] - shift), o.cls, cfg.negatives_below)
+                                  if i < len(train) else (o.cls, np.ones_like(o.region)))
+        log(f"[finetune] pseudo-labels: unlabelled cells with a generic score under {cfg.negatives_below:.2f} "
+            f"(relative to its threshold at 0.5) are negatives, the rest untaught")
+        return 1.0, {"pseudo_labels": True}
     est_c, c_info = estimate_label_fraction(train, ident, stride, extent, shift)
     c = est_c if cfg.label_fraction is None else float(cfg.label_fraction)
     for i, o in variants:
@@ -502,7 +524,7 @@ def _fit(net, head_name, variants, n_train, area, val, val_feats, cfg, grid, rng
     head = net.heads[head_name]
     stride, extent, temperature = grid
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=1e-5)
-    crit = Criterion()
+    crit = Criterion(lambda_loc=cfg.lambda_loc)
     g = min([max(2, cfg.crop // stride)] + [min(o.cls.shape) for _, o in variants])
     own = [o for i, o in variants if i < n_train]
     gen = [o for i, o in variants if i >= n_train]
@@ -580,7 +602,9 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
              label_fraction: Optional[float] = None, region_radius: float = 3.0, crop: int = 128,
              batch: int = 8, lr: float = 1e-3, patience: int = 6, lambda_tie: float = 0.01,
              max_minutes: Optional[float] = None, memory_gb: float = 1.5,
-             steps_per_epoch: Optional[int] = None, device: str = "auto") -> Optional[Path]:
+             steps_per_epoch: Optional[int] = None, device: str = "auto",
+             negatives_below: Optional[float] = None, lambda_loc: float = 1.0,
+             record: Optional[dict] = None) -> Optional[Path]:
     """Train a new head ``head_name`` on ``micrographs`` labelled by ``coords`` ({name: Picks}).
 
     ``base_model``: model file (None = the shipped generic model). ``epochs``: maximum number of epochs
@@ -588,13 +612,15 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
     ``label_fraction``: share of the particles the user picked (None = estimate; 1 = every particle in
     the annotated region is picked). ``device``: ``auto`` (the first GPU if any), ``cpu``, ``cuda[:N]``;
     body features are cached in CPU memory, the head trains on the device. The tuning arguments form a
-    :class:`FinetuneConfig`. Returns the written model file (base heads + the new one), or None when
+    :class:`FinetuneConfig` (``negatives_below``: pseudo-labels, see there). ``record``: more provenance
+    for the head's entry in the model's metadata. Returns the written model file (base heads + the new one), or None when
     ``should_stop()`` became true (nothing is written).
     """
     import torch
 
     cfg = FinetuneConfig(epochs, val_fraction, mix_generic, seed, label_fraction, region_radius, crop, batch,
-                         lr, patience, lambda_tie, max_minutes, memory_gb, steps_per_epoch)
+                         lr, patience, lambda_tie, max_minutes, memory_gb, steps_per_epoch, negatives_below,
+                         lambda_loc)
     t_start, cpu_start = time.time(), time.process_time()
     log = log or (lambda *a, **k: None)
     torch.manual_seed(seed)
@@ -639,7 +665,7 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
         "orientations": n_var, "epochs": epoch, "best_epoch": best[2] if val else epoch, "steps": step,
         "validation_AP": best[0] if val else None, "threshold": float(thr),
         "seconds": round(time.time() - t_start, 1), "cpu_seconds": round(time.process_time() - cpu_start, 1),
-        "history": history, "validation_metrics": val_summary, "seed": seed,
+        "history": history, "validation_metrics": val_summary, "seed": seed, **(record or {}),
     }
     out = _write_model(Path(out) if out else Path.cwd() / f"{head_name}.pt", net, meta, ck, head_name, thr,
                        base_thr, diameter_A, info)

@@ -59,6 +59,10 @@ PARAMS = (
     Param("pickname", str, "autopick", False, "name in the coordinate files: <mic>_<pickname>.star"),
     Param("min_distance", float, None, False, "minimum distance between picks in Angstrom", positive=True),
     Param("relion_version", str, None, False, "3.1, 4 or 5 (default: detected from job.star)"),
+    Param("adapt", bool, False, False, "yes: self-adaptation without labels: a head learned from this data set's "
+                                       "own confident zero-shot picks picks it (kept as adapted_model.pt in the "
+                                       "job; the zero-shot picks when the pseudo-labels are too few or "
+                                       "inconsistent)"),
     Param("ranks", int, None, False, "processes picking in parallel (torchrun): default one per GPU listed in "
                                      "'gpu'; with gpu = cpu, CPU processes sharing the threads", positive=True),
 )
@@ -147,7 +151,8 @@ class PickRun:
             ident = f"{Path(model).resolve()}:{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             ident = str(model)
-        key = repr((ident, o["head"], o["threshold"], o["particle_diameter"], o["min_distance"], o["pickname"]))
+        key = repr((ident, o["head"], o["threshold"], o["particle_diameter"], o["min_distance"], o["pickname"],
+                    bool(o.get("adapt"))))
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     def _remember_settings(self, fp: str) -> None:
@@ -208,6 +213,21 @@ class PickRun:
             model_desc = str(model_path)
         return policy, self._fingerprint(model_desc, policy.threshold), model_path
 
+    def _adapted(self, picker):
+        """``adapt yes``: :func:`hydrapicker.adapt.adapted_picker` over the job's micrographs (its model
+        ``<job>/adapted_model.pt`` re-used by Continue and by a Scheme's later cycles)."""
+        from hydrapicker.adapt import adapted_picker
+
+        o = self.o
+        if self.world > 1:
+            raise ArgumentError("adapt = yes runs in one process: set 'ranks' to 1 (or adapt in one job, then "
+                                "give its adapted_model.pt as 'model' to a job with more ranks)")
+        picker, head, _ = adapted_picker(picker, self.mics, o["particle_diameter"], self.job.path / "adapted_model.pt",
+                                         o["head"] or None, log=log, should_stop=self.job.should_stop)
+        o["head"] = head
+        o["model"] = (getattr(picker, "meta", None) or {}).get("path", o["model"])
+        return picker
+
     def pick(self):
         from hydrapicker import distributed
 
@@ -217,6 +237,8 @@ class PickRun:
         o, rank, world = self.o, self.rank, self.world
         threads = max(1, o["j"] // world)  # ranks share the job's threads
         picker = self.factory(o["model"], self.device, threads)
+        if o.get("adapt"):
+            picker = self._adapted(picker)
         policy, fp, model_path = self._policy_and_fingerprint(picker)
         done = self.job.read_done(fp)
         done = {n: c for n, c in done.items() if n in set(self.names)}

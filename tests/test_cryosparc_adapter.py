@@ -549,6 +549,30 @@ def test_offline_pick_end_to_end_matches_the_core(tmp_path, tiny_model, monkeypa
             assert np.allclose(np.sort(got.y), np.sort(p.y), atol=1e-3)
 
 
+def test_offline_pick_adapt_runs_the_core_adaptation(tmp_path, tiny_model, monkeypatch):
+    """``--adapt`` is :func:`hydrapicker.adapt.adapted_picker` over the exposures (as in hydra pick and the
+    RELION job); the adapted model goes next to the output by default."""
+    from cryosparc_hydra import cli
+
+    calls = []
+
+    def spy(picker, mics, diameter_A, save_to, head=None, settings=None, reuse=True, log=print, should_stop=None):
+        calls.append((sorted(m.meta["cs_path"] for m in mics), Path(save_to), diameter_A))
+        return picker, "generic", None
+
+    monkeypatch.setattr("hydrapicker.adapt.adapted_picker", spy)
+    project, ds = make_project(tmp_path, shapes=((96, 128), (128, 112)), psize=4.0, blobs=[(30, 30, 8)])
+    (project / "J4").mkdir()
+    exp_cs = project / "J4" / "J4_exposures.cs"
+    ds.save(str(exp_cs))
+    out = tmp_path / "out" / "picks.cs"
+    rc = cli.main(["pick", "--exposures-cs", str(exp_cs), "--out", str(out), "--model", str(tiny_model),
+                   "--diameter", "64", "--device", "cpu", "--threads", "1", "--adapt"])
+    assert rc == 0 and out.exists()
+    paths = sorted(str(p) for p in ds["micrograph_blob/path"])
+    assert calls == [(paths, tmp_path / "out" / "picks_adapted.pt", 64.0)]
+
+
 def test_offline_pick_names_missing_micrograph_and_fix(tmp_path, capsys):
     from cryosparc_hydra import cli
 

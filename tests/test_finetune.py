@@ -324,9 +324,7 @@ def test_a_micrograph_given_without_picks_teaches_plain_negatives_even_under_pu_
     """Junk the user wants rejected: a micrograph with an empty coordinate file is particle-free, so its
     cells are plain negatives (target 0, weight 1) even where the generic head is confident and the other
     micrographs are weighted as positive-unlabelled (label fraction < 1)."""
-    from types import SimpleNamespace
-
-    from hydrapicker.finetune import Labelled, Oriented, _weigh_labels
+    from hydrapicker.finetune import FinetuneConfig, Labelled, Oriented, _weigh_labels
 
     g = (6, 6)
     cls = np.zeros(g, np.float32)
@@ -337,7 +335,7 @@ def test_a_micrograph_given_without_picks_teaches_plain_negatives_even_under_pu_
     junk = Labelled("junk", np.zeros((48, 48), np.float32), np.zeros((0, 2)), np.ones((48, 48)))
     variants = [(0, Oriented(None, cls.copy(), np.zeros((2, *g)), region, teacher.copy())),
                 (1, Oriented(None, np.zeros(g, np.float32), np.zeros((2, *g)), region, teacher.copy()))]
-    c, _ = _weigh_labels([picked, junk], variants, 8, 16.0, 0.5, SimpleNamespace(label_fraction=0.3),
+    c, _ = _weigh_labels([picked, junk], variants, 8, 16.0, 0.5, FinetuneConfig(label_fraction=0.3),
                          lambda *a: None)
     assert c == pytest.approx(0.3)
     on_picked, on_junk = variants[0][1], variants[1][1]

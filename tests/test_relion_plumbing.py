@@ -187,6 +187,24 @@ def test_pick_job_layout(project, v, capsys):
             np.testing.assert_allclose(got[n].fom, want.fom, atol=1e-6)
 
 
+def test_adapt_yes_runs_the_core_adaptation_on_the_job_micrographs(project, monkeypatch):
+    """``adapt = yes`` is :func:`hydrapicker.adapt.adapted_picker` (one implementation for every entry point),
+    over the job's micrographs, with its model kept in the job directory."""
+    calls = []
+
+    def spy(picker, mics, diameter_A, save_to, head=None, settings=None, reuse=True, log=print, should_stop=None):
+        calls.append(([m.name for m in mics], Path(save_to), diameter_A, head))
+        return picker, "generic", None
+
+    monkeypatch.setattr("hydrapicker.adapt.adapted_picker", spy)
+    rc, _ = pick(["--adapt", "yes"])
+    assert rc == 0 and exit_files() == ["RELION_JOB_EXIT_SUCCESS"]
+    assert calls == [(NAMES, Path(JOB) / "adapted_model.pt", 40.0, None)]
+    calls.clear()
+    rc, _ = pick(["--adapt", "no"], job="External/job002/")
+    assert rc == 0 and calls == []
+
+
 def test_user_threshold_and_pre31_star(project):
     write_mics_star(MICS_STAR, NAMES, 2.0, optics=False)
     rc, _ = pick(["--threshold", "0.8"])

@@ -98,6 +98,17 @@ def add_args(p):
     p.add_argument("--poll", type=float, default=5.0, help="--watch: seconds between looks (default 5)")
     p.add_argument("--idle-timeout", type=float, default=None,
                    help="--watch: stop after this many seconds without a new micrograph (default: never)")
+    p.add_argument("--adapt", action="store_true",
+                   help="self-adaptation without labels: learn a head for this data set from its own confident "
+                        "zero-shot picks (on --adapt-sample micrographs), then pick with it; guarded: the "
+                        "zero-shot picks are kept when the pseudo-labels are too few or inconsistent")
+    p.add_argument("--adapt-sample", type=positive_int, default=24,
+                   help="--adapt: micrographs learned from, spread over the data set (default 24)")
+    p.add_argument("--adapt-rounds", type=int, default=1, choices=(1, 2),
+                   help="--adapt: 2 = the adapted head's picks teach a second head (kept when it agrees better)")
+    p.add_argument("--save-model", default=None,
+                   help="--adapt: where the adapted model goes (default <out>/adapted_<suffix>.pt; an existing "
+                        "one is re-used unless --overwrite); pick later data with --model <it>")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -111,6 +122,10 @@ def main(args):
     inputs = list(args.micrographs) + list(args.mics)
     if not inputs:
         raise UserFacingError("give micrographs (files, globs, @list.txt, a folder with --watch) or --mics STAR")
+    if getattr(args, "adapt", False) and args.watch:
+        raise UserFacingError("--adapt learns from micrographs already written and --watch picks as they come: "
+                              "run --adapt once on the first micrographs of the session, then --watch --model "
+                              "<out>/adapted_<suffix>.pt")
     if args.watch and (args.poll <= 0 or (args.idle_timeout is not None and args.idle_timeout < 0)):
         raise UserFacingError("--poll must be > 0 and --idle-timeout >= 0")
     mics = [] if args.watch else collect_micrographs(inputs, apix=args.apix)  # watch: listed as they come
@@ -195,6 +210,8 @@ def _main(args, inputs, mics, out):
     picker = Picker(args.model, device=device, log=log, tta=args.tta, batch=args.batch, readers=args.readers)
     configure_torch(args.threads, picker.device)
     args.head = args.head or picker.default_head
+    if getattr(args, "adapt", False):
+        picker, args.head = _adapt(picker, mics, args, out, world, log)
     policy = picker.policy(args.diameter, args.head,
                            threshold=None if args.all else ("model" if args.threshold is None else args.threshold),
                            min_distance_A=args.min_distance, edge_A=args.edge,
@@ -223,6 +240,22 @@ def _main(args, inputs, mics, out):
         if n_ok == 0 and len(todo) == len(mics):  # nothing picked, now or before
             return 1
     return 0
+
+
+def _adapt(picker, mics, args, out, world, log) -> tuple:
+    """``--adapt``: :func:`hydrapicker.adapt.adapted_picker` over the run's micrographs -> (picker, head)."""
+    from ..adapt import AdaptSettings, adapted_picker
+    from ..errors import UserFacingError
+    from ..outputs import output_path
+
+    if world > 1:
+        raise UserFacingError("--adapt runs in one process: adapt once without torchrun (--save-model M.pt), "
+                              "then pick under torchrun with --model M.pt")
+    save_to = args.save_model or output_path(out, "adapted", args.suffix, ".pt")
+    settings = AdaptSettings(sample=args.adapt_sample, rounds=args.adapt_rounds)
+    picker, head, _ = adapted_picker(picker, mics, args.diameter, save_to, args.head, settings,
+                                     reuse=not args.overwrite, log=log)
+    return picker, head
 
 
 def pick_batch(picker, todo, args, policy, path, agg, log, should_stop=None) -> tuple:

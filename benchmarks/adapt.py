@@ -1,0 +1,220 @@
+#!/usr/bin/env python
+"""Self-adaptation benchmark (issue 17): zero-shot, ``--adapt`` and 5-micrograph few-shot in one run.
+
+Per set: the test micrographs are what a user would pick; ``--adapt`` learns from them without labels
+(:func:`hydrapicker.adapt.adapt`, the code ``hydra pick --adapt`` runs); few-shot learns from 5 *other*
+micrographs with every particle labelled (:func:`hydrapicker.finetune.finetune`). Reported on the test
+micrographs: AP (IoU > 0.6 of D x D boxes, every pick above the floor kept), F1 of the written picks (at the
+head's own threshold: the calibrated one, the adapted head's count-matched one, the few-shot head's), and
+wall time on top of picking.
+
+Sets: the held-out simulated targets (``t_*``), the junk targets (``j_*``, a third of their micrographs
+particle-free) and the real validation sets (``real``; the first 5 of their micrographs are the few-shot
+labels, the rest the test set; validation only: nothing about the method is tuned on them).
+
+  OMP_NUM_THREADS=2 python benchmarks/adapt.py --threads 2                       # every set
+  python benchmarks/adapt.py --sets t_small80kda j_proteasome --n-sim 12 --no-fewshot
+  python benchmarks/adapt.py --timing                                           # 20 x 2048^2 cost only
+
+Writes docs/benchmarks/adapt_<tag>_<date>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_data import REAL_ROOT, _star_path, load_dataset, simulated_dataset  # noqa: E402
+
+N_FEW = 5
+SIM_SETS = ("t_small80kda", "t_rod", "t_ferritin_crowded", "t_ribosome", "t_proteasome", "t_micelle", "t_virus",
+            "t_dumbbell_pp", "j_proteasome", "j_ribosome", "j_small80kda", "j_dumbbell_pp", "j_micelle")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sets", nargs="+", default=list(SIM_SETS) + ["real"])
+    p.add_argument("--n-sim", type=int, default=12, help="test micrographs per simulated set")
+    p.add_argument("--model", default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-fewshot", action="store_true")
+    p.add_argument("--timing", action="store_true", help="only the cost on 20 micrographs of 2048 x 2048")
+    p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "hydra_bench_adapt"))
+    p.add_argument("--tag", default="after")
+    p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an AdaptSettings field (e.g. rounds=2), for choosing the defaults")
+    p.add_argument("--draw", type=int, default=0,
+                   help="another draw of the simulated sets (seed + DRAW): choose settings on a draw other "
+                        "than the reported one (0)")
+    p.add_argument("--json", default=None)
+    return p.parse_args(argv)
+
+
+def _spec(name):
+    from hydrapicker.simulate import target_dataset_specs
+    from hydrapicker.simulate.datasets import junk_target_specs
+
+    return {s.name: s for s in list(target_dataset_specs()) + list(junk_target_specs())}[name]
+
+
+def _sets(tokens, args):
+    """-> [(name, kind, micrographs, truth by name, diameter A, box px, few-shot micrographs)]."""
+    from hydrapicker.micrographs import read_micrographs_star
+
+    out = []
+    for tok in tokens:
+        if tok == "real":
+            roots = sorted(p for p in REAL_ROOT.iterdir() if (p / "meta.json").exists()) if REAL_ROOT.is_dir() else []
+            kind = "real"
+        else:
+            spec = _spec(tok)
+            if args.draw:
+                spec = spec.replace(seed=spec.seed + args.draw, name=f"{spec.name}_draw{args.draw}")
+            roots = [simulated_dataset(spec, Path(args.cache), args.n_sim + N_FEW)]
+            kind = "simulated"
+        for root in roots:
+            ds = load_dataset(root)
+            mics = read_micrographs_star(_star_path(root))
+            by_stem = dict(zip(ds.stems, ds.mic_names))
+            truth = {by_stem[s]: ds.truth[s] for s in ds.stems}
+            names = {m.name: m for m in mics}
+            ordered = [names[n] for n in ds.mic_names if n in names]
+            out.append((ds.name if kind == "simulated" else root.name, kind, ordered[N_FEW:], truth,
+                        ds.diameter_A, ds.box_px, ordered[:N_FEW]))
+    return out
+
+
+def _settings(args):
+    from dataclasses import fields, replace
+
+    from hydrapicker.adapt import AdaptSettings
+
+    kinds = {f.name: f.type for f in fields(AdaptSettings)}
+    over = {}
+    for kv in args.setting:
+        k, v = kv.split("=", 1)
+        t = kinds[k]
+        over[k] = (v.lower() in ("1", "true", "yes")) if t in (bool, "bool") else (int(v) if t in (int, "int") else float(v))
+    return replace(AdaptSettings(), **over)
+
+
+def _score(picker, head, mics, truth, diameter_A, box_px, threshold):
+    from hydrapicker.metrics import evaluate
+
+    t0 = time.time()
+    policy = picker.policy(diameter_A, head, threshold=None)
+    picks = {r.micrograph.name: r.picks for r in picker.pick(mics, diameter_A, head=head, policy=policy) if r.ok}
+    secs = time.time() - t0
+    tr = {k: truth[k] for k in picks}
+    res = evaluate(picks, tr, box_px)
+    w = evaluate({k: p.above(threshold) for k, p in picks.items()}, tr, box_px)
+    pr, rc = float(w["precision"]), float(w["recall"])
+    return {"AP": float(res["AP"]), "AP_centre": float(res["AP_centre"]), "threshold": float(threshold),
+            "precision": pr, "recall": rc, "F1": 2 * pr * rc / max(pr + rc, 1e-12),
+            "n_written": int(sum(len(p.above(threshold)) for p in picks.values())), "pick_seconds": round(secs, 1)}
+
+
+def run_set(item, args, work):
+    from hydrapicker.adapt import adapt
+    from hydrapicker.finetune import finetune
+    from hydrapicker.picker import Picker
+    from hydrapicker.types import Picks
+
+    name, kind, mics, truth, diameter_A, box_px, few = item
+    base = Picker(args.model, log=None)
+    row = {"set": name, "kind": kind, "n_test": len(mics), "n_truth": int(sum(len(truth[m.name]) for m in mics)),
+           "diameter_A": diameter_A}
+    row["zero_shot"] = _score(base, base.default_head, mics, truth, diameter_A, box_px, base.default_threshold)
+    t0 = time.time()
+    a = adapt(base, mics, diameter_A, work / f"{name}_adapted.pt", settings=_settings(args), log=lambda *x: None)
+    secs = time.time() - t0
+    if a.accepted:
+        p = Picker(a.model, log=None)
+        row["adapt"] = _score(p, a.head, mics, truth, diameter_A, box_px, p.threshold_for(a.head))
+    else:
+        row["adapt"] = dict(row["zero_shot"])
+    row["adapt"].update(accepted=a.accepted, reason=a.reason, seconds=round(secs, 1),
+                        pseudo_positives=a.record.get("pseudo_positives"), rounds=a.record.get("rounds"))
+    if not args.no_fewshot:
+        labels = {m.name: Picks(truth[m.name][:, 0], truth[m.name][:, 1]) for m in few}
+        t0 = time.time()
+        out = finetune(args.model, few, labels, diameter_A, "fs5", out=work / f"{name}_fs5.pt", log=None)
+        secs = time.time() - t0
+        p = Picker(out, log=None)
+        row["fewshot5"] = _score(p, "fs5", mics, truth, diameter_A, box_px, p.threshold_for("fs5"))
+        row["fewshot5"]["seconds"] = round(secs, 1)
+    return row
+
+
+def timing(args, work):
+    """Cost of --adapt on 20 micrographs of 2048 x 2048 (a proteasome-like target at 4 A/px)."""
+    from hydrapicker.adapt import adapt
+    from hydrapicker.micrographs import read_micrographs_star
+    from hydrapicker.picker import Picker
+
+    spec = _spec("t_proteasome").replace(shape=(2048, 2048), name="t_proteasome_2048")
+    root = simulated_dataset(spec, Path(args.cache), 20)
+    mics = read_micrographs_star(_star_path(root))
+    base = Picker(args.model, log=None)
+    t0 = time.time()
+    list(base.pick(mics, spec.diameter_A, head="generic"))
+    pick_s = time.time() - t0
+    t0 = time.time()
+    a = adapt(base, mics, spec.diameter_A, work / "timing_adapted.pt", log=lambda *x: None)
+    return {"micrographs": len(mics), "shape": [2048, 2048], "pick_seconds": round(pick_s, 1),
+            "adapt_extra_seconds": round(time.time() - t0, 1), "accepted": a.accepted, "threads": args.threads}
+
+
+def print_table(rows):
+    head = f"{'set':26s} {'zero AP':>7s} {'adapt':>7s} {'few5':>7s} | {'zero F1':>7s} {'adapt':>7s} {'few5':>7s} | adapt s"
+    print(head)
+    for r in rows:
+        z, a, f = r["zero_shot"], r["adapt"], r.get("fewshot5", {})
+        print(f"{r['set']:26s} {z['AP']:7.3f} {a['AP']:7.3f} {f.get('AP', float('nan')):7.3f} | {z['F1']:7.3f} "
+              f"{a['F1']:7.3f} {f.get('F1', float('nan')):7.3f} | {a['seconds']:6.0f}"
+              + ("" if a["accepted"] else f"  (kept zero-shot: {a['reason'][:60]})"))
+    gains = [r["adapt"]["AP"] - r["zero_shot"]["AP"] for r in rows]
+    print(f"mean AP gain {np.mean(gains):+.3f}, worst {min(gains):+.3f}")
+
+
+def main(argv=None) -> int:
+    from hydrapicker.picker import configure_torch
+
+    args = parse_args(argv)
+    configure_torch(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="hydra_adapt_bench_"))
+    out = {"meta": {"date": datetime.date.today().isoformat(), "command": "python benchmarks/adapt.py "
+                    + " ".join(argv if argv is not None else sys.argv[1:]), "host": platform.node(),
+                    "threads": args.threads, "model": args.model or "shipped default", "n_sim": args.n_sim,
+                    "settings": __import__("dataclasses").asdict(_settings(args)), "draw": args.draw}}
+    if args.timing:
+        out["timing"] = timing(args, work)
+        print(json.dumps(out["timing"]))
+    else:
+        rows = []
+        for item in _sets(args.sets, args):
+            rows.append(run_set(item, args, work))
+            r = rows[-1]
+            print(f"[bench] {r['set']}: zero {r['zero_shot']['AP']:.3f} adapt {r['adapt']['AP']:.3f} few5 "
+                  f"{r.get('fewshot5', {}).get('AP', float('nan')):.3f} ({r['adapt']['reason']})", flush=True)
+        out["rows"] = rows
+        print_table(rows)
+    path = Path(args.json or Path(__file__).resolve().parent.parent / "docs" / "benchmarks" /
+                f"adapt_{args.tag}_{datetime.date.today().isoformat()}.json")
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

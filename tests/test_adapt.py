@@ -1,0 +1,155 @@
+"""Self-adaptation without labels (hydrapicker.adapt, `hydra pick --adapt`): it raises AP on a simulated
+target, its guards keep the zero-shot picks when the pseudo-labels are garbage or too few, and the adapted
+model is saved with its provenance and re-used.
+
+Uses the shipped generic model (pseudo-labels need a head that picks): small simulated micrographs.
+"""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+import torch
+
+from hydrapicker import adapt as adapt_mod
+from hydrapicker.adapt import AdaptSettings, adapt, count_matching_threshold, sample_micrographs, shifted_cut
+from hydrapicker.checkpoint import read_checkpoint
+from hydrapicker.cli import main as hydra
+from hydrapicker.coords import read_coords
+
+from hydrapicker.metrics import evaluate
+from hydrapicker.micrographs import read_micrographs_star
+from hydrapicker.picker import Picker
+from hydrapicker.simulate import get_target, simulate_micrograph
+from hydrapicker.types import Picks
+
+QUIET = dict(log=lambda *a, **k: None)
+SETTINGS = AdaptSettings(sample=10, max_minutes=1.0)
+
+
+def _write_set(spec, out, indices):
+    from conftest import write_mrc
+
+    names, truth = [], {}
+    for i in indices:
+        sim = simulate_micrograph(spec, i)
+        name = f"Micrographs/{sim.name}.mrc"
+        write_mrc(out / name, sim.image, apix=sim.pixel_size)
+        names.append(name)
+        truth[name] = sim.xy
+    optics = pd.DataFrame({"rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
+                           "rlnMicrographPixelSize": [spec.pixel_size], "rlnVoltage": [300.0],
+                           "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1]})
+    starfile.write({"optics": optics, "micrographs": pd.DataFrame({"rlnMicrographName": names,
+                                                                   "rlnOpticsGroup": [1] * len(names)})},
+                   out / "micrographs.star")
+    return read_micrographs_star(out / "micrographs.star"), truth
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    """10 micrographs of a held-out small (80 kDa-like) protein: the shipped head is unsure on it."""
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("adapt")
+    spec = get_target("t_small80kda").replace(shape=(512, 512))
+    mics, truth = _write_set(spec, root, range(200, 210))
+    return dict(root=root, spec=spec, mics=mics, truth=truth)
+
+
+def _xy(path):
+    (picks,) = read_coords(path).values()
+    return picks.xy()
+
+
+def _ap(picker, head, mics, truth, spec):
+    policy = picker.policy(spec.diameter_A, head, threshold=None)
+    picks = {r.micrograph.name: r.picks for r in picker.pick(mics, spec.diameter_A, head=head, policy=policy)}
+    return evaluate(picks, truth, spec.diameter_px)["AP"]
+
+
+def test_small_helpers():
+    assert [m for m in sample_micrographs(list(range(10)), 3)] == [0, 4, 9]  # spread, ends included
+    assert sample_micrographs([1, 2], 5) == [1, 2]
+    assert shifted_cut(0.3, 0.5) == pytest.approx(0.3)  # shifted 0.5 = the threshold itself
+    assert shifted_cut(0.3, 0.6) > 0.3
+    assert count_matching_threshold(np.array([0.9, 0.2, 0.5, 0.7]), 2, 0.1) == pytest.approx(0.7)
+    assert count_matching_threshold(np.array([0.9]), 0, 0.1) == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_adaptation_raises_ap_and_records_its_provenance(target, tmp_path):
+    spec, mics, truth = target["spec"], target["mics"], target["truth"]
+    base = Picker(None, device="cpu", **QUIET)
+    ap0 = _ap(base, "generic", mics, truth, spec)
+    res = adapt(base, mics, spec.diameter_A, tmp_path / "adapted.pt", settings=SETTINGS, **QUIET)
+    assert res.accepted, res.reason
+    adapted = Picker(res.model, device="cpu", **QUIET)
+    ap1 = _ap(adapted, res.head, mics, truth, spec)
+    assert ap1 > ap0 + 0.01, (ap0, ap1)
+    meta = read_checkpoint(res.model)["meta"]
+    assert meta["default_head"] == "adapted" and "generic" in meta["heads"]
+    prov = meta["finetune"]["adapted"]["adaptation"]
+    assert prov["pseudo_positives"] == res.record["pseudo_positives"] > 50
+    assert len(prov["sample"]) == len(mics) and 0 < prov["agreement_with_zero_shot_F1"] <= 1
+    assert prov["held_out_agreement_AP"] >= SETTINGS.min_agreement
+    # the threshold is count-matched: over the sample it writes as many picks as the zero-shot head would
+    n0 = sum(len(r.picks) for r in base.pick(mics, spec.diameter_A, policy=base.policy(spec.diameter_A)))
+    n1 = sum(len(r.picks) for r in adapted.pick(mics, spec.diameter_A, head="adapted",
+                                               policy=adapted.policy(spec.diameter_A, "adapted")))
+    assert abs(n1 - n0) <= 0.02 * n0 + 2, (n0, n1)
+
+
+def test_garbage_pseudo_labels_keep_the_zero_shot_picks(target, tmp_path, monkeypatch):
+    """Pseudo-labels at random places (what a head fooled by junk or noise would give): the new head cannot
+    reproduce them on held-out micrographs, so adaptation is refused and nothing is written."""
+    spec, mics = target["spec"], target["mics"]
+    rng = np.random.default_rng(0)
+
+    def garbage(picked, cut):
+        return {m.name: Picks(rng.uniform(0, 512, 60), rng.uniform(0, 512, 60), np.ones(60)) for m, _, _ in picked}
+
+    monkeypatch.setattr(adapt_mod, "pseudo_labels", garbage)
+    base = Picker(None, device="cpu", **QUIET)
+    res = adapt(base, mics, spec.diameter_A, tmp_path / "adapted.pt", settings=SETTINGS, **QUIET)
+    assert not res.accepted and "held-out" in res.reason, res.reason
+    print(res.reason)
+    assert res.head == "generic" and not (tmp_path / "adapted.pt").exists()
+
+
+def test_hydra_pick_adapt_on_particle_free_micrographs_keeps_zero_shot(tmp_path, capsys):
+    """Micrographs of ice and noise only: too few confident picks; the picks equal a run without --adapt."""
+    spec = get_target("t_small80kda").replace(shape=(384, 384), coverage=(0.0, 0.0), p_carbon=0.0)
+    _write_set(spec, tmp_path, range(4))
+    args = ["pick", "--mics", str(tmp_path / "micrographs.star"), "--diameter", str(spec.diameter_A)]
+    assert hydra(args + ["--out", str(tmp_path / "zero")]) == 0
+    assert hydra(args + ["--out", str(tmp_path / "ad"), "--adapt"]) == 0
+    out = capsys.readouterr().out
+    assert "not adapted: too few confident picks" in out
+    assert not (tmp_path / "ad" / "adapted_hydra.pt").exists()
+    for f in sorted((tmp_path / "zero").glob("*.star")):
+        assert np.array_equal(_xy(f), _xy(tmp_path / "ad" / f.name))
+
+
+@pytest.mark.slow
+def test_hydra_pick_adapt_saves_the_model_and_reuses_it(target, tmp_path, capsys):
+    star = target["root"] / "micrographs.star"
+    args = ["pick", "--mics", str(star), "--diameter", str(target["spec"].diameter_A), "--adapt-sample", "10"]
+    assert hydra(args + ["--out", str(tmp_path / "a"), "--adapt"]) == 0
+    model = tmp_path / "a" / "adapted_hydra.pt"
+    assert model.exists() and "adapted head 'adapted'" in capsys.readouterr().out
+    # the saved model picks the same without adapting again ...
+    assert hydra(args + ["--out", str(tmp_path / "b"), "--model", str(model)]) == 0
+    # ... and --adapt given an existing --save-model re-uses it
+    assert hydra(args + ["--out", str(tmp_path / "c"), "--adapt", "--save-model", str(model)]) == 0
+    assert "re-using the adapted model" in capsys.readouterr().out
+    for f in sorted((tmp_path / "a").glob("*_hydra.star")):
+        for other in ("b", "c"):
+            assert np.array_equal(_xy(f), _xy(tmp_path / other / f.name))
+    assert read_checkpoint(model)["meta"]["default_head"] == "adapted"
+
+
+def test_adapt_and_watch_together_are_refused_with_the_recipe(tmp_path, capsys):
+    assert hydra(["pick", str(tmp_path), "--diameter", "100", "--out", str(tmp_path / "o"), "--adapt",
+                  "--watch"]) != 0
+    assert "--watch --model" in capsys.readouterr().err
