@@ -67,6 +67,16 @@ oracle_exact = AP_D/2). Caveats: 5 micrographs per simulated set; the oracle's b
 where many cells fire; the real sets' truth was recovered from drawn discs/masks (its own error is part of
 their centre error).
 
+Tried (2026-12-02, not shipped): the fix proposed above in its cheapest form, continuing the shipped model
+1.15 h with targets that also teach the neighbour cells within 0.7 stride of a particle (``hydra train
+--assign-reach 0.7``, scripts/train_centres.sh; docs/training/centres_reach07_not_shipped.pt; JSON
+docs/benchmarks/centres_reach07_2026-12-02.json): AP +0.062 c_touching_proteasome, +0.028
+t_ferritin_crowded, +0.018 t_proteasome, +0.009 real ribosome, but -0.075 t_small80kda, -0.028
+c_small60kda_lowsnr, -0.019 t_rod, -0.014 t_virus; AP_D/2 -0.022 t_dumbbell_pp, -0.014 t_virus; the
+kept cell is still a neighbour for 27-40 % of matched particles on the hard sets, with 0.19-0.26 D errors
+there (the cells just beyond the reach fire as well). Next: a finer grid or a second-stage refinement
+(the regression-limited share, 0.06-0.20, needs one anyway).
+
 What it measures, per set (every pick kept: ``hydra pick --all``):
 
 * the distribution of centre errors of matched picks (each true particle's pick under the D/2 rule,

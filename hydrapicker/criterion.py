@@ -3,7 +3,8 @@
 Anchors are the cells of the output grid (one per ``stride`` x ``stride`` pixels of the rescaled image).
 A particle is assigned to the cell that contains its centre (the released code's "single best anchor";
 a particle of ~16-21 px cannot reach IoU 0.6 with a 8-16 px anchor) and, for models trained with a wider
-``reach`` (model metadata ``assign_reach``), to the neighbour cells whose centres lie near it. The offset channels are decoded as
+``reach`` (model metadata ``assign_reach``), to the neighbour cells whose centres lie near it.
+The offset channels are decoded as
 ``centre = cell_centre + tanh(a) * 0.75 * stride``; :func:`encode` and :func:`hydrapicker.postprocess.decode_grid`
 are exact inverses (tested).
 

@@ -17,7 +17,8 @@ INVALID_MARGIN_DIAMETERS = 0.5
 #: precision that the calibrated threshold reaches on validation data
 CALIBRATION_PRECISION = 0.8
 #: training targets: a particle teaches every grid cell whose centre lies within this many strides of it
-#: along both axes (issue 18: neighbour cells near a border learn to decode its centre)
-ASSIGN_REACH = 0.7
+#: along both axes (0.5: the cell holding it only, the shipped models' rule; 0.7, tried for issue 18, also
+#: teaches the neighbour cells near a border: better on crowded sets, worse on small/low-SNR ones, not shipped)
+ASSIGN_REACH = 0.5
 #: the reach of models whose metadata names none (trained before issue 18: the cell holding the centre only)
 ASSIGN_REACH_OWN_CELL = 0.5

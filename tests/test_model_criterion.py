@@ -44,6 +44,29 @@ def test_encode_keeps_nearest_when_two_share_a_cell():
     assert np.allclose(off[:, 0, 0], [-0.5 / 8, -0.5 / 8])
 
 
+def test_assignment_reach_teaches_the_neighbour_cells_near_a_particle_to_decode_its_centre():
+    stride = 8
+    # cell (1, 1) covers px 8..15, centre 11.5; a particle at x = 14.5 is 3/8 stride right of it, at y = 11.5
+    xy = np.array([[14.5, 11.5]])
+    own, _, _ = encode(xy, (4, 4), stride)  # default: the cell holding the centre only
+    assert own.sum() == 1 and own[1, 1] == 1
+    wide, off, pos = encode(xy, (4, 4), stride, reach=0.7)
+    assert sorted(zip(*np.nonzero(pos))) == [(1, 1), (1, 2)]  # the right neighbour's centre is 5/8 stride away
+    grid = np.zeros((3, 4, 4), np.float32)
+    grid[2] = np.where(pos, 20.0, -20.0)
+    grid[:2] = np.arctanh(np.clip(off / 0.75, -0.999999, 0.999999))
+    dec, _ = decode_grid(grid, stride, floor=0.5)
+    assert np.allclose(dec, xy, atol=1e-3)  # both cells decode the particle's centre
+    # a particle near the middle of its cell teaches that cell only; 0.5 reproduces the old rule exactly
+    rng = np.random.default_rng(3)
+    many = rng.uniform(0, 64, (30, 2))
+    for a, b in zip(encode(many, (8, 8), stride), encode(many, (8, 8), stride, reach=0.5)):
+        assert np.array_equal(a, b)
+    assert encode(np.array([[11.5, 11.5]]), (4, 4), stride, reach=0.7)[0].sum() == 1
+    with pytest.raises(ValueError):
+        encode(xy, (4, 4), stride, reach=0.8)  # beyond the offsets' range
+
+
 def test_focal_loss_prefers_correct_predictions():
     target = torch.tensor([1.0, 0.0, 0.0])
     good = focal_loss(torch.tensor([4.0, -4.0, -4.0]), target)

@@ -56,7 +56,8 @@ def add_args(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--assign-reach", type=float, default=defaults.ASSIGN_REACH,
                    help="a particle teaches every output cell whose centre is within this many strides of it "
-                        "along both axes (0.5: only the cell holding it, the rule before issue 18)")
+                        "along both axes (default 0.5: only the cell holding it, the shipped models' rule; "
+                        "scripts/train_centres.sh uses 0.7)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
 
 
