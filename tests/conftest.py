@@ -24,6 +24,33 @@ def write_mrc(path, data, apix=None):
     return path
 
 
+def write_simulated_set(spec, out, indices):
+    """Simulated micrographs as a RELION project would hold them: MRCs + a micrographs STAR
+    -> (micrographs read back from the STAR, {name: Picks of the true centres})."""
+    import pandas as pd
+    import starfile
+
+    from hydrapicker.micrographs import read_micrographs_star
+    from hydrapicker.simulate import simulate_micrograph
+    from hydrapicker.types import Picks
+
+    out = Path(out)
+    names, truth = [], {}
+    for i in indices:
+        sim = simulate_micrograph(spec, i)
+        name = f"Micrographs/{sim.name}.mrc"
+        write_mrc(out / name, sim.image, apix=sim.pixel_size)
+        names.append(name)
+        truth[name] = Picks(sim.xy[:, 0], sim.xy[:, 1])
+    optics = pd.DataFrame({"rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
+                           "rlnMicrographPixelSize": [spec.pixel_size], "rlnVoltage": [300.0],
+                           "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1]})
+    starfile.write({"optics": optics, "micrographs": pd.DataFrame({"rlnMicrographName": names,
+                                                                   "rlnOpticsGroup": [1] * len(names)})},
+                   out / "micrographs.star")
+    return read_micrographs_star(out / "micrographs.star"), truth
+
+
 def blob_micrograph(shape=(512, 512), centres=(), sigma=4.0, amp=-3.0, noise=0.3, seed=0):
     """Dark Gaussian blobs at given (x, y) centres on a noisy background."""
     rng = np.random.default_rng(seed)

@@ -4,12 +4,9 @@ model is saved with its provenance and re-used.
 
 Uses the shipped generic model (pseudo-labels need a head that picks): small simulated micrographs.
 """
-import json
 
 import numpy as np
-import pandas as pd
 import pytest
-import starfile
 import torch
 
 from hydrapicker import adapt as adapt_mod
@@ -17,11 +14,9 @@ from hydrapicker.adapt import AdaptSettings, adapt, count_matching_threshold, sa
 from hydrapicker.checkpoint import read_checkpoint
 from hydrapicker.cli import main as hydra
 from hydrapicker.coords import read_coords
-
 from hydrapicker.metrics import evaluate
-from hydrapicker.micrographs import read_micrographs_star
 from hydrapicker.picker import Picker
-from hydrapicker.simulate import get_target, simulate_micrograph
+from hydrapicker.simulate import get_target
 from hydrapicker.types import Picks
 
 QUIET = dict(log=lambda *a, **k: None)
@@ -29,22 +24,11 @@ SETTINGS = AdaptSettings(sample=10, max_minutes=1.0)
 
 
 def _write_set(spec, out, indices):
-    from conftest import write_mrc
+    """-> (micrographs, {name: (N, 2) true centres})."""
+    from conftest import write_simulated_set
 
-    names, truth = [], {}
-    for i in indices:
-        sim = simulate_micrograph(spec, i)
-        name = f"Micrographs/{sim.name}.mrc"
-        write_mrc(out / name, sim.image, apix=sim.pixel_size)
-        names.append(name)
-        truth[name] = sim.xy
-    optics = pd.DataFrame({"rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
-                           "rlnMicrographPixelSize": [spec.pixel_size], "rlnVoltage": [300.0],
-                           "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1]})
-    starfile.write({"optics": optics, "micrographs": pd.DataFrame({"rlnMicrographName": names,
-                                                                   "rlnOpticsGroup": [1] * len(names)})},
-                   out / "micrographs.star")
-    return read_micrographs_star(out / "micrographs.star"), truth
+    mics, truth = write_simulated_set(spec, out, indices)
+    return mics, {k: v.xy() for k, v in truth.items()}
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,9 @@ from hydrapicker.coords import name_stem, write_box, write_relion_star, write_to
 from hydrapicker.errors import UserFacingError
 from hydrapicker.finetune import FinetuneError, annotated_region, finetune, pu_targets
 from hydrapicker.metrics import evaluate
-from hydrapicker.micrographs import read_micrographs_star
 from hydrapicker.model import build_model
 from hydrapicker.picker import Picker
-from hydrapicker.simulate import get_target, simulate_micrograph
+from hydrapicker.simulate import get_target
 from hydrapicker.types import Picks
 
 QUIET = dict(log=lambda *a, **k: None)
@@ -30,23 +29,9 @@ FAST = dict(crop=64, batch=8, steps_per_epoch=8, **QUIET)  # small crops: second
 
 
 def _write_set(spec, out, indices):
-    """Simulated micrographs as a RELION project would hold them: MRCs + a micrographs STAR; truth dict."""
-    from conftest import write_mrc
+    from conftest import write_simulated_set
 
-    names, truth = [], {}
-    for i in indices:
-        sim = simulate_micrograph(spec, i)
-        name = f"Micrographs/{sim.name}.mrc"
-        write_mrc(out / name, sim.image, apix=sim.pixel_size)
-        names.append(name)
-        truth[name] = Picks(sim.xy[:, 0], sim.xy[:, 1])
-    optics = pd.DataFrame({"rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
-                           "rlnMicrographPixelSize": [spec.pixel_size], "rlnVoltage": [300.0],
-                           "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1]})
-    starfile.write({"optics": optics, "micrographs": pd.DataFrame({"rlnMicrographName": names,
-                                                                   "rlnOpticsGroup": [1] * len(names)})},
-                   out / "micrographs.star")
-    return read_micrographs_star(out / "micrographs.star"), truth
+    return write_simulated_set(spec, out, indices)
 
 
 @pytest.fixture(scope="module")
