@@ -136,3 +136,32 @@ def test_adapt_and_watch_together_are_refused_with_the_recipe(tmp_path, capsys):
     assert hydra(["pick", str(tmp_path), "--diameter", "100", "--out", str(tmp_path / "o"), "--adapt",
                   "--watch"]) != 0
     assert "--watch --model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_relion_job_with_adapt_yes_keeps_the_adapted_model_in_the_job_and_reuses_it(target, monkeypatch, capsys):
+    """The real RELION pick job (real picker) with ``adapt yes``: the adapted model lands in the job folder
+    and picks; a Continue with nothing new loads nothing; a grown micrographs STAR (a Scheme's next cycle)
+    re-uses the adapted model for the new micrograph only."""
+    import starfile
+
+    from relion_hydra.pick_job import main as relion_pick
+
+    monkeypatch.chdir(target["root"])
+    blocks = starfile.read("micrographs.star", always_dict=True)
+    starfile.write({"optics": blocks["optics"], "micrographs": blocks["micrographs"].iloc[:-1]}, "first9.star")
+    job = "External/job017/"
+    argv = ["--o", job, "--particle_diameter", str(target["spec"].diameter_A), "--adapt", "yes", "--j", "2"]
+    assert relion_pick(argv + ["--in_mics", "first9.star"]) == 0
+    model = target["root"] / job / "adapted_model.pt"
+    assert model.exists() and (target["root"] / job / "RELION_JOB_EXIT_SUCCESS").exists()
+    out = capsys.readouterr().out
+    assert "adapted head 'adapted'" in out and "head adapted" in out
+    assert read_checkpoint(model)["meta"]["finetune"]["adapted"]["adaptation"]["pseudo_positives"] > 50
+    stamp = model.stat().st_mtime_ns
+    assert relion_pick(argv + ["--in_mics", "first9.star"]) == 0
+    assert "nothing new" in capsys.readouterr().out
+    assert relion_pick(argv + ["--in_mics", "micrographs.star"]) == 0
+    out = capsys.readouterr().out
+    assert "re-using the adapted model" in out and "1 micrographs to pick" in out
+    assert model.stat().st_mtime_ns == stamp
