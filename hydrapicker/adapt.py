@@ -26,8 +26,6 @@ records the provenance: sample, pseudo-label counts and cut-offs, rounds, agreem
 """
 from __future__ import annotations
 
-import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,9 +33,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .finetune import _logit, _sigmoid
 from .types import Picks
-
-log_ = logging.getLogger(__name__)
 
 HEAD = "adapted"
 
@@ -76,18 +73,9 @@ def sample_micrographs(mics: list, n: int) -> list:
     return [mics[i] for i in idx]
 
 
-def _logit(p: float) -> float:
-    p = float(np.clip(p, 1e-6, 1 - 1e-6))
-    return math.log(p / (1 - p))
-
-
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
-
-
 def shifted_cut(threshold: float, shifted: float) -> float:
     """The FOM whose logit lies ``logit(shifted)`` above the threshold's (shifted 0.5 = the threshold)."""
-    return _sigmoid(_logit(threshold) + _logit(shifted))
+    return float(_sigmoid(_logit(threshold) + _logit(shifted)))
 
 
 def zero_shot(picker, mics: list, diameter_A: float, head: str, should_stop=None) -> tuple:
@@ -120,8 +108,10 @@ def agreement(a: list, b: list, cut_a: float, cut_b: float, diameter_A: float) -
     when the other set has one within half a diameter)."""
     from scipy.spatial import cKDTree
 
+    other = {m.name: p for m, p, _ in b}
     tp = na = nb = 0
-    for (_, pa, apix), (_, pb, _) in zip(a, b):
+    for m, pa, apix in a:
+        pb = other.get(m.name, Picks.empty())
         xa, xb = pa.xy()[pa.fom >= cut_a], pb.xy()[pb.fom >= cut_b]
         na, nb = na + len(xa), nb + len(xb)
         if len(xa) and len(xb):
@@ -148,14 +138,14 @@ def _round(picker, picked, labels, n_zero, diameter_A, out, settings, record, lo
 
     if _train_round(picker, picked, labels, diameter_A, out, settings, record, log, should_stop) is None:
         return None
-    held = read_checkpoint(out)["meta"]["finetune"][HEAD].get("validation_AP")
+    meta = read_checkpoint(out)["meta"]
+    held = meta["finetune"][HEAD].get("validation_AP")
     held = float("nan") if held is None else float(held)
     adapted = Picker(out, device=str(picker.device), log=None)
     mine, _ = zero_shot(adapted, [m for m, _, _ in picked], diameter_A, HEAD, should_stop)
     foms = np.concatenate([p.fom for _, p, _ in mine] or [np.zeros(0)])
     thr = count_matching_threshold(foms, n_zero, adapted.threshold_for(HEAD))
-    agree = agreement(picked, mine, picker.threshold_for(record["adaptation"]["base_head"]), thr, diameter_A)
-    meta = read_checkpoint(out)["meta"]
+    agree = agreement(picked, mine, record["adaptation"]["base_threshold"], thr, diameter_A)
     info = {**meta["finetune"][HEAD], "threshold": thr}
     info["adaptation"] = {**info["adaptation"], "held_out_agreement_AP": held, "agreement_with_zero_shot_F1": agree}
     update_meta(out, default_threshold=thr, head_thresholds={**meta.get("head_thresholds", {}), HEAD: thr},
@@ -247,10 +237,9 @@ def adapted_picker(picker, mics: list, diameter_A: float, save_to, head: Optiona
             raise UserFacingError(f"{save_to} exists but holds no adapted head; remove it (or give another "
                                   f"--save-model) to adapt again")
         log(f"[adapt] re-using the adapted model {save_to} (remove it, or --overwrite, to adapt again)")
-        return (Picker(save_to, device=str(picker.device), log=None, tta=picker.tta, batch=picker.batch,
-                       readers=picker.readers), HEAD,
-                Adaptation(True, save_to, HEAD, "re-used", meta["finetune"][HEAD].get("adaptation", {})))
-    result = adapt(picker, mics, diameter_A, save_to, head, settings, log, should_stop)
+        result = Adaptation(True, save_to, HEAD, "re-used", meta["finetune"][HEAD].get("adaptation", {}))
+    else:
+        result = adapt(picker, mics, diameter_A, save_to, head, settings, log, should_stop)
     if not result.accepted:
         return picker, result.head, result
     return (Picker(result.model, device=str(picker.device), log=None, tta=picker.tta, batch=picker.batch,

@@ -618,6 +618,8 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
     """
     import torch
 
+    from .checkpoint import assign_reach
+
     cfg = FinetuneConfig(epochs, val_fraction, mix_generic, seed, label_fraction, region_radius, crop, batch,
                          lr, patience, lambda_tie, max_minutes, memory_gb, steps_per_epoch, negatives_below,
                          lambda_loc)
@@ -637,8 +639,6 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
     log(f"[finetune] {len(mics)} labelled micrographs, {n_picks} picks; {len(train)} for training, "
         f"{len(val)} for validation" + (" (held-out strips)" if val and val[0].eval_mask is not None else ""))
     mix = _generic_sets(4, 2, extent, seed, log) if mix_generic > 0 else []
-    from .checkpoint import assign_reach
-
     cached = _cache_features(net, train, mix, val, cfg, temperature, assign_reach(meta), should_stop, log)
     fitted = None
     if cached is not None:
