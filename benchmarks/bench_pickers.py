@@ -182,7 +182,7 @@ def hydra_command() -> list:
     return [exe] if exe else [sys.executable, "-c", "import sys; from hydrapicker.cli import main; sys.exit(main())"]
 
 
-def run_hydra(ds: Dataset, work: Path, model=None, threads=1, device="cpu", timeout=None, tta=1) -> Run:
+def run_hydra(ds: Dataset, work: Path, model=None, threads=1, device="cpu", timeout=None, tta=1, extra=()) -> Run:
     run = Run("hydra")
     if work.exists():
         shutil.rmtree(work)
@@ -193,7 +193,8 @@ def run_hydra(ds: Dataset, work: Path, model=None, threads=1, device="cpu", time
         cmd += ["--model", str(Path(model).resolve())]
     if tta > 1:
         cmd += ["--tta", str(tta)]
-    run.info = {"model": str(model) if model else "shipped default", "tta": tta}
+    cmd += list(extra)
+    run.info = {"model": str(model) if model else "shipped default", "tta": tta, "extra": list(extra)}
     env = thread_env(threads)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     if _steps(run, [cmd], work, env, work / "log.txt", timeout):

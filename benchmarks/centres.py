@@ -140,7 +140,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_data import REPO, Dataset, load_dataset, real_set_dirs, simulated_dataset, target_names  # noqa: E402
 
 CROWDING_BINS = ((0.0, 1.0, "<1.0D"), (1.0, 1.2, "1.0-1.2D"), (1.2, math.inf, ">=1.2D"))
-VARIANTS = ("shipped", "cell", "avg3x3", "avg3x3_D2", "avg3x3_all", "quad", "reassign", "oracle_own",
+VARIANTS = ("shipped", "refined", "refined_nosup", "cell", "avg3x3", "avg3x3_D2", "avg3x3_all", "quad", "reassign", "oracle_own",
             "oracle_select", "oracle_exact")
 OFFSET_RANGE = 0.75   # as hydrapicker.postprocess.OFFSET_RANGE (read from there when it exists)
 
@@ -195,6 +195,7 @@ class Raw:
     shape: tuple           # (ny, nx) of the micrograph
     stride: int
     temperature: float
+    prepared: object = None  # the Picker's Prepared micrograph (the refiner reads it)
 
 
 def raw_grids(picker, ds: Dataset, head: str = "generic") -> dict:
@@ -208,7 +209,8 @@ def raw_grids(picker, ds: Dataset, head: str = "generic") -> dict:
         loaded, _, _ = picker._read(mic, ds.diameter_A)
         prep = picker._prepared(loaded, mic, ds.diameter_A)
         grid = picker._grid(prep.image, head)
-        out[stem] = Raw(np.asarray(grid, np.float64), tuple(prep.scale_xy), tuple(prep.shape), picker.stride, temp)
+        out[stem] = Raw(np.asarray(grid, np.float64), tuple(prep.scale_xy), tuple(prep.shape), picker.stride, temp,
+                        prep)
     return out
 
 
@@ -402,7 +404,19 @@ def err_stats(err: np.ndarray, ok_iou: np.ndarray, ds: Dataset) -> dict:
             "frac_le_D12": r(float((e <= box / 12).mean())) if len(e) else None}
 
 
-def analyse(ds: Dataset, picker, args, work: Path) -> dict:
+def refined(refiner, picker, ds: Dataset, c: Cands, picks, suppress: bool = True):
+    """``picks`` re-centred by the product's refinement step (hydrapicker.picker.refined_candidates, then
+    the product's ranking: suppression again, edges), on the micrograph the Picker prepared."""
+    from hydrapicker.picker import refined_candidates
+    from hydrapicker.postprocess import Candidates, rank
+
+    policy = picker.policy(ds.diameter_A, threshold=None, find_invalid=False,
+                           **({} if suppress else {"min_distance_A": 0.0}))
+    cand = Candidates(np.zeros((0, 2)), np.zeros(0), c.raw.shape, ds.pixel_size)
+    return rank(refined_candidates(refiner, c.raw.prepared, picks, cand), policy)
+
+
+def analyse(ds: Dataset, picker, args, work: Path, refiner=None) -> dict:
     box = ds.box_px
     min_d = 0.5 * box  # defaults.MIN_DISTANCE_DIAMETERS * D
     floor = float(picker.meta.get("floor", 0.05))
@@ -420,7 +434,9 @@ def analyse(ds: Dataset, picker, args, work: Path) -> dict:
     if not args.no_cli:
         from bench_pickers import run_hydra
 
-        run = run_hydra(ds, work / ds.name, model=args.model, threads=args.threads)
+        extra = ["--no-refine"] if refiner is None else (["--refiner", str(Path(args.refiner).resolve())]
+                                                         if args.refiner else [])
+        run = run_hydra(ds, work / ds.name, model=args.model, threads=args.threads, extra=extra)
         if run.error:
             print(f"[centres] {ds.name}: hydra pick failed: {run.error}", flush=True)
         else:
@@ -429,6 +445,9 @@ def analyse(ds: Dataset, picker, args, work: Path) -> dict:
             dmax, nmiss = 0.0, 0
             for s in ds.stems:
                 mine = cands[s].xy[keeps[s]]
+                if refiner is not None:
+                    r_ = refined(refiner, picker, ds, cands[s], picks_of(mine, cands[s].score[keeps[s]]))
+                    mine = r_.xy()
                 theirs = run.picks.get(s)
                 if theirs is None or not len(theirs) or not len(mine):
                     nmiss += abs(len(mine) - (0 if theirs is None else len(theirs)))
@@ -454,6 +473,10 @@ def analyse(ds: Dataset, picker, args, work: Path) -> dict:
         variant_picks["avg3x3_all"][s] = picks_of(refine_avg(c, k, 0.0), fom)
         variant_picks["quad"][s] = picks_of(refine_quad(c, k), fom)
         variant_picks["reassign"][s] = picks_of(refine_reassign(c, k), fom)
+        variant_picks["refined"][s] = refined(refiner, picker, ds, c, variant_picks["shipped"][s]) \
+            if refiner is not None else variant_picks["shipped"][s]
+        variant_picks["refined_nosup"][s] = refined(refiner, picker, ds, c, variant_picks["shipped"][s], False) \
+            if refiner is not None else variant_picks["shipped"][s]
 
     # ---- oracle: per true particle, the best candidate centre (any cell above the floor)
     best_err, best_xy, kept_err, cat, nn_d, nn_dir, snr_of, src_cell, sat, offs = [], [], [], [], [], [], [], [], [], []
@@ -544,18 +567,22 @@ def analyse(ds: Dataset, picker, args, work: Path) -> dict:
     snr_of = np.asarray([np.nan if v is None else v for v in snr_of], float)
 
     # ---- the headline: product picks when the CLI ran, else the re-implemented decoding (equal)
-    base = cli.get("picks") or variant_picks["shipped"]
+    base = cli.get("picks") or variant_picks["refined" if refiner is not None else "shipped"]
     err, ok_iou = errors_of(base, truth, box)
     res = {"name": ds.name, "kind": ds.kind, "n_micrographs": len(ds.stems), "n_truth": ds.n_truth,
            "diameter_A": ds.diameter_A, "pixel_size": ds.pixel_size, "diameter_px": round(box, 2),
            "rescaled_px_per_px": round(float(np.mean([r.scale[0] for r in raws.values()])), 4),
            "stride_D": round(stride / float(picker.extent_px), 4),
-           "source": "hydra pick --all" if cli.get("picks") else "re-implemented decoding of raw grids",
+           "source": ("hydra pick --all" if cli.get("picks") else "re-implemented decoding of raw grids")
+           + (" with centre refinement" if refiner is not None else " (no refinement)"),
            "cli_check": {k: v for k, v in cli.items() if k != "picks"}, "seconds_infer": round(t_infer, 2)}
     res.update(ap_summary(base, truth, box))
     res["errors"] = err_stats(err, ok_iou, ds)
     res["errors_D_hist"] = np.histogram(np.hypot(*err[~np.isnan(err[:, 0])].T) / box, bins=40,
                                         range=(0, 0.5))[0].tolist()
+    e_before, _ = errors_of(variant_picks["shipped"], truth, box)
+    res["errors_D_hist_unrefined"] = np.histogram(np.hypot(*e_before[~np.isnan(e_before[:, 0])].T) / box, bins=40,
+                                                  range=(0, 0.5))[0].tolist()
     # crowding
     res["crowding"] = {}
     for lo, hi, label in CROWDING_BINS:
@@ -630,7 +657,7 @@ def analyse(ds: Dataset, picker, args, work: Path) -> dict:
         st = ap_summary(variant_picks[v], truth, box)
         e, ok = errors_of(variant_picks[v], truth, box)
         es = err_stats(e, ok, ds)
-        st.update({"median_D": es["median_D"], "p90_D": es["p90_D"]})
+        st.update({"median_D": es["median_D"], "p90_D": es["p90_D"], "frac_le_D12": es["frac_le_D12"]})
         res["variants"][v] = st
     return res
 
@@ -649,6 +676,13 @@ def table(results: list) -> str:
             f"{f(r['gap'])} | {f(r['recall_D2'])} / {f(r['recall_iou'])} | {f(e['median_A'], 1)} ({f(e['median_D'])}) | "
             f"{f(e['p90_A'], 1)} ({f(e['p90_D'])}) | {f(c0['frac_of_particles'], 2)}, {f(c0['recall_iou'])}, "
             f"{f(c0['median_D'])} | {f(c2['frac_of_particles'], 2)}, {f(c2['recall_iou'])}, {f(c2['median_D'])} |")
+    lines += ["", "Before (detector's centres) / after (refined), every pick kept:",
+              "| set | AP_D/2 | AP (IoU 0.6) | gap | median err D | p90 err D | <= D/12 |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        b, a = r["variants"]["shipped"], r["variants"]["refined"]
+        lines.append(f"| {r['name']} | {f(b['AP_D2'])} / {f(a['AP_D2'])} | {f(b['AP'])} / {f(a['AP'])} | "
+                     f"{f(b['gap'])} / {f(a['gap'])} | {f(b['median_D'])} / {f(a['median_D'])} | "
+                     f"{f(b['p90_D'])} / {f(a['p90_D'])} | {f(b['frac_le_D12'])} / {f(a['frac_le_D12'])} |")
     lines += ["", "SNR halves (simulated): AP_D/2 / AP / median err D, low | high",
               "| set | low snr | high snr |", "|---|---|---|"]
     for r in results:
@@ -695,9 +729,13 @@ def figure(results: list, path: Path, title: str) -> None:
         b = np.asarray(r["best_candidate_D_hist"], float)
         tot = max(h.sum(), 1.0)
         ax.bar(edges[:-1], h / tot, width=edges[1] - edges[0], align="edge", color="tab:blue", alpha=0.7,
-               label="kept pick")
+               label="kept pick" + (" (refined)" if "refinement" in r["source"] and "no refinement" not in r["source"] else ""))
         ax.step(edges, np.r_[b / max(b.sum(), 1.0), 0], where="post", color="tab:orange", lw=1.2,
                 label="best candidate (oracle)")
+        u = np.asarray(r.get("errors_D_hist_unrefined") or [], float)
+        if len(u) and r["variants"]["refined"] != r["variants"]["shipped"]:
+            ax.step(edges, np.r_[u / max(u.sum(), 1.0), 0], where="post", color="k", lw=1.0,
+                    label="before refinement")
         ax.axvline(1 / 12, color="k", ls=":", lw=0.8)
         ax.axvline(0.25, color="tab:red", ls="--", lw=0.8)
         e = r["errors"]
@@ -727,7 +765,9 @@ def parse_args(argv=None):
     p.add_argument("--n-real", type=int, default=None, help="first N micrographs of each real set (default all)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-cli", action="store_true", help="skip hydra pick --all (use the re-implemented decoding)")
-    p.add_argument("--tag", default="before")
+    p.add_argument("--no-refine", action="store_true", help="the detector's centres only (as before issue 18's refiner)")
+    p.add_argument("--refiner", default=None, help="centre refiner file (default: the shipped one)")
+    p.add_argument("--tag", default="after")
     p.add_argument("--work", default="/tmp/hydra_bench/centres")
     p.add_argument("--sim-cache", default="/tmp/hydra_bench/sim")
     p.add_argument("--json", default=None, help="default docs/benchmarks/centres_<tag>_<date>.json")
@@ -749,14 +789,20 @@ def main(argv=None) -> int:
         pass
     from hydrapicker.picker import Picker
 
-    picker = Picker(args.model, device="cpu", log=lambda *a: None)
+    picker = Picker(args.model, device="cpu", log=lambda *a: None, refine=False)  # raw grids, refined here
+    refiner = None
+    if not args.no_refine:
+        from hydrapicker.refine import SHIPPED, Refiner
+
+        if args.refiner or SHIPPED.exists():
+            refiner = Refiner(args.refiner)
     work = Path(args.work)
     sets = resolve(args.sets, args.n_sim, Path(args.sim_cache))
     results = []
     for root, kind in sets:
         ds = load_dataset(root, n_micrographs=args.n_real if kind == "real" else None, kind=kind)
         t0 = time.perf_counter()
-        r = analyse(ds, picker, args, work)
+        r = analyse(ds, picker, args, work, refiner)
         r["seconds"] = round(time.perf_counter() - t0, 1)
         results.append(r)
         e = r["errors"]
@@ -767,7 +813,8 @@ def main(argv=None) -> int:
     out = Path(args.json) if args.json else REPO / "docs" / "benchmarks" / f"centres_{args.tag}_{date}.json"
     fig = Path(args.figure) if args.figure else REPO / "docs" / "figures" / f"centre_errors_{args.tag}.png"
     meta = {"date": date, "command": "python benchmarks/centres.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "model": args.model or "shipped default", "picker_meta": {k: picker.meta.get(k) for k in
+            "model": args.model or "shipped default",
+            "refiner": None if refiner is None else refiner.path, "picker_meta": {k: picker.meta.get(k) for k in
             ("preset", "stride", "extent_px", "floor", "temperature", "default_threshold")},
             "host": platform.node(), "threads": args.threads, "n_sim": args.n_sim,
             "crowding_bins_D": [[lo, hi if math.isfinite(hi) else None] for lo, hi, _ in CROWDING_BINS],

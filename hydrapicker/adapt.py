@@ -141,7 +141,7 @@ def _round(picker, picked, labels, n_zero, diameter_A, out, settings, record, lo
     meta = read_checkpoint(out)["meta"]
     held = meta["finetune"][HEAD].get("validation_AP")
     held = float("nan") if held is None else float(held)
-    adapted = Picker(out, device=str(picker.device), log=None)
+    adapted = Picker(out, device=str(picker.device), log=None, refine=picker.refine)
     mine, _ = zero_shot(adapted, [m for m, _, _ in picked], diameter_A, HEAD, should_stop)
     foms = np.concatenate([p.fom for _, p, _ in mine] or [np.zeros(0)])
     thr = count_matching_threshold(foms, n_zero, adapted.threshold_for(HEAD))
@@ -243,4 +243,4 @@ def adapted_picker(picker, mics: list, diameter_A: float, save_to, head: Optiona
     if not result.accepted:
         return picker, result.head, result
     return (Picker(result.model, device=str(picker.device), log=None, tta=picker.tta, batch=picker.batch,
-                   readers=picker.readers), HEAD, result)
+                   readers=picker.readers, refine=picker.refine), HEAD, result)

@@ -17,7 +17,7 @@ def _command_modules():
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
-        yield info.name, importlib.import_module(f"{commands.__name__}.{info.name}")
+        yield info.name.replace("_", "-"), importlib.import_module(f"{commands.__name__}.{info.name}")
 
 
 def build_parser():

@@ -64,6 +64,17 @@ def configure_torch(threads: Optional[int] = None, device=None) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def refined_candidates(refiner, prepared, ranked: Picks, candidates):
+    """``ranked``'s picks with the centres ``refiner`` reads on the ``prepared`` micrograph (its own
+    sampling), as :class:`~hydrapicker.postprocess.Candidates` to rank again: picks that now sit on one
+    particle are suppressed down to the best, picks moved off the micrograph or next to an excluded region
+    are dropped."""
+    from .postprocess import Candidates
+
+    xy = refiner.refine(prepared, np.stack([ranked.x, ranked.y], axis=1))
+    return Candidates(xy, ranked.fom.copy(), candidates.shape, candidates.pixel_size)
+
+
 class Picker:
     """Holds a HydraPicker model on a device.
 
@@ -73,10 +84,12 @@ class Picker:
     """
 
     def __init__(self, model=None, device: str = "auto", log: Callable = print, tile: Optional[int] = None,
-                 tta: int = 1, batch: Optional[int] = None, readers: Optional[int] = None):
+                 tta: int = 1, batch: Optional[int] = None, readers: Optional[int] = None, refine="auto"):
         """``batch``: micrographs per forward pass (default 8 on CUDA, 1 on CPU); ``readers``: reading
-        threads (default 4 on CUDA, 1 on CPU). Thread counts and cuDNN flags are the process's:
-        :func:`configure_torch` at the entry point sets them."""
+        threads (default 4 on CUDA, 1 on CPU). ``refine``: the centre refiner (:mod:`hydrapicker.refine`)
+        that re-centres every pick: ``"auto"`` the shipped one (when installed and made for this model's
+        sampling), a refiner file's path, or None/False (centres as the detector decodes them). Thread
+        counts and cuDNN flags are the process's: :func:`configure_torch` at the entry point sets them."""
         import torch
 
         from .checkpoint import load_checkpoint
@@ -102,6 +115,31 @@ class Picker:
         self.margin = self.net.preset.tile_margin
         self.log(f"[hydra] model {self.meta.get('path')} (preset {self.meta.get('preset')}, "
                  f"heads {', '.join(self.meta['heads'])}) on device {self.device}")
+        self.refine = refine  # what was asked for: pickers derived from this one (hydra pick --adapt) ask the same
+        self.refiner = self._load_refiner(refine)
+
+    def _load_refiner(self, refine):
+        """The :class:`~hydrapicker.refine.Refiner` to use, or None (see ``refine`` in the constructor)."""
+        from .refine import SHIPPED, Refiner
+
+        if refine is None or refine is False:
+            return None
+        auto = isinstance(refine, str) and refine == "auto"
+        if auto and not SHIPPED.exists():
+            self.log("[hydra] centres: as the detector decodes them (no centre refiner installed)")
+            return None
+        refiner = Refiner(None if auto else refine, self.device)
+        if refiner.extent_px != self.extent_px:
+            if auto:
+                self.log(f"[hydra] centres: as the detector decodes them (the shipped refiner works at "
+                         f"{refiner.extent_px:g} px per diameter, this model at {self.extent_px:g})")
+                return None
+            raise UserFacingError(f"centre refiner {refine} works at {refiner.extent_px:g} px per diameter but "
+                                  f"model {self.meta.get('path')} at {self.extent_px:g}: give a refiner made "
+                                  f"for this model, or --no-refine")
+        self.log(f"[hydra] centres refined by {refiner.path} (a pick moves by at most "
+                 f"{refiner.max_shift_D:g} diameters)")
+        return refiner
 
     @property
     def default_head(self) -> str:
@@ -256,6 +294,13 @@ class Picker:
         candidates = decode(grid, self.stride, policy.decode_floor, float(self.meta.get("temperature", defaults.TEMPERATURE)),
                             prepared.scale_xy, prepared.shape, prepared.pixel_size)
         ranked = rank(candidates, policy, invalid)
+        if self.refiner is not None:
+            t0 = time.perf_counter()
+            n = len(ranked)
+            ranked = rank(refined_candidates(self.refiner, prepared, ranked, candidates), policy, invalid)
+            if info is not None:
+                info["refine"] = {"picks": n, "merged": n - len(ranked),
+                                  "seconds": round(time.perf_counter() - t0, 4)}
         return select(ranked, policy, info), ranked
 
     def pick_one(self, mic: Micrograph, diameter_A: float, head: str = "generic", policy=None) -> Picks:

@@ -81,6 +81,11 @@ def add_args(p):
     p.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
                    help="test-time augmentation: average the network over this many rotations/flips of each "
                         "micrograph (N times slower; measured +0.01-0.02 AP on most sets)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="keep the centres as the detector decodes them (by default a second stage re-centres "
+                        "every pick on a window around it, moving it by at most 0.4 diameters; README, Centres)")
+    p.add_argument("--refiner", default=None,
+                   help="centre refiner file (default: the shipped one; made by `hydra train-refiner`)")
     p.add_argument("--out", default="picks", help="output directory")
     p.add_argument("--suffix", default="hydra", help="coordinate file suffix (<stem>_<suffix>.star)")
     p.add_argument("--format", nargs="+", default=["star"], choices=["star", "box", "topaz", "cbox"],
@@ -207,7 +212,9 @@ def _main(args, inputs, mics, out):
         todo = distributed.shard(todo)
         if rank != 0:
             log = lambda *a, **k: None  # noqa: E731  (rank 0 reports)
-    picker = Picker(args.model, device=device, log=log, tta=args.tta, batch=args.batch, readers=args.readers)
+    refine = None if getattr(args, "no_refine", False) else (getattr(args, "refiner", None) or "auto")
+    picker = Picker(args.model, device=device, log=log, tta=args.tta, batch=args.batch, readers=args.readers,
+                    refine=refine)
     configure_torch(args.threads, picker.device)
     args.head = args.head or picker.default_head
     if getattr(args, "adapt", False):
