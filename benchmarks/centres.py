@@ -195,7 +195,8 @@ class Raw:
     shape: tuple           # (ny, nx) of the micrograph
     stride: int
     temperature: float
-    prepared: object = None  # the Picker's Prepared micrograph (the refiner reads it)
+    prepared: object = None  # the Picker's Prepared micrograph
+    cmap: object = None      # its centre map (when the Picker has a refiner)
 
 
 def raw_grids(picker, ds: Dataset, head: str = "generic") -> dict:
@@ -208,9 +209,9 @@ def raw_grids(picker, ds: Dataset, head: str = "generic") -> dict:
         mic = Micrograph(str(path), pixel_size=ds.pixel_size, name=stem)
         loaded, _, _ = picker._read(mic, ds.diameter_A)
         prep = picker._prepared(loaded, mic, ds.diameter_A)
-        grid = picker._grid(prep.image, head)
+        grid, cmap = picker._outputs(prep.image, head)
         out[stem] = Raw(np.asarray(grid, np.float64), tuple(prep.scale_xy), tuple(prep.shape), picker.stride, temp,
-                        prep)
+                        prep, cmap)
     return out
 
 
@@ -404,16 +405,33 @@ def err_stats(err: np.ndarray, ok_iou: np.ndarray, ds: Dataset) -> dict:
             "frac_le_D12": r(float((e <= box / 12).mean())) if len(e) else None}
 
 
-def refined(refiner, picker, ds: Dataset, c: Cands, picks, suppress: bool = True):
-    """``picks`` re-centred by the product's refinement step (hydrapicker.picker.refined_candidates, then
-    the product's ranking: suppression again, edges), on the micrograph the Picker prepared."""
-    from hydrapicker.picker import refined_candidates
-    from hydrapicker.postprocess import Candidates, rank
+def refined(picker, ds: Dataset, c: Cands, picks, suppress: bool = True):
+    """``picks`` re-centred by the product's refinement step (hydrapicker.picker.refined: the centre map
+    read around each pick, then the product's ranking again: edges and, unless ``suppress`` is False,
+    duplicate suppression)."""
+    from hydrapicker.picker import refined as product_refined
 
     policy = picker.policy(ds.diameter_A, threshold=None, find_invalid=False,
                            **({} if suppress else {"min_distance_A": 0.0}))
-    cand = Candidates(np.zeros((0, 2)), np.zeros(0), c.raw.shape, ds.pixel_size)
-    return rank(refined_candidates(refiner, c.raw.prepared, picks, cand), policy)
+    return product_refined(picker.refiner, c.raw.cmap, c.raw.prepared, picks, policy)
+
+
+def cpu_per_micrograph(ds: Dataset, model, refine, repeats: int = 2) -> float:
+    """CPU seconds per micrograph of Picker.pick (reading, preparation, network, decoding, ranking, and the
+    refinement when ``refine``), after one warm-up micrograph; the best of ``repeats`` passes."""
+    from hydrapicker.picker import Picker
+    from hydrapicker.types import Micrograph
+
+    p = Picker(model, device="cpu", log=lambda *a: None, refine=refine)
+    mics = [Micrograph(str(path), pixel_size=ds.pixel_size, name=stem) for stem, path in zip(ds.stems, ds.mic_paths)]
+    policy = p.policy(ds.diameter_A, threshold=None)
+    list(p.pick(mics[:1], ds.diameter_A, policy=policy))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        list(p.pick(mics, ds.diameter_A, policy=policy))
+        best = min(best, (time.process_time() - t0) / len(mics))
+    return best
 
 
 def analyse(ds: Dataset, picker, args, work: Path, refiner=None) -> dict:
@@ -446,7 +464,7 @@ def analyse(ds: Dataset, picker, args, work: Path, refiner=None) -> dict:
             for s in ds.stems:
                 mine = cands[s].xy[keeps[s]]
                 if refiner is not None:
-                    r_ = refined(refiner, picker, ds, cands[s], picks_of(mine, cands[s].score[keeps[s]]))
+                    r_ = refined(picker, ds, cands[s], picks_of(mine, cands[s].score[keeps[s]]))
                     mine = r_.xy()
                 theirs = run.picks.get(s)
                 if theirs is None or not len(theirs) or not len(mine):
@@ -473,9 +491,9 @@ def analyse(ds: Dataset, picker, args, work: Path, refiner=None) -> dict:
         variant_picks["avg3x3_all"][s] = picks_of(refine_avg(c, k, 0.0), fom)
         variant_picks["quad"][s] = picks_of(refine_quad(c, k), fom)
         variant_picks["reassign"][s] = picks_of(refine_reassign(c, k), fom)
-        variant_picks["refined"][s] = refined(refiner, picker, ds, c, variant_picks["shipped"][s]) \
+        variant_picks["refined"][s] = refined(picker, ds, c, variant_picks["shipped"][s]) \
             if refiner is not None else variant_picks["shipped"][s]
-        variant_picks["refined_nosup"][s] = refined(refiner, picker, ds, c, variant_picks["shipped"][s], False) \
+        variant_picks["refined_nosup"][s] = refined(picker, ds, c, variant_picks["shipped"][s], False) \
             if refiner is not None else variant_picks["shipped"][s]
 
     # ---- oracle: per true particle, the best candidate centre (any cell above the floor)
@@ -577,6 +595,11 @@ def analyse(ds: Dataset, picker, args, work: Path, refiner=None) -> dict:
            + (" with centre refinement" if refiner is not None else " (no refinement)"),
            "cli_check": {k: v for k, v in cli.items() if k != "picks"}, "seconds_infer": round(t_infer, 2)}
     res.update(ap_summary(base, truth, box))
+    if args.timing and refiner is not None:
+        plain = cpu_per_micrograph(ds, args.model, False)
+        with_refiner = cpu_per_micrograph(ds, args.model, args.refiner or "auto")
+        res["cpu_s_per_micrograph"] = {"no_refine": round(plain, 4), "refine": round(with_refiner, 4),
+                                       "ratio": round(with_refiner / plain, 3)}
     res["errors"] = err_stats(err, ok_iou, ds)
     res["errors_D_hist"] = np.histogram(np.hypot(*err[~np.isnan(err[:, 0])].T) / box, bins=40,
                                         range=(0, 0.5))[0].tolist()
@@ -678,11 +701,17 @@ def table(results: list) -> str:
             f"{f(c0['median_D'])} | {f(c2['frac_of_particles'], 2)}, {f(c2['recall_iou'])}, {f(c2['median_D'])} |")
     lines += ["", "Before (detector's centres) / after (refined), every pick kept:",
               "| set | AP_D/2 | AP (IoU 0.6) | gap | median err D | p90 err D | <= D/12 |", "|---|---|---|---|---|---|---|"]
+    if any("cpu_s_per_micrograph" in r for r in results):
+        lines[-2] = lines[-2] + " CPU s/micrograph without / with (ratio) |"
+        lines[-1] += "---|"
     for r in results:
         b, a = r["variants"]["shipped"], r["variants"]["refined"]
+        t = r.get("cpu_s_per_micrograph")
+        tcell = f" {t['no_refine']:.3f} / {t['refine']:.3f} ({t['ratio']:.2f}x) |" if t else (
+            " - |" if any("cpu_s_per_micrograph" in x for x in results) else "")
         lines.append(f"| {r['name']} | {f(b['AP_D2'])} / {f(a['AP_D2'])} | {f(b['AP'])} / {f(a['AP'])} | "
                      f"{f(b['gap'])} / {f(a['gap'])} | {f(b['median_D'])} / {f(a['median_D'])} | "
-                     f"{f(b['p90_D'])} / {f(a['p90_D'])} | {f(b['frac_le_D12'])} / {f(a['frac_le_D12'])} |")
+                     f"{f(b['p90_D'])} / {f(a['p90_D'])} | {f(b['frac_le_D12'])} / {f(a['frac_le_D12'])} |" + tcell)
     lines += ["", "SNR halves (simulated): AP_D/2 / AP / median err D, low | high",
               "| set | low snr | high snr |", "|---|---|---|"]
     for r in results:
@@ -767,6 +796,8 @@ def parse_args(argv=None):
     p.add_argument("--no-cli", action="store_true", help="skip hydra pick --all (use the re-implemented decoding)")
     p.add_argument("--no-refine", action="store_true", help="the detector's centres only (as before issue 18's refiner)")
     p.add_argument("--refiner", default=None, help="centre refiner file (default: the shipped one)")
+    p.add_argument("--timing", action="store_true",
+                   help="also CPU time per micrograph with and without refinement (Picker.pick, every pick kept)")
     p.add_argument("--tag", default="after")
     p.add_argument("--work", default="/tmp/hydra_bench/centres")
     p.add_argument("--sim-cache", default="/tmp/hydra_bench/sim")
@@ -789,13 +820,9 @@ def main(argv=None) -> int:
         pass
     from hydrapicker.picker import Picker
 
-    picker = Picker(args.model, device="cpu", log=lambda *a: None, refine=False)  # raw grids, refined here
-    refiner = None
-    if not args.no_refine:
-        from hydrapicker.refine import SHIPPED, Refiner
-
-        if args.refiner or SHIPPED.exists():
-            refiner = Refiner(args.refiner)
+    picker = Picker(args.model, device="cpu", log=lambda *a: None,
+                    refine=False if args.no_refine else (args.refiner or "auto"))
+    refiner = picker.refiner  # None: --no-refine, none installed, or made for another body
     work = Path(args.work)
     sets = resolve(args.sets, args.n_sim, Path(args.sim_cache))
     results = []

@@ -64,15 +64,15 @@ def configure_torch(threads: Optional[int] = None, device=None) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def refined_candidates(refiner, prepared, ranked: Picks, candidates):
-    """``ranked``'s picks with the centres ``refiner`` reads on the ``prepared`` micrograph (its own
-    sampling), as :class:`~hydrapicker.postprocess.Candidates` to rank again: picks that now sit on one
-    particle are suppressed down to the best, picks moved off the micrograph or next to an excluded region
-    are dropped."""
-    from .postprocess import Candidates
+def refined(refiner, cmap, prepared, ranked: Picks, policy, invalid=None) -> Picks:
+    """``ranked``'s picks moved to the centres ``refiner`` reads in the centre map ``cmap`` of the
+    ``prepared`` micrograph, ranked again by the same policy (edges, excluded regions, and the minimum
+    distance: two picks that now sit closer than it are duplicates, the lower FOM one goes), highest FOM
+    first."""
+    from .postprocess import Candidates, rank
 
-    xy = refiner.refine(prepared, np.stack([ranked.x, ranked.y], axis=1))
-    return Candidates(xy, ranked.fom.copy(), candidates.shape, candidates.pixel_size)
+    xy = refiner.refine(cmap, prepared.scale_xy, np.stack([ranked.x, ranked.y], axis=1))
+    return rank(Candidates(xy, ranked.fom.copy(), prepared.shape, prepared.pixel_size), policy, invalid)
 
 
 class Picker:
@@ -88,7 +88,7 @@ class Picker:
         """``batch``: micrographs per forward pass (default 8 on CUDA, 1 on CPU); ``readers``: reading
         threads (default 4 on CUDA, 1 on CPU). ``refine``: the centre refiner (:mod:`hydrapicker.refine`)
         that re-centres every pick: ``"auto"`` the shipped one (when installed and made for this model's
-        sampling), a refiner file's path, or None/False (centres as the detector decodes them). Thread
+        body: the shipped models and every head fine-tuned or adapted from them), a refiner file's path, or None/False (centres as the detector decodes them). Thread
         counts and cuDNN flags are the process's: :func:`configure_torch` at the entry point sets them."""
         import torch
 
@@ -120,6 +120,8 @@ class Picker:
 
     def _load_refiner(self, refine):
         """The :class:`~hydrapicker.refine.Refiner` to use, or None (see ``refine`` in the constructor)."""
+        import torch
+
         from .refine import SHIPPED, Refiner
 
         if refine is None or refine is False:
@@ -129,14 +131,15 @@ class Picker:
             self.log("[hydra] centres: as the detector decodes them (no centre refiner installed)")
             return None
         refiner = Refiner(None if auto else refine, self.device)
-        if refiner.extent_px != self.extent_px:
-            if auto:
-                self.log(f"[hydra] centres: as the detector decodes them (the shipped refiner works at "
-                         f"{refiner.extent_px:g} px per diameter, this model at {self.extent_px:g})")
+        if self.device.type == "cpu":
+            refiner.head.to(memory_format=torch.channels_last)
+        if not refiner.fits(self.net, self.meta):
+            why = (f"the centre refiner {refiner.path} reads the body of the model it was made for, and "
+                   f"model {self.meta.get('path')} has another body")
+            if auto:  # e.g. a model trained from scratch: its own centres
+                self.log(f"[hydra] centres: as the detector decodes them ({why})")
                 return None
-            raise UserFacingError(f"centre refiner {refine} works at {refiner.extent_px:g} px per diameter but "
-                                  f"model {self.meta.get('path')} at {self.extent_px:g}: give a refiner made "
-                                  f"for this model, or --no-refine")
+            raise UserFacingError(f"{why}: give the refiner made for this model's body, or --no-refine")
         self.log(f"[hydra] centres refined by {refiner.path} (a pick moves by at most "
                  f"{refiner.max_shift_D:g} diameters)")
         return refiner
@@ -204,8 +207,12 @@ class Picker:
         return t.to(self.device, non_blocking=True)
 
     def _grid(self, image, head: str) -> np.ndarray:
-        """Raw outputs for ``image`` (tensor or array): plain, or averaged over :attr:`tta` dihedral
-        orientations."""
+        """Raw outputs for ``image`` (tensor or array), see :meth:`_outputs`."""
+        return self._outputs(image, head)[0]
+
+    def _outputs(self, image, head: str) -> tuple:
+        """(raw outputs (3, H/stride, W/stride), centre map or None) for ``image`` (tensor or array): plain,
+        or the outputs averaged over :attr:`tta` dihedral orientations (the centre map is the plain view's)."""
         image = self._to_device(image)
         if self.tta == 1:
             return self._infer(image, head)
@@ -217,34 +224,48 @@ class Picker:
         s = self.stride
         ny, nx = image.shape
         padded = F.pad(image, (0, (-nx) % s, 0, (-ny) % s))  # whole cells: orientations share a grid
-        grids = []
+        grids, cmap = [], None
         for k, flip in DIHEDRAL[:self.tta]:
             view = torch.rot90(torch.flip(padded, dims=(1,)) if flip else padded, k, dims=(0, 1))
-            grids.append((k, flip, self._infer(view.contiguous(), head)))
-        return merge_orientations(grids)
+            g, c = self._infer(view.contiguous(), head)
+            if k == 0 and not flip and c is not None:
+                sb = self.refiner.stride
+                cmap = c[:, :-(-ny // sb), :-(-nx // sb)]
+            grids.append((k, flip, g))
+        return merge_orientations(grids), cmap
 
-    def _forward(self, batch, head: str):
-        """(B, 1, H, W) tensor on the device -> (B, 3, H/stride, W/stride) float32 numpy."""
+    def _forward(self, batch, head: str) -> tuple:
+        """(B, 1, H, W) tensor on the device -> ((B, 3, H/stride, W/stride) float32 numpy, the centre map
+        (B, 3, H/s, W/s) at the body's stride s when a refiner is loaded, else None)."""
         import torch
+
+        def run(x):
+            if self.refiner is None:
+                return self.net(x, head), None
+            f = self.net.body(x)  # the centre head reads the features the detector's head reads
+            return self.net.heads[head](f), self.refiner.head(f)
 
         with torch.inference_mode():
             if self.device.type == "cuda":
                 with torch.autocast("cuda", dtype=torch.bfloat16):
-                    g = self.net(batch, head)
+                    g, c = run(batch)
             else:
-                g = self.net(batch.contiguous(memory_format=torch.channels_last), head)
-            return g.float().cpu().numpy()
+                g, c = run(batch.contiguous(memory_format=torch.channels_last))
+            return g.float().cpu().numpy(), (None if c is None else c.float().cpu().numpy())
 
-    def _infer(self, image, head: str) -> np.ndarray:
-        """Rescaled, normalised image (tensor) -> (3, H/stride, W/stride) raw outputs, tiled when large."""
+    def _infer(self, image, head: str) -> tuple:
+        """Rescaled, normalised image (tensor) -> (raw outputs (3, H/stride, W/stride), centre map or
+        None), tiled when large."""
         import torch.nn.functional as F
 
         from .preprocess import tiles
 
         s = self.stride
+        sb = self.refiner.stride if self.refiner is not None else None
         ny, nx = image.shape
         gh, gw = -(-ny // s), -(-nx // s)
         out = np.zeros((3, gh, gw), np.float32)
+        cmap = None if sb is None else np.zeros((3, -(-ny // sb), -(-nx // sb)), np.float32)
         for y0, y1, x0, x1, cy0, cy1, cx0, cx1 in tiles((ny, nx), self.tile, self.margin, s):
             # windows are aligned to the stride so that grid cells line up with the full image
             y0, x0 = (y0 // s) * s, (x0 // s) * s
@@ -252,27 +273,35 @@ class Picker:
             ph, pw = (-win.shape[0]) % s, (-win.shape[1]) % s
             if ph or pw:
                 win = F.pad(win, (0, pw, 0, ph))
-            g = self._forward(win[None, None], head)[0]
+            g, c = self._forward(win[None, None], head)
+            g = g[0]
             gy0, gy1, gx0, gx1 = cy0 // s, -(-cy1 // s), cx0 // s, -(-cx1 // s)
             out[:, gy0:gy1, gx0:gx1] = g[:, gy0 - y0 // s: gy1 - y0 // s, gx0 - x0 // s: gx1 - x0 // s]
-        return out
+            if cmap is not None:
+                c = c[0]
+                by0, by1, bx0, bx1 = cy0 // sb, -(-cy1 // sb), cx0 // sb, -(-cx1 // sb)
+                cmap[:, by0:by1, bx0:bx1] = c[:, by0 - y0 // sb: by1 - y0 // sb, bx0 - x0 // sb: bx1 - x0 // sb]
+        return out, cmap
 
     def _batchable(self, image) -> bool:
         """One tile, no test-time augmentation: such images of one shape can share a forward pass."""
         return self.batch > 1 and self.tta == 1 and max(image.shape) <= self.tile
 
     def _infer_many(self, images: list, head: str) -> list:
-        """Raw outputs of several images; images of one shape that fit one tile share forward passes."""
+        """(raw outputs, centre map or None) of several images; images of one shape that fit one tile
+        share forward passes."""
         import torch
         import torch.nn.functional as F
 
         if len(images) == 1 or not all(self._batchable(im) and im.shape == images[0].shape for im in images):
-            return [self._grid(im, head) for im in images]
+            return [self._outputs(im, head) for im in images]
         s = self.stride
         ny, nx = images[0].shape
         stack = F.pad(torch.stack(images)[:, None], (0, (-nx) % s, 0, (-ny) % s))
-        g = self._forward(stack, head)
-        return [gi[:, :-(-ny // s), :-(-nx // s)] for gi in g]
+        g, c = self._forward(stack, head)
+        sb = None if c is None else self.refiner.stride
+        return [(gi[:, :-(-ny // s), :-(-nx // s)], None if c is None else c[i][:, :-(-ny // sb), :-(-nx // sb)])
+                for i, gi in enumerate(g)]
 
     def _check_head(self, head: str):
         if head not in self.net.heads:
@@ -286,21 +315,19 @@ class Picker:
 
         return PickPolicy.for_model(self.meta, diameter_A, head, threshold, **kw)
 
-    def _finish(self, prepared, grid, policy, invalid=None, info=None):
-        """-> (picks, ranked): :func:`~hydrapicker.postprocess.finalize` and the candidates it chose from;
-        ``info`` (a dict) receives the micrograph's ``threshold`` and ``threshold_info``."""
+    def _finish(self, prepared, outputs, policy, invalid=None, info=None):
+        """``outputs`` = (raw grid, centre map or None) -> (picks, ranked): the candidates decoded and
+        ranked (:func:`~hydrapicker.postprocess.rank`), re-centred by the refiner when one is loaded, and
+        selected (:func:`~hydrapicker.postprocess.select`); ``info`` (a dict) receives the micrograph's
+        ``threshold`` and ``threshold_info``."""
         from .postprocess import decode, rank, select
 
+        grid, cmap = outputs
         candidates = decode(grid, self.stride, policy.decode_floor, float(self.meta.get("temperature", defaults.TEMPERATURE)),
                             prepared.scale_xy, prepared.shape, prepared.pixel_size)
         ranked = rank(candidates, policy, invalid)
-        if self.refiner is not None:
-            t0 = time.perf_counter()
-            n = len(ranked)
-            ranked = rank(refined_candidates(self.refiner, prepared, ranked, candidates), policy, invalid)
-            if info is not None:
-                info["refine"] = {"picks": n, "merged": n - len(ranked),
-                                  "seconds": round(time.perf_counter() - t0, 4)}
+        if cmap is not None:
+            ranked = refined(self.refiner, cmap, prepared, ranked, policy, invalid)
         return select(ranked, policy, info), ranked
 
     def pick_one(self, mic: Micrograph, diameter_A: float, head: str = "generic", policy=None) -> Picks:
@@ -311,7 +338,7 @@ class Picker:
         policy = policy or self.policy(diameter_A, head, threshold=None)
         loaded, _, regions = self._read(mic, diameter_A, policy.find_invalid)
         prepared = self._prepared(loaded, mic, diameter_A)
-        return self._finish(prepared, self._grid(prepared.image, head), policy, regions)[0]
+        return self._finish(prepared, self._outputs(prepared.image, head), policy, regions)[0]
 
     # -- many micrographs -----------------------------------------------------------------------
     def pick(self, micrographs: Iterable[Micrograph], diameter_A: float, head: str = "generic",
@@ -347,11 +374,11 @@ class Picker:
                 if not group:
                     return
                 t0 = time.perf_counter()
-                grids = self._infer_many([p.image for _, p, _, _ in group], head)
+                outputs = self._infer_many([p.image for _, p, _, _ in group], head)
                 dt = (time.perf_counter() - t0) / len(group)
                 done = list(group)
                 group.clear()
-                for (mic, prepared, t_read, regions), grid in zip(done, grids):
+                for (mic, prepared, t_read, regions), out in zip(done, outputs):
                     info = {"seconds_read": t_read, "seconds_infer": dt, "batch": len(done),
                             "scale": prepared.scale_xy, "shape": prepared.shape,
                             "pixel_size": prepared.pixel_size, "device": str(self.device),
@@ -359,7 +386,7 @@ class Picker:
                             "invalid": None if regions is None else regions.summary()}
                     if info["invalid"] and info["invalid"]["excluded_fraction"] > 0:  # for the run logs
                         info["invalid_text"] = regions.describe()
-                    picks, ranked = self._finish(prepared, grid, policy, regions, info=info)
+                    picks, ranked = self._finish(prepared, out, policy, regions, info=info)
                     yield PickResult(mic, picks, None, candidates=ranked, info=info)
 
             while pending:

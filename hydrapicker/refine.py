@@ -1,23 +1,23 @@
-"""Second-stage centre refinement (issue 18): each pick's centre re-estimated on a finer crop.
+"""Centre refinement (issue 18): a fine centre map read off the shared body, and each pick moved to its peak.
 
 The detector decodes centres on a grid of half a particle diameter (stride 8 at 16 px per diameter), and
 whichever of two neighbouring cells wins suppression decodes *its own* offset, so picks of touching,
-small or low-SNR particles sit 0.1-0.3 D off (benchmarks/centres.py). The refiner looks again: the
-micrograph is rescaled to :data:`EXTENT_PX` pixels per diameter (the detection sampling of the shipped model), an odd
-``crop`` x ``crop`` window is cut around each pick (the pick on the window's centre pixel) and a small
-CNN regresses the offset from the window's centre to the centre of the particle nearest to it, in units
-of the diameter. The offset is bounded by construction (``tanh * max_shift``): a pick never moves by more
-than ``max_shift`` diameters (:data:`MAX_SHIFT_D`).
+small or low-SNR particles sit 0.1-0.3 D off (benchmarks/centres.py). The shared body computes features
+at stride 2 (one cell per 1/8 diameter) anyway. A small :class:`CentreHead` turns them into a *centre
+map* at that stride: a heat channel (CenterNet-style: how likely a particle's centre lies in the cell)
+and a sub-cell offset. :func:`refine_positions` moves each pick to the decoded centre of the hottest cell
+within :data:`MAX_SHIFT_D` diameters of it; a move is clipped to that length, so no pick ever moves
+further (the bound is part of the rule, not of the training).
 
-The refiner knows nothing of heads: zero-shot, few-shot and adapted picks are refined alike, on the
-picking path (:class:`Refiner`, called by :class:`hydrapicker.picker.Picker` between ranking and
-suppression) that every entry point shares. Its weights are a file of their own
-(``hydrapicker/weights/refiner.pt``): ``{model, optimizer, epoch, args, meta}``.
+The centre map costs two small convolutions on features the detector computed anyway; it knows nothing
+of heads, so zero-shot, few-shot and adapted heads (which keep the body frozen) are refined alike, on the
+picking path every entry point shares (:class:`hydrapicker.picker.Picker`). A centre head belongs to
+one body: its file records the body's checksum, and a model with another body is picked without it.
+The file: ``{model, optimizer, epoch, args, meta}`` (``hydrapicker/weights/refiner.pt``).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -25,84 +25,110 @@ from torch import nn
 
 from .errors import UserFacingError
 
-#: particle diameter in pixels of the image the refiner sees
-EXTENT_PX = 16.0
-#: window side (odd: the pick sits on its centre pixel, which rotations and flips keep in place)
-CROP = 25
 #: the largest move, in particle diameters
 MAX_SHIFT_D = 0.4
-FORMAT = "hydrapicker-refiner-1"
+#: the hottest cell is chosen with a Gaussian preference of this many diameters for cells near the pick
+#: (heat logit - d^2 / (2 PRIOR_D^2)): between two touching particles a pick stays with its own
+PRIOR_D = 0.3
+#: a pick moves only when the hottest cell within reach has at least this heat (probability): where the
+#: centre map sees no particle at all, the detector's centre stays
+MIN_HEAT = 0.01
+#: the offset channels decode as cell centre + tanh(a) * OFFSET_CELLS cells (taught on the 3 x 3 cells
+#: around each centre, whose offsets reach 1.5 cells)
+OFFSET_CELLS = 2.0
+FORMAT = "hydrapicker-centre-head-1"
 SHIPPED = Path(__file__).resolve().parent / "weights" / "refiner.pt"
 
 
-def _block(cin, cout, stride):
-    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True)]
+def body_checksum(net) -> float:
+    """A number that differs when any parameter of the body differs (the body a centre head was made for)."""
+    from .train import parameter_checksum
+
+    return parameter_checksum(net.body)
 
 
-class RefinerNet(nn.Module):
-    """(B, 1, crop, crop) windows -> (B, 2) offsets (dx, dy) in diameters, each within +-``max_shift``.
+class CentreHead(nn.Module):
+    """Body features (B, C, H/s, W/s) -> centre map (B, 3, H/s, W/s): heat logit, dx, dy (raw)."""
 
-    Five 3x3 conv layers (three of stride 2) keep the spatial layout; a fully connected layer reads it
-    (a pooled feature would lose the position it has to report)."""
-
-    def __init__(self, crop: int = CROP, width: int = 16, max_shift: float = MAX_SHIFT_D):
+    def __init__(self, in_channels: int = 32, width: int = 32):
         super().__init__()
-        self.crop, self.width, self.max_shift = int(crop), int(width), float(max_shift)
+        self.in_channels, self.width = int(in_channels), int(width)
         w = self.width
-        self.features = nn.Sequential(*_block(1, w // 2, 1), *_block(w // 2, w, 2), *_block(w, w, 1),
-                                      *_block(w, 2 * w, 2), *_block(2 * w, 2 * w, 2))
-        n = -(-(-(-(-(-self.crop // 2)) // 2)) // 2)  # side after three stride-2 convs (ceil each)
-        self.regress = nn.Sequential(nn.Flatten(), nn.Linear(2 * w * n * n, 128), nn.ReLU(inplace=True),
-                                     nn.Linear(128, 2))
+        self.features = nn.Sequential(
+            nn.Conv2d(self.in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            nn.Conv2d(w, w, 3, padding=2, dilation=2, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
+        self.out = nn.Conv2d(w, 3, 1)
+        with torch.no_grad():
+            self.out.weight.mul_(0.1)
+            self.out.bias.zero_()
+            self.out.bias[0] = -4.0
 
-    def forward(self, windows):
-        return torch.tanh(self.regress(self.features(windows))) * self.max_shift
+    def forward(self, f):
+        return self.out(self.features(f))
 
     def config(self) -> dict:
-        return {"crop": self.crop, "width": self.width, "max_shift": self.max_shift}
+        return {"in_channels": self.in_channels, "width": self.width}
 
 
-def windows(image: torch.Tensor, centres: np.ndarray, crop: int) -> torch.Tensor:
-    """(N, 1, crop, crop) windows of a 2D ``image`` (zero outside it) around integer ``centres`` (N, 2)
-    given as (x = column, y = row); the centre pixel of window n is ``image[centres[n, 1], centres[n, 0]]``."""
-    h = crop // 2
-    padded = torch.nn.functional.pad(image[None, None], (h, h, h, h))[0, 0]
-    c = torch.as_tensor(np.asarray(centres, np.int64).reshape(-1, 2), device=image.device)
-    ar = torch.arange(crop, device=image.device)
-    rows = (c[:, 1, None] + ar[None, :])[:, :, None]  # padded index of row cy - h + k is cy + k
-    cols = (c[:, 0, None] + ar[None, :])[:, None, :]
-    return padded[rows, cols][:, None]
+def decoded_centres(cmap: np.ndarray, stride: int) -> tuple:
+    """(heat logit (H, W), x (H, W), y (H, W)): each cell's decoded centre in pixels of the image."""
+    H, W = cmap.shape[1:]
+    jj, ii = np.meshgrid(np.arange(W), np.arange(H))
+    x = (jj + 0.5 + np.tanh(cmap[1].astype(np.float64)) * OFFSET_CELLS) * stride - 0.5
+    y = (ii + 0.5 + np.tanh(cmap[2].astype(np.float64)) * OFFSET_CELLS) * stride - 0.5
+    return cmap[0].astype(np.float64), x, y
 
 
-def refine_positions(net: RefinerNet, image: torch.Tensor, xy: np.ndarray, extent_px: float,
-                     batch: int = 512) -> np.ndarray:
-    """Refined centres (N, 2) in pixels of ``image`` (prepared at ``extent_px`` per diameter) for the
-    picks ``xy`` (N, 2) in the same pixels: each pick is rounded to its pixel, and moved by the offset the
-    network reads in the window around it (at most ``net.max_shift`` diameters from the rounded pick)."""
+def refine_positions(cmap: np.ndarray, stride: int, xy: np.ndarray, extent_px: float,
+                     max_shift: float = MAX_SHIFT_D, prior_D: float = PRIOR_D) -> np.ndarray:
+    """Refined centres (N, 2) in pixels of the prepared image for picks ``xy`` (N, 2) in those pixels:
+    each pick moves to the decoded centre of the hottest cell of ``cmap`` (3, H, W at ``stride``) whose
+    centre lies within ``max_shift`` diameters of it (hottest after the preference ``prior_D`` for near
+    cells; when that cell's heat reaches :data:`MIN_HEAT`); the move is clipped to that length."""
     xy = np.asarray(xy, np.float64).reshape(-1, 2)
     if len(xy) == 0:
         return xy.copy()
-    ny, nx = image.shape[-2:]
-    base = np.rint(xy)
-    base[:, 0] = np.clip(base[:, 0], 0, nx - 1)
-    base[:, 1] = np.clip(base[:, 1], 0, ny - 1)
-    out = np.empty_like(xy)
-    with torch.inference_mode():
-        for s in range(0, len(xy), batch):
-            w = windows(image, base[s:s + batch], net.crop)
-            out[s:s + batch] = net(w).double().cpu().numpy()
-    return base + out * float(extent_px)
+    heat, cx, cy = decoded_centres(cmap, stride)
+    H, W = heat.shape
+    lim = float(max_shift) * float(extent_px)
+    r = int(np.ceil(lim / stride)) + 1
+    ar = np.arange(-r, r + 1)
+    # the cells around each pick: (N, K) indices, masked outside the image and beyond the search radius
+    pj = np.floor((xy[:, 0] + 0.5) / stride).astype(int)
+    pi = np.floor((xy[:, 1] + 0.5) / stride).astype(int)
+    di, dj = np.meshgrid(ar, ar, indexing="ij")
+    ci = pi[:, None] + di.reshape(1, -1)
+    cj = pj[:, None] + dj.reshape(1, -1)
+    valid = (ci >= 0) & (ci < H) & (cj >= 0) & (cj < W)
+    ci_c, cj_c = np.clip(ci, 0, H - 1), np.clip(cj, 0, W - 1)
+    cell_x, cell_y = (cj_c + 0.5) * stride - 0.5, (ci_c + 0.5) * stride - 0.5
+    valid &= (cell_x - xy[:, :1]) ** 2 + (cell_y - xy[:, 1:]) ** 2 <= lim ** 2
+    h = np.where(valid, heat[ci_c, cj_c], -np.inf)
+    if prior_D > 0:  # prefer cells near the pick: heat logit - d^2 / (2 prior^2)
+        d2 = ((cell_x - xy[:, :1]) ** 2 + (cell_y - xy[:, 1:]) ** 2) / (prior_D * extent_px) ** 2
+        h_sel = h - 0.5 * d2
+    else:
+        h_sel = h
+    best = np.argmax(h_sel, axis=1)
+    n = np.arange(len(xy))
+    ok = np.isfinite(h[n, best]) & (h[n, best] >= np.log(MIN_HEAT / (1 - MIN_HEAT)))
+    target = np.stack([cx[ci_c[n, best], cj_c[n, best]], cy[ci_c[n, best], cj_c[n, best]]], axis=1)
+    move = np.where(ok[:, None], target - xy, 0.0)
+    norm = np.hypot(move[:, 0], move[:, 1])
+    move *= np.minimum(1.0, lim / np.maximum(norm, 1e-12))[:, None]
+    return xy + move
 
 
-def save_refiner(path, net: RefinerNet, meta: dict, optimizer=None, epoch=None, args=None, half=False) -> Path:
-    """The refiner's checkpoint ``{model, optimizer, epoch, args, meta}``, written atomically."""
+def save_refiner(path, head: CentreHead, meta: dict, optimizer=None, epoch=None, args=None) -> Path:
+    """A centre head's checkpoint ``{model, optimizer, epoch, args, meta}``, written atomically; ``meta``
+    must name ``body_checksum``, ``stride`` and ``extent_px`` of the body it reads."""
     from .atomic import atomic_path
 
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    if half:
-        state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
-    meta = {"format": FORMAT, "extent_px": EXTENT_PX, **meta, "net": net.config()}
+    for key in ("body_checksum", "stride", "extent_px"):
+        if key not in meta:
+            raise ValueError(f"centre head metadata needs {key!r}")
+    state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
+    meta = {"format": FORMAT, "max_shift_D": MAX_SHIFT_D, **meta, "net": head.config()}
     ckpt = {"model": state, "meta": meta, "epoch": epoch, "args": args or {},
             "optimizer": optimizer.state_dict() if optimizer is not None else None}
     with atomic_path(path) as tmp:
@@ -111,7 +137,7 @@ def save_refiner(path, net: RefinerNet, meta: dict, optimizer=None, epoch=None, 
 
 
 def load_refiner(path=None) -> tuple:
-    """(net in eval mode, meta) of a refiner file (the shipped one when ``path`` is None)."""
+    """(centre head in eval mode, meta) of a refiner file (the shipped one when ``path`` is None)."""
     path = Path(path or SHIPPED)
     if not path.exists():
         raise UserFacingError(f"centre refiner {path} does not exist: reinstall hydrapicker, give the "
@@ -121,56 +147,41 @@ def load_refiner(path=None) -> tuple:
         meta = ckpt["meta"]
         if meta.get("format") != FORMAT:
             raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
-        net = RefinerNet(**meta["net"])
-        net.load_state_dict({k: v.float() for k, v in ckpt["model"].items()})
+        head = CentreHead(**meta["net"])
+        head.load_state_dict({k: v.float() for k, v in ckpt["model"].items()})
     except Exception as exc:
-        raise UserFacingError(f"{path} is not a HydraPicker centre refiner ({type(exc).__name__}: {exc}); "
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UserFacingError(f"{path} is not a HydraPicker centre refiner ({type(exc).__name__}: {first}); "
                               f"give a file written by 'hydra train-refiner' or use --no-refine") from None
-    return net.eval(), meta
+    return head.eval(), meta
 
 
 class Refiner:
-    """A refiner on a device, for the picking path: ``prepare`` a micrograph once, ``refine`` its picks.
-
-    >>> r = Refiner()                                   # the shipped refiner
-    >>> xy_new = r.refine(r.prepare(image, apix, diameter_A), xy)   # pixels of the micrograph as stored
-    """
+    """A centre head for one detector body: :meth:`fits` a model, ``head`` maps its body features to the
+    centre map, :meth:`refine` moves picks (pixels of the micrograph as stored)."""
 
     def __init__(self, path=None, device="cpu"):
-        self.net, self.meta = load_refiner(path)
+        self.head, self.meta = load_refiner(path)
         self.device = torch.device(device)
-        self.net.to(self.device)
-        self.extent_px = float(self.meta.get("extent_px", EXTENT_PX))
+        self.head.to(self.device)
         self.path = str(path or SHIPPED)
+        self.stride = int(self.meta["stride"])
+        self.extent_px = float(self.meta["extent_px"])
+        self.max_shift_D = float(self.meta.get("max_shift_D", MAX_SHIFT_D))
 
-    @property
-    def max_shift_D(self) -> float:
-        return float(self.net.max_shift)
+    def fits(self, net, meta: dict) -> bool:
+        """Was this centre head made for ``net``'s body (same parameters, sampling and stride)?"""
+        return (float(meta.get("extent_px", -1)) == self.extent_px
+                and int(net.preset.body_stride) == self.stride
+                and abs(body_checksum(net) - float(self.meta["body_checksum"]))
+                <= 1e-9 * max(1.0, abs(float(self.meta["body_checksum"]))))
 
-    def prepare(self, image, pixel_size: float, diameter_A: float, path="<array>"):
-        """The micrograph (2D tensor or array) at the refiner's sampling: a
-        :class:`hydrapicker.preprocess.Prepared` with its image on the refiner's device."""
-        from .preprocess import _cpu_tensor, prepare_t
-
-        t = image if isinstance(image, torch.Tensor) else _cpu_tensor(np.ascontiguousarray(image, np.float32))
-        return prepare_t(t.to(self.device), pixel_size, diameter_A, self.extent_px, path=path)
-
-    def refine(self, prepared, xy: np.ndarray) -> np.ndarray:
-        """Refined centres (N, 2) in pixels of the micrograph as stored for picks ``xy`` in those pixels."""
+    def refine(self, cmap: np.ndarray, scale_xy, xy: np.ndarray) -> np.ndarray:
+        """Refined centres (N, 2) in pixels of the micrograph as stored, for picks ``xy`` in those pixels;
+        ``cmap`` is the centre map of the micrograph rescaled by ``scale_xy`` (Fourier rescaling keeps
+        sample 0 in place: x_rescaled = x * scale)."""
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
         if len(xy) == 0:
             return xy.copy()
-        sx, sy = prepared.scale_xy
-        scaled = xy * np.array([sx, sy])[None, :]
-        moved = refine_positions(self.net, prepared.image, scaled, self.extent_px)
-        return moved / np.array([sx, sy])[None, :]
-
-
-def shipped_refiner_or_none(path: Optional[str] = None, device="cpu", log=None) -> Optional[Refiner]:
-    """The refiner to use: ``path``'s, or the shipped one; None (with a line in the log) when the
-    package ships none (an installation older than issue 18's weights)."""
-    if path is None and not SHIPPED.exists():
-        if log:
-            log("[hydra] no centre refiner shipped with this installation: centres as the detector decodes them")
-        return None
-    return Refiner(path, device)
+        s = np.array([scale_xy[0], scale_xy[1]], np.float64)[None, :]
+        return refine_positions(cmap, self.stride, xy * s, self.extent_px, self.max_shift_D) / s

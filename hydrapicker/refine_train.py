@@ -1,18 +1,18 @@
-"""Training the centre refiner (:mod:`hydrapicker.refine`) on simulated micrographs with exact truth.
+"""Training the centre head (:mod:`hydrapicker.refine`) on simulated micrographs with exact truth.
 
-Samples are windows around *starting points* near true particles, and the target is the offset from the
-window's centre pixel to the nearest true centre (diameters). Starting points come from two sources, half
-each: the detector's own picks that lie within half a diameter of a particle (the errors the refiner has
-to undo: wrong grid cell, shrunk offsets), and the truth moved by a random offset (uniform per axis
-within +-0.35 D, or Gaussian of 0.1 D) so every direction and size of error is taught. Windows are
-rotated and flipped (the target with them) and get extra noise. Validation: the detector's picks on
-held-out simulated micrographs, centre error before and after refinement.
+The detector stays frozen: random crops of prepared training micrographs (rotated, flipped, intensity
+augmented as in detector training) go through its body, and the centre head learns, at the body's
+stride, a heat map of true centres (a Gaussian of ``sigma_cells`` around each, CenterNet's
+penalty-reduced focal loss) and the offset to the nearest centre on the 3 x 3 cells around each (L1).
+Cells within ``edge_cells`` of a crop's border are not taught (their features saw zero padding).
 
-Two short loops (DETR's ``engine.py`` style): :func:`train_one_epoch` and :func:`evaluate`.
+Validation: the detector's picks (every one above the floor) on held-out simulated micrographs, before
+and after refinement: AP under the IoU rule and within D/2 (``hydrapicker.metrics.evaluate``) and the
+centre error of matched picks. The best head by mean AP is kept. Two short loops (DETR's ``engine.py``
+style): :func:`train_one_epoch` and :func:`evaluate`.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,14 +20,15 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .refine import CROP, EXTENT_PX, MAX_SHIFT_D, RefinerNet, refine_positions, save_refiner, windows
+from .refine import OFFSET_CELLS, CentreHead, body_checksum, refine_positions, save_refiner
 
 
 @dataclass
 class RefineTrainConfig:
     out: str
-    detector: Optional[str] = None      # model whose picks give starting points (default: the shipped one)
+    detector: Optional[str] = None      # the model whose body the head reads (default: the shipped one)
     datasets: int = 96
     mics_per_dataset: int = 5
     val_datasets: int = 12
@@ -36,12 +37,14 @@ class RefineTrainConfig:
     crowded_fraction: float = 0.25       # datasets forced to touching particles
     low_snr_fraction: float = 0.2        # datasets forced to very low SNR
     junk_fraction: float = 0.2
-    crop: int = CROP
-    width: int = 16
-    batch: int = 256
+    width: int = 32
+    crop: int = 96                       # rescaled px (a multiple of the body stride)
+    batch: int = 16
+    sigma_cells: float = 1.0
+    edge_cells: int = 3
     lr: float = 2e-3
     hours: float = 1.0
-    steps_per_epoch: int = 500
+    steps_per_epoch: int = 300
     threads: int = 1
     workers: int = 1
 
@@ -62,127 +65,150 @@ def training_specs(n: int, seed: int, crowded: float, low_snr: float, junk: floa
     return specs
 
 
-def nearest_truth(points: np.ndarray, truth: np.ndarray) -> tuple:
-    """(index of the nearest truth, distance) for each point (N, 2)."""
-    if len(truth) == 0 or len(points) == 0:
-        return np.zeros(len(points), int), np.full(len(points), np.inf)
-    from scipy.spatial import cKDTree
-
-    d, i = cKDTree(truth).query(points)
-    return i, d
-
-
-@dataclass
-class _Mic:
-    image: torch.Tensor          # prepared at the refiner's extent
-    xy: np.ndarray               # truth (N, 2) in its pixels
-    picks: np.ndarray            # detector picks within D/2 of a particle (starting points)
-
-
-def detector_picks(net, image: np.ndarray, stride: int, extent_px: float) -> np.ndarray:
-    """The detector's picks (every one above the floor) on a prepared image: the picking path's decode,
-    ranking and suppression (:func:`hydrapicker.train.predict_prepared`)."""
-    from .train import predict_prepared
-
-    p = predict_prepared(net, image, "generic", stride, extent_px)
-    return np.stack([p.x, p.y], axis=1) if len(p) else np.zeros((0, 2))
-
-
-def prepare_mics(sets, detector, stride: int, extent_px: float) -> list:
-    out = []
-    for s in sets:
-        for m in s.mics:
-            picks = detector_picks(detector, m.image, stride, extent_px)
-            _, d = nearest_truth(picks, m.xy)
-            out.append(_Mic(torch.from_numpy(np.ascontiguousarray(m.image)), m.xy, picks[d <= 0.5 * extent_px]))
-    return out
-
-
-def _dihedral(w: torch.Tensor, t: torch.Tensor, rng) -> tuple:
-    """Random rotation/flip per window (B, 1, C, C) with its target offsets (B, 2) (x right, y down)."""
-    k = rng.integers(0, 4, len(w))
-    flip = rng.random(len(w)) < 0.5
-    out_w, out_t = w.clone(), t.clone()
-    for n in range(len(w)):
-        img, dx, dy = w[n, 0], float(t[n, 0]), float(t[n, 1])
-        for _ in range(int(k[n])):  # np.rot90 convention (counter-clockwise): x' = y, y' = -x about the centre
-            img, dx, dy = torch.rot90(img, 1, (0, 1)), dy, -dx
-        if flip[n]:
-            img, dx = torch.flip(img, (1,)), -dx
-        out_w[n, 0], out_t[n, 0], out_t[n, 1] = img, dx, dy
-    return out_w, out_t
-
-
-def sample_batch(mics: list, batch: int, crop: int, extent_px: float, rng, augment: bool = True) -> tuple:
-    """(windows (B, 1, C, C), targets (B, 2) in diameters)."""
-    ws, ts = [], []
-    per = 16
-    for _ in range(-(-batch // per)):
-        m = mics[int(rng.integers(0, len(mics)))]
-        if len(m.xy) == 0:
+def encode_centres(xy: np.ndarray, shape, stride: int, sigma: float) -> tuple:
+    """Targets on a (H, W) grid at ``stride`` for centres ``xy`` (N, 2) in pixels: heat (H, W) in [0, 1]
+    (1 on the cell holding a centre), offsets (2, H, W) in cells from each cell's centre to the nearest
+    centre among those whose 3 x 3 cells it is in, and that mask (H, W)."""
+    H, W = shape
+    heat = np.zeros((H, W), np.float32)
+    off = np.zeros((2, H, W), np.float32)
+    best = np.full((H, W), np.inf)
+    r = int(np.ceil(3 * sigma))
+    for x, y in np.asarray(xy, np.float64).reshape(-1, 2):
+        u, v = (x + 0.5) / stride, (y + 0.5) / stride
+        j0, i0 = int(np.floor(u)), int(np.floor(v))
+        i_lo, i_hi, j_lo, j_hi = max(i0 - r, 0), min(i0 + r + 1, H), max(j0 - r, 0), min(j0 + r + 1, W)
+        if i_lo >= i_hi or j_lo >= j_hi:
             continue
-        n_det = per // 2 if len(m.picks) else 0
-        starts = []
-        if n_det:
-            starts.append(m.picks[rng.integers(0, len(m.picks), n_det)])
-        n_jit = per - n_det
-        base = m.xy[rng.integers(0, len(m.xy), n_jit)]
-        uni = rng.uniform(-0.35, 0.35, (n_jit, 2))
-        gau = np.clip(rng.normal(0, 0.1, (n_jit, 2)), -0.35, 0.35)
-        starts.append(base + np.where(rng.random((n_jit, 1)) < 0.5, uni, gau) * extent_px)
-        p = np.rint(np.concatenate(starts))
-        ny, nx = m.image.shape
-        p[:, 0] = np.clip(p[:, 0], 0, nx - 1)
-        p[:, 1] = np.clip(p[:, 1], 0, ny - 1)
-        i, _ = nearest_truth(p, m.xy)
-        target = np.clip((m.xy[i] - p) / extent_px, -0.97 * MAX_SHIFT_D, 0.97 * MAX_SHIFT_D)
-        ws.append(windows(m.image, p, crop))
-        ts.append(torch.from_numpy(target.astype(np.float32)))
-    w, t = torch.cat(ws)[:batch], torch.cat(ts)[:batch]
-    if augment:
-        w, t = _dihedral(w, t, rng)
-        sigma = torch.from_numpy(rng.uniform(0.0, 0.6, (len(w), 1, 1, 1)).astype(np.float32))
-        w = w + torch.randn_like(w) * sigma * (torch.rand(len(w), 1, 1, 1) < 0.5)
-    return w, t
+        ii, jj = np.mgrid[i_lo:i_hi, j_lo:j_hi]
+        g = np.exp(-((jj + 0.5 - u) ** 2 + (ii + 0.5 - v) ** 2) / (2 * sigma ** 2)).astype(np.float32)
+        heat[i_lo:i_hi, j_lo:j_hi] = np.maximum(heat[i_lo:i_hi, j_lo:j_hi], g)
+        if 0 <= i0 < H and 0 <= j0 < W:
+            heat[i0, j0] = 1.0
+        for i in range(max(i0 - 1, 0), min(i0 + 2, H)):
+            for j in range(max(j0 - 1, 0), min(j0 + 2, W)):
+                dx, dy = u - (j + 0.5), v - (i + 0.5)
+                d = dx * dx + dy * dy
+                if d < best[i, j]:
+                    best[i, j] = d
+                    off[0, i, j], off[1, i, j] = dx, dy
+    return heat, off, np.isfinite(best)
 
 
-def train_one_epoch(net, optimizer, mics, cfg: RefineTrainConfig, rng, extent_px: float) -> dict:
-    net.train()
-    losses = []
+def centre_loss(out, heat, off, off_mask, weight) -> tuple:
+    """CenterNet's penalty-reduced focal loss on the heat channel + L1 on the decoded offsets."""
+    p = torch.sigmoid(out[:, 0]).clamp(1e-6, 1 - 1e-6)
+    pos = heat >= 1.0
+    l_pos = -((1 - p) ** 2 * torch.log(p))[pos & (weight > 0)].sum()
+    l_neg = -(((1 - heat) ** 4) * p ** 2 * torch.log(1 - p) * weight)[~pos].sum()
+    n_pos = max(float((pos & (weight > 0)).sum()), 1.0)
+    m = off_mask & (weight > 0)
+    dec = torch.tanh(out[:, 1:]) * OFFSET_CELLS
+    l_off = (dec - off).abs().sum(1)[m].sum() / max(float(m.sum()), 1.0)
+    l_heat = (l_pos + l_neg) / n_pos
+    return l_heat + l_off, {"heat": float(l_heat.detach()), "off": float(l_off.detach())}
+
+
+def sample_batch(sets, cfg: RefineTrainConfig, stride: int, rng) -> tuple:
+    """(images (B, 1, crop, crop), heat (B, h, w), off (B, 2, h, w), off_mask (B, h, w), weight (B, h, w))."""
+    from .data import _rot_flip, augment_intensity
+
+    c, g = cfg.crop, cfg.crop // stride
+    imgs, heats, offs, masks = [], [], [], []
+    for _ in range(cfg.batch):
+        s = sets[int(rng.integers(0, len(sets)))]
+        m = s.mics[int(rng.integers(0, len(s.mics)))]
+        img = m.image
+        h, w = img.shape
+        if h < c or w < c:
+            img = np.pad(img, ((0, max(0, c - h)), (0, max(0, c - w))))
+            h, w = img.shape
+        y0 = int(rng.integers(0, (h - c) // stride + 1)) * stride
+        x0 = int(rng.integers(0, (w - c) // stride + 1)) * stride
+        crop = img[y0:y0 + c, x0:x0 + c]
+        xy = m.xy - np.array([x0, y0])[None, :] if len(m.xy) else np.zeros((0, 2))
+        crop, xy, _ = _rot_flip(crop, xy, None, int(rng.integers(0, 4)), bool(rng.integers(0, 2)))
+        if rng.random() < 0.5:
+            crop = augment_intensity(crop, rng)
+        heat, off, mask = encode_centres(xy, (g, g), stride, cfg.sigma_cells)
+        imgs.append(np.ascontiguousarray(crop, np.float32))
+        heats.append(heat)
+        offs.append(off)
+        masks.append(mask)
+    weight = np.zeros((g, g), np.float32)
+    e = cfg.edge_cells
+    weight[e:g - e, e:g - e] = 1.0
+    B = len(imgs)
+    return (torch.from_numpy(np.stack(imgs))[:, None], torch.from_numpy(np.stack(heats)),
+            torch.from_numpy(np.stack(offs)), torch.from_numpy(np.stack(masks)),
+            torch.from_numpy(np.broadcast_to(weight, (B, g, g)).copy()))
+
+
+def train_one_epoch(head, detector, optimizer, sets, cfg: RefineTrainConfig, stride: int, rng) -> dict:
+    head.train()
+    rec = []
     for _ in range(cfg.steps_per_epoch):
-        w, t = sample_batch(mics, cfg.batch, cfg.crop, extent_px, rng)
-        loss = torch.nn.functional.smooth_l1_loss(net(w), t, beta=0.02)
+        x, heat, off, mask, weight = sample_batch(sets, cfg, stride, rng)
+        with torch.no_grad():
+            f = detector.body(x)
+        loss, parts = centre_loss(head(f), heat, off, mask, weight)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss.detach()))
-    return {"loss": float(np.mean(losses))}
+        rec.append((float(loss.detach()), parts["heat"], parts["off"]))
+    r = np.mean(rec, axis=0)
+    return {"loss": float(r[0]), "heat": float(r[1]), "off": float(r[2])}
 
 
-def evaluate(net, mics, extent_px: float) -> dict:
-    """The detector's matched picks on held-out micrographs: centre error (diameters) before and after."""
-    net.eval()
-    before, after = [], []
-    for m in mics:
-        if len(m.picks) == 0:
-            continue
-        moved = refine_positions(net, m.image, m.picks, extent_px)
-        _, d0 = nearest_truth(m.picks, m.xy)
-        _, d1 = nearest_truth(moved, m.xy)
-        before.append(d0 / extent_px)
-        after.append(d1 / extent_px)
-    b, a = np.concatenate(before), np.concatenate(after)
+def centre_map(head, detector, image: np.ndarray, stride_body: int) -> np.ndarray:
+    """The centre map (3, H/s, W/s) of a whole prepared image (padded to whole cells of the detector)."""
+    s = int(detector.stride)
+    ph, pw = (-image.shape[0]) % s, (-image.shape[1]) % s
+    img = np.pad(image, ((0, ph), (0, pw))) if (ph or pw) else image
+    with torch.inference_mode():
+        c = head(detector.body(torch.from_numpy(np.ascontiguousarray(img))[None, None]))[0].numpy()
+    return c[:, :-(-image.shape[0] // stride_body), :-(-image.shape[1] // stride_body)]
 
-    def stats(e):
-        return {"median_D": round(float(np.median(e)), 4), "p90_D": round(float(np.quantile(e, 0.9)), 4),
-                "frac_le_D12": round(float((e <= 1 / 12).mean()), 4),
-                "frac_iou_axis": round(float((e <= 0.25).mean()), 4)}
-    return {"n": int(len(b)), "before": stats(b), "after": stats(a)}
+
+def evaluate(head, detector, val_sets, stride: int, extent_px: float) -> dict:
+    """Mean over held-out sets of AP / AP_D/2 / matched centre error (D), detector centres vs refined."""
+    from .metrics import evaluate as ap_eval, match_greedy
+    from .train import predict_prepared
+    from .types import Picks
+
+    head.eval()
+    out = {"before": [], "after": []}
+    err = {"before": [], "after": []}
+    for s in val_sets:
+        picks = {"before": {}, "after": {}}
+        truth = {}
+        for k, m in enumerate(s.mics):
+            p = predict_prepared(detector, m.image, "generic", int(detector.stride), extent_px)
+            cmap = centre_map(head, detector, m.image, stride)
+            moved = refine_positions(cmap, stride, np.stack([p.x, p.y], 1), extent_px)
+            picks["before"][k] = p
+            picks["after"][k] = Picks(moved[:, 0], moved[:, 1], p.fom)
+            truth[k] = m.xy
+        for key in ("before", "after"):
+            r = ap_eval(picks[key], truth, extent_px, warn=lambda msg: None)
+            out[key].append((r["AP"], r["AP_centre"]))
+            for k, pk in picks[key].items():
+                _, mm = match_greedy(pk, truth[k], extent_px, centre=True)
+                if (mm >= 0).any():
+                    err[key].append(np.hypot(*(pk.xy()[mm[mm >= 0]] - truth[k][mm >= 0]).T) / extent_px)
+    res = {}
+    for key in ("before", "after"):
+        a = np.asarray(out[key], float)
+        e = np.concatenate(err[key]) if err[key] else np.zeros(0)
+        res[key] = {"AP": round(float(np.nanmean(a[:, 0])), 4), "AP_D2": round(float(np.nanmean(a[:, 1])), 4),
+                    "median_D": round(float(np.median(e)), 4) if len(e) else None,
+                    "frac_le_D12": round(float((e <= 1 / 12).mean()), 4) if len(e) else None}
+    return res
 
 
 def run(cfg: RefineTrainConfig, log: Callable = print) -> Path:
-    """Train (resumable from ``<out>/refiner_last.pt``) until ``cfg.hours`` have passed; the best model on
-    the validation micrographs (median error after refinement) is ``<out>/refiner.pt``."""
+    """Train (resumable from ``<out>/refiner_last.pt``) until ``cfg.hours`` have passed in total; the best
+    head on the validation micrographs (mean AP after refinement) is ``<out>/refiner.pt``."""
     from .checkpoint import load_checkpoint
     from .train import JsonLog, simulate_sets
 
@@ -190,51 +216,55 @@ def run(cfg: RefineTrainConfig, log: Callable = print) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
     detector, dmeta = load_checkpoint(cfg.detector)
     detector.eval()
-    stride, det_extent = int(dmeta["stride"]), float(dmeta["extent_px"])
-    if det_extent != EXTENT_PX:
-        raise ValueError(f"detector extent {det_extent} px differs from the refiner's {EXTENT_PX}")
-    train_specs = training_specs(cfg.datasets, cfg.seed, cfg.crowded_fraction, cfg.low_snr_fraction,
-                                 cfg.junk_fraction)
-    val_specs = training_specs(cfg.val_datasets, cfg.seed + 1000, cfg.crowded_fraction,
-                               cfg.low_snr_fraction, cfg.junk_fraction)
+    for p in detector.parameters():
+        p.requires_grad_(False)
+    stride, extent = int(detector.preset.body_stride), float(dmeta["extent_px"])
+    if cfg.crop % int(detector.stride):
+        raise ValueError(f"crop {cfg.crop} must be a multiple of the detector stride {detector.stride}")
     t0 = time.time()
-    tr = prepare_mics(simulate_sets(train_specs, cfg.mics_per_dataset, EXTENT_PX, cfg.scale_jitter, cfg.seed,
-                                    cfg.workers, log=log), detector, stride, EXTENT_PX)
-    va = prepare_mics(simulate_sets(val_specs, 2, EXTENT_PX, 0.0, cfg.seed + 1000, cfg.workers, log=log),
-                      detector, stride, EXTENT_PX)
-    log(f"[refine] {len(tr)} training / {len(va)} validation micrographs ready in {time.time() - t0:.0f} s")
-    net = RefinerNet(cfg.crop, cfg.width)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    epoch, best, spent = 0, np.inf, 0.0
+    train_sets = simulate_sets(training_specs(cfg.datasets, cfg.seed, cfg.crowded_fraction, cfg.low_snr_fraction,
+                                              cfg.junk_fraction), cfg.mics_per_dataset, extent, cfg.scale_jitter,
+                               cfg.seed, cfg.workers, log=log)
+    val_sets = simulate_sets(training_specs(cfg.val_datasets, cfg.seed + 1000, cfg.crowded_fraction,
+                                            cfg.low_snr_fraction, cfg.junk_fraction), 2, extent, 0.0,
+                             cfg.seed + 1000, cfg.workers, log=log)
+    train_sets = [s for s in train_sets if any(len(m.xy) for m in s.mics)]
+    log(f"[refine] {sum(len(s.mics) for s in train_sets)} training / {sum(len(s.mics) for s in val_sets)} "
+        f"validation micrographs ready in {time.time() - t0:.0f} s")
+    head = CentreHead(detector.body.out_channels, cfg.width)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    base_meta = {"body_checksum": body_checksum(detector), "stride": stride, "extent_px": extent,
+                 "detector": str(cfg.detector or "shipped generic model"), "config": asdict(cfg)}
+    epoch, best, spent = 0, -np.inf, 0.0
     last = out / "refiner_last.pt"
     if last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=True)
-        net.load_state_dict(ck["model"])
+        head.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         epoch, best, spent = int(ck["epoch"]), float(ck["meta"]["best"]), float(ck["meta"]["hours_spent"])
         log(f"[refine] resumed at epoch {epoch} ({spent:.2f} h spent)")
     jlog = JsonLog(out / "refine_log.jsonl")
     start = time.time()
-    total_h = cfg.hours
-    while spent + (time.time() - start) / 3600 < total_h:
+    while spent + (time.time() - start) / 3600 < cfg.hours:
         h_now = spent + (time.time() - start) / 3600
         for g in optimizer.param_groups:  # cosine decay over the planned hours
-            g["lr"] = cfg.lr * 0.5 * (1 + np.cos(np.pi * min(h_now / total_h, 1.0)))
-        stats = train_one_epoch(net, optimizer, tr, cfg, rng, EXTENT_PX)
+            g["lr"] = cfg.lr * 0.5 * (1 + np.cos(np.pi * min(h_now / cfg.hours, 1.0)))
+        stats = train_one_epoch(head, detector, optimizer, train_sets, cfg, stride, rng)
         epoch += 1
-        val = evaluate(net, va, EXTENT_PX)
+        val = evaluate(head, detector, val_sets, stride, extent)
         h_now = spent + (time.time() - start) / 3600
-        meta = {"best": min(best, val["after"]["median_D"]), "hours_spent": h_now, "validation": val,
-                "config": asdict(cfg), "detector": str(cfg.detector or "shipped")}
-        rec = {"epoch": epoch, "hours": round(h_now, 3), "lr": optimizer.param_groups[0]["lr"], **stats, "val": val}
-        jlog.write(**rec)
-        log(f"[refine] epoch {epoch} ({h_now:.2f} h) loss {stats['loss']:.4f} val median "
-            f"{val['before']['median_D']:.3f} -> {val['after']['median_D']:.3f} D, <= D/12 "
-            f"{val['before']['frac_le_D12']:.3f} -> {val['after']['frac_le_D12']:.3f}")
-        if val["after"]["median_D"] < best:
-            best = val["after"]["median_D"]
-            save_refiner(out / "refiner.pt", net, meta, epoch=epoch, args=asdict(cfg))
-        save_refiner(last, net, meta, optimizer, epoch, asdict(cfg))
+        score = val["after"]["AP"]
+        meta = {**base_meta, "best": max(best, score), "hours_spent": h_now, "validation": val}
+        jlog.write(epoch=epoch, hours=round(h_now, 3), lr=optimizer.param_groups[0]["lr"], **stats, val=val)
+        log(f"[refine] epoch {epoch} ({h_now:.2f} h) loss {stats['loss']:.4f} (heat {stats['heat']:.3f}, off "
+            f"{stats['off']:.3f}) val AP {val['before']['AP']:.3f} -> {val['after']['AP']:.3f}, AP_D/2 "
+            f"{val['before']['AP_D2']:.3f} -> {val['after']['AP_D2']:.3f}, median {val['before']['median_D']} -> "
+            f"{val['after']['median_D']} D")
+        if score > best:
+            best = score
+            save_refiner(out / "refiner.pt", head, meta, epoch=epoch, args=asdict(cfg))
+        save_refiner(last, head, meta, optimizer, epoch, asdict(cfg))
     return out / "refiner.pt"

@@ -19,7 +19,7 @@ def add_args(p):
     p.add_argument("--datasets", type=int, default=96, help="simulated training data sets (default 96)")
     p.add_argument("--mics-per-dataset", type=int, default=5)
     p.add_argument("--hours", type=float, default=1.0, help="training wall time, in total over resumes")
-    p.add_argument("--width", type=int, default=24, help="channels of the refiner's first stride-2 layer")
+    p.add_argument("--width", type=int, default=32, help="channels of the centre head")
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--workers", type=int, default=1, help="processes simulating micrographs")
     p.add_argument("-j", "--threads", type=int, default=1, help="CPU threads for torch")
