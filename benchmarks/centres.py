@@ -140,7 +140,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_data import REPO, Dataset, load_dataset, real_set_dirs, simulated_dataset, target_names  # noqa: E402
 
 CROWDING_BINS = ((0.0, 1.0, "<1.0D"), (1.0, 1.2, "1.0-1.2D"), (1.2, math.inf, ">=1.2D"))
-VARIANTS = ("shipped", "refined", "refined_nosup", "cell", "avg3x3", "avg3x3_D2", "avg3x3_all", "quad", "reassign", "oracle_own",
+VARIANTS = ("shipped", "refined", "refined_nosup", "refined_sup10", "refined_sup25", "cell", "avg3x3", "avg3x3_D2", "avg3x3_all", "quad", "reassign", "oracle_own",
             "oracle_select", "oracle_exact")
 OFFSET_RANGE = 0.75   # as hydrapicker.postprocess.OFFSET_RANGE (read from there when it exists)
 
@@ -405,14 +405,14 @@ def err_stats(err: np.ndarray, ok_iou: np.ndarray, ds: Dataset) -> dict:
             "frac_le_D12": r(float((e <= box / 12).mean())) if len(e) else None}
 
 
-def refined(picker, ds: Dataset, c: Cands, picks, suppress: bool = True):
+def refined(picker, ds: Dataset, c: Cands, picks, suppress=True):
     """``picks`` re-centred by the product's refinement step (hydrapicker.picker.refined: the centre map
     read around each pick, then the product's ranking again: edges and, unless ``suppress`` is False,
     duplicate suppression)."""
     from hydrapicker.picker import refined as product_refined
 
-    policy = picker.policy(ds.diameter_A, threshold=None, find_invalid=False,
-                           **({} if suppress else {"min_distance_A": 0.0}))
+    kw = {} if suppress is True else {"min_distance_A": float(suppress or 0.0) * ds.diameter_A}
+    policy = picker.policy(ds.diameter_A, threshold=None, find_invalid=False, **kw)
     return product_refined(picker.refiner, c.raw.cmap, c.raw.prepared, picks, policy)
 
 
@@ -493,8 +493,9 @@ def analyse(ds: Dataset, picker, args, work: Path, refiner=None) -> dict:
         variant_picks["reassign"][s] = picks_of(refine_reassign(c, k), fom)
         variant_picks["refined"][s] = refined(picker, ds, c, variant_picks["shipped"][s]) \
             if refiner is not None else variant_picks["shipped"][s]
-        variant_picks["refined_nosup"][s] = refined(picker, ds, c, variant_picks["shipped"][s], False) \
-            if refiner is not None else variant_picks["shipped"][s]
+        for name, frac in (("refined_nosup", 0.0), ("refined_sup10", 0.1), ("refined_sup25", 0.25)):
+            variant_picks[name][s] = refined(picker, ds, c, variant_picks["shipped"][s], frac) \
+                if refiner is not None else variant_picks["shipped"][s]
 
     # ---- oracle: per true particle, the best candidate centre (any cell above the floor)
     best_err, best_xy, kept_err, cat, nn_d, nn_dir, snr_of, src_cell, sat, offs = [], [], [], [], [], [], [], [], [], []
@@ -796,6 +797,8 @@ def parse_args(argv=None):
     p.add_argument("--no-cli", action="store_true", help="skip hydra pick --all (use the re-implemented decoding)")
     p.add_argument("--no-refine", action="store_true", help="the detector's centres only (as before issue 18's refiner)")
     p.add_argument("--refiner", default=None, help="centre refiner file (default: the shipped one)")
+    p.add_argument("--prior-D", type=float, default=None, help="the refiner's preference for near cells (D; 0 = none)")
+    p.add_argument("--max-shift-D", type=float, default=None, help="the refiner's largest move (D)")
     p.add_argument("--timing", action="store_true",
                    help="also CPU time per micrograph with and without refinement (Picker.pick, every pick kept)")
     p.add_argument("--tag", default="after")
@@ -823,6 +826,10 @@ def main(argv=None) -> int:
     picker = Picker(args.model, device="cpu", log=lambda *a: None,
                     refine=False if args.no_refine else (args.refiner or "auto"))
     refiner = picker.refiner  # None: --no-refine, none installed, or made for another body
+    if refiner is not None and args.prior_D is not None:
+        refiner.prior_D = args.prior_D
+    if refiner is not None and args.max_shift_D is not None:
+        refiner.max_shift_D = args.max_shift_D
     work = Path(args.work)
     sets = resolve(args.sets, args.n_sim, Path(args.sim_cache))
     results = []

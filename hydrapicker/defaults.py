@@ -22,3 +22,7 @@ CALIBRATION_PRECISION = 0.8
 ASSIGN_REACH = 0.5
 #: the reach of models whose metadata names none (trained before issue 18: the cell holding the centre only)
 ASSIGN_REACH_OWN_CELL = 0.5
+#: after centre refinement, picks closer than this fraction of the diameter (or the policy's minimum
+#: distance, when smaller) sit on one particle: the lower FOM one goes (issue 18: measured against D/2 and
+#: none, benchmarks/centres.py)
+REFINED_MIN_DISTANCE_DIAMETERS = 0.25

@@ -66,13 +66,18 @@ def configure_torch(threads: Optional[int] = None, device=None) -> None:
 
 def refined(refiner, cmap, prepared, ranked: Picks, policy, invalid=None) -> Picks:
     """``ranked``'s picks moved to the centres ``refiner`` reads in the centre map ``cmap`` of the
-    ``prepared`` micrograph, ranked again by the same policy (edges, excluded regions, and the minimum
-    distance: two picks that now sit closer than it are duplicates, the lower FOM one goes), highest FOM
-    first."""
+    ``prepared`` micrograph, ranked again by the policy's rules (edges, excluded regions) with duplicates
+    suppressed at ``defaults.REFINED_MIN_DISTANCE_DIAMETERS`` (or the policy's minimum distance when that
+    is smaller): picks that now sit on one particle are one pick, the higher FOM one. Highest FOM first."""
+    from dataclasses import replace
+
     from .postprocess import Candidates, rank
 
     xy = refiner.refine(cmap, prepared.scale_xy, np.stack([ranked.x, ranked.y], axis=1))
-    return rank(Candidates(xy, ranked.fom.copy(), prepared.shape, prepared.pixel_size), policy, invalid)
+    diameter_A = refiner.extent_px / float(np.mean(prepared.scale_xy)) * float(prepared.pixel_size)
+    again = replace(policy, min_distance_A=min(float(policy.min_distance_A),
+                                               defaults.REFINED_MIN_DISTANCE_DIAMETERS * diameter_A))
+    return rank(Candidates(xy, ranked.fom.copy(), prepared.shape, prepared.pixel_size), again, invalid)
 
 
 class Picker:

@@ -38,6 +38,7 @@ class RefineTrainConfig:
     low_snr_fraction: float = 0.2        # datasets forced to very low SNR
     junk_fraction: float = 0.2
     width: int = 32
+    down: int = 0                        # 1: the centre map at twice the body's stride (CentreHead)
     crop: int = 96                       # rescaled px (a multiple of the body stride)
     batch: int = 16
     sigma_cells: float = 1.0
@@ -221,7 +222,7 @@ def run(cfg: RefineTrainConfig, log: Callable = print) -> Path:
     detector.eval()
     for p in detector.parameters():
         p.requires_grad_(False)
-    stride, extent = int(detector.preset.body_stride), float(dmeta["extent_px"])
+    stride, extent = int(detector.preset.body_stride) * 2 ** int(cfg.down), float(dmeta["extent_px"])
     if cfg.crop % int(detector.stride):
         raise ValueError(f"crop {cfg.crop} must be a multiple of the detector stride {detector.stride}")
     t0 = time.time()
@@ -234,7 +235,7 @@ def run(cfg: RefineTrainConfig, log: Callable = print) -> Path:
     train_sets = [s for s in train_sets if any(len(m.xy) for m in s.mics)]
     log(f"[refine] {sum(len(s.mics) for s in train_sets)} training / {sum(len(s.mics) for s in val_sets)} "
         f"validation micrographs ready in {time.time() - t0:.0f} s")
-    head = CentreHead(detector.body.out_channels, cfg.width)
+    head = CentreHead(detector.body.out_channels, cfg.width, cfg.down)
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
     base_meta = {"body_checksum": body_checksum(detector), "stride": stride, "extent_px": extent,
                  "detector": str(cfg.detector or "shipped generic model"), "config": asdict(cfg)}

@@ -127,7 +127,7 @@ def parse(argv: list[str], params: tuple, prog: str) -> dict:
             raise ArgumentError(f"--{name} is required ({p.help}). In the RELION GUI, Params tab: "
                                 f"set a 'Param label' to '{name}' and its value.")
         else:
-            values[name] = False if p.kind is bool else p.default
+            values[name] = bool(p.default) if p.kind is bool else p.default
     return values
 
 

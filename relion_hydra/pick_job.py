@@ -63,6 +63,9 @@ PARAMS = (
                                        "own confident zero-shot picks picks it (kept as adapted_model.pt in the "
                                        "job; the zero-shot picks when the pseudo-labels are too few or "
                                        "inconsistent)"),
+    Param("refine_centres", bool, True, False, "yes (default): every pick is re-centred by the shipped centre "
+                                               "refiner (a move of at most 0.3 diameters); no: the centres "
+                                               "as the detector's grid decodes them"),
     Param("ranks", int, None, False, "processes picking in parallel (torchrun): default one per GPU listed in "
                                      "'gpu'; with gpu = cpu, CPU processes sharing the threads", positive=True),
 )
@@ -70,10 +73,10 @@ N_EXAMPLES = 3
 SETTINGS = ".hydra_settings.json"  # the last run's options -> done-list fingerprint, head, threshold
 
 
-def default_picker_factory(model, device, threads):
+def default_picker_factory(model, device, threads, refine="auto"):
     from hydrapicker.picker import Picker, configure_torch
 
-    picker = Picker(model=model, device=device, log=log)
+    picker = Picker(model=model, device=device, log=log, refine=refine)
     configure_torch(threads, picker.device)  # the job's own process: its settings
     return picker
 
@@ -135,7 +138,7 @@ class PickRun:
         o = self.o
         thr = threshold if isinstance(threshold, str) else round(threshold, 6)  # "auto" or a number
         key = repr((model_desc, o["head"], thr, o["particle_diameter"], o["min_distance"],
-                    o["pickname"]))
+                    o["pickname"]) + (() if o.get("refine_centres", True) else ("unrefined",)))
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     # A cycle with nothing new (a Scheme's next round, a repeated Continue) loads no model: the settings of
@@ -152,7 +155,7 @@ class PickRun:
         except OSError:
             ident = str(model)
         key = repr((ident, o["head"], o["threshold"], o["particle_diameter"], o["min_distance"], o["pickname"],
-                    bool(o.get("adapt"))))
+                    bool(o.get("adapt"))) + (() if o.get("refine_centres", True) else ("unrefined",)))
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     def _remember_settings(self, fp: str) -> None:
@@ -236,7 +239,8 @@ class PickRun:
             return
         o, rank, world = self.o, self.rank, self.world
         threads = max(1, o["j"] // world)  # ranks share the job's threads
-        picker = self.factory(o["model"], self.device, threads)
+        picker = self.factory(o["model"], self.device, threads,
+                              **({} if o.get("refine_centres", True) else {"refine": False}))
         if o.get("adapt"):
             picker = self._adapted(picker)
         policy, fp, model_path = self._policy_and_fingerprint(picker)

@@ -677,3 +677,13 @@ def test_pick_job_with_the_real_core_against_mocked_server(server, tiny_model):
     P.validate_particles(saved, [int(u) for u in server["exposures"]["uid"]])
     server["api"].jobs.mark_completed.assert_called_once_with("P1", "J9")
     server["api"].jobs.enqueue.assert_not_called()
+
+
+def test_no_refine_builds_the_picker_without_the_centre_refiner():
+    from cryosparc_hydra.cli import _picker, build_parser
+
+    base = ["pick", "--diameter", "150", "--device", "cpu"]
+    args = build_parser().parse_args(base)
+    assert _picker(args).refiner is not None  # default: the shipped refiner re-centres the picks
+    args = build_parser().parse_args(base + ["--no-refine"])
+    assert _picker(args).refiner is None

@@ -205,6 +205,24 @@ def test_adapt_yes_runs_the_core_adaptation_on_the_job_micrographs(project, monk
     assert rc == 0 and calls == []
 
 
+def test_refine_centres_no_reaches_the_picker_and_yes_is_the_default(project):
+    """``refine_centres`` = no builds the picker without the centre refiner; the default (yes) with it."""
+    asked = []
+
+    def factory(model, device, threads, **kw):
+        asked.append(kw)
+        return FakePicker().factory(model, device, threads)
+
+    rc, _ = pick([], factory=factory)
+    assert rc == 0 and asked == [{}]
+    rc, _ = pick(["--refine_centres", "no"], factory=factory, job="External/job002/")
+    assert rc == 0 and asked[-1] == {"refine": False}
+    from relion_hydra.pick_job import default_picker_factory
+    import inspect
+
+    assert inspect.signature(default_picker_factory).parameters["refine"].default == "auto"
+
+
 def test_user_threshold_and_pre31_star(project):
     write_mics_star(MICS_STAR, NAMES, 2.0, optics=False)
     rc, _ = pick(["--threshold", "0.8"])

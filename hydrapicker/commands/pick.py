@@ -83,7 +83,7 @@ def add_args(p):
                         "micrograph (N times slower; measured +0.01-0.02 AP on most sets)")
     p.add_argument("--no-refine", action="store_true",
                    help="keep the centres as the detector decodes them (by default a second stage re-centres "
-                        "every pick on a window around it, moving it by at most 0.4 diameters; README, Centres)")
+                        "every pick on a fine centre map, moving it by at most 0.3 diameters; README, Centres)")
     p.add_argument("--refiner", default=None,
                    help="centre refiner file (default: the shipped one; made by `hydra train-refiner`)")
     p.add_argument("--out", default="picks", help="output directory")
