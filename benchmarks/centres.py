@@ -453,7 +453,7 @@ def analyse(ds: Dataset, picker, args, work: Path, refiner=None) -> dict:
         from bench_pickers import run_hydra
 
         extra = ["--no-refine"] if refiner is None else (["--refiner", str(Path(args.refiner).resolve())]
-                                                         if args.refiner else [])
+                                                         if args.refiner else ["--refine"])
         run = run_hydra(ds, work / ds.name, model=args.model, threads=args.threads, extra=extra)
         if run.error:
             print(f"[centres] {ds.name}: hydra pick failed: {run.error}", flush=True)
@@ -598,7 +598,7 @@ def analyse(ds: Dataset, picker, args, work: Path, refiner=None) -> dict:
     res.update(ap_summary(base, truth, box))
     if args.timing and refiner is not None:
         plain = cpu_per_micrograph(ds, args.model, False)
-        with_refiner = cpu_per_micrograph(ds, args.model, args.refiner or "auto")
+        with_refiner = cpu_per_micrograph(ds, args.model, args.refiner or "shipped")
         res["cpu_s_per_micrograph"] = {"no_refine": round(plain, 4), "refine": round(with_refiner, 4),
                                        "ratio": round(with_refiner / plain, 3)}
     res["errors"] = err_stats(err, ok_iou, ds)
@@ -824,7 +824,7 @@ def main(argv=None) -> int:
     from hydrapicker.picker import Picker
 
     picker = Picker(args.model, device="cpu", log=lambda *a: None,
-                    refine=False if args.no_refine else (args.refiner or "auto"))
+                    refine=False if args.no_refine else (args.refiner or "shipped"))
     refiner = picker.refiner  # None: --no-refine, none installed, or made for another body
     if refiner is not None and args.prior_D is not None:
         refiner.prior_D = args.prior_D

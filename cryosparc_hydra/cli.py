@@ -58,9 +58,10 @@ def add_pick_args(p):
                    help="model head (default: the model's own: its few-shot head after training, else generic)")
     p.add_argument("--min-distance", type=float, default=None, metavar="A",
                    help="minimum distance between picks in Angstrom (default: half the diameter)")
-    p.add_argument("--no-refine", action="store_true",
-                   help="keep the detector's own centres (default: every pick re-centred by the shipped centre "
-                        "refiner, a move of at most 0.3 diameters)")
+    p.add_argument("--refine", dest="refine_centres", action="store_true", default=None,
+                   help="re-centre every pick with the shipped centre refiner (a move of at most 0.3 diameters)")
+    p.add_argument("--no-refine", dest="refine_centres", action="store_false",
+                   help="keep the centres as the detector's grid decodes them")
     p.add_argument("--edge", type=float, default=0.0, metavar="A",
                    help="drop picks closer than this to the micrograph edge (Angstrom)")
     p.add_argument("--adapt", action="store_true",
@@ -111,8 +112,9 @@ def _need(args, names, mode):
 def _picker(args):
     from hydrapicker.picker import Picker, configure_torch
 
-    picker = Picker(model=args.model, device=args.device,
-                    refine=False if getattr(args, "no_refine", False) else "auto")
+    from hydrapicker.commands.pick import refine_choice
+
+    picker = Picker(model=args.model, device=args.device, refine=refine_choice(getattr(args, "refine_centres", None)))
     configure_torch(args.threads, picker.device)
     heads = picker.meta.get("heads", [])
     args.head = args.head or picker.default_head

@@ -269,6 +269,17 @@ def assign_reach(meta: dict) -> float:
     return float(meta.get("assign_reach", defaults.ASSIGN_REACH_OWN_CELL))
 
 
+def head_learned_centres(meta: dict, head: str) -> bool:
+    """Was ``head`` taught its particle's centres from labelled picks (a few-shot head of ``hydra finetune``,
+    trained with the centre loss)? The generic head and adapted heads (``hydra pick --adapt``: no centre
+    loss) were not. The centre refiner, made for the generic head's errors, leaves such a head's picks
+    alone (hydrapicker.picker.Picker): it moved them worse (README, Centres)."""
+    rec = (meta.get("finetune") or {}).get(head)
+    if not rec:
+        return False
+    return float(rec.get("lambda_loc", 0.0 if "adaptation" in rec else 1.0)) > 0.0
+
+
 def threshold_for(meta: dict, head: str = "generic") -> float:
     """The calibrated FOM threshold of ``head`` (few-shot heads carry their own), else the model's."""
     per_head = meta.get("head_thresholds") or {}

@@ -22,6 +22,9 @@ CALIBRATION_PRECISION = 0.8
 ASSIGN_REACH = 0.5
 #: the reach of models whose metadata names none (trained before issue 18: the cell holding the centre only)
 ASSIGN_REACH_OWN_CELL = 0.5
+#: re-centre every pick with the shipped centre refiner unless asked otherwise (hydra pick --refine /
+#: --no-refine, RELION refine_centres, CryoSPARC --refine / --no-refine; README, Centres)
+REFINE_CENTRES = True
 #: after centre refinement, picks closer than this fraction of the diameter (or the policy's minimum
 #: distance, when smaller) sit on one particle: the lower FOM one goes (issue 18: measured against D/2 and
 #: none, benchmarks/centres.py)

@@ -665,7 +665,8 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
         "orientations": n_var, "epochs": epoch, "best_epoch": best[2] if val else epoch, "steps": step,
         "validation_AP": best[0] if val else None, "threshold": float(thr),
         "seconds": round(time.time() - t_start, 1), "cpu_seconds": round(time.process_time() - cpu_start, 1),
-        "history": history, "validation_metrics": val_summary, "seed": seed, **(record or {}),
+        "history": history, "validation_metrics": val_summary, "seed": seed, "lambda_loc": float(lambda_loc),
+        **(record or {}),
     }
     out = _write_model(Path(out) if out else Path.cwd() / f"{head_name}.pt", net, meta, ck, head_name, thr,
                        base_thr, diameter_A, info)

@@ -122,6 +122,19 @@ class Picker:
                  f"heads {', '.join(self.meta['heads'])}) on device {self.device}")
         self.refine = refine  # what was asked for: pickers derived from this one (hydra pick --adapt) ask the same
         self.refiner = self._load_refiner(refine)
+        self._refining = self.refiner is not None  # for the head being picked with (_use_refiner_for)
+        self._said_own: set = set()
+
+    def _use_refiner_for(self, head: str) -> None:
+        """Refine this head's picks unless it learned its own centres from labelled picks (a few-shot head:
+        :func:`hydrapicker.checkpoint.head_learned_centres`)."""
+        from .checkpoint import head_learned_centres
+
+        own = head_learned_centres(self.meta, head)
+        if self.refiner is not None and own and head not in self._said_own:
+            self._said_own.add(head)
+            self.log(f"[hydra] centres: head {head!r} learned its own from labelled picks; not refined")
+        self._refining = self.refiner is not None and not own
 
     def _load_refiner(self, refine):
         """The :class:`~hydrapicker.refine.Refiner` to use, or None (see ``refine`` in the constructor)."""
@@ -132,10 +145,12 @@ class Picker:
         if refine is None or refine is False:
             return None
         auto = isinstance(refine, str) and refine == "auto"
+        if auto and not defaults.REFINE_CENTRES:
+            return None
         if auto and not SHIPPED.exists():
             self.log("[hydra] centres: as the detector decodes them (no centre refiner installed)")
             return None
-        refiner = Refiner(None if auto else refine, self.device)
+        refiner = Refiner(None if auto or refine == "shipped" else refine, self.device)
         if self.device.type == "cpu":
             refiner.head.to(memory_format=torch.channels_last)
         if not refiner.fits(self.net, self.meta):
@@ -245,7 +260,7 @@ class Picker:
         import torch
 
         def run(x):
-            if self.refiner is None:
+            if not self._refining:
                 return self.net(x, head), None
             f = self.net.body(x)  # the centre head reads the features the detector's head reads
             return self.net.heads[head](f), self.refiner.head(f)
@@ -266,7 +281,7 @@ class Picker:
         from .preprocess import tiles
 
         s = self.stride
-        sb = self.refiner.stride if self.refiner is not None else None
+        sb = self.refiner.stride if self._refining else None
         ny, nx = image.shape
         gh, gw = -(-ny // s), -(-nx // s)
         out = np.zeros((3, gh, gw), np.float32)
@@ -338,6 +353,7 @@ class Picker:
     def pick_one(self, mic: Micrograph, diameter_A: float, head: str = "generic", policy=None) -> Picks:
         """Pick one micrograph (errors raise); ``policy`` None: every pick above the model's floor."""
         self._check_head(head)
+        self._use_refiner_for(head)
         if isinstance(mic, str):
             mic = Micrograph(mic)
         policy = policy or self.policy(diameter_A, head, threshold=None)
@@ -355,6 +371,7 @@ class Picker:
         every pick above the floor (for FOM histograms and files thresholded later).
         """
         self._check_head(head)
+        self._use_refiner_for(head)
         if diameter_A is None or not diameter_A > 0:
             raise UserFacingError(f"particle diameter must be a positive number of Angstrom, got {diameter_A}")
         policy = policy or self.policy(diameter_A, head, threshold=None)

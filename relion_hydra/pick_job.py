@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from hydrapicker import defaults
 from hydrapicker.checkpoint import default_head
 from hydrapicker.errors import UserFacingError
 from hydrapicker.postprocess import PickPolicy
@@ -63,14 +64,20 @@ PARAMS = (
                                        "own confident zero-shot picks picks it (kept as adapted_model.pt in the "
                                        "job; the zero-shot picks when the pseudo-labels are too few or "
                                        "inconsistent)"),
-    Param("refine_centres", bool, True, False, "yes (default): every pick is re-centred by the shipped centre "
-                                               "refiner (a move of at most 0.3 diameters); no: the centres "
-                                               "as the detector's grid decodes them"),
+    Param("refine_centres", bool, defaults.REFINE_CENTRES, False,
+          "yes: every pick is re-centred by the shipped centre refiner (a move of at most 0.3 diameters); no: the "
+          f"centres as the detector's grid decodes them (default {'yes' if defaults.REFINE_CENTRES else 'no'})"),
     Param("ranks", int, None, False, "processes picking in parallel (torchrun): default one per GPU listed in "
                                      "'gpu'; with gpu = cpu, CPU processes sharing the threads", positive=True),
 )
 N_EXAMPLES = 3
 SETTINGS = ".hydra_settings.json"  # the last run's options -> done-list fingerprint, head, threshold
+
+
+def _refine_key(o) -> tuple:
+    """The done list's word for refine_centres: nothing for the default (older done lists stay valid)."""
+    refine = bool(o.get("refine_centres", defaults.REFINE_CENTRES))
+    return () if refine == defaults.REFINE_CENTRES else ("refined" if refine else "unrefined",)
 
 
 def default_picker_factory(model, device, threads, refine="auto"):
@@ -138,7 +145,7 @@ class PickRun:
         o = self.o
         thr = threshold if isinstance(threshold, str) else round(threshold, 6)  # "auto" or a number
         key = repr((model_desc, o["head"], thr, o["particle_diameter"], o["min_distance"],
-                    o["pickname"]) + (() if o.get("refine_centres", True) else ("unrefined",)))
+                    o["pickname"]) + _refine_key(o))
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     # A cycle with nothing new (a Scheme's next round, a repeated Continue) loads no model: the settings of
@@ -155,7 +162,7 @@ class PickRun:
         except OSError:
             ident = str(model)
         key = repr((ident, o["head"], o["threshold"], o["particle_diameter"], o["min_distance"], o["pickname"],
-                    bool(o.get("adapt"))) + (() if o.get("refine_centres", True) else ("unrefined",)))
+                    bool(o.get("adapt"))) + _refine_key(o))
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     def _remember_settings(self, fp: str) -> None:
@@ -239,8 +246,9 @@ class PickRun:
             return
         o, rank, world = self.o, self.rank, self.world
         threads = max(1, o["j"] // world)  # ranks share the job's threads
-        picker = self.factory(o["model"], self.device, threads,
-                              **({} if o.get("refine_centres", True) else {"refine": False}))
+        refine = bool(o.get("refine_centres", defaults.REFINE_CENTRES))
+        picker = self.factory(o["model"], self.device, threads,  # the default needs no word (any factory takes it)
+                              **({} if refine == defaults.REFINE_CENTRES else {"refine": "shipped" if refine else False}))
         if o.get("adapt"):
             picker = self._adapted(picker)
         policy, fp, model_path = self._policy_and_fingerprint(picker)

@@ -679,11 +679,10 @@ def test_pick_job_with_the_real_core_against_mocked_server(server, tiny_model):
     server["api"].jobs.enqueue.assert_not_called()
 
 
-def test_no_refine_builds_the_picker_without_the_centre_refiner():
+def test_refine_options_build_the_picker_with_or_without_the_centre_refiner():
     from cryosparc_hydra.cli import _picker, build_parser
+    from hydrapicker import defaults
 
     base = ["pick", "--diameter", "150", "--device", "cpu"]
-    args = build_parser().parse_args(base)
-    assert _picker(args).refiner is not None  # default: the shipped refiner re-centres the picks
-    args = build_parser().parse_args(base + ["--no-refine"])
-    assert _picker(args).refiner is None
+    for extra, refined in (([], defaults.REFINE_CENTRES), (["--refine"], True), (["--no-refine"], False)):
+        assert (_picker(build_parser().parse_args(base + extra)).refiner is not None) is refined, extra

@@ -60,7 +60,7 @@ def picker():
     from hydrapicker.picker import Picker
 
     assert SHIPPED.exists(), "the shipped centre refiner is part of the package"
-    p = Picker(device="cpu", **QUIET)
+    p = Picker(device="cpu", refine="shipped", **QUIET)
     assert p.refiner is not None, "the shipped refiner fits the shipped model"
     return p
 
@@ -120,9 +120,9 @@ def test_picks_are_refined_on_the_picking_path_and_no_refine_keeps_the_detectors
     assert d.max() <= MAX_SHIFT_D * d_px * 1.01 + 1e-6
     assert len(p1) <= len(p0)
     # tiles and batches read the same centre map as one whole-image pass
-    tiled = Picker(device="cpu", tile=160, **QUIET).pick_one(mic, spec.diameter_A)
+    tiled = Picker(device="cpu", tile=160, refine="shipped", **QUIET).pick_one(mic, spec.diameter_A)
     np.testing.assert_allclose(_picks_xy(tiled), _picks_xy(p1), atol=1e-3)
-    two = list(Picker(device="cpu", batch=2, **QUIET).pick([mic, mic], spec.diameter_A))
+    two = list(Picker(device="cpu", batch=2, refine="shipped", **QUIET).pick([mic, mic], spec.diameter_A))
     np.testing.assert_allclose(_picks_xy(two[1].picks), _picks_xy(p1), atol=1e-3)
 
 
@@ -135,16 +135,28 @@ def test_a_fine_tuned_head_is_refined_and_another_body_is_not(tmp_path):
 
     net, meta = load_checkpoint(None)
     net.add_head("mine")  # few-shot and adapted heads keep the body frozen
+    net.add_head("adapted")
+    meta = {**meta, "finetune": {"mine": {"lambda_loc": 1.0}, "adapted": {"lambda_loc": 0.0, "adaptation": {}}}}
     save_checkpoint(tmp_path / "fewshot.pt", net, meta)
-    assert Picker(str(tmp_path / "fewshot.pt"), device="cpu", **QUIET).refiner is not None
+    p = Picker(str(tmp_path / "fewshot.pt"), device="cpu", refine="shipped", **QUIET)
+    assert p.refiner is not None
+    # a few-shot head taught centres from labelled picks keeps them; the generic and adapted heads are refined
+    for head, refined in (("mine", False), ("generic", True), ("adapted", True)):
+        p._use_refiner_for(head)
+        assert p._refining is refined, head
+        grid, cmap = p._outputs(np.zeros((64, 64), np.float32), head)
+        assert (cmap is not None) is refined
     with torch.no_grad():
         next(net.body.parameters()).add_(0.01)  # a body trained elsewhere
     save_checkpoint(tmp_path / "other.pt", net, meta)
+    from hydrapicker import defaults
+
     said = []
-    assert Picker(str(tmp_path / "other.pt"), device="cpu", log=said.append).refiner is None
-    assert any("another body" in line for line in said)
-    with pytest.raises(UserFacingError, match="another body"):
-        Picker(str(tmp_path / "other.pt"), device="cpu", refine=str(SHIPPED), **QUIET)
+    assert Picker(str(tmp_path / "other.pt"), device="cpu", log=said.append).refiner is None  # the default
+    assert any("another body" in line for line in said) or not defaults.REFINE_CENTRES
+    for asked in ("shipped", str(SHIPPED)):  # asked for by name: an error, not a silent other result
+        with pytest.raises(UserFacingError, match="another body"):
+            Picker(str(tmp_path / "other.pt"), device="cpu", refine=asked, **QUIET)
 
 
 def test_a_bad_refiner_file_is_a_one_line_error_naming_it(tmp_path, capsys):

@@ -205,8 +205,11 @@ def test_adapt_yes_runs_the_core_adaptation_on_the_job_micrographs(project, monk
     assert rc == 0 and calls == []
 
 
-def test_refine_centres_no_reaches_the_picker_and_yes_is_the_default(project):
-    """``refine_centres`` = no builds the picker without the centre refiner; the default (yes) with it."""
+def test_refine_centres_reaches_the_picker(project):
+    """``refine_centres`` yes/no builds the picker with/without the centre refiner; absent, the default
+    (``defaults.REFINE_CENTRES``) needs no word to the factory."""
+    from hydrapicker import defaults
+
     asked = []
 
     def factory(model, device, threads, **kw):
@@ -215,8 +218,10 @@ def test_refine_centres_no_reaches_the_picker_and_yes_is_the_default(project):
 
     rc, _ = pick([], factory=factory)
     assert rc == 0 and asked == [{}]
-    rc, _ = pick(["--refine_centres", "no"], factory=factory, job="External/job002/")
-    assert rc == 0 and asked[-1] == {"refine": False}
+    for k, (word, want) in enumerate((("no", False), ("yes", "shipped"))):
+        rc, _ = pick(["--refine_centres", word], factory=factory, job=f"External/job00{k + 2}/")
+        assert rc == 0
+        assert asked[-1] == ({} if (want is not False) == defaults.REFINE_CENTRES else {"refine": want})
     from relion_hydra.pick_job import default_picker_factory
     import inspect
 

@@ -53,6 +53,16 @@ def positive_int(word: str) -> int:
     return value
 
 
+def refine_choice(refine_centres, refiner=None):
+    """``Picker(refine=...)`` for --refine (True) / --no-refine (False) / neither (None: the default,
+    ``defaults.REFINE_CENTRES``) and --refiner FILE (a file implies --refine)."""
+    if refine_centres is False:
+        return False
+    if refiner:
+        return refiner
+    return "shipped" if refine_centres else "auto"
+
+
 def add_args(p):
     p.add_argument("micrographs", nargs="*", help="MRC files, quoted globs, @list.txt or STAR files")
     p.add_argument("--mics", action="append", default=[], help="micrographs STAR (repeatable)")
@@ -81,9 +91,11 @@ def add_args(p):
     p.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
                    help="test-time augmentation: average the network over this many rotations/flips of each "
                         "micrograph (N times slower; measured +0.01-0.02 AP on most sets)")
-    p.add_argument("--no-refine", action="store_true",
-                   help="keep the centres as the detector decodes them (by default a second stage re-centres "
-                        "every pick on a fine centre map, moving it by at most 0.3 diameters; README, Centres)")
+    p.add_argument("--refine", dest="refine_centres", action="store_true", default=None,
+                   help="re-centre every pick with the shipped centre refiner (a fine centre map read off the "
+                        "network's features; a pick moves by at most 0.3 diameters; README, Centres)")
+    p.add_argument("--no-refine", dest="refine_centres", action="store_false",
+                   help="keep the centres as the detector's grid decodes them")
     p.add_argument("--refiner", default=None,
                    help="centre refiner file (default: the shipped one; made by `hydra train-refiner`)")
     p.add_argument("--out", default="picks", help="output directory")
@@ -212,7 +224,7 @@ def _main(args, inputs, mics, out):
         todo = distributed.shard(todo)
         if rank != 0:
             log = lambda *a, **k: None  # noqa: E731  (rank 0 reports)
-    refine = None if getattr(args, "no_refine", False) else (getattr(args, "refiner", None) or "auto")
+    refine = refine_choice(getattr(args, "refine_centres", None), getattr(args, "refiner", None))
     picker = Picker(args.model, device=device, log=log, tta=args.tta, batch=args.batch, readers=args.readers,
                     refine=refine)
     configure_torch(args.threads, picker.device)
