@@ -37,12 +37,12 @@ class RefineTrainConfig:
     crowded_fraction: float = 0.25       # datasets forced to touching particles
     low_snr_fraction: float = 0.2        # datasets forced to very low SNR
     junk_fraction: float = 0.2
-    width: int = 32
-    down: int = 0                        # 1: the centre map at twice the body's stride (CentreHead)
-    crop: int = 96                       # rescaled px (a multiple of the body stride)
+    width: int = 64
+    down: int = 1                        # 1: the centre map at twice the body's stride (CentreHead)
+    crop: int = 96                       # rescaled px (a multiple of the detector's stride)
     batch: int = 16
-    sigma_cells: float = 1.0
-    edge_cells: int = 3
+    sigma_cells: float = 0.5             # the heat target's Gaussian (cells; 0.5 at stride 4 = D/8)
+    edge_cells: int = 2
     lr: float = 2e-3
     hours: float = 1.0
     steps_per_epoch: int = 300
@@ -209,7 +209,8 @@ def evaluate(head, detector, val_sets, stride: int, extent_px: float) -> dict:
 
 def run(cfg: RefineTrainConfig, log: Callable = print) -> Path:
     """Train (resumable from ``<out>/refiner_last.pt``) until ``cfg.hours`` have passed in total; the best
-    head on the validation micrographs (mean AP after refinement) is ``<out>/refiner.pt``."""
+    head on the validation micrographs (mean AP after refinement) is ``<out>/refiner.pt``, the last epoch's
+    (without the optimizer state) ``<out>/refiner_final.pt``."""
     from .checkpoint import load_checkpoint
     from .train import JsonLog, simulate_sets
 
@@ -252,7 +253,7 @@ def run(cfg: RefineTrainConfig, log: Callable = print) -> Path:
     while spent + (time.time() - start) / 3600 < cfg.hours:
         h_now = spent + (time.time() - start) / 3600
         for g in optimizer.param_groups:  # cosine decay over the planned hours
-            g["lr"] = cfg.lr * 0.5 * (1 + np.cos(np.pi * min(h_now / cfg.hours, 1.0)))
+            g["lr"] = float(cfg.lr * 0.5 * (1 + np.cos(np.pi * min(h_now / cfg.hours, 1.0))))  # no numpy in the file
         stats = train_one_epoch(head, detector, optimizer, train_sets, cfg, stride, rng)
         epoch += 1
         val = evaluate(head, detector, val_sets, stride, extent)
@@ -268,4 +269,5 @@ def run(cfg: RefineTrainConfig, log: Callable = print) -> Path:
             best = score
             save_refiner(out / "refiner.pt", head, meta, epoch=epoch, args=asdict(cfg))
         save_refiner(last, head, meta, optimizer, epoch, asdict(cfg))
+        save_refiner(out / "refiner_final.pt", head, meta, epoch=epoch, args=asdict(cfg))  # the last, to ship
     return out / "refiner.pt"

@@ -19,7 +19,11 @@ def add_args(p):
     p.add_argument("--datasets", type=int, default=96, help="simulated training data sets (default 96)")
     p.add_argument("--mics-per-dataset", type=int, default=5)
     p.add_argument("--hours", type=float, default=1.0, help="training wall time, in total over resumes")
-    p.add_argument("--width", type=int, default=32, help="channels of the centre head")
+    p.add_argument("--width", type=int, default=64, help="channels of the centre head (default 64)")
+    p.add_argument("--down", type=int, default=1, choices=(0, 1),
+                   help="1 (default): the centre map at twice the body's stride (D/4 cells); 0: at the body's")
+    p.add_argument("--sigma-cells", type=float, default=0.5, help="the heat target's Gaussian, in cells (default 0.5)")
+    p.add_argument("--edge-cells", type=int, default=2, help="cells at a crop's border not taught (default 2)")
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--workers", type=int, default=1, help="processes simulating micrographs")
     p.add_argument("-j", "--threads", type=int, default=1, help="CPU threads for torch")
@@ -30,6 +34,7 @@ def main(args):
 
     cfg = RefineTrainConfig(out=args.out, detector=args.detector, datasets=args.datasets,
                             mics_per_dataset=args.mics_per_dataset, hours=args.hours, width=args.width,
+                            down=args.down, sigma_cells=args.sigma_cells, edge_cells=args.edge_cells,
                             seed=args.seed, workers=args.workers, threads=args.threads)
     path = run(cfg)
     print(f"[refine] best refiner: {path}")
