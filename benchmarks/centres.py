@@ -77,6 +77,19 @@ kept cell is still a neighbour for 27-40 % of matched particles on the hard sets
 there (the cells just beyond the reach fire as well). Next: a finer grid or a second-stage refinement
 (the regression-limited share, 0.06-0.20, needs one anyway).
 
+After (2026-12-02, the centre refiner, ``hydrapicker/refine.py``, ``hydra pick --refine``; JSON
+docs/benchmarks/centres_after_2026-12-02.json, figure docs/figures/centre_errors_after.png; the table is in
+the README, Centres): a centre head on the body's stride-2 features gives a stride-4 centre map, and each
+pick moves to its hottest cell within 0.3 D. AP rises on the crowded, small and micelle sets (touching
+0.738 -> 0.800, t_small80kda 0.574 -> 0.635, t_ferritin_crowded 0.861 -> 0.897, t_micelle 0.754 -> 0.788)
+at 1.10-1.20x the CPU time. It falls on real apoferritin (0.910 -> 0.892), and AP_D/2 falls on
+t_dumbbell_pp (-0.025) and t_micelle (-0.010), so it is opt-in. The variants ``refined`` (the product:
+refined picks closer than D/4 merged), ``refined_nosup`` / ``refined_sup10`` / ``refined_sup25`` (merged at
+0 / 0.1 / 0.25 D) compare suppression after the move. ``--timing`` adds CPU time per micrograph with and
+without; ``--no-refine`` gives the detector's centres only. ``cli_check`` on t_rod differs by 11 picks
+since the border-band finder (issue 14) excludes a band on t_rod_003: the re-implementation here does not
+look for bands.
+
 What it measures, per set (every pick kept: ``hydra pick --all``):
 
 * the distribution of centre errors of matched picks (each true particle's pick under the D/2 rule,

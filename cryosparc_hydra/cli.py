@@ -59,7 +59,8 @@ def add_pick_args(p):
     p.add_argument("--min-distance", type=float, default=None, metavar="A",
                    help="minimum distance between picks in Angstrom (default: half the diameter)")
     p.add_argument("--refine", dest="refine_centres", action="store_true", default=None,
-                   help="re-centre every pick with the shipped centre refiner (a move of at most 0.3 diameters)")
+                   help="re-centre every pick with the shipped centre refiner (a move of at most 0.3 diameters; "
+                        "off by default: README, Centres)")
     p.add_argument("--no-refine", dest="refine_centres", action="store_false",
                    help="keep the centres as the detector's grid decodes them")
     p.add_argument("--edge", type=float, default=0.0, metavar="A",

@@ -23,8 +23,10 @@ ASSIGN_REACH = 0.5
 #: the reach of models whose metadata names none (trained before issue 18: the cell holding the centre only)
 ASSIGN_REACH_OWN_CELL = 0.5
 #: re-centre every pick with the shipped centre refiner unless asked otherwise (hydra pick --refine /
-#: --no-refine, RELION refine_centres, CryoSPARC --refine / --no-refine; README, Centres)
-REFINE_CENTRES = True
+#: --no-refine, RELION refine_centres, CryoSPARC --refine / --no-refine). Off: it raises AP on the simulated
+#: targets (+0.015 mean, up to +0.06) but lowers it on real apoferritin (0.910 -> 0.892) and costs AP_D/2
+#: on two-domain and micelle targets (README, Centres)
+REFINE_CENTRES = False
 #: after centre refinement, picks closer than this fraction of the diameter (or the policy's minimum
 #: distance, when smaller) sit on one particle: the lower FOM one goes (issue 18: measured against D/2 and
 #: none, benchmarks/centres.py)

@@ -93,11 +93,13 @@ def add_args(p):
                         "micrograph (N times slower; measured +0.01-0.02 AP on most sets)")
     p.add_argument("--refine", dest="refine_centres", action="store_true", default=None,
                    help="re-centre every pick with the shipped centre refiner (a fine centre map read off the "
-                        "network's features; a pick moves by at most 0.3 diameters; README, Centres)")
+                        "network's features; a pick moves by at most 0.3 diameters): better centres on crowded, "
+                        "small and low-SNR simulated particles, not on real apoferritin (README, Centres); "
+                        "off by default")
     p.add_argument("--no-refine", dest="refine_centres", action="store_false",
-                   help="keep the centres as the detector's grid decodes them")
+                   help="keep the centres as the detector's grid decodes them (the default)")
     p.add_argument("--refiner", default=None,
-                   help="centre refiner file (default: the shipped one; made by `hydra train-refiner`)")
+                   help="centre refiner file (implies --refine; default: the shipped one; made by `hydra train-refiner`)")
     p.add_argument("--out", default="picks", help="output directory")
     p.add_argument("--suffix", default="hydra", help="coordinate file suffix (<stem>_<suffix>.star)")
     p.add_argument("--format", nargs="+", default=["star"], choices=["star", "box", "topaz", "cbox"],
