@@ -88,7 +88,7 @@ def decoded_centres(cmap: np.ndarray, stride: int) -> tuple:
 
 
 def refine_positions(cmap: np.ndarray, stride: int, xy: np.ndarray, extent_px: float,
-                     max_shift: float = MAX_SHIFT_D, prior_D: float = PRIOR_D, min_move_D: float = 0.0) -> np.ndarray:
+                     max_shift: float = MAX_SHIFT_D, prior_D: float = PRIOR_D) -> np.ndarray:
     """Refined centres (N, 2) in pixels of the prepared image for picks ``xy`` (N, 2) in those pixels:
     each pick moves to the decoded centre of the hottest cell of ``cmap`` (3, H, W at ``stride``) whose
     centre lies within ``max_shift`` diameters of it (hottest after the preference ``prior_D`` for near
@@ -123,7 +123,6 @@ def refine_positions(cmap: np.ndarray, stride: int, xy: np.ndarray, extent_px: f
     target = np.stack([cx[ci_c[n, best], cj_c[n, best]], cy[ci_c[n, best], cj_c[n, best]]], axis=1)
     move = np.where(ok[:, None], target - xy, 0.0)
     norm = np.hypot(move[:, 0], move[:, 1])
-    move[norm < float(min_move_D) * float(extent_px)] = 0.0
     move *= np.minimum(1.0, lim / np.maximum(norm, 1e-12))[:, None]
     return xy + move
 
