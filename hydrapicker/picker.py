@@ -232,7 +232,7 @@ class Picker:
 
     def _outputs(self, image, head: str) -> tuple:
         """(raw outputs (3, H/stride, W/stride), centre map or None) for ``image`` (tensor or array): plain,
-        or the outputs averaged over :attr:`tta` dihedral orientations (the centre map is the plain view's)."""
+        or both averaged over :attr:`tta` dihedral orientations."""
         image = self._to_device(image)
         if self.tta == 1:
             return self._infer(image, head)
@@ -244,14 +244,19 @@ class Picker:
         s = self.stride
         ny, nx = image.shape
         padded = F.pad(image, (0, (-nx) % s, 0, (-ny) % s))  # whole cells: orientations share a grid
-        grids, cmap = [], None
+        grids, cmaps = [], []
         for k, flip in DIHEDRAL[:self.tta]:
             view = torch.rot90(torch.flip(padded, dims=(1,)) if flip else padded, k, dims=(0, 1))
             g, c = self._infer(view.contiguous(), head)
-            if k == 0 and not flip and c is not None:
-                sb = self.refiner.stride
-                cmap = c[:, :-(-ny // sb), :-(-nx // sb)]
             grids.append((k, flip, g))
+            if c is not None:
+                cmaps.append((k, flip, c))
+        cmap = None
+        if cmaps:  # the centre map's views are merged like the grid's (its logit first, offsets in cells)
+            from .refine import OFFSET_CELLS
+
+            sb = self.refiner.stride
+            cmap = merge_orientations(cmaps, OFFSET_CELLS, logit_channel=0)[:, :-(-ny // sb), :-(-nx // sb)]
         return merge_orientations(grids), cmap
 
     def _forward(self, batch, head: str) -> tuple:

@@ -37,18 +37,21 @@ def decode_grid(grid: np.ndarray, stride: int, temperature: float = 1.0, floor: 
     return np.stack([x, y], axis=1), score[i, j]
 
 
-def merge_orientations(grids) -> np.ndarray:
+def merge_orientations(grids, offset_range: float = OFFSET_RANGE, logit_channel: int = 2) -> np.ndarray:
     """Average raw outputs of several dihedral views of one (stride-padded) image in its own frame.
 
     ``grids``: ``[(k, flip, grid)]`` where the view was ``np.rot90(fliplr(image) if flip else image, k)``
     and ``grid`` (3, H, W) its raw outputs. Logits are averaged; the centre offsets are decoded, rotated
     back to the image's frame, averaged (weighted by each view's probability) and re-encoded, so :func:`decode_grid` reads the result as usual.
+    ``offset_range`` and ``logit_channel``: the layout of other maps of this kind (the centre refiner's
+    map: logit first, offsets in cells of ``hydrapicker.refine.OFFSET_CELLS``); the output keeps the layout.
     """
+    o = [c for c in range(3) if c != logit_channel]
     logits, dxs, dys = [], [], []
     for k, flip, grid in grids:
-        logit = grid[2].astype(np.float64)
-        dx = np.tanh(grid[0].astype(np.float64)) * OFFSET_RANGE
-        dy = np.tanh(grid[1].astype(np.float64)) * OFFSET_RANGE
+        logit = grid[logit_channel].astype(np.float64)
+        dx = np.tanh(grid[o[0]].astype(np.float64)) * offset_range
+        dy = np.tanh(grid[o[1]].astype(np.float64)) * offset_range
         for _ in range(k % 4):
             # one counter-clockwise quarter turn took (dx, dy) to (dy, -dx); undo it
             logit, dx, dy = np.rot90(logit, -1), np.rot90(-dy, -1), np.rot90(dx, -1)
@@ -59,10 +62,11 @@ def merge_orientations(grids) -> np.ndarray:
         dys.append(dy)
     logits = np.stack(logits)
     w = 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60))) + 1e-9
-    lim = OFFSET_RANGE * (1 - 1e-6)
+    lim = offset_range * (1 - 1e-6)
     dx = np.clip((w * np.stack(dxs)).sum(0) / w.sum(0), -lim, lim)
     dy = np.clip((w * np.stack(dys)).sum(0) / w.sum(0), -lim, lim)
-    out = np.stack([np.arctanh(dx / OFFSET_RANGE), np.arctanh(dy / OFFSET_RANGE), logits.mean(0)])
+    out = np.empty((3,) + logits.shape[1:])
+    out[logit_channel], out[o[0]], out[o[1]] = logits.mean(0), np.arctanh(dx / offset_range), np.arctanh(dy / offset_range)
     return out.astype(np.float32)
 
 

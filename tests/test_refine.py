@@ -172,3 +172,21 @@ def test_a_bad_refiner_file_is_a_one_line_error_naming_it(tmp_path, capsys):
     assert rc == 1
     assert len(err) == 1 and "bad_refiner.pt" in err[0] and "--no-refine" in err[0]
     assert not (tmp_path / "out" / "mic_hydra.star").exists()
+
+
+def test_tta_merges_the_centre_maps_of_all_views_back_into_the_micrographs_frame():
+    """With all eight dihedral views the merged centre map is exactly equivariant: the map of the turned
+    micrograph is the turned map, its offsets turned with it (a view mapped back wrongly breaks this)."""
+    from hydrapicker.picker import Picker
+    from hydrapicker.refine import OFFSET_CELLS
+
+    rng = np.random.default_rng(5)
+    img = rng.normal(0, 1, (96, 96)).astype(np.float32)
+    p = Picker(device="cpu", tta=8, refine="shipped", **QUIET)
+    _, c1 = p._outputs(img, "generic")
+    _, c2 = p._outputs(np.ascontiguousarray(np.rot90(img)), "generic")
+    dec = lambda c: np.tanh(c.astype(np.float64)) * OFFSET_CELLS  # noqa: E731
+    np.testing.assert_allclose(c2[0], np.rot90(c1[0]), atol=1e-3)
+    # a counter-clockwise quarter turn takes (dx, dy) to (dy, -dx)
+    np.testing.assert_allclose(dec(c2[1]), np.rot90(dec(c1[2])), atol=1e-3)
+    np.testing.assert_allclose(dec(c2[2]), np.rot90(-dec(c1[1])), atol=1e-3)
