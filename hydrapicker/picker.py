@@ -92,9 +92,11 @@ class Picker:
                  tta: int = 1, batch: Optional[int] = None, readers: Optional[int] = None, refine="auto"):
         """``batch``: micrographs per forward pass (default 8 on CUDA, 1 on CPU); ``readers``: reading
         threads (default 4 on CUDA, 1 on CPU). ``refine``: the centre refiner (:mod:`hydrapicker.refine`)
-        that re-centres every pick: ``"auto"`` the shipped one (when installed and made for this model's
-        body: the shipped models and every head fine-tuned or adapted from them), a refiner file's path, or None/False (centres as the detector decodes them). Thread
-        counts and cuDNN flags are the process's: :func:`configure_torch` at the entry point sets them."""
+        that re-centres every pick: ``"auto"`` the shipped one when ``defaults.REFINE_CENTRES`` (and it is
+        installed and made for this model's body: the shipped models and every head fine-tuned or adapted
+        from them), ``"shipped"`` the shipped one whatever the default, a refiner file's path, or
+        None/False (centres as the detector decodes them). Thread counts and cuDNN flags are the
+        process's: :func:`configure_torch` at the entry point sets them."""
         import torch
 
         from .checkpoint import load_checkpoint
@@ -122,19 +124,20 @@ class Picker:
                  f"heads {', '.join(self.meta['heads'])}) on device {self.device}")
         self.refine = refine  # what was asked for: pickers derived from this one (hydra pick --adapt) ask the same
         self.refiner = self._load_refiner(refine)
-        self._refining = self.refiner is not None  # for the head being picked with (_use_refiner_for)
-        self._said_own: set = set()
+        self._said_own: set = set()  # heads whose "not refined" line was logged
 
-    def _use_refiner_for(self, head: str) -> None:
-        """Refine this head's picks unless it learned its own centres from labelled picks (a few-shot head:
-        :func:`hydrapicker.checkpoint.head_learned_centres`)."""
+    def _refines(self, head: str) -> bool:
+        """Are ``head``'s picks refined? When a refiner is loaded, unless the head learned its own centres
+        from labelled picks (a few-shot head: :func:`hydrapicker.checkpoint.head_learned_centres`)."""
         from .checkpoint import head_learned_centres
 
-        own = head_learned_centres(self.meta, head)
-        if self.refiner is not None and own and head not in self._said_own:
+        return self.refiner is not None and not head_learned_centres(self.meta, head)
+
+    def _say_refinement(self, head: str) -> None:
+        """Log once per head that a loaded refiner leaves its picks alone."""
+        if self.refiner is not None and not self._refines(head) and head not in self._said_own:
             self._said_own.add(head)
             self.log(f"[hydra] centres: head {head!r} learned its own from labelled picks; not refined")
-        self._refining = self.refiner is not None and not own
 
     def _load_refiner(self, refine):
         """The :class:`~hydrapicker.refine.Refiner` to use, or None (see ``refine`` in the constructor)."""
@@ -265,7 +268,7 @@ class Picker:
         import torch
 
         def run(x):
-            if not self._refining:
+            if not self._refines(head):
                 return self.net(x, head), None
             f = self.net.body(x)  # the centre head reads the features the detector's head reads
             return self.net.heads[head](f), self.refiner.head(f)
@@ -286,7 +289,7 @@ class Picker:
         from .preprocess import tiles
 
         s = self.stride
-        sb = self.refiner.stride if self._refining else None
+        sb = self.refiner.stride if self._refines(head) else None
         ny, nx = image.shape
         gh, gw = -(-ny // s), -(-nx // s)
         out = np.zeros((3, gh, gw), np.float32)
@@ -358,7 +361,7 @@ class Picker:
     def pick_one(self, mic: Micrograph, diameter_A: float, head: str = "generic", policy=None) -> Picks:
         """Pick one micrograph (errors raise); ``policy`` None: every pick above the model's floor."""
         self._check_head(head)
-        self._use_refiner_for(head)
+        self._say_refinement(head)
         if isinstance(mic, str):
             mic = Micrograph(mic)
         policy = policy or self.policy(diameter_A, head, threshold=None)
@@ -376,7 +379,7 @@ class Picker:
         every pick above the floor (for FOM histograms and files thresholded later).
         """
         self._check_head(head)
-        self._use_refiner_for(head)
+        self._say_refinement(head)
         if diameter_A is None or not diameter_A > 0:
             raise UserFacingError(f"particle diameter must be a positive number of Angstrom, got {diameter_A}")
         policy = policy or self.policy(diameter_A, head, threshold=None)

@@ -78,15 +78,6 @@ class CentreHead(nn.Module):
         return {"in_channels": self.in_channels, "width": self.width, "down": self.down}
 
 
-def decoded_centres(cmap: np.ndarray, stride: int) -> tuple:
-    """(heat logit (H, W), x (H, W), y (H, W)): each cell's decoded centre in pixels of the image."""
-    H, W = cmap.shape[1:]
-    jj, ii = np.meshgrid(np.arange(W), np.arange(H))
-    x = (jj + 0.5 + np.tanh(cmap[1].astype(np.float64)) * OFFSET_CELLS) * stride - 0.5
-    y = (ii + 0.5 + np.tanh(cmap[2].astype(np.float64)) * OFFSET_CELLS) * stride - 0.5
-    return cmap[0].astype(np.float64), x, y
-
-
 def refine_positions(cmap: np.ndarray, stride: int, xy: np.ndarray, extent_px: float,
                      max_shift: float = MAX_SHIFT_D, prior_D: float = PRIOR_D) -> np.ndarray:
     """Refined centres (N, 2) in pixels of the prepared image for picks ``xy`` (N, 2) in those pixels:
@@ -96,7 +87,7 @@ def refine_positions(cmap: np.ndarray, stride: int, xy: np.ndarray, extent_px: f
     xy = np.asarray(xy, np.float64).reshape(-1, 2)
     if len(xy) == 0:
         return xy.copy()
-    heat, cx, cy = decoded_centres(cmap, stride)
+    heat = cmap[0].astype(np.float64)
     H, W = heat.shape
     lim = float(max_shift) * float(extent_px)
     r = int(np.ceil(lim / stride)) + 1
@@ -110,17 +101,17 @@ def refine_positions(cmap: np.ndarray, stride: int, xy: np.ndarray, extent_px: f
     valid = (ci >= 0) & (ci < H) & (cj >= 0) & (cj < W)
     ci_c, cj_c = np.clip(ci, 0, H - 1), np.clip(cj, 0, W - 1)
     cell_x, cell_y = (cj_c + 0.5) * stride - 0.5, (ci_c + 0.5) * stride - 0.5
-    valid &= (cell_x - xy[:, :1]) ** 2 + (cell_y - xy[:, 1:]) ** 2 <= lim ** 2
+    d2 = (cell_x - xy[:, :1]) ** 2 + (cell_y - xy[:, 1:]) ** 2
+    valid &= d2 <= lim ** 2
     h = np.where(valid, heat[ci_c, cj_c], -np.inf)
-    if prior_D > 0:  # prefer cells near the pick: heat logit - d^2 / (2 prior^2)
-        d2 = ((cell_x - xy[:, :1]) ** 2 + (cell_y - xy[:, 1:]) ** 2) / (prior_D * extent_px) ** 2
-        h_sel = h - 0.5 * d2
-    else:
-        h_sel = h
-    best = np.argmax(h_sel, axis=1)
+    # prefer cells near the pick: heat logit - d^2 / (2 prior^2)
+    best = np.argmax(h - 0.5 * d2 / (prior_D * extent_px) ** 2 if prior_D > 0 else h, axis=1)
     n = np.arange(len(xy))
     ok = np.isfinite(h[n, best]) & (h[n, best] >= np.log(MIN_HEAT / (1 - MIN_HEAT)))
-    target = np.stack([cx[ci_c[n, best], cj_c[n, best]], cy[ci_c[n, best], cj_c[n, best]]], axis=1)
+    bi, bj = ci_c[n, best], cj_c[n, best]  # the chosen cell's decoded centre (the offsets in cells)
+    target = np.stack([(bj + 0.5 + np.tanh(cmap[1, bi, bj].astype(np.float64)) * OFFSET_CELLS) * stride - 0.5,
+                       (bi + 0.5 + np.tanh(cmap[2, bi, bj].astype(np.float64)) * OFFSET_CELLS) * stride - 0.5],
+                      axis=1)
     move = np.where(ok[:, None], target - xy, 0.0)
     norm = np.hypot(move[:, 0], move[:, 1])
     move *= np.minimum(1.0, lim / np.maximum(norm, 1e-12))[:, None]

@@ -20,7 +20,6 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .refine import OFFSET_CELLS, CentreHead, body_checksum, refine_positions, save_refiner
 

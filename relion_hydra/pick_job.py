@@ -74,9 +74,13 @@ N_EXAMPLES = 3
 SETTINGS = ".hydra_settings.json"  # the last run's options -> done-list fingerprint, head, threshold
 
 
+def _refine_centres(o) -> bool:
+    return bool(o.get("refine_centres", defaults.REFINE_CENTRES))
+
+
 def _refine_key(o) -> tuple:
     """The done list's word for refine_centres: nothing for the default (older done lists stay valid)."""
-    refine = bool(o.get("refine_centres", defaults.REFINE_CENTRES))
+    refine = _refine_centres(o)
     return () if refine == defaults.REFINE_CENTRES else ("refined" if refine else "unrefined",)
 
 
@@ -246,7 +250,7 @@ class PickRun:
             return
         o, rank, world = self.o, self.rank, self.world
         threads = max(1, o["j"] // world)  # ranks share the job's threads
-        refine = bool(o.get("refine_centres", defaults.REFINE_CENTRES))
+        refine = _refine_centres(o)
         picker = self.factory(o["model"], self.device, threads,  # the default needs no word (any factory takes it)
                               **({} if refine == defaults.REFINE_CENTRES else {"refine": "shipped" if refine else False}))
         if o.get("adapt"):

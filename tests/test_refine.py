@@ -142,8 +142,7 @@ def test_a_fine_tuned_head_is_refined_and_another_body_is_not(tmp_path):
     assert p.refiner is not None
     # a few-shot head taught centres from labelled picks keeps them; the generic and adapted heads are refined
     for head, refined in (("mine", False), ("generic", True), ("adapted", True)):
-        p._use_refiner_for(head)
-        assert p._refining is refined, head
+        assert p._refines(head) is refined, head
         grid, cmap = p._outputs(np.zeros((64, 64), np.float32), head)
         assert (cmap is not None) is refined
     with torch.no_grad():
