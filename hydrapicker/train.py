@@ -249,6 +249,8 @@ class TrainConfig:
     seed: int = 0
     restart: bool = False
     assign_reach: float = defaults.ASSIGN_REACH
+    distill: Optional[str] = None
+    distill_weight: float = 1.0
 
     @classmethod
     def from_namespace(cls, ns) -> "TrainConfig":
@@ -301,7 +303,26 @@ class _Run:
         self.total1, self.total2 = cfg.steps, cfg.phase2_steps
         self.TrainForward = _forward_module()
         self.init_meta = None
+        self.teacher, self.clean_sets = self._teacher()
         self._start()
+
+    def _teacher(self):
+        """--distill: a frozen copy of a model whose generic head the student's generic head is kept close
+        to on the clean source datasets (learning without forgetting: junk is learnt on the junk-laden
+        datasets while the clean datasets keep the teacher's answers) -> (teacher or None, clean indices)."""
+        from .model import build_model
+        from .simulate.artefacts import is_clean
+
+        if not self.cfg.distill:
+            return None, frozenset()
+        teacher = build_model(self.cfg.preset).to(self.device)
+        init_from(teacher, self.cfg.distill)
+        teacher.eval()
+        for prm in teacher.parameters():
+            prm.requires_grad_(False)
+        clean = frozenset(k for k, s in enumerate(self.specs) if is_clean(s))
+        self.log(f"[train] distilling from {self.cfg.distill} on {len(clean)} clean datasets of {len(self.specs)}")
+        return teacher, clean
 
     def _start(self):
         """Weights from --init, or the checkpoint of an earlier run with this --out (resume)."""
@@ -400,12 +421,32 @@ class _Run:
             loss_k, parts_k = self.crit(out_k, cls, off, wt)
             loss = loss_k + cfg.generic_weight * loss_g + cfg.lambda_bias * bias
             parts = {**parts, "head_cls": parts_k["cls"], "bias": float(bias.detach())}
+        if k in self.clean_sets:
+            d = self._distill_loss(imgs, out_g, cls, wt)
+            loss = loss + cfg.distill_weight * d
+            parts = {**parts, "distill": float(d.detach())}
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), 10.0)
         self.opt.step()
         self.step += 1
         return loss, parts, lr, k
+
+    def _distill_loss(self, imgs, out_g, cls, wt):
+        """Bernoulli KL divergence of the student's generic classification from the teacher's, summed over
+        cells (zero where they agree) and normalised like the criterion (by the number of labelled
+        positives)."""
+        import torch
+        import torch.nn.functional as F
+
+        from .model import GENERIC
+
+        with torch.no_grad():
+            t_logit = self.teacher.heads[GENERIC](self.teacher.body(imgs))[:, 2]
+            soft = torch.sigmoid(t_logit)
+            t_entropy = F.binary_cross_entropy_with_logits(t_logit, soft, reduction="none")
+        kl = F.binary_cross_entropy_with_logits(out_g[:, 2], soft, reduction="none") - t_entropy
+        return (kl * wt).sum() / max(float((cls > 0.5).sum()), 1.0)
 
     def evaluate(self, head_for=None) -> dict:
         """Validation AP per source dataset ({name: AP}) of the generic head (or ``head_for(name)``)."""

@@ -58,6 +58,10 @@ def add_args(p):
                    help="a particle teaches every output cell whose centre is within this many strides of it "
                         "along both axes (default 0.5: only the cell holding it, the shipped models' rule; "
                         "scripts/train_centres.sh uses 0.7)")
+    p.add_argument("--distill", default=None, metavar="MODEL",
+                   help="keep the generic head close to this model's generic head on the clean source datasets "
+                        "(learning without forgetting, e.g. hydrapicker/weights/generic.pt while junk is learnt)")
+    p.add_argument("--distill-weight", type=float, default=1.0)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
 
 

@@ -42,6 +42,12 @@ def any_defects(spec) -> bool:
     return bool(spec.p_border or spec.p_gain_stripes or spec.p_hot_pixels)
 
 
+def is_clean(spec) -> bool:
+    """No artefact of this module and no junk-only micrographs (the base simulator's contamination and
+    aggregates may be there)."""
+    return not (any_objects(spec) or any_defects(spec) or spec.p_junk_only)
+
+
 @dataclass
 class CanvasLayers:
     """The maps :func:`add_objects` adds to (all canvas-shaped float32, modified in place)."""
