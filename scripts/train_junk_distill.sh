@@ -10,5 +10,5 @@ PY=${1:-python}
 export PYTHONUNBUFFERED=1
 $PY -m hydrapicker train --out runs/junk3 --init hydrapicker/weights/generic.pt \
     --distill hydrapicker/weights/generic.pt --distill-weight 1.0 --seed 7 --datasets 48 \
-    --mics-per-dataset 8 --junk-fraction 0.6 --hours 1.6 --phase1-fraction 0.85 --steps 100000 \
+    --mics-per-dataset 8 --junk-fraction 0.6 --hours 1.85 --phase1-fraction 0.85 --steps 100000 \
     --phase2-steps 100000 --lr 1e-3 --scale-jitter 0.4 --workers 1 --threads 1 --val-every 500
