@@ -190,7 +190,8 @@ def run_hydra(ds: Dataset, work: Path, model=None, threads=1, device="cpu", time
     cmd = hydra_command() + ["pick", "--mics", star.name, "--diameter", f"{ds.diameter_A:g}", "--out", "picks",
                              "--all", "--overwrite", "--quiet", "--device", device, "-j", str(threads)]
     if model:
-        cmd += ["--model", str(Path(model).resolve())]
+        # a file is passed by absolute path (the pick runs in its own folder); a shipped model's name as it is
+        cmd += ["--model", str(Path(model).resolve()) if Path(model).exists() else str(model)]
     if tta > 1:
         cmd += ["--tta", str(tta)]
     cmd += list(extra)
