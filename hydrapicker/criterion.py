@@ -83,6 +83,19 @@ def centre_l1(pred_offsets, target_offsets, pos):
     return diff[pos].sum()
 
 
+def distillation_loss(student_logits, teacher_logits, weight=None):
+    """Sum over cells of the Bernoulli KL divergence KL(teacher || student) of the classification channel:
+    zero where the student's probabilities equal the teacher's (learning without forgetting, Li & Hoiem
+    2016: the teacher's answers on data without the new task keep the old task)."""
+    with torch.no_grad():
+        soft = torch.sigmoid(teacher_logits)
+        entropy = F.binary_cross_entropy_with_logits(teacher_logits, soft, reduction="none")
+    kl = F.binary_cross_entropy_with_logits(student_logits, soft, reduction="none") - entropy
+    if weight is not None:
+        kl = kl * weight
+    return kl.sum()
+
+
 def head_bias_loss(net, dataset_heads, generic: str = "generic"):
     """(1/N) sum_k ||W_k - W_generic||_2 over the dataset heads (unsquared L2 over all head parameters)."""
     g = dict(net.heads[generic].named_parameters())

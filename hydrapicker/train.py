@@ -433,20 +433,16 @@ class _Run:
         return loss, parts, lr, k
 
     def _distill_loss(self, imgs, out_g, cls, wt):
-        """Bernoulli KL divergence of the student's generic classification from the teacher's, summed over
-        cells (zero where they agree) and normalised like the criterion (by the number of labelled
-        positives)."""
+        """The criterion's normalisation (by the labelled positives) of the distillation loss against the
+        teacher's generic head."""
         import torch
-        import torch.nn.functional as F
 
+        from .criterion import distillation_loss
         from .model import GENERIC
 
         with torch.no_grad():
-            t_logit = self.teacher.heads[GENERIC](self.teacher.body(imgs))[:, 2]
-            soft = torch.sigmoid(t_logit)
-            t_entropy = F.binary_cross_entropy_with_logits(t_logit, soft, reduction="none")
-        kl = F.binary_cross_entropy_with_logits(out_g[:, 2], soft, reduction="none") - t_entropy
-        return (kl * wt).sum() / max(float((cls > 0.5).sum()), 1.0)
+            t_logits = self.teacher.heads[GENERIC](self.teacher.body(imgs))[:, 2]
+        return distillation_loss(out_g[:, 2], t_logits, wt) / max(float((cls > 0.5).sum()), 1.0)
 
     def evaluate(self, head_for=None) -> dict:
         """Validation AP per source dataset ({name: AP}) of the generic head (or ``head_for(name)``)."""

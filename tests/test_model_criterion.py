@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hydrapicker.checkpoint import load_checkpoint, make_meta, save_checkpoint
-from hydrapicker.criterion import Criterion, encode, focal_loss, head_bias_loss
+from hydrapicker.criterion import Criterion, distillation_loss, encode, focal_loss, head_bias_loss
 from hydrapicker.model import PRESETS, build_model, count_parameters
 from hydrapicker.postprocess import decode_grid, suppress_duplicates
 
@@ -172,3 +172,21 @@ def test_suppress_duplicates_equals_brute_force_greedy(seed):
         expected.append(i)
         removed |= np.hypot(*(xy - xy[i]).T) < d
     assert suppress_duplicates(xy, score, d).tolist() == expected
+
+
+def test_distillation_loss_is_zero_at_the_teacher_and_pulls_the_student_to_it():
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(2, 6, 6, generator=g) * 3
+    assert float(distillation_loss(teacher.clone(), teacher)) == pytest.approx(0.0, abs=1e-5)
+    student = torch.zeros(2, 6, 6, requires_grad=True)
+    first = float(distillation_loss(student, teacher))
+    assert first > 0.1
+    opt = torch.optim.SGD([student], lr=0.5)
+    for _ in range(200):
+        opt.zero_grad()
+        distillation_loss(student, teacher).backward()
+        opt.step()
+    assert float(distillation_loss(student, teacher)) < 0.01 * first
+    assert torch.allclose(torch.sigmoid(student), torch.sigmoid(teacher), atol=0.02)
+    weight = torch.zeros(2, 6, 6)
+    assert float(distillation_loss(torch.zeros(2, 6, 6), teacher, weight)) == 0.0  # ignored cells teach nothing

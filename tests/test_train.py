@@ -141,3 +141,36 @@ def test_the_config_takes_every_option_of_hydra_train():
     assert options.keys() == {f.name for f in fields(TrainConfig)}
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.name != "out"}
     assert {k: v for k, v in options.items() if k != "out"} == defaults
+
+
+def test_distill_keeps_the_generic_head_near_the_teacher_on_clean_datasets_only(tmp_path):
+    from hydrapicker.model import GENERIC
+    from hydrapicker.simulate import source_dataset_specs
+    from hydrapicker.simulate.artefacts import is_clean
+
+    teacher = run_training(_args(tmp_path / "t", "--steps", "5", "--phase2-steps", "0"), log=QUIET)
+    specs = source_dataset_specs(n=4, seed=6, junk_fraction=0.5)
+    clean = {s.name for s in specs if is_clean(s)}
+    assert 0 < len(clean) < 4  # the seed gives both kinds
+
+    def student(name, *extra):
+        args = _args(tmp_path / name, "--datasets", "4", "--junk-fraction", "0.5", "--seed", "6", "--steps",
+                     "40", "--phase2-steps", "0", "--init", str(teacher), "--lr", "1e-2", *extra)
+        return run_training(args, log=QUIET), _log(tmp_path / name)
+
+    (with_d, log_d), (without, log_n) = student("d", "--distill", str(teacher), "--distill-weight", "20"), student("n")
+    steps = [r for r in log_d if "loss" in r]
+    assert all(("distill" in r) == (r["dataset"] in clean) for r in steps)
+    assert any("distill" in r for r in steps) and not any("distill" in r for r in log_n)
+
+    net_t, _ = load_checkpoint(teacher)
+    img = torch.randn(1, 1, 96, 96, generator=torch.Generator().manual_seed(1))
+
+    def gap(path):
+        net, _ = load_checkpoint(path)
+        with torch.no_grad():
+            a = torch.sigmoid(net.heads[GENERIC](net.body(img))[:, 2])
+            b = torch.sigmoid(net_t.heads[GENERIC](net_t.body(img))[:, 2])
+        return float((a - b).abs().mean())
+
+    assert gap(with_d) < gap(without)  # the teacher's answers are kept
