@@ -51,7 +51,6 @@ class AdaptSettings:
     min_agreement: float = 0.25   # validation AP against the held-out micrographs' pseudo-labels
     max_minutes: float = 2.0      # of head training per round
     learn_centres: bool = False   # train the offsets on the pseudo-labels' (the zero-shot head's own) centres
-    teacher_tta: int = 1          # dihedral views averaged for the pseudo-labelling pass (1, 2, 4, 8)
     seed: int = 0
 
 
@@ -89,16 +88,6 @@ def zero_shot(picker, mics: list, diameter_A: float, head: str, should_stop=None
         else:
             failed.append(res.micrograph.name)
     return done, failed
-
-
-def _teacher(picker, tta: int):
-    """The picker of the pseudo-labelling pass: ``picker`` itself, or the same model averaging ``tta`` views."""
-    if tta <= picker.tta:
-        return picker
-    from .picker import Picker
-
-    return Picker(picker.meta["path"], device=str(picker.device), log=None, tta=tta, batch=picker.batch,
-                  readers=picker.readers, refine=picker.refine)
 
 
 def pseudo_labels(picked: list, cut: float) -> dict:
@@ -179,9 +168,8 @@ def adapt(picker, mics: list, diameter_A: float, save_to, head: Optional[str] = 
     head = head or picker.default_head
     thr0 = picker.threshold_for(head)
     sample = sample_micrographs(list(mics), settings.sample)
-    log(f"[adapt] zero-shot on {len(sample)} of {len(mics)} micrographs (head {head}, threshold {thr0:.3f}"
-        + (f", {settings.teacher_tta} views averaged)" if settings.teacher_tta > picker.tta else ")"))
-    picked, failed = zero_shot(_teacher(picker, settings.teacher_tta), sample, diameter_A, head, should_stop)
+    log(f"[adapt] zero-shot on {len(sample)} of {len(mics)} micrographs (head {head}, threshold {thr0:.3f})")
+    picked, failed = zero_shot(picker, sample, diameter_A, head, should_stop)
     cut = shifted_cut(thr0, settings.positives_above)
     labels = pseudo_labels(picked, cut)
     n_pos = sum(len(p) for p in labels.values())
