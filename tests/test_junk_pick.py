@@ -73,3 +73,17 @@ def test_the_junk_trained_model_ships_by_name_and_names_its_lineage():
     assert len(junk_sets) >= 20
     net, _ = load_checkpoint("generic-junk")
     assert net.head_names == ["generic"]
+
+
+def test_the_distilled_junk_model_ships_by_name_and_records_its_teacher():
+    from hydrapicker.checkpoint import SHIPPED_MODELS, load_checkpoint, read_checkpoint
+
+    assert SHIPPED_MODELS["generic-junk-distilled"].stat().st_size < 25e6
+    meta = read_checkpoint("generic-junk-distilled")["meta"]
+    rec = meta["training"]["recipe"]
+    assert rec["junk_fraction"] == 0.6 and rec["distill_weight"] == 4.0
+    assert rec["distill"].endswith("generic.pt") and meta["training"]["init_from"]["path"].endswith("generic.pt")
+    junk_sets = [d for d in meta["training"]["datasets"] if d.get("vesicles") or d.get("p_border")]
+    assert len(junk_sets) >= 20
+    net, _ = load_checkpoint("generic-junk-distilled")
+    assert net.head_names == ["generic"]
