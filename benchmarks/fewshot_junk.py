@@ -101,11 +101,7 @@ def main(argv=None) -> int:
     from hydrapicker.checkpoint import default_model_path
     from hydrapicker.simulate.datasets import junk_target_specs
 
-    base = args.model or str(default_model_path())
-    if not Path(base).exists():  # a shipped model's name
-        from hydrapicker.checkpoint import SHIPPED_MODELS
-
-        base = str(SHIPPED_MODELS.get(base, base))
+    base = args.model or str(default_model_path())  # a file or a shipped model's name (read_checkpoint resolves it)
     specs = {s.name: s for s in junk_target_specs()}
     rows = []
     for name in args.targets:
