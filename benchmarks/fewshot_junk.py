@@ -64,6 +64,9 @@ def run_target(spec, args, base, work: Path) -> dict:
     te_idx = list(range(1000, 1000 + args.test))
     te_mics, te_truth = write_set(spec, work / "test", te_idx)
     cl_idx = [i for i, (k, v) in zip(te_idx, te_truth.items()) if len(v)]
+    if not cl_idx:  # AP is undefined without a single particle
+        raise SystemExit(f"fewshot_junk: all {len(te_idx)} test micrographs of {spec.name} are particle-free; "
+                         "use a larger --test")
     cl_mics, cl_truth = write_set(clean_version(spec), work / "clean", cl_idx)
     quiet = lambda *a: None  # noqa: E731
     zs = Picker(base, device="cpu", log=quiet)

@@ -96,6 +96,11 @@ def distillation_loss(student_logits, teacher_logits, weight=None):
     return kl.sum()
 
 
+def positives(cls) -> float:
+    """The losses' normaliser: the number of labelled positive cells (at least 1)."""
+    return max(float((cls > 0.5).sum()), 1.0)
+
+
 def head_bias_loss(net, dataset_heads, generic: str = "generic"):
     """(1/N) sum_k ||W_k - W_generic||_2 over the dataset heads (unsquared L2 over all head parameters)."""
     g = dict(net.heads[generic].named_parameters())
@@ -125,7 +130,7 @@ class Criterion(torch.nn.Module):
         """
         logits = out[:, 2]
         pos = cls > 0.5
-        n_pos = max(float(pos.sum()), 1.0)
+        n_pos = positives(cls)
         target = cls if soft is None else soft
         l_cls = focal_loss(logits, target, weight, self.alpha, self.gamma) / n_pos
         l_loc = centre_l1(out[:, :2], off, pos) / n_pos

@@ -437,12 +437,12 @@ class _Run:
         teacher's generic head."""
         import torch
 
-        from .criterion import distillation_loss
+        from .criterion import distillation_loss, positives
         from .model import GENERIC
 
         with torch.no_grad():
             t_logits = self.teacher.heads[GENERIC](self.teacher.body(imgs))[:, 2]
-        return distillation_loss(out_g[:, 2], t_logits, wt) / max(float((cls > 0.5).sum()), 1.0)
+        return distillation_loss(out_g[:, 2], t_logits, wt) / positives(cls)
 
     def evaluate(self, head_for=None) -> dict:
         """Validation AP per source dataset ({name: AP}) of the generic head (or ``head_for(name)``)."""
