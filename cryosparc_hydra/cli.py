@@ -65,6 +65,9 @@ def add_pick_args(p):
                    help="keep the centres as the detector's grid decodes them")
     p.add_argument("--edge", type=float, default=0.0, metavar="A",
                    help="drop picks closer than this to the micrograph edge (Angstrom)")
+    p.add_argument("--no-evidence", dest="evidence", action="store_false",
+                   help="keep every FOM as the network gives it (default: each exposure's FOMs weighed by how sure "
+                        "its 20 best candidates are, so exposures of junk, ice or carbon alone yield few picks)")
     p.add_argument("--adapt", action="store_true",
                    help="self-adaptation without labels: learn a head from these exposures' own confident picks, "
                         "then pick with it (the zero-shot picks when the pseudo-labels are too few or "
@@ -132,7 +135,8 @@ def _options(args):
         raise UserFacingError(f"--diameter {args.diameter}: give the particle diameter in Angstrom (> 0)")
     return PickOptions(diameter_A=args.diameter, threshold=args.threshold, head=args.head,
                        min_distance_A=args.min_distance, edge_A=args.edge, flip_y=args.flip_y,
-                       adapt=getattr(args, "adapt", False), save_model=getattr(args, "save_model", None))
+                       adapt=getattr(args, "adapt", False), save_model=getattr(args, "save_model", None),
+                       evidence=getattr(args, "evidence", True))
 
 
 def main_pick(args) -> int:

@@ -22,6 +22,7 @@ class PickOptions:
     flip_y: bool = False
     adapt: bool = False               # self-adaptation without labels (hydrapicker.adapt) before picking
     save_model: Optional[str] = None  # where the adapted model goes (None: the caller's default)
+    evidence: bool = True             # weigh each exposure's FOMs by its best candidates (hydra pick --no-evidence)
 
 
 @dataclass
@@ -48,7 +49,7 @@ def policy_for(picker, opts: PickOptions):
 
     return PickPolicy.for_model(getattr(picker, "meta", None) or {}, opts.diameter_A, head_for(picker, opts),
                                 "model" if opts.threshold is None else opts.threshold,
-                                min_distance_A=opts.min_distance_A, edge_A=opts.edge_A)
+                                min_distance_A=opts.min_distance_A, edge_A=opts.edge_A, evidence=opts.evidence)
 
 
 def threshold_for(picker, opts: PickOptions) -> float:

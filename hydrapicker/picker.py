@@ -348,7 +348,7 @@ class Picker:
         ranked (:func:`~hydrapicker.postprocess.rank`), re-centred by the refiner when one is loaded, and
         selected (:func:`~hydrapicker.postprocess.select`); ``info`` (a dict) receives the micrograph's
         ``threshold`` and ``threshold_info``."""
-        from .postprocess import decode, rank, select
+        from .postprocess import decode, rank, select, weigh_by_evidence
 
         grid, cmap = outputs
         candidates = decode(grid, self.stride, policy.decode_floor, float(self.meta.get("temperature", defaults.TEMPERATURE)),
@@ -356,6 +356,7 @@ class Picker:
         ranked = rank(candidates, policy, invalid)
         if cmap is not None:
             ranked = refined(self.refiner, cmap, prepared, ranked, policy, invalid)
+        ranked = weigh_by_evidence(ranked, policy, info)
         return select(ranked, policy, info), ranked
 
     def pick_one(self, mic: Micrograph, diameter_A: float, head: str = "generic", policy=None) -> Picks:

@@ -115,6 +115,7 @@ class PickPolicy:
     round_to_pixel: bool = False
     calibrated: Optional[float] = None
     find_invalid: bool = False  # find border bands and dead areas (hydrapicker.regions) and pick none there
+    evidence_ref: Optional[float] = None  # micrograph evidence (weigh_by_evidence): the reference FOM; None = off
 
     def __post_init__(self):
         if self.is_auto and not (self.calibrated is not None and 0.0 < float(self.calibrated) < 1.0):
@@ -145,14 +146,17 @@ class PickPolicy:
     @classmethod
     def for_model(cls, meta: dict, diameter_A: float, head: str = "generic", threshold="model",
                   min_distance_A=None, edge_A=0.0, invalid_margin_A=None, round_to_pixel=False,
-                  find_invalid=True) -> "PickPolicy":
+                  find_invalid=True, evidence=True) -> "PickPolicy":
         """The policy of a model file's ``meta``: ``threshold`` = a number, None (all above the floor) or
         ``"model"`` (the head's calibrated threshold) or ``"auto"`` (per micrograph, around the head's
         calibrated threshold); floor from the model; minimum distance half the diameter unless given;
         border bands and dead areas found and avoided by ``invalid_margin_A`` (default half a diameter)
-        unless ``find_invalid`` is False."""
+        unless ``find_invalid`` is False; FOMs weighed by the micrograph's evidence (:func:`weigh_by_evidence`,
+        reference ``defaults.EVIDENCE_REFERENCE`` x the head's calibrated threshold) unless ``evidence`` is
+        False."""
         from .checkpoint import threshold_for
 
+        evidence_ref = defaults.EVIDENCE_REFERENCE * float(threshold_for(meta or {}, head)) if evidence else None
         calibrated = None
         if isinstance(threshold, str):
             if threshold not in ("model", AUTO):
@@ -164,7 +168,7 @@ class PickPolicy:
         margin = defaults.INVALID_MARGIN_DIAMETERS * float(diameter_A) if invalid_margin_A is None \
             else float(invalid_margin_A)
         return cls(float(min_d), thr, model_floor(meta), float(edge_A or 0.0), margin,
-                   bool(round_to_pixel), calibrated, bool(find_invalid))
+                   bool(round_to_pixel), calibrated, bool(find_invalid), evidence_ref)
 
 
     @classmethod
@@ -223,6 +227,30 @@ def rank(candidates: Candidates, policy: PickPolicy, invalid=None) -> Picks:
     return Picks(xy[order, 0], xy[order, 1], score[order])
 
 
+def evidence_factor(fom, reference: float, top_k: int = defaults.EVIDENCE_TOP_K) -> float:
+    """min(1, m / ``reference``), m = the mean of the ``top_k`` highest of one micrograph's FOMs, those it
+    lacks counted as 0 (they were under the floor): how sure its best candidates are that it holds particles."""
+    if not float(reference) > 0:  # a head calibrated at 0 keeps every candidate: nothing to weigh against
+        return 1.0
+    fom = np.asarray(fom, dtype=np.float64)
+    k = min(int(top_k), fom.size)
+    m = float(np.partition(fom, fom.size - k)[fom.size - k:].sum()) / int(top_k) if k else 0.0
+    return min(1.0, m / float(reference))
+
+
+def weigh_by_evidence(ranked: Picks, policy: PickPolicy, info: Optional[dict] = None) -> Picks:
+    """``ranked`` with every FOM multiplied by the micrograph's :func:`evidence_factor` (order kept) when the
+    policy asks for it (``evidence_ref``): picks on a micrograph of junk, ice or carbon alone, whose best
+    candidates are weak, fall under a threshold that picks on micrographs with particles pass. ``info``
+    receives the ``evidence`` factor."""
+    if policy.evidence_ref is None or len(ranked) == 0:
+        return ranked
+    f = evidence_factor(ranked.fom, policy.evidence_ref)
+    if info is not None:
+        info["evidence"] = f
+    return ranked if f >= 1.0 else Picks(ranked.x, ranked.y, ranked.fom * f)
+
+
 def choose_threshold(ranked: Picks, policy: PickPolicy) -> tuple:
     """(threshold of this micrograph or None, info): the policy's number, or with ``"auto"``
     :func:`hydrapicker.thresholds.auto_threshold` of ``ranked``'s FOMs (every candidate :func:`rank` kept),
@@ -255,4 +283,4 @@ def finalize(candidates: Candidates, policy: PickPolicy, invalid: Optional[np.nd
     ``invalid``: bool mask in pixels of the micrograph (True = do not pick there; picks within
     ``policy.invalid_margin_A`` of it are dropped too), or None. ``info``: see :func:`select`.
     """
-    return select(rank(candidates, policy, invalid), policy, info)
+    return select(weigh_by_evidence(rank(candidates, policy, invalid), policy, info), policy, info)

@@ -67,6 +67,9 @@ PARAMS = (
     Param("refine_centres", bool, defaults.REFINE_CENTRES, False,
           "yes: every pick is re-centred by the shipped centre refiner (a move of at most 0.3 diameters); no: the "
           f"centres as the detector's grid decodes them (default {'yes' if defaults.REFINE_CENTRES else 'no'})"),
+    Param("micrograph_evidence", bool, True, False,
+          "yes: each micrograph's FOMs are weighed by how sure its 20 best candidates are, so micrographs of "
+          "junk, ice or carbon alone yield few picks; no: the FOMs as the network gives them"),
     Param("ranks", int, None, False, "processes picking in parallel (torchrun): default one per GPU listed in "
                                      "'gpu'; with gpu = cpu, CPU processes sharing the threads", positive=True),
 )
@@ -78,10 +81,16 @@ def _refine_centres(o) -> bool:
     return bool(o.get("refine_centres", defaults.REFINE_CENTRES))
 
 
-def _refine_key(o) -> tuple:
-    """The done list's word for refine_centres: nothing for the default (older done lists stay valid)."""
+def _evidence(o) -> bool:
+    return bool(o.get("micrograph_evidence", True))
+
+
+def _choice_keys(o) -> tuple:
+    """The done list's words for refine_centres and micrograph_evidence: nothing for the defaults (older done
+    lists stay valid)."""
     refine = _refine_centres(o)
-    return () if refine == defaults.REFINE_CENTRES else ("refined" if refine else "unrefined",)
+    return (() if refine == defaults.REFINE_CENTRES else ("refined" if refine else "unrefined",)) + \
+        (() if _evidence(o) else ("raw-fom",))
 
 
 def default_picker_factory(model, device, threads, refine="auto"):
@@ -149,7 +158,7 @@ class PickRun:
         o = self.o
         thr = threshold if isinstance(threshold, str) else round(threshold, 6)  # "auto" or a number
         key = repr((model_desc, o["head"], thr, o["particle_diameter"], o["min_distance"],
-                    o["pickname"]) + _refine_key(o))
+                    o["pickname"]) + _choice_keys(o))
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     # A cycle with nothing new (a Scheme's next round, a repeated Continue) loads no model: the settings of
@@ -166,7 +175,7 @@ class PickRun:
         except OSError:
             ident = str(model)
         key = repr((ident, o["head"], o["threshold"], o["particle_diameter"], o["min_distance"], o["pickname"],
-                    bool(o.get("adapt"))) + _refine_key(o))
+                    bool(o.get("adapt"))) + _choice_keys(o))
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     def _remember_settings(self, fp: str) -> None:
@@ -213,7 +222,8 @@ class PickRun:
         o["head"] = o["head"] or default_head(meta)
         policy = PickPolicy.for_model(meta, o["particle_diameter"], o["head"],
                                       "model" if o["threshold"] is None else o["threshold"],
-                                      min_distance_A=o["min_distance"], round_to_pixel=True)  # RELION truncates
+                                      min_distance_A=o["min_distance"], round_to_pixel=True,  # RELION truncates
+                                      evidence=_evidence(o))
         self.threshold = policy.threshold
         self.policy = policy
         heads = meta.get("heads")

@@ -25,7 +25,9 @@ def speced(fake, spec=Picker):
 
 def finalized(mic, candidates: Picks, shape, diameter_A, policy=None, info=None) -> PickResult:
     """The PickResult the real Picker gives for these candidates: through rank/select with the policy
-    (None: all above the floor), duplicate suppression off (fake candidates sit closer than a diameter)."""
+    (None: all above the floor), duplicate suppression off (fake candidates sit closer than a diameter) and
+    micrograph evidence off (the fakes' dozen candidates would all be weighed down; the policy a job builds
+    is checked on its own: test_relion_plumbing, test_cryosparc_adapter)."""
     policy = policy or PickPolicy(min_distance_A=0.5 * diameter_A)
     policy = dataclasses.replace(policy, min_distance_A=0.0)
     c = Candidates(np.stack([candidates.x, candidates.y], 1), candidates.fom, tuple(shape[-2:]), 1.0)

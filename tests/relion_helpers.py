@@ -157,6 +157,7 @@ class FakePicker:
         self.delay = delay
         self.n = n
         self.picked = []
+        self.policies = []  # the policy of every pick() call
 
     @staticmethod
     def expected(name, n=12):
@@ -174,6 +175,7 @@ class FakePicker:
 
         from hydrapicker.errors import MicrographError
         from hydrapicker.types import PickResult
+        self.policies.append(policy)
         for mic in micrographs:
             if should_stop is not None and should_stop():
                 return

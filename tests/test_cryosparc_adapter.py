@@ -686,3 +686,17 @@ def test_refine_options_build_the_picker_with_or_without_the_centre_refiner():
     base = ["pick", "--diameter", "150", "--device", "cpu"]
     for extra, refined in (([], defaults.REFINE_CENTRES), (["--refine"], True), (["--no-refine"], False)):
         assert (_picker(build_parser().parse_args(base + extra)).refiner is not None) is refined, extra
+
+
+def test_no_evidence_option_reaches_the_pick_policy():
+    from cryosparc_hydra.cli import _options, build_parser
+    from cryosparc_hydra.picking import policy_for
+    from hydrapicker import defaults
+
+    class _Model:  # what policy_for reads of a picker
+        meta = {"default_threshold": 0.3, "heads": ["generic"]}
+
+    base = ["pick", "--diameter", "150", "--device", "cpu"]
+    on = policy_for(_Model(), _options(build_parser().parse_args(base)))
+    assert on.evidence_ref == defaults.EVIDENCE_REFERENCE * 0.3
+    assert policy_for(_Model(), _options(build_parser().parse_args(base + ["--no-evidence"]))).evidence_ref is None

@@ -228,6 +228,20 @@ def test_refine_centres_reaches_the_picker(project):
     assert inspect.signature(default_picker_factory).parameters["refine"].default == "auto"
 
 
+def test_micrograph_evidence_reaches_the_pick_policy_and_the_done_list(project):
+    """``micrograph_evidence`` absent = yes: the policy weighs FOMs against twice the head's threshold (the
+    core's rule, hydrapicker.postprocess.weigh_by_evidence); no: raw FOMs, and a done list made with the
+    default is not taken as done."""
+    from hydrapicker import defaults
+
+    rc, fake = pick([])
+    assert rc == 0 and fake.policies[0].evidence_ref == defaults.EVIDENCE_REFERENCE * 0.5
+    rc, again = pick([])
+    assert rc == 0 and again.picked == []  # all done with these settings
+    rc, raw = pick(["--micrograph_evidence", "no"])
+    assert rc == 0 and raw.policies[0].evidence_ref is None and raw.picked == NAMES  # new settings: picked again
+
+
 def test_user_threshold_and_pre31_star(project):
     write_mics_star(MICS_STAR, NAMES, 2.0, optics=False)
     rc, _ = pick(["--threshold", "0.8"])

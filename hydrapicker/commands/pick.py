@@ -88,6 +88,10 @@ def add_args(p):
                    help="also pick in border bands (flat, smeared or striped motion-correction padding) and "
                         "dead areas; by default they are found per micrograph and no pick is kept in them or "
                         "within half a diameter of them (the excluded area is in the summary)")
+    p.add_argument("--no-evidence", dest="evidence", action="store_false",
+                   help="keep every FOM as the network gives it; by default each micrograph's FOMs are weighed by "
+                        "how sure its 20 best candidates are (x min(1, their mean / twice the calibrated "
+                        "threshold)), so that micrographs of junk, ice or carbon alone yield few picks")
     p.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
                    help="test-time augmentation: average the network over this many rotations/flips of each "
                         "micrograph (N times slower; measured +0.01-0.02 AP on most sets)")
@@ -236,7 +240,8 @@ def _main(args, inputs, mics, out):
     policy = picker.policy(args.diameter, args.head,
                            threshold=None if args.all else ("model" if args.threshold is None else args.threshold),
                            min_distance_A=args.min_distance, edge_A=args.edge,
-                           find_invalid=not getattr(args, "keep_invalid", False))
+                           find_invalid=not getattr(args, "keep_invalid", False),
+                           evidence=getattr(args, "evidence", True))
     agg = Aggregates(out, args.suffix, args.format, stems, path)
     if args.watch:
         return watch_main(args, inputs, out, stems, path, picker, policy, agg, log)
@@ -304,6 +309,8 @@ def pick_batch(picker, todo, args, policy, path, agg, log, should_stop=None) -> 
         thr_txt = f", threshold {thr:.3f}" if policy.is_auto and thr is not None else ""
         if res.info.get("invalid_text"):  # border bands or dead areas excluded
             thr_txt += f", {res.info['invalid_text']}"
+        if res.info.get("evidence", 1.0) < 1.0:  # weak best candidates: junk, ice or carbon only?
+            thr_txt += f", FOMs x{res.info['evidence']:.2f} (weak micrograph evidence)"
         log(f"[hydra] {i}/{len(todo)} {res.micrograph.name}: {len(res.picks)} picks{thr_txt} "
             f"(total {n_picks}, {rate:.2f} micrographs/s, {res.info['device']})")
     return n_ok, n_picks, failed
