@@ -44,7 +44,7 @@ def parse_args(argv=None):
                    help="pickers to run (default: all three)")
     p.add_argument("--model", default=None, help="HydraPicker model file (default: the shipped model)")
     p.add_argument("--refine", action="store_true", help="HydraPicker with its centre refiner (hydra pick --refine)")
-    p.add_argument("--no-evidence", action="store_true", help="HydraPicker without micrograph evidence (hydra pick --no-evidence)")
+    p.add_argument("--evidence", default=None, metavar="R", help="HydraPicker's micrograph evidence (hydra pick --evidence R; 0 = off)")
     p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
                    help="HydraPicker's test-time augmentation views (hydra pick --tta; default 1 = off)")
     p.add_argument("--n-micrographs", type=int, default=None,
@@ -68,7 +68,7 @@ def run_picker(name, ds, work, args) -> Run:
     if name == "hydra":
         kw["model"] = args.model
         kw["tta"] = args.tta
-        kw["extra"] = (["--refine"] if args.refine else []) + (["--no-evidence"] if args.no_evidence else [])
+        kw["extra"] = (["--refine"] if args.refine else []) + (["--evidence", str(args.evidence)] if args.evidence is not None else [])
     return fn(ds, work / ds.name / name, **kw)
 
 

@@ -44,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--pickers", nargs="+", default=["hydra", "topaz", "log"], choices=sorted(PICKERS))
     p.add_argument("--model", default=None, help="HydraPicker model file (default: the shipped model)")
     p.add_argument("--n-sim", type=int, default=6, help="micrographs per junk target (default 6)")
-    p.add_argument("--no-evidence", action="store_true", help="HydraPicker without micrograph evidence (hydra pick --no-evidence)")
+    p.add_argument("--evidence", default=None, metavar="R", help="HydraPicker's micrograph evidence (hydra pick --evidence R; 0 = off)")
     p.add_argument("--real", action="store_true", help="also the real validation sets (AP, picks near edges)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default="/tmp/hydra_bench/junk")
@@ -57,7 +57,7 @@ def _run(name, ds, work, args):
     kw = {"threads": args.threads}
     if name == "hydra":
         kw["model"] = args.model
-        kw["extra"] = ["--no-evidence"] if args.no_evidence else []
+        kw["extra"] = ["--evidence", str(args.evidence)] if args.evidence is not None else []
     return PICKERS[name](ds, work / ds.name / name, **kw)
 
 

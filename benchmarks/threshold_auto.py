@@ -57,12 +57,15 @@ def mixed_spec(target: str, seed_offset: int = 0, prefix: str = "mix"):
                      description=t.description + "; mixed ice thickness, defocus and SNR within the set")
 
 
-def pick_candidates(ds, picker, cache: Path, log=print) -> dict:
-    """{stem: Picks} of every pick above the floor (cached next to the dataset, keyed on the model)."""
+def pick_candidates(ds, picker, cache: Path, log=print, evidence=None) -> dict:
+    """{stem: Picks} of every pick above the floor (cached next to the dataset, keyed on the model and the
+    micrograph evidence multiple: ``evidence`` as ``hydra pick --evidence``, None = the default)."""
+    from hydrapicker.postprocess import evidence_multiple
     from hydrapicker.types import Micrograph, Picks
 
     model = Path(picker.meta.get("path", "model"))
-    key = f"{model.stem}_{int(model.stat().st_mtime) if model.exists() else 0}"
+    key = (f"{model.stem}_{int(model.stat().st_mtime) if model.exists() else 0}"
+           f"_ev{evidence_multiple(evidence):g}")
     f = cache / f"candidates_{ds.name}_{len(ds.stems)}_{key}.npz"
     if f.exists():
         z = np.load(f)
@@ -70,7 +73,8 @@ def pick_candidates(ds, picker, cache: Path, log=print) -> dict:
     t0 = time.time()
     mics = [Micrograph(str(p), pixel_size=ds.pixel_size, name=s) for p, s in zip(ds.mic_paths, ds.stems)]
     out = {}
-    for res in picker.pick(mics, diameter_A=ds.diameter_A):
+    policy = picker.policy(ds.diameter_A, threshold=None, evidence=evidence)
+    for res in picker.pick(mics, diameter_A=ds.diameter_A, policy=policy):
         if res.error is not None:
             raise RuntimeError(f"{res.micrograph.name}: {res.error}")
         out[res.micrograph.name] = res.picks
@@ -155,6 +159,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-shift", type=float, default=None, help="auto_threshold max_shift (default: its own)")
+    ap.add_argument("--evidence", type=float, default=None,
+                    help="micrograph evidence multiple as hydra pick --evidence (default: the core's; 0 = off)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -178,7 +184,7 @@ def main(argv=None) -> int:
     rows = []
     for d in dirs:
         ds = load_dataset(d)
-        cands = pick_candidates(ds, picker, args.cache / "candidates")
+        cands = pick_candidates(ds, picker, args.cache / "candidates", evidence=args.evidence)
         rows.append(compare(ds, cands, calibrated, floor, **kw))
 
     head = (f"{'set':28s} {'mics':>4s} {'truth':>5s} | {'F1 default':>10s} {'P':>5s} {'R':>5s} | "
@@ -196,9 +202,11 @@ def main(argv=None) -> int:
               f"{r['oracle_per_micrograph_F1']:10.3f}")
     if args.json:
         from hydrapicker.atomic import write_text
+        from hydrapicker.postprocess import evidence_multiple
 
         out = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv, "model": str(picker.meta.get("path")),
                "calibrated_threshold": calibrated, "floor": floor, "auto_threshold_kwargs": kw,
+               "evidence_multiple": evidence_multiple(args.evidence),
                "n_per_simulated_set": args.n, "mix_targets": list(MIX_TARGETS),
                "specs": {r["set"]: None for r in rows}, "rows": rows}
         for d in dirs:

@@ -19,6 +19,7 @@ import argparse
 import sys
 
 from hydrapicker.errors import UserFacingError
+from hydrapicker.commands.pick import evidence_arg
 
 
 def _common(p, what: str):
@@ -65,9 +66,12 @@ def add_pick_args(p):
                    help="keep the centres as the detector's grid decodes them")
     p.add_argument("--edge", type=float, default=0.0, metavar="A",
                    help="drop picks closer than this to the micrograph edge (Angstrom)")
-    p.add_argument("--no-evidence", dest="evidence", action="store_false",
-                   help="keep every FOM as the network gives it (default: each exposure's FOMs weighed by how sure "
-                        "its 20 best candidates are, so exposures of junk, ice or carbon alone yield few picks)")
+    p.add_argument("--evidence", type=evidence_arg, default=None, metavar="R",
+                   help="micrograph evidence (as hydra pick --evidence): each exposure's FOMs weighed by how sure its "
+                        "best candidates are, so exposures of junk, ice or carbon alone yield few picks (default: "
+                        "the core's; 2 for junk-heavy sessions; 0 = off)")
+    p.add_argument("--no-evidence", dest="evidence", action="store_const", const=0.0,
+                   help="the FOMs as the network gives them (= --evidence 0)")
     p.add_argument("--adapt", action="store_true",
                    help="self-adaptation without labels: learn a head from these exposures' own confident picks, "
                         "then pick with it (the zero-shot picks when the pseudo-labels are too few or "
@@ -136,7 +140,7 @@ def _options(args):
     return PickOptions(diameter_A=args.diameter, threshold=args.threshold, head=args.head,
                        min_distance_A=args.min_distance, edge_A=args.edge, flip_y=args.flip_y,
                        adapt=getattr(args, "adapt", False), save_model=getattr(args, "save_model", None),
-                       evidence=getattr(args, "evidence", True))
+                       evidence=getattr(args, "evidence", None))
 
 
 def main_pick(args) -> int:

@@ -22,7 +22,7 @@ class PickOptions:
     flip_y: bool = False
     adapt: bool = False               # self-adaptation without labels (hydrapicker.adapt) before picking
     save_model: Optional[str] = None  # where the adapted model goes (None: the caller's default)
-    evidence: bool = True             # weigh each exposure's FOMs by its best candidates (hydra pick --no-evidence)
+    evidence: Optional[float] = None  # micrograph evidence multiple (hydra pick --evidence): None default, 0 off
 
 
 @dataclass

@@ -146,17 +146,18 @@ class PickPolicy:
     @classmethod
     def for_model(cls, meta: dict, diameter_A: float, head: str = "generic", threshold="model",
                   min_distance_A=None, edge_A=0.0, invalid_margin_A=None, round_to_pixel=False,
-                  find_invalid=True, evidence=True) -> "PickPolicy":
+                  find_invalid=True, evidence=None) -> "PickPolicy":
         """The policy of a model file's ``meta``: ``threshold`` = a number, None (all above the floor) or
         ``"model"`` (the head's calibrated threshold) or ``"auto"`` (per micrograph, around the head's
         calibrated threshold); floor from the model; minimum distance half the diameter unless given;
         border bands and dead areas found and avoided by ``invalid_margin_A`` (default half a diameter)
-        unless ``find_invalid`` is False; FOMs weighed by the micrograph's evidence (:func:`weigh_by_evidence`,
-        reference ``defaults.EVIDENCE_REFERENCE`` x the head's calibrated threshold) unless ``evidence`` is
-        False."""
+        unless ``find_invalid`` is False; FOMs weighed by the micrograph's evidence (:func:`weigh_by_evidence`)
+        against ``evidence`` x the head's calibrated threshold (:func:`evidence_multiple`: None = the default,
+        0 or False = off)."""
         from .checkpoint import threshold_for
 
-        evidence_ref = defaults.EVIDENCE_REFERENCE * float(threshold_for(meta or {}, head)) if evidence else None
+        multiple = evidence_multiple(evidence)
+        evidence_ref = multiple * float(threshold_for(meta or {}, head)) if multiple > 0 else None
         calibrated = None
         if isinstance(threshold, str):
             if threshold not in ("model", AUTO):
@@ -227,15 +228,28 @@ def rank(candidates: Candidates, policy: PickPolicy, invalid=None) -> Picks:
     return Picks(xy[order, 0], xy[order, 1], score[order])
 
 
-def evidence_factor(fom, reference: float, top_k: int = defaults.EVIDENCE_TOP_K) -> float:
-    """min(1, m / ``reference``), m = the mean of the ``top_k`` highest of one micrograph's FOMs, those it
-    lacks counted as 0 (they were under the floor): how sure its best candidates are that it holds particles."""
+def evidence_multiple(evidence=None) -> float:
+    """The evidence reference in multiples of the head's calibrated threshold: None or True = the default
+    (``defaults.EVIDENCE_REFERENCE``), 0 or False = off, else the number given (>= 0)."""
+    if evidence is None or evidence is True:
+        return float(defaults.EVIDENCE_REFERENCE)
+    value = float(evidence)
+    if not value >= 0:
+        raise ValueError(f"micrograph evidence must be >= 0 (0 = off), got {evidence!r}")
+    return value
+
+
+def evidence_factor(fom, reference: float, top_k: int = defaults.EVIDENCE_TOP_K,
+                    power: float = defaults.EVIDENCE_POWER) -> float:
+    """min(1, m / ``reference``) ** ``power``, m = the mean of the ``top_k`` highest of one micrograph's FOMs,
+    those it lacks counted as 0 (they were under the floor): how sure its best candidates are that it holds
+    particles."""
     if not float(reference) > 0:  # a head calibrated at 0 keeps every candidate: nothing to weigh against
         return 1.0
     fom = np.asarray(fom, dtype=np.float64)
     k = min(int(top_k), fom.size)
     m = float(np.partition(fom, fom.size - k)[fom.size - k:].sum()) / int(top_k) if k else 0.0
-    return min(1.0, m / float(reference))
+    return min(1.0, m / float(reference)) ** float(power)
 
 
 def weigh_by_evidence(ranked: Picks, policy: PickPolicy, info: Optional[dict] = None) -> Picks:

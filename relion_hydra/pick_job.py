@@ -67,9 +67,10 @@ PARAMS = (
     Param("refine_centres", bool, defaults.REFINE_CENTRES, False,
           "yes: every pick is re-centred by the shipped centre refiner (a move of at most 0.3 diameters); no: the "
           f"centres as the detector's grid decodes them (default {'yes' if defaults.REFINE_CENTRES else 'no'})"),
-    Param("micrograph_evidence", bool, True, False,
-          "yes: each micrograph's FOMs are weighed by how sure its 20 best candidates are, so micrographs of "
-          "junk, ice or carbon alone yield few picks; no: the FOMs as the network gives them"),
+    Param("micrograph_evidence", float, None, False,
+          "micrograph evidence R: each micrograph's FOMs are weighed by how sure its best candidates are (against "
+          f"R x the threshold), so micrographs of junk, ice or carbon alone yield few picks (empty: "
+          f"{defaults.EVIDENCE_REFERENCE:g}; 2 for junk-heavy sessions; 0: off)", between=(0.0, 100.0)),
     Param("ranks", int, None, False, "processes picking in parallel (torchrun): default one per GPU listed in "
                                      "'gpu'; with gpu = cpu, CPU processes sharing the threads", positive=True),
 )
@@ -81,8 +82,9 @@ def _refine_centres(o) -> bool:
     return bool(o.get("refine_centres", defaults.REFINE_CENTRES))
 
 
-def _evidence(o) -> bool:
-    return bool(o.get("micrograph_evidence", True))
+def _evidence(o):
+    """The evidence multiple asked for (None: the default)."""
+    return o.get("micrograph_evidence")
 
 
 def _choice_keys(o) -> tuple:
@@ -90,7 +92,7 @@ def _choice_keys(o) -> tuple:
     lists stay valid)."""
     refine = _refine_centres(o)
     return (() if refine == defaults.REFINE_CENTRES else ("refined" if refine else "unrefined",)) + \
-        (() if _evidence(o) else ("raw-fom",))
+        (() if _evidence(o) is None else (f"evidence {float(_evidence(o)):g}",))
 
 
 def default_picker_factory(model, device, threads, refine="auto"):

@@ -700,3 +700,5 @@ def test_no_evidence_option_reaches_the_pick_policy():
     on = policy_for(_Model(), _options(build_parser().parse_args(base)))
     assert on.evidence_ref == defaults.EVIDENCE_REFERENCE * 0.3
     assert policy_for(_Model(), _options(build_parser().parse_args(base + ["--no-evidence"]))).evidence_ref is None
+    two = policy_for(_Model(), _options(build_parser().parse_args(base + ["--evidence", "2"])))
+    assert two.evidence_ref == 2 * 0.3

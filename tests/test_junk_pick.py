@@ -89,7 +89,8 @@ def test_the_distilled_junk_model_ships_by_name_and_records_its_teacher():
     assert net.head_names == ["generic"]
 
 
-def test_a_junk_only_micrograph_yields_fewer_picks_by_default_than_with_no_evidence(junk_mics, tmp_path, capsys):
+def test_micrograph_evidence_drops_picks_on_a_junk_only_micrograph_and_none_where_particles_are(
+        junk_mics, tmp_path, capsys):
     d, spec, mics = junk_mics
     free = simulate_micrograph(spec.replace(p_junk_only=1.0, name="free"), 0)
     assert len(free.xy) == 0
@@ -98,14 +99,14 @@ def test_a_junk_only_micrograph_yields_fewer_picks_by_default_than_with_no_evide
     write_mrc(src / "free.mrc", free.image, apix=spec.pixel_size)
     write_mrc(src / "plain.mrc", mics["plain"][1].image, apix=spec.pixel_size)
     args = [str(src / "*.mrc"), "--diameter", str(spec.diameter_A), "--threads", "1"]
-    assert hydra(["pick", *args, "--out", str(tmp_path / "default")]) == 0
-    log = capsys.readouterr()
-    assert hydra(["pick", *args, "--out", str(tmp_path / "raw"), "--no-evidence"]) == 0
     n = {}
-    for run in ("default", "raw"):
-        summ = _summary(tmp_path / run)
-        n[run] = {k.rsplit("/", 1)[-1]: int(r[2]) for k, r in summ.items()}
+    for run, extra in (("default", []), ("strong", ["--evidence", "2"]), ("raw", ["--no-evidence"])):
+        capsys.readouterr()
+        assert hydra(["pick", *args, "--out", str(tmp_path / run), *extra]) == 0
+        if run == "strong":
+            log = capsys.readouterr()
+            assert "weak micrograph evidence" in log.out + log.err
+        n[run] = {k.rsplit("/", 1)[-1]: int(r[2]) for k, r in _summary(tmp_path / run).items()}
     assert n["raw"]["free.mrc"] > 0  # the network alone does pick on this junk
-    assert n["default"]["free.mrc"] < n["raw"]["free.mrc"]
-    assert "free.mrc" in log.out + log.err and "weak micrograph evidence" in log.out + log.err
-    assert n["default"]["plain.mrc"] == n["raw"]["plain.mrc"] > 0  # particles: its best candidates are sure
+    assert n["strong"]["free.mrc"] < n["raw"]["free.mrc"] and n["default"]["free.mrc"] <= n["raw"]["free.mrc"]
+    assert n["default"]["plain.mrc"] == n["strong"]["plain.mrc"] == n["raw"]["plain.mrc"] > 0  # sure: kept

@@ -79,21 +79,23 @@ def test_micrograph_evidence_scales_a_weak_micrographs_foms_and_keeps_their_orde
     assert evidence_factor(strong, 0.5) == 1.0  # its 20 best average 0.9 >= the reference
     weak = np.linspace(0.35, 0.06, 60)
     m = np.sort(weak)[-20:].mean()
-    assert evidence_factor(weak, 0.5) == pytest.approx(m / 0.5)
-    assert evidence_factor(np.array([0.8, 0.6]), 0.5) == pytest.approx(1.4 / 20 / 0.5)  # lacking ones count 0
+    P = defaults.EVIDENCE_POWER
+    assert evidence_factor(weak, 0.5) == pytest.approx((m / 0.5) ** P)
+    assert evidence_factor(weak, 0.5, power=1.0) == pytest.approx(m / 0.5)
+    assert evidence_factor(np.array([0.8, 0.6]), 0.5) == pytest.approx((1.4 / 20 / 0.5) ** P)  # lacking ones count 0
     assert evidence_factor(np.array([]), 0.5) == 0.0
     assert evidence_factor(weak, 0.0) == 1.0  # a head calibrated at 0: nothing to weigh against
     ranked = Picks(np.arange(60.0), np.zeros(60), weak)
     policy = PickPolicy(min_distance_A=1.0, threshold=0.2, evidence_ref=0.5)
     info = {}
     got = weigh_by_evidence(ranked, policy, info)
-    assert info["evidence"] == pytest.approx(m / 0.5) and got.x.tolist() == ranked.x.tolist()
-    assert np.allclose(got.fom, weak * m / 0.5)
+    assert info["evidence"] == pytest.approx((m / 0.5) ** P) and got.x.tolist() == ranked.x.tolist()
+    assert np.allclose(got.fom, weak * (m / 0.5) ** P)
     assert len(got.above(0.2)) < len(ranked.above(0.2))  # fewer picks pass the same threshold
     off = PickPolicy(min_distance_A=1.0, threshold=0.2)
     assert weigh_by_evidence(ranked, off) is ranked  # None: off
     c = _cands(np.c_[np.linspace(5, 195, 60), np.full(60, 50.0)], weak)
-    assert np.allclose(finalize(c, PickPolicy(min_distance_A=0.0, evidence_ref=0.5)).fom, np.sort(weak)[::-1] * m / 0.5)
+    assert np.allclose(finalize(c, PickPolicy(min_distance_A=0.0, evidence_ref=0.5)).fom, np.sort(weak)[::-1] * (m / 0.5) ** P)
 
 
 def test_for_model_weighs_by_evidence_relative_to_the_heads_threshold_unless_told_not_to():
@@ -102,4 +104,8 @@ def test_for_model_weighs_by_evidence_relative_to_the_heads_threshold_unless_tol
     assert PickPolicy.for_model(meta, 150.0, head="prot", threshold=None).evidence_ref == \
         pytest.approx(defaults.EVIDENCE_REFERENCE * 0.2)
     assert PickPolicy.for_model(meta, 150.0, evidence=False).evidence_ref is None
+    assert PickPolicy.for_model(meta, 150.0, evidence=0).evidence_ref is None
+    assert PickPolicy.for_model(meta, 150.0, evidence=2.0).evidence_ref == pytest.approx(0.6)
+    with pytest.raises(ValueError):
+        PickPolicy.for_model(meta, 150.0, evidence=-1)
     assert PickPolicy.for_prepared(20.0).evidence_ref is None  # validation on prepared images: raw FOMs

@@ -53,6 +53,20 @@ def positive_int(word: str) -> int:
     return value
 
 
+def evidence_arg(word: str) -> float:
+    """``--evidence``: a number >= 0 (multiples of the calibrated threshold; 0 = off)."""
+    import argparse
+    import math
+
+    try:
+        value = float(word)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number, not {word!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or more, not {word}")
+    return value
+
+
 def refine_choice(refine_centres, refiner=None):
     """``Picker(refine=...)`` for --refine (True) / --no-refine (False) / neither (None: the default,
     ``defaults.REFINE_CENTRES``) and --refiner FILE (a file implies --refine)."""
@@ -64,6 +78,8 @@ def refine_choice(refine_centres, refiner=None):
 
 
 def add_args(p):
+    from .. import defaults
+
     p.add_argument("micrographs", nargs="*", help="MRC files, quoted globs, @list.txt or STAR files")
     p.add_argument("--mics", action="append", default=[], help="micrographs STAR (repeatable)")
     p.add_argument("--diameter", type=float, required=True, help="particle diameter in Angstrom")
@@ -88,10 +104,14 @@ def add_args(p):
                    help="also pick in border bands (flat, smeared or striped motion-correction padding) and "
                         "dead areas; by default they are found per micrograph and no pick is kept in them or "
                         "within half a diameter of them (the excluded area is in the summary)")
-    p.add_argument("--no-evidence", dest="evidence", action="store_false",
-                   help="keep every FOM as the network gives it; by default each micrograph's FOMs are weighed by "
-                        "how sure its 20 best candidates are (x min(1, their mean / twice the calibrated "
-                        "threshold)), so that micrographs of junk, ice or carbon alone yield few picks")
+    p.add_argument("--evidence", type=evidence_arg, default=None, metavar="R",
+                   help="micrograph evidence: each micrograph's FOMs are multiplied by min(1, m / (R x the "
+                        f"calibrated threshold))^{defaults.EVIDENCE_POWER:g}, m = the mean of its "
+                        f"{defaults.EVIDENCE_TOP_K} best, so micrographs of junk, ice or carbon alone yield few picks "
+                        f"(default R = {defaults.EVIDENCE_REFERENCE:g}; 2 for junk-heavy sessions: fewer false picks, "
+                        "but fewer picks on thick-ice micrographs too; 0 = off)")
+    p.add_argument("--no-evidence", dest="evidence", action="store_const", const=0.0,
+                   help="the FOMs as the network gives them (= --evidence 0)")
     p.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
                    help="test-time augmentation: average the network over this many rotations/flips of each "
                         "micrograph (N times slower; measured +0.01-0.02 AP on most sets)")
@@ -241,7 +261,7 @@ def _main(args, inputs, mics, out):
                            threshold=None if args.all else ("model" if args.threshold is None else args.threshold),
                            min_distance_A=args.min_distance, edge_A=args.edge,
                            find_invalid=not getattr(args, "keep_invalid", False),
-                           evidence=getattr(args, "evidence", True))
+                           evidence=getattr(args, "evidence", None))
     agg = Aggregates(out, args.suffix, args.format, stems, path)
     if args.watch:
         return watch_main(args, inputs, out, stems, path, picker, policy, agg, log)
