@@ -130,29 +130,53 @@ def load_labelled(micrographs, coords: dict, diameter_A: float, extent_px: float
 
 
 def split_validation(mics: list, val_fraction: float, extent_px: float, rng) -> tuple:
-    """(train, val): whole micrographs held out when there are >= 3 labelled ones, else the right quarter
-    of each (the training side loses the strip plus a guard band of one particle diameter)."""
+    """(train, val): whole micrographs with picks held out when there are >= 3 labelled ones, and the right
+    strip of every particle-free one (so that the threshold is calibrated, and training stopped, against the
+    user's junk too); else the right strip of each (the training side loses the strip plus a guard band of
+    one particle diameter)."""
     if val_fraction <= 0:
         return mics, []
     with_picks = [m for m in mics if len(m.xy)]
     if len(mics) >= 3 and len(with_picks) >= 2:
         n_val = min(len(with_picks) - 1, max(1, int(round(val_fraction * len(mics)))))
         val_idx = set(rng.choice([i for i, m in enumerate(mics) if len(m.xy)], n_val, replace=False).tolist())
-        return ([m for i, m in enumerate(mics) if i not in val_idx], [m for i, m in enumerate(mics) if i in val_idx])
-    train, val = [], []
-    for m in mics:
-        ny, nx = m.image.shape
-        x_cut = int(round(nx * (1 - max(0.15, min(val_fraction, 0.5)))))
-        guard = int(math.ceil(extent_px))
-        keep = m.xy[:, 0] < x_cut - guard if len(m.xy) else np.zeros(0, bool)
-        region = m.region.copy()
-        region[:, max(0, x_cut - guard):] = 0
-        train.append(Labelled(m.name, m.image, m.xy[keep], region, info=m.info))
-        mask = np.zeros(m.image.shape, bool)
-        mask[:, x_cut:] = m.region[:, x_cut:] > 0.5
-        val.append(Labelled(m.name, m.image, m.xy[m.xy[:, 0] >= x_cut] if len(m.xy) else m.xy, m.region,
-                            eval_mask=mask, info=m.info))
-    return train, val
+        train, val = [], []
+        for i, m in enumerate(mics):
+            if i in val_idx:
+                val.append(m)
+            elif len(m.xy) == 0:
+                part, strip = _strips(m, val_fraction, extent_px)
+                train.append(part)
+                val.append(strip)
+            else:
+                train.append(m)
+        return train, val
+    parts = [_strips(m, val_fraction, extent_px) for m in mics]
+    return [t for t, _ in parts], [v for _, v in parts]
+
+
+def _validation_kind(val: list) -> str:
+    """"strips", "micrographs", "micrographs + strips" (of the particle-free ones) or "none"."""
+    n_strips = sum(m.eval_mask is not None for m in val)
+    if not val:
+        return "none"
+    return "strips" if n_strips == len(val) else ("micrographs + strips" if n_strips else "micrographs")
+
+
+def _strips(m, val_fraction: float, extent_px: float) -> tuple:
+    """(training part, validation part) of one labelled micrograph: the right strip is held out, and the
+    training side loses it plus a guard band of one particle diameter."""
+    ny, nx = m.image.shape
+    x_cut = int(round(nx * (1 - max(0.15, min(val_fraction, 0.5)))))
+    guard = int(math.ceil(extent_px))
+    keep = m.xy[:, 0] < x_cut - guard if len(m.xy) else np.zeros(0, bool)
+    region = m.region.copy()
+    region[:, max(0, x_cut - guard):] = 0
+    mask = np.zeros(m.image.shape, bool)
+    mask[:, x_cut:] = m.region[:, x_cut:] > 0.5
+    return (Labelled(m.name, m.image, m.xy[keep], region, info=m.info),
+            Labelled(m.name, m.image, m.xy[m.xy[:, 0] >= x_cut] if len(m.xy) else m.xy, m.region,
+                     eval_mask=mask, info=m.info))
 
 
 # -- cached body features --------------------------------------------------------------------------
@@ -637,7 +661,7 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
     train, val = split_validation(mics, val_fraction, extent, rng)
     n_picks = sum(m.info["n_picks"] for m in mics)
     log(f"[finetune] {len(mics)} labelled micrographs, {n_picks} picks; {len(train)} for training, "
-        f"{len(val)} for validation" + (" (held-out strips)" if val and val[0].eval_mask is not None else ""))
+        f"{len(val)} for validation ({_validation_kind(val)})")
     mix = _generic_sets(4, 2, extent, seed, log) if mix_generic > 0 else []
     cached = _cache_features(net, train, mix, val, cfg, temperature, assign_reach(meta), should_stop, log)
     fitted = None
@@ -659,7 +683,7 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
         "base_model": str(meta.get("path")), "diameter_A": float(diameter_A),
         "micrographs": [m.name for m in mics], "train_micrographs": [m.name for m in train],
         "validation_micrographs": [m.name for m in val],
-        "validation": "strips" if val and val[0].eval_mask is not None else ("micrographs" if val else "none"),
+        "validation": _validation_kind(val),
         "n_picks": int(n_picks), "label_fraction": c, "label_fraction_estimated": label_fraction is None,
         "label_fraction_evidence": c_info, "region_radius_diameters": region_radius, "mix_generic": mix_generic,
         "orientations": n_var, "epochs": epoch, "best_epoch": best[2] if val else epoch, "steps": step,

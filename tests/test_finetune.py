@@ -326,3 +326,23 @@ def test_a_micrograph_given_without_picks_teaches_plain_negatives_even_under_pu_
     on_picked, on_junk = variants[0][1], variants[1][1]
     assert on_picked.target[2, 3] == 1.0 and on_picked.target[0, 0] > 0.5  # PU: unlabelled may be particles
     assert np.all(on_junk.target == 0.0) and np.all(on_junk.weight == 1.0)
+
+
+def test_validation_holds_out_a_strip_of_every_particle_free_micrograph():
+    """With whole micrographs held out, a particle-free one (the user's junk) still has its right strip in
+    validation, so the new head's threshold is calibrated against that junk too."""
+    from hydrapicker.finetune import Labelled, split_validation
+
+    def mic(name, xy):
+        return Labelled(name, np.zeros((64, 80), np.float32), np.asarray(xy, float).reshape(-1, 2), np.ones((64, 80)))
+
+    mics = [mic("a", [[10, 10], [70, 30]]), mic("b", [[20, 40]]), mic("junk", np.zeros((0, 2)))]
+    train, val = split_validation(mics, 0.2, 8.0, np.random.default_rng(0))
+    by_name = {m.name: m for m in val}
+    assert set(by_name) == {"junk", "a"} or set(by_name) == {"junk", "b"}  # one particle micrograph whole
+    strip = by_name["junk"]
+    assert strip.eval_mask is not None and strip.eval_mask[:, -1].all() and not strip.eval_mask[:, 0].any()
+    junk_train = next(m for m in train if m.name == "junk")
+    assert junk_train.region[:, -1].max() == 0 and junk_train.region[:, 0].min() == 1  # trained on the rest
+    whole = next(m for m in val if m.name != "junk")
+    assert whole.eval_mask is None and not any(m.name == whole.name for m in train)
