@@ -11,8 +11,8 @@ Two kinds of tuning set, because the rule trades one against the other:
   weak micrographs hold particles: F1 of the picks at the calibrated threshold must not fall.
 
 The model picks every candidate above 0.01 with raw FOMs once; each setting is then applied to those FOMs:
-every FOM of a micrograph times min(1, m / (c x the calibrated threshold)) ** p, m = the mean of its k best
-FOMs (those it lacks counted as 0). The chosen setting: the best mean junk-set AP among those that lose at
+every FOM of a micrograph times min(1, m / ref) ** p, m = the mean of its k best FOMs (those it lacks
+counted as 0), ref the FOM whose odds are c times the calibrated threshold's. The chosen setting: the best mean junk-set AP among those that lose at
 most 0.005 of mean mixed-ice F1 and at most 0.015 on any mixed-ice set.
 
   python benchmarks/evidence_tune.py --model generic-junk-distilled --json evidence_tune.json
@@ -133,11 +133,15 @@ def mixed_f1(rows, weigh, calibrated: float) -> dict:
 
 
 def weigher(k: int, c: float, p: float, calibrated: float):
+    from hydrapicker.postprocess import evidence_reference
+
+    ref = evidence_reference(calibrated, c)
+
     def weigh(fom):
         if len(fom) == 0:
             return fom
         m = float(np.sort(fom)[-k:].sum()) / k
-        return fom * min(1.0, m / (c * calibrated)) ** p
+        return fom * min(1.0, m / ref) ** p
     return weigh
 
 
@@ -164,8 +168,8 @@ def main(argv=None) -> int:
     mixed = mixed_sets(picker, args.mix_mics, args.cache)
     raw_mix = mixed_f1(mixed, lambda f: f, calibrated)
     results = []
-    settings = [("raw", None)] + [(f"k{k} c{c:g}x p{p:g}", (k, c, p)) for k, c, p in
-                                  itertools.product((10, 20), (1.2, 1.3, 1.4, 1.5, 1.7, 2.0, 2.5), (1.0, 2.0, 4.0))]
+    settings = [("raw", None)] + [(f"k{k} c{c:g}x odds p{p:g}", (k, c, p)) for k, c, p in
+                                  itertools.product((10, 20), (1.3, 1.5, 1.65, 1.8, 2.0, 2.5, 3.0), (1.0, 2.0, 4.0))]
     for label, kcp in settings:
         weigh = (lambda f: f) if kcp is None else weigher(*kcp, calibrated)
         mix = mixed_f1(mixed, weigh, calibrated)

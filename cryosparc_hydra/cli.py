@@ -69,7 +69,7 @@ def add_pick_args(p):
     p.add_argument("--evidence", type=evidence_arg, default=None, metavar="R",
                    help="micrograph evidence (as hydra pick --evidence): each exposure's FOMs weighed by how sure its "
                         "best candidates are, so exposures of junk, ice or carbon alone yield few picks (default: "
-                        "the core's; 2 for junk-heavy sessions; 0 = off)")
+                        "the core's; more for junk-heavy sessions; 0 = off)")
     p.add_argument("--no-evidence", dest="evidence", action="store_const", const=0.0,
                    help="the FOMs as the network gives them (= --evidence 0)")
     p.add_argument("--adapt", action="store_true",

@@ -79,8 +79,10 @@ def shifted_cut(threshold: float, shifted: float) -> float:
 
 
 def zero_shot(picker, mics: list, diameter_A: float, head: str, should_stop=None) -> tuple:
-    """Every candidate above the floor on ``mics`` -> ([(micrograph, Picks, pixel size)], names that failed)."""
-    policy = picker.policy(diameter_A, head, threshold=None)
+    """Every candidate above the floor on ``mics`` -> ([(micrograph, Picks, pixel size)], names that failed).
+    The FOMs are the network's own (micrograph evidence off): pseudo-labels and the adapted head's threshold
+    are read off them, and the written picks are weighed once, against that threshold."""
+    policy = picker.policy(diameter_A, head, threshold=None, evidence=0)
     done, failed = [], []
     for res in picker.pick(mics, diameter_A, head=head, policy=policy, should_stop=should_stop):
         if res.ok:

@@ -15,13 +15,14 @@ MIN_DISTANCE_DIAMETERS = 0.5
 #: picks closer than this (a fraction of the particle diameter) to a border band or dead area are dropped
 INVALID_MARGIN_DIAMETERS = 0.5
 #: micrograph evidence (issue 14, junk-only micrographs): every FOM of a micrograph is multiplied by
-#: min(1, m / (EVIDENCE_REFERENCE x the head's calibrated threshold)) ** EVIDENCE_POWER, m = the mean of its
-#: EVIDENCE_TOP_K highest FOMs: a micrograph whose best candidates are weak (no particles: ice, carbon, junk
-#: only) keeps its picks in order but at lower FOM. Chosen by benchmarks/evidence_tune.py on simulated tuning
-#: sets only: the best junk-set AP that costs mixed-ice sets (whose weak micrographs hold particles) at most
-#: 0.005 F1 (README, Junk). Users with junk-heavy sessions can ask for more (hydra pick --evidence 2)
+#: min(1, m / ref) ** EVIDENCE_POWER, m = the mean of its EVIDENCE_TOP_K highest FOMs, ref the FOM whose odds
+#: are EVIDENCE_REFERENCE times the head's calibrated threshold's: a micrograph whose best candidates are weak
+#: (no particles: ice, carbon, junk only) keeps its picks in order but at lower FOM. Chosen by
+#: benchmarks/evidence_tune.py on simulated tuning sets only: the best junk-set AP that costs mixed-ice sets
+#: (whose weak micrographs hold particles) at most 0.005 F1 (README, Junk). Junk-heavy sessions can ask for
+#: more (hydra pick --evidence R)
 EVIDENCE_TOP_K = 20
-EVIDENCE_REFERENCE = 1.4
+EVIDENCE_REFERENCE = 1.65
 EVIDENCE_POWER = 1.0
 #: precision that the calibrated threshold reaches on validation data
 CALIBRATION_PRECISION = 0.8

@@ -152,12 +152,12 @@ class PickPolicy:
         calibrated threshold); floor from the model; minimum distance half the diameter unless given;
         border bands and dead areas found and avoided by ``invalid_margin_A`` (default half a diameter)
         unless ``find_invalid`` is False; FOMs weighed by the micrograph's evidence (:func:`weigh_by_evidence`)
-        against ``evidence`` x the head's calibrated threshold (:func:`evidence_multiple`: None = the default,
-        0 or False = off)."""
+        against the FOM of ``evidence`` times the odds of the head's calibrated threshold
+        (:func:`evidence_reference`; :func:`evidence_multiple`: None = the default, 0 or False = off)."""
         from .checkpoint import threshold_for
 
         multiple = evidence_multiple(evidence)
-        evidence_ref = multiple * float(threshold_for(meta or {}, head)) if multiple > 0 else None
+        evidence_ref = evidence_reference(float(threshold_for(meta or {}, head)), multiple) if multiple > 0 else None
         calibrated = None
         if isinstance(threshold, str):
             if threshold not in ("model", AUTO):
@@ -229,7 +229,7 @@ def rank(candidates: Candidates, policy: PickPolicy, invalid=None) -> Picks:
 
 
 def evidence_multiple(evidence=None) -> float:
-    """The evidence reference in multiples of the head's calibrated threshold: None or True = the default
+    """The evidence reference in multiples of the odds of the head's calibrated threshold: None or True = the default
     (``defaults.EVIDENCE_REFERENCE``), 0 or False = off, else the number given (>= 0)."""
     if evidence is None or evidence is True:
         return float(defaults.EVIDENCE_REFERENCE)
@@ -237,6 +237,15 @@ def evidence_multiple(evidence=None) -> float:
     if not value >= 0:
         raise ValueError(f"micrograph evidence must be >= 0 (0 = off), got {evidence!r}")
     return value
+
+
+def evidence_reference(threshold: float, multiple: float) -> float:
+    """The FOM whose odds are ``multiple`` times the threshold's: how sure a micrograph's best candidates
+    must be to keep its FOMs (in odds, so that a head with a high threshold, such as a few-shot or adapted
+    one, is not asked for more than 1)."""
+    t = min(max(float(threshold), 1e-6), 1 - 1e-6)
+    odds = float(multiple) * t / (1.0 - t)
+    return odds / (1.0 + odds)
 
 
 def evidence_factor(fom, reference: float, top_k: int = defaults.EVIDENCE_TOP_K,

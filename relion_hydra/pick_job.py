@@ -69,8 +69,8 @@ PARAMS = (
           f"centres as the detector's grid decodes them (default {'yes' if defaults.REFINE_CENTRES else 'no'})"),
     Param("micrograph_evidence", float, None, False,
           "micrograph evidence R: each micrograph's FOMs are weighed by how sure its best candidates are (against "
-          f"R x the threshold), so micrographs of junk, ice or carbon alone yield few picks (empty: "
-          f"{defaults.EVIDENCE_REFERENCE:g}; 2 for junk-heavy sessions; 0: off)", between=(0.0, 100.0)),
+          f"R times the threshold's odds), so micrographs of junk, ice or carbon alone yield fewer picks (empty: "
+          f"{defaults.EVIDENCE_REFERENCE:g}; more for junk-heavy sessions; 0: off)", between=(0.0, 100.0)),
     Param("ranks", int, None, False, "processes picking in parallel (torchrun): default one per GPU listed in "
                                      "'gpu'; with gpu = cpu, CPU processes sharing the threads", positive=True),
 )

@@ -692,13 +692,14 @@ def test_no_evidence_option_reaches_the_pick_policy():
     from cryosparc_hydra.cli import _options, build_parser
     from cryosparc_hydra.picking import policy_for
     from hydrapicker import defaults
+    from hydrapicker.postprocess import evidence_reference
 
     class _Model:  # what policy_for reads of a picker
         meta = {"default_threshold": 0.3, "heads": ["generic"]}
 
     base = ["pick", "--diameter", "150", "--device", "cpu"]
     on = policy_for(_Model(), _options(build_parser().parse_args(base)))
-    assert on.evidence_ref == defaults.EVIDENCE_REFERENCE * 0.3
+    assert on.evidence_ref == evidence_reference(0.3, defaults.EVIDENCE_REFERENCE)
     assert policy_for(_Model(), _options(build_parser().parse_args(base + ["--no-evidence"]))).evidence_ref is None
     two = policy_for(_Model(), _options(build_parser().parse_args(base + ["--evidence", "2"])))
-    assert two.evidence_ref == 2 * 0.3
+    assert two.evidence_ref == evidence_reference(0.3, 2.0)

@@ -99,13 +99,26 @@ def test_micrograph_evidence_scales_a_weak_micrographs_foms_and_keeps_their_orde
 
 
 def test_for_model_weighs_by_evidence_relative_to_the_heads_threshold_unless_told_not_to():
+    from hydrapicker.postprocess import evidence_reference
+
     meta = {"default_threshold": 0.3, "head_thresholds": {"prot": 0.2}}
-    assert PickPolicy.for_model(meta, 150.0).evidence_ref == pytest.approx(defaults.EVIDENCE_REFERENCE * 0.3)
+    R = defaults.EVIDENCE_REFERENCE
+    assert PickPolicy.for_model(meta, 150.0).evidence_ref == pytest.approx(evidence_reference(0.3, R))
     assert PickPolicy.for_model(meta, 150.0, head="prot", threshold=None).evidence_ref == \
-        pytest.approx(defaults.EVIDENCE_REFERENCE * 0.2)
+        pytest.approx(evidence_reference(0.2, R))
     assert PickPolicy.for_model(meta, 150.0, evidence=False).evidence_ref is None
     assert PickPolicy.for_model(meta, 150.0, evidence=0).evidence_ref is None
-    assert PickPolicy.for_model(meta, 150.0, evidence=2.0).evidence_ref == pytest.approx(0.6)
+    assert PickPolicy.for_model(meta, 150.0, evidence=2.0).evidence_ref == pytest.approx(evidence_reference(0.3, 2.0))
     with pytest.raises(ValueError):
         PickPolicy.for_model(meta, 150.0, evidence=-1)
     assert PickPolicy.for_prepared(20.0).evidence_ref is None  # validation on prepared images: raw FOMs
+
+
+def test_the_evidence_reference_multiplies_the_thresholds_odds_and_stays_below_1():
+    from hydrapicker.postprocess import evidence_reference
+
+    ref = evidence_reference(0.25, 3.0)  # odds 1/3 -> 1: FOM 0.5
+    assert ref == pytest.approx(0.5)
+    assert evidence_reference(0.25, 1.0) == pytest.approx(0.25)
+    for t in (0.3, 0.6, 0.8, 0.95):  # a few-shot or adapted head's high threshold: never asks for 1 or more
+        assert t < evidence_reference(t, 2.0) < 1.0

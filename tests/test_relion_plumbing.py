@@ -231,17 +231,18 @@ def test_refine_centres_reaches_the_picker(project):
 def test_micrograph_evidence_reaches_the_pick_policy_and_the_done_list(project):
     """``micrograph_evidence`` absent: the policy weighs FOMs against the default multiple of the head's
     threshold (the core's rule, hydrapicker.postprocess.weigh_by_evidence); 0: raw FOMs; 2: twice the
-    threshold; each a new setting for the done list; a negative value fails with the exit file."""
+    threshold's odds; each a new setting for the done list; a negative value fails with the exit file."""
     from hydrapicker import defaults
+    from hydrapicker.postprocess import evidence_reference
 
     rc, fake = pick([])
-    assert rc == 0 and fake.policies[0].evidence_ref == defaults.EVIDENCE_REFERENCE * 0.5
+    assert rc == 0 and fake.policies[0].evidence_ref == evidence_reference(0.5, defaults.EVIDENCE_REFERENCE)
     rc, again = pick([])
     assert rc == 0 and again.picked == []  # all done with these settings
     rc, raw = pick(["--micrograph_evidence", "0"])
     assert rc == 0 and raw.policies[0].evidence_ref is None and raw.picked == NAMES  # new settings: picked again
     rc, strong = pick(["--micrograph_evidence", "2"])
-    assert rc == 0 and strong.policies[0].evidence_ref == 2 * 0.5 and strong.picked == NAMES
+    assert rc == 0 and strong.policies[0].evidence_ref == evidence_reference(0.5, 2.0) and strong.picked == NAMES
     rc, _ = pick(["--micrograph_evidence", "-1"], job="External/job002/")
     assert rc != 0 and exit_files("External/job002/") == ["RELION_JOB_EXIT_FAILURE"]
 

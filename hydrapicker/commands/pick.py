@@ -105,11 +105,12 @@ def add_args(p):
                         "dead areas; by default they are found per micrograph and no pick is kept in them or "
                         "within half a diameter of them (the excluded area is in the summary)")
     p.add_argument("--evidence", type=evidence_arg, default=None, metavar="R",
-                   help="micrograph evidence: each micrograph's FOMs are multiplied by min(1, m / (R x the "
-                        f"calibrated threshold))^{defaults.EVIDENCE_POWER:g}, m = the mean of its "
-                        f"{defaults.EVIDENCE_TOP_K} best, so micrographs of junk, ice or carbon alone yield few picks "
-                        f"(default R = {defaults.EVIDENCE_REFERENCE:g}; 2 for junk-heavy sessions: fewer false picks, "
-                        "but fewer picks on thick-ice micrographs too; 0 = off)")
+                   help="micrograph evidence: each micrograph's FOMs are multiplied by min(1, m / ref)"
+                        f"^{defaults.EVIDENCE_POWER:g}, m = the mean of its {defaults.EVIDENCE_TOP_K} best, ref the "
+                        "FOM whose odds are R times the calibrated threshold's, so micrographs of junk, ice or "
+                        f"carbon alone yield fewer picks (default R = {defaults.EVIDENCE_REFERENCE:g}; more for "
+                        "junk-heavy sessions: fewer false picks, but fewer picks on thick-ice micrographs too; "
+                        "0 = off)")
     p.add_argument("--no-evidence", dest="evidence", action="store_const", const=0.0,
                    help="the FOMs as the network gives them (= --evidence 0)")
     p.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
