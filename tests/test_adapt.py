@@ -61,6 +61,22 @@ def test_small_helpers():
     assert count_matching_threshold(np.array([0.9]), 0, 0.1) == pytest.approx(0.1)
 
 
+def test_pseudo_labels_are_read_off_the_networks_own_foms(target, monkeypatch):
+    """zero_shot (the teacher) turns micrograph evidence off: the FOMs it returns are the network's even when
+    the default evidence would weigh every micrograph down (here a reference no micrograph reaches)."""
+    from hydrapicker import defaults
+
+    monkeypatch.setattr(defaults, "EVIDENCE_REFERENCE", 50.0)
+    picker = Picker(None, device="cpu", **QUIET)
+    mics = target["mics"][:2]
+    d = target["spec"].diameter_A
+    picked, failed = adapt_mod.zero_shot(picker, mics, d, "generic")
+    raw = {r.micrograph.name: r.picks for r in picker.pick(mics, d, policy=picker.policy(d, threshold=None, evidence=0))}
+    weighed = {r.micrograph.name: r.picks for r in picker.pick(mics, d, policy=picker.policy(d, threshold=None))}
+    assert not failed and all(np.array_equal(p.fom, raw[m.name].fom) for m, p, _ in picked)
+    assert all(weighed[m.name].fom.max() < p.fom.max() for m, p, _ in picked)  # the default would have weighed
+
+
 @pytest.mark.slow
 def test_adaptation_raises_ap_and_records_its_provenance(target, tmp_path):
     spec, mics, truth = target["spec"], target["mics"], target["truth"]
