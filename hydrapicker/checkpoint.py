@@ -15,7 +15,8 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "generic.pt"
 #: models shipped in the package, by the name a user may give instead of a path (``--model generic-junk``)
 SHIPPED_MODELS = {"generic": DEFAULT_MODEL,
                   "generic-junk": DEFAULT_MODEL.parent / "generic_junk.pt",
-                  "generic-junk-distilled": DEFAULT_MODEL.parent / "generic_junk_distilled.pt"}
+                  "generic-junk-distilled": DEFAULT_MODEL.parent / "generic_junk_distilled.pt",
+                  "generic-junk-distilled-2": DEFAULT_MODEL.parent / "generic_junk_distilled_2.pt"}
 FORMAT = "hydrapicker-checkpoint-1"
 
 

@@ -89,6 +89,19 @@ def test_the_distilled_junk_model_ships_by_name_and_records_its_teacher():
     assert net.head_names == ["generic"]
 
 
+def test_the_second_distilled_junk_model_ships_by_name_and_continues_the_first():
+    from hydrapicker.checkpoint import SHIPPED_MODELS, load_checkpoint, read_checkpoint
+
+    assert SHIPPED_MODELS["generic-junk-distilled-2"].stat().st_size < 25e6
+    meta = read_checkpoint("generic-junk-distilled-2")["meta"]
+    rec = meta["training"]["recipe"]
+    assert rec["junk_fraction"] == 0.8 and rec["distill_weight"] == 4.0 and rec["seed"] == 9
+    assert rec["distill"].endswith("generic.pt")
+    assert meta["training"]["init_from"]["path"].endswith("generic_junk_distilled.pt")
+    net, _ = load_checkpoint("generic-junk-distilled-2")
+    assert net.head_names == ["generic"]
+
+
 def test_micrograph_evidence_drops_picks_on_a_junk_only_micrograph_and_none_where_particles_are(
         junk_mics, tmp_path, capsys):
     d, spec, mics = junk_mics
