@@ -16,7 +16,7 @@ OFF = dict(p_junk_only=0.0, vesicles=0.0, ice_crystals=0.0, gold=0.0, rim_contam
 
 def _summary(out):
     rows = [ln.split("\t") for ln in (out / "summary_hydra.tsv").read_text().splitlines()]
-    assert rows[0][-1] == "excluded_area"
+    assert rows[0][4:] == ["excluded_area", "evidence"]
     return {r[0]: r for r in rows[1:]}
 
 
@@ -119,7 +119,12 @@ def test_micrograph_evidence_drops_picks_on_a_junk_only_micrograph_and_none_wher
         if run == "strong":
             log = capsys.readouterr()
             assert "weak micrograph evidence" in log.out + log.err
-        n[run] = {k.rsplit("/", 1)[-1]: int(r[2]) for k, r in _summary(tmp_path / run).items()}
+        summ = {k.rsplit("/", 1)[-1]: r for k, r in _summary(tmp_path / run).items()}
+        n[run] = {k: int(r[2]) for k, r in summ.items()}
+        if run == "strong":  # the summary says which micrographs were weighed, and by how much
+            assert float(summ["free.mrc"][5]) < 1.0 and float(summ["plain.mrc"][5]) == 1.0
+        if run == "raw":
+            assert summ["free.mrc"][5] == ""  # evidence off: nothing weighed
     assert n["raw"]["free.mrc"] > 0  # the network alone does pick on this junk
     assert n["strong"]["free.mrc"] < n["raw"]["free.mrc"] and n["default"]["free.mrc"] <= n["raw"]["free.mrc"]
     assert n["default"]["plain.mrc"] == n["strong"]["plain.mrc"] == n["raw"]["plain.mrc"] > 0  # sure: kept

@@ -143,13 +143,13 @@ def test_hydra_pick_threshold_auto_records_each_micrographs_threshold_in_the_sum
                   "--threshold", "auto", "--threads", "1"]) == 0
     assert "per-micrograph threshold (auto" in capsys.readouterr().out
     rows = [ln.split("\t") for ln in (out / "summary_hydra.tsv").read_text().splitlines()]
-    assert rows[0] == ["micrograph", "coordinates", "picks", "threshold", "excluded_area"] and len(rows) == 3
+    assert rows[0] == ["micrograph", "coordinates", "picks", "threshold", "excluded_area", "evidence"] and len(rows) == 3
     from hydrapicker.checkpoint import default_model_path, read_checkpoint, threshold_for
 
     calibrated = threshold_for(read_checkpoint(default_model_path())["meta"], "generic")
     assert calibrated != 0.5  # the shipped model's own, not the fallback
     z = np.log(calibrated / (1 - calibrated))
-    for name, coords, n, thr, _ in rows[1:]:
+    for name, coords, n, thr, *_ in rows[1:]:
         thr = float(thr)
         assert float(sigmoid(z - 0.3)) - 1e-6 <= thr <= float(sigmoid(z + 0.3)) + 1e-6
         picks = next(iter(read_coords(out / coords).values()))
@@ -181,7 +181,7 @@ def test_threshold_auto_is_auto_threshold_of_what_all_writes(tmp_path):
     rows = [ln.split("\t") for ln in (tmp_path / "auto" / "summary_hydra.tsv").read_text().splitlines()[1:]]
     assert len(rows) == 3
     methods = []
-    for name, coords, n, thr, _ in rows:
+    for name, coords, n, thr, *_ in rows:
         every = next(iter(read_coords(tmp_path / "all" / coords).values()))
         expect, why = auto_threshold(every.fom, calibrated, floor=floor)
         methods.append(why["method"])

@@ -7,7 +7,8 @@ threshold with its FOM; <stem> is the micrograph's path relative to the folder h
 its extension, so a/x.mrc and b/x.mrc do not collide), optionally BOX, Topaz text and CBOX-like files, and a summary
 (<out>/summary_<suffix>.tsv: micrograph, coordinate file, picks, the threshold used; with --threshold auto each
 micrograph's own; the fraction of its area excluded as border bands or dead areas: no pick is kept in them or
-within half a diameter of them unless --keep-invalid). Micrographs whose output already exists are skipped unless --overwrite (resume).
+within half a diameter of them unless --keep-invalid; the micrograph evidence factor its FOMs were weighed by,
+1 = sure, lower = weak best candidates: junk, ice or carbon alone?). Micrographs whose output already exists are skipped unless --overwrite (resume).
 
 --watch: after the micrographs present at start, keep picking new ones as they appear (a folder, a glob or a
 micrographs STAR another program rewrites) every --poll seconds; a file is picked once complete (size stable
@@ -321,7 +322,7 @@ def pick_batch(picker, todo, args, policy, path, agg, log, should_stop=None) -> 
         report_pixel_size(res, agg.pixel_sizes_reported, log)
         # recorded (journal) before the coordinate STAR marks it done: a kill between them loses nothing
         _stopping_on_write_errors(agg.add, res.micrograph, res.picks, res.info.get("threshold"),
-                                  res.info.get("invalid"))
+                                  res.info.get("invalid"), res.info.get("evidence"))
         _stopping_on_write_errors(write_outputs, res, args, path)
         n_ok += 1
         n_picks += len(res.picks)
@@ -381,6 +382,7 @@ class Aggregates:
         self.picks: dict = {}       # stem -> Picks as written
         self.threshold: dict = {}   # micrograph name -> threshold used ("" unknown)
         self.excluded: dict = {}    # micrograph name -> fraction of its area in border bands/dead areas
+        self.evidence: dict = {}    # micrograph name -> the factor micrograph evidence weighed its FOMs by
         self.summary = out / f"summary_{suffix}.tsv"
         self.pixel_sizes_reported: set = set()  # (optics group, A/px, source) told to the user once
         self.journal = out / f".summary_{suffix}.journal"
@@ -391,30 +393,37 @@ class Aggregates:
                     self.threshold[cols[0]] = cols[3]
                 if len(cols) >= 5:
                     self.excluded[cols[0]] = cols[4]
+                if len(cols) >= 6:
+                    self.evidence[cols[0]] = cols[5]
         except OSError:
             pass
         try:
             for line in self.journal.read_text().split("\n")[:-1]:  # the last part: "" or a torn line
                 cols = line.split("\t")
-                if len(cols) == 3:
+                if len(cols) in (3, 4):
                     self.threshold[cols[0]], self.excluded[cols[0]] = cols[1], cols[2]
+                if len(cols) == 4:
+                    self.evidence[cols[0]] = cols[3]
         except OSError:
             pass
 
-    def add(self, mic, picks, threshold, invalid=None) -> None:
+    def add(self, mic, picks, threshold, invalid=None, evidence=None) -> None:
         self.picks[self.stems[mic.name]] = as_written(picks)
         self.threshold[mic.name] = "none" if threshold is None else f"{float(threshold):.6f}"
         self.excluded[mic.name] = "" if invalid is None else f"{float(invalid['excluded_fraction']):.6f}"
+        self.evidence[mic.name] = "" if evidence is None else f"{float(evidence):.4f}"
         with open(self.journal, "a") as fh:  # one short append per micrograph (ranks append to one file)
-            fh.write(f"{mic.name}\t{self.threshold[mic.name]}\t{self.excluded[mic.name]}\n")
+            fh.write(f"{mic.name}\t{self.threshold[mic.name]}\t{self.excluded[mic.name]}\t"
+                     f"{self.evidence[mic.name]}\n")
 
     def state(self):
-        return self.picks, self.threshold, self.excluded
+        return self.picks, self.threshold, self.excluded, self.evidence
 
     def merge(self, state) -> None:
         self.picks.update(state[0])
         self.threshold.update(state[1])
         self.excluded.update(state[2])
+        self.evidence.update(state[3])
 
     def write(self, mics) -> None:
         import contextlib
@@ -426,14 +435,15 @@ class Aggregates:
         self.picks.update(done)
         if "topaz" in self.formats:
             write_topaz_txt(self.out / f"picks_{self.suffix}.txt", done)
-        rows, listed = ["micrograph\tcoordinates\tpicks\tthreshold\texcluded_area"], set()
+        rows, listed = ["micrograph\tcoordinates\tpicks\tthreshold\texcluded_area\tevidence"], set()
         for m in mics:
             stem = self.stems[m.name]
             if stem in done and m.name not in listed:
                 listed.add(m.name)
                 star = self.path(m, ".star")
                 rows.append(f"{m.name}\t{star.relative_to(self.out)}\t{len(done[stem])}\t"
-                            f"{self.threshold.get(m.name, '')}\t{self.excluded.get(m.name, '')}")
+                            f"{self.threshold.get(m.name, '')}\t{self.excluded.get(m.name, '')}\t"
+                            f"{self.evidence.get(m.name, '')}")
         write_text(self.summary, "\n".join(rows) + "\n")
         with contextlib.suppress(FileNotFoundError):
             self.journal.unlink()  # its entries are in the summary now
