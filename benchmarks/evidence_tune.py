@@ -23,7 +23,6 @@ import argparse
 import itertools
 import json
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -36,56 +35,43 @@ SEED0 = 7_770_000
 MAX_MEAN_LOSS, MAX_SET_LOSS = 0.005, 0.015
 
 
-def _candidates(picker, files, diameter_A, truth, set_name, d_px) -> list:
+def _candidates(picker, spec, n_mics: int, cache: Path) -> list:
+    """Raw candidates (every pick above 0.01, micrograph evidence off) of ``n_mics`` micrographs of ``spec``,
+    simulated once into ``cache``."""
+    from bench_data import load_dataset, simulated_dataset
     from hydrapicker.micrographs import collect_micrographs
 
-    policy = picker.policy(diameter_A, "generic", threshold=0.01, evidence=False)
+    ds = load_dataset(simulated_dataset(spec, cache, n_mics))
+    policy = picker.policy(ds.diameter_A, "generic", threshold=0.01, evidence=False)
     rows = []
-    for r in picker.pick(collect_micrographs(files), diameter_A, head="generic", policy=policy):
+    for r in picker.pick(collect_micrographs([str(ds.root / n) for n in ds.mic_names]), ds.diameter_A,
+                         head="generic", policy=policy):
         name = Path(r.micrograph.name).name.rsplit(".mrc", 1)[0]
-        rows.append(dict(set=set_name, mic=name, d_px=d_px, truth=truth[name], xy=r.picks.xy(),
+        truth = np.asarray(ds.truth.get(name, np.zeros((0, 2))), dtype=float).reshape(-1, 2)
+        rows.append(dict(set=ds.name, mic=name, d_px=ds.diameter_A / ds.pixel_size, truth=truth, xy=r.picks.xy(),
                          fom=np.asarray(r.picks.fom)))
+    print(f"[tune] {ds.name}: {len(rows)} micrographs, {sum(len(r['truth']) for r in rows)} particles", flush=True)
     return rows
 
 
-def junk_sets(picker, n_sets: int, n_mics: int, work: Path) -> list:
+def junk_sets(picker, n_sets: int, n_mics: int, cache: Path) -> list:
     """Raw candidates of the junk tuning micrographs."""
-    import mrcfile
-
     from hydrapicker.simulate.datasets import junk_fields, random_dataset_spec
-    from hydrapicker.simulate.micrograph import simulate_micrograph
 
     rows = []
     for s in range(SEED0, SEED0 + n_sets):
         spec = random_dataset_spec(s)
-        spec = spec.replace(name=f"tune{s}", **{**junk_fields(s), "p_junk_only": 0.35})
-        files, truth = [], {}
-        for i in range(n_mics):
-            m = simulate_micrograph(spec, i)
-            f = work / f"{m.name}.mrc"
-            with mrcfile.new(f, overwrite=True) as out:
-                out.set_data(m.image)
-                out.voxel_size = m.pixel_size
-            files.append(str(f))
-            truth[f.stem] = np.asarray(m.xy, dtype=float).reshape(-1, 2)
-        rows += _candidates(picker, files, spec.diameter_A, truth, spec.name, spec.diameter_A / spec.pixel_size)
-        print(f"[tune] {spec.name}: {[len(truth[k]) for k in truth]} particles", flush=True)
+        rows += _candidates(picker, spec.replace(name=f"tune{s}", **{**junk_fields(s), "p_junk_only": 0.35}),
+                            n_mics, cache)
     return rows
 
 
 def mixed_sets(picker, n_mics: int, cache: Path) -> list:
     """Raw candidates of threshold_auto.py's tune_mix_* sets."""
-    from bench_data import load_dataset, simulated_dataset
     from threshold_auto import MIX_TARGETS, mixed_spec
 
-    rows = []
-    for i, t in enumerate(MIX_TARGETS):
-        ds = load_dataset(simulated_dataset(mixed_spec(t, seed_offset=100 + i, prefix="tune_mix"), cache, n_mics))
-        truth = {st: np.asarray(ds.truth.get(st, np.zeros((0, 2))), dtype=float).reshape(-1, 2) for st in ds.stems}
-        rows += _candidates(picker, [str(ds.root / n) for n in ds.mic_names], ds.diameter_A, truth, ds.name,
-                            ds.diameter_A / ds.pixel_size)
-        print(f"[tune] {ds.name}: {len(ds.stems)} micrographs", flush=True)
-    return rows
+    return sum((_candidates(picker, mixed_spec(t, seed_offset=100 + i, prefix="tune_mix"), n_mics, cache)
+                for i, t in enumerate(MIX_TARGETS)), [])
 
 
 def _by_set(rows) -> dict:
@@ -133,16 +119,11 @@ def mixed_f1(rows, weigh, calibrated: float) -> dict:
 
 
 def weigher(k: int, c: float, p: float, calibrated: float):
-    from hydrapicker.postprocess import evidence_reference
+    """The core's rule (``evidence_factor`` against ``evidence_reference``) with setting (k, c, p)."""
+    from hydrapicker.postprocess import evidence_factor, evidence_reference
 
     ref = evidence_reference(calibrated, c)
-
-    def weigh(fom):
-        if len(fom) == 0:
-            return fom
-        m = float(np.sort(fom)[-k:].sum()) / k
-        return fom * min(1.0, m / ref) ** p
-    return weigh
+    return lambda fom: fom * evidence_factor(fom, ref, top_k=k, power=p)
 
 
 def main(argv=None) -> int:
@@ -152,7 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mics", type=int, default=5, help="micrographs per junk tuning set")
     ap.add_argument("--mix-mics", type=int, default=32, help="micrographs per mixed-ice tuning set")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/hydra_bench/threshold_auto/data"),
-                    help="where the mixed-ice sets are simulated (threshold_auto.py's cache)")
+                    help="where the tuning sets are simulated once (the mixed-ice ones: threshold_auto.py's cache)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -163,8 +144,7 @@ def main(argv=None) -> int:
     configure_torch(args.threads)
     picker = Picker(model, device="cpu", log=lambda *a, **k: None)
     calibrated = float(threshold_for(picker.meta, "generic"))
-    with tempfile.TemporaryDirectory() as tmp:
-        junk = junk_sets(picker, args.sets, args.mics, Path(tmp))
+    junk = junk_sets(picker, args.sets, args.mics, args.cache)
     mixed = mixed_sets(picker, args.mix_mics, args.cache)
     raw_mix = mixed_f1(mixed, lambda f: f, calibrated)
     results = []

@@ -156,13 +156,14 @@ class PickPolicy:
         (:func:`evidence_reference`; :func:`evidence_multiple`: None = the default, 0 or False = off)."""
         from .checkpoint import threshold_for
 
+        head_threshold = float(threshold_for(meta or {}, head))
         multiple = evidence_multiple(evidence)
-        evidence_ref = evidence_reference(float(threshold_for(meta or {}, head)), multiple) if multiple > 0 else None
+        evidence_ref = evidence_reference(head_threshold, multiple) if multiple > 0 else None
         calibrated = None
         if isinstance(threshold, str):
             if threshold not in ("model", AUTO):
                 raise ValueError(f"threshold must be a number, None, 'model' or 'auto', not {threshold!r}")
-            calibrated = float(threshold_for(meta or {}, head))
+            calibrated = head_threshold
             threshold = AUTO if threshold == AUTO else calibrated
         min_d = defaults.MIN_DISTANCE_DIAMETERS * float(diameter_A) if min_distance_A is None else min_distance_A
         thr = threshold if threshold is None or threshold == AUTO else float(threshold)

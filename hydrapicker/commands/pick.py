@@ -55,7 +55,7 @@ def positive_int(word: str) -> int:
 
 
 def evidence_arg(word: str) -> float:
-    """``--evidence``: a number >= 0 (multiples of the calibrated threshold; 0 = off)."""
+    """``--evidence``: a number >= 0 (multiples of the calibrated threshold's odds; 0 = off)."""
     import argparse
     import math
 
