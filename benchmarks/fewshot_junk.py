@@ -80,7 +80,7 @@ def run_target(spec, args, base, work: Path) -> dict:
         tr_idx = _pick_indices(spec, 2, 1, 100 * d)
         tr_mics, tr_truth = write_set(spec, work / f"train{d}", tr_idx)
         out = finetune(base, tr_mics, tr_truth, spec.diameter_A, "target", out=work / f"fewshot{d}.pt",
-                       seed=d, log=quiet)
+                       seed=d, log=quiet, **args.settings)
         ft = Picker(out, device="cpu", log=quiet)
         draws.append({"train_indices": tr_idx, "fewshot_junk": ap_of(ft, "target", te_mics, te_truth, spec)["AP"],
                       "fewshot_picks_per_empty": _picks_per_empty(ft, "target", te_mics, te_truth, spec)})
@@ -99,8 +99,16 @@ def main(argv=None) -> int:
     p.add_argument("--draws", type=int, default=1,
                    help="few-shot heads per target, each on its own 3 labelled micrographs (the table gives the mean)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword of hydrapicker.finetune.finetune (a number), e.g. lambda_tie=0.1")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    args.settings = {}
+    for kv in args.setting:
+        key, _, value = kv.partition("=")
+        if not key or not value:
+            p.error(f"--setting {kv!r}: give KEY=VALUE")
+        args.settings[key] = float(value)
     from hydrapicker.checkpoint import default_model_path
     from hydrapicker.simulate.datasets import junk_target_specs
 

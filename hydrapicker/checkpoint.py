@@ -11,12 +11,18 @@ from pathlib import Path
 from . import defaults
 from .errors import UserFacingError
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "generic.pt"
-#: models shipped in the package, by the name a user may give instead of a path (``--model generic-junk``)
-SHIPPED_MODELS = {"generic": DEFAULT_MODEL,
-                  "generic-junk": DEFAULT_MODEL.parent / "generic_junk.pt",
-                  "generic-junk-distilled": DEFAULT_MODEL.parent / "generic_junk_distilled.pt",
-                  "generic-junk-distilled-2": DEFAULT_MODEL.parent / "generic_junk_distilled_2.pt"}
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+#: models shipped in the package, by the name a user may give instead of a path (``--model generic-junk``):
+#: ``generic`` is the first generic model (trained without junk, the default until 2026-12-03), the
+#: ``generic-junk*`` ones its junk-trained successors (README, Junk and artefacts)
+SHIPPED_MODELS = {"generic": WEIGHTS / "generic.pt",
+                  "generic-junk": WEIGHTS / "generic_junk.pt",
+                  "generic-junk-distilled": WEIGHTS / "generic_junk_distilled.pt",
+                  "generic-junk-distilled-2": WEIGHTS / "generic_junk_distilled_2.pt"}
+#: the model every pick path uses unless given ``--model`` (issue 14: the junk-trained generic model)
+DEFAULT_MODEL_NAME = "generic-junk-distilled-2"
+DEFAULT_MODEL = SHIPPED_MODELS[DEFAULT_MODEL_NAME]
+SHIPPED_MODELS["default"] = DEFAULT_MODEL
 FORMAT = "hydrapicker-checkpoint-1"
 
 

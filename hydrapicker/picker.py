@@ -143,26 +143,36 @@ class Picker:
         """The :class:`~hydrapicker.refine.Refiner` to use, or None (see ``refine`` in the constructor)."""
         import torch
 
-        from .refine import SHIPPED, Refiner
+        from .refine import SHIPPED_REFINERS, Refiner
 
         if refine is None or refine is False:
             return None
         auto = isinstance(refine, str) and refine == "auto"
         if auto and not defaults.REFINE_CENTRES:
             return None
-        if auto and not SHIPPED.exists():
-            self.log("[hydra] centres: as the detector decodes them (no centre refiner installed)")
-            return None
-        refiner = Refiner(None if auto or refine == "shipped" else refine, self.device)
-        if self.device.type == "cpu":
-            refiner.head.to(memory_format=torch.channels_last)
-        if not refiner.fits(self.net, self.meta):
-            why = (f"the centre refiner {refiner.path} reads the body of the model it was made for, and "
-                   f"model {self.meta.get('path')} has another body")
+        shipped = auto or refine == "shipped"
+        paths = [p for p in SHIPPED_REFINERS if p.exists()] if shipped else [refine]
+        if not paths:
+            if auto:
+                self.log("[hydra] centres: as the detector decodes them (no centre refiner installed)")
+                return None
+            paths = [SHIPPED_REFINERS[0]]  # Refiner says that it is missing
+        refiner = None
+        for path in paths:  # the shipped refiner made for this model's body, if any
+            candidate = Refiner(path, self.device)
+            if candidate.fits(self.net, self.meta):
+                refiner = candidate
+                break
+        if refiner is None:
+            named = "the shipped centre refiners" if shipped else f"the centre refiner {paths[0]}"
+            why = (f"{named} read the bodies of the models they were made for, and model "
+                   f"{self.meta.get('path')} has another body")
             if auto:  # e.g. a model trained from scratch: its own centres
                 self.log(f"[hydra] centres: as the detector decodes them ({why})")
                 return None
             raise UserFacingError(f"{why}: give the refiner made for this model's body, or --no-refine")
+        if self.device.type == "cpu":
+            refiner.head.to(memory_format=torch.channels_last)
         self.log(f"[hydra] centres refined by {refiner.path} (a pick moves by at most "
                  f"{refiner.max_shift_D:g} diameters)")
         return refiner

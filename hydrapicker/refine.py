@@ -13,7 +13,7 @@ The centre map costs two small convolutions on features the detector computed an
 of heads, so zero-shot, few-shot and adapted heads (which keep the body frozen) are refined alike, on the
 picking path every entry point shares (:class:`hydrapicker.picker.Picker`). A centre head belongs to
 one body: its file records the body's checksum, and a model with another body is picked without it.
-The file: ``{model, optimizer, epoch, args, meta}`` (``hydrapicker/weights/refiner.pt``).
+The file: ``{model, optimizer, epoch, args, meta}`` (``hydrapicker/weights/refiner*.pt``, :data:`SHIPPED_REFINERS`).
 """
 from __future__ import annotations
 
@@ -38,7 +38,11 @@ MIN_HEAT = 0.01
 #: around each centre, whose offsets reach 1.5 cells)
 OFFSET_CELLS = 2.0
 FORMAT = "hydrapicker-centre-head-1"
-SHIPPED = Path(__file__).resolve().parent / "weights" / "refiner.pt"
+#: the shipped centre refiners, one per shipped body: the default model's first (a refiner reads one body,
+#: and every head fine-tuned or adapted from a model keeps its body, so one refiner serves all of them)
+SHIPPED_REFINERS = (Path(__file__).resolve().parent / "weights" / "refiner_junk_distilled_2.pt",
+                    Path(__file__).resolve().parent / "weights" / "refiner.pt")
+SHIPPED = SHIPPED_REFINERS[0]
 
 
 def body_checksum(net) -> float:

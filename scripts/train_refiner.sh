@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The shipped centre refiner (issue 18), as trained on 2026-12-02 (2 shared CPU cores, 1 torch thread;
+# The centre refiner of the first generic model (--model generic; issue 18), as trained on 2026-12-02 (2 shared CPU cores, 1 torch thread;
 # resumable: re-run the same line): a centre head (stride 4, 64 channels) on the shipped generic model's
 # frozen body, taught on 96 simulated data sets of the training families x 5 micrographs (a quarter forced
 # to touching particles, a fifth to very low SNR, a fifth with junk; diameter jitter 0.3), validated each
@@ -11,5 +11,5 @@
 set -euo pipefail
 PY=${1:-python}
 export PYTHONUNBUFFERED=1
-$PY -m hydrapicker train-refiner --out runs/refiner --hours 1.1 --datasets 96 --mics-per-dataset 5 \
+$PY -m hydrapicker train-refiner --out runs/refiner --detector hydrapicker/weights/generic.pt --hours 1.1 --datasets 96 --mics-per-dataset 5 \
     --width 64 --down 1 --sigma-cells 0.5 --edge-cells 2 --seed 3 --workers 1 --threads 1

@@ -102,6 +102,16 @@ def test_the_second_distilled_junk_model_ships_by_name_and_continues_the_first()
     assert net.head_names == ["generic"]
 
 
+def test_the_default_model_is_the_junk_trained_one_and_generic_still_names_the_first():
+    from hydrapicker.checkpoint import SHIPPED_MODELS, default_model_path, read_checkpoint
+
+    default = read_checkpoint(default_model_path())["meta"]
+    assert default_model_path() == SHIPPED_MODELS["default"] == SHIPPED_MODELS["generic-junk-distilled-2"]
+    assert default["training"]["recipe"]["junk_fraction"] > 0  # learnt what is not a particle
+    first = read_checkpoint("generic")["meta"]
+    assert SHIPPED_MODELS["generic"].name == "generic.pt" and "junk_fraction" not in str(first["training"])
+
+
 def test_micrograph_evidence_drops_picks_on_a_junk_only_micrograph_and_none_where_particles_are(
         junk_mics, tmp_path, capsys):
     d, spec, mics = junk_mics

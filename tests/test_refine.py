@@ -1,6 +1,8 @@
 """Centre refinement (hydrapicker.refine): the move rule and its bound, the shipped centre head on touching
 particles with exact centres, its place on the picking path (tiles, batches, few-shot heads, --no-refine),
 and refusals."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -189,3 +191,14 @@ def test_tta_merges_the_centre_maps_of_all_views_back_into_the_micrographs_frame
     # a counter-clockwise quarter turn takes (dx, dy) to (dy, -dx)
     np.testing.assert_allclose(dec(c2[1]), np.rot90(dec(c1[2])), atol=1e-3)
     np.testing.assert_allclose(dec(c2[2]), np.rot90(-dec(c1[1])), atol=1e-3)
+
+
+@pytest.mark.parametrize("model, refiner", [("default", SHIPPED.name), ("generic", "refiner.pt")])
+def test_each_shipped_model_is_refined_by_the_shipped_refiner_made_for_its_body(model, refiner):
+    from hydrapicker.picker import Picker
+    from hydrapicker.refine import SHIPPED_REFINERS
+
+    assert all(p.exists() for p in SHIPPED_REFINERS), "every shipped refiner is part of the package"
+    p = Picker(model, device="cpu", refine="shipped", **QUIET)
+    assert p.refiner is not None and p.refiner.fits(p.net, p.meta)
+    assert Path(p.refiner.path).name == refiner

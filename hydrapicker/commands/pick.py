@@ -87,9 +87,9 @@ def add_args(p):
     p.add_argument("--apix", type=float, default=None,
                    help="pixel size in A/px (overrides the STAR and the MRC header)")
     p.add_argument("--model", default=None,
-                   help="model file, or a shipped model by name: generic (the default) or generic-junk (trained "
-                        "with junk: fewer false picks on junk-laden micrographs, slightly lower AP on some clean "
-                        "ones; README, Junk)")
+                   help="model file, or a shipped model by name: generic-junk-distilled-2 (the default, trained "
+                        "with junk: few picks on ice, carbon, vesicles and aggregates), generic (the first "
+                        "generic model, trained without junk), generic-junk, generic-junk-distilled (README, Model files)")
     p.add_argument("--head", default=None,
                    help="head to pick with (default: the model's own: the few-shot head of a model made by "
                         "`hydra finetune`, else generic)")
