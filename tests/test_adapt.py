@@ -20,7 +20,8 @@ from hydrapicker.simulate import get_target
 from hydrapicker.types import Picks
 
 QUIET = dict(log=lambda *a, **k: None)
-SETTINGS = AdaptSettings(sample=10, max_minutes=1.0)
+#: blend 1: the trained head itself (what adaptation learns); the default blend is checked on the same head
+SETTINGS = AdaptSettings(sample=10, max_minutes=1.0, blend=1.0)
 
 
 def _write_set(spec, out, indices):
@@ -77,6 +78,26 @@ def test_pseudo_labels_are_read_off_the_networks_own_foms(target, monkeypatch):
     assert all(weighed[m.name].fom.max() < p.fom.max() for m, p, _ in picked)  # the default would have weighed
 
 
+def test_blend_moves_the_adapted_head_towards_the_head_it_started_from(tmp_path):
+    from hydrapicker.adapt import blend_head
+    from hydrapicker.checkpoint import load_checkpoint, save_checkpoint
+
+    net, meta = load_checkpoint(None)
+    net.add_head("adapted", init_from="generic")
+    with torch.no_grad():  # a "trained" head: every weight 1 above the generic head's
+        for p in net.heads["adapted"].parameters():
+            p.add_(1.0)
+    generic = [p.detach().clone() for p in net.heads["generic"].parameters()]
+    save_checkpoint(tmp_path / "a.pt", net, {**meta, "finetune": {"adapted": {"threshold": 0.4}}})
+    blend_head(tmp_path / "a.pt", "adapted", "generic", 0.25)
+    net2, meta2 = load_checkpoint(tmp_path / "a.pt")
+    for pa, pg, g0 in zip(net2.heads["adapted"].parameters(), net2.heads["generic"].parameters(), generic):
+        assert torch.allclose(pg, g0) and torch.allclose(pa, pg + 0.25, atol=1e-5)
+    assert meta2["finetune"]["adapted"] == {"threshold": 0.4, "blend": 0.25}
+    with pytest.raises(ValueError, match="blend"):
+        blend_head(tmp_path / "a.pt", "adapted", "generic", 1.5)
+
+
 @pytest.mark.slow
 def test_adaptation_raises_ap_and_records_its_provenance(target, tmp_path):
     spec, mics, truth = target["spec"], target["mics"], target["truth"]
@@ -88,6 +109,15 @@ def test_adaptation_raises_ap_and_records_its_provenance(target, tmp_path):
     adapted = Picker(res.model, device="cpu", refine=False, **QUIET)
     ap1 = _ap(adapted, res.head, mics, truth, spec)
     assert ap1 > ap0 + 0.01, (ap0, ap1)
+    # the default blend (halfway back to the generic head) keeps the AP at least where zero-shot had it
+    import shutil
+
+    from hydrapicker.adapt import blend_head
+
+    shutil.copyfile(res.model, tmp_path / "blended.pt")
+    blend_head(tmp_path / "blended.pt", "adapted", "generic", AdaptSettings().blend)
+    apb = _ap(Picker(tmp_path / "blended.pt", device="cpu", refine=False, **QUIET), "adapted", mics, truth, spec)
+    assert apb >= ap0 - 0.003, (ap0, apb, ap1)
     meta = read_checkpoint(res.model)["meta"]
     assert meta["default_head"] == "adapted" and "generic" in meta["heads"]
     prov = meta["finetune"]["adapted"]["adaptation"]
