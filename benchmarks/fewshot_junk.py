@@ -81,6 +81,10 @@ def run_target(spec, args, base, work: Path) -> dict:
         tr_mics, tr_truth = write_set(spec, work / f"train{d}", tr_idx)
         out = finetune(base, tr_mics, tr_truth, spec.diameter_A, "target", out=work / f"fewshot{d}.pt",
                        seed=d, log=quiet, **args.settings)
+        if args.blend is not None:  # experiment: the few-shot head weight-averaged with the generic head
+            from hydrapicker.adapt import blend_head
+
+            blend_head(out, "target", "generic", args.blend)
         ft = Picker(out, device="cpu", log=quiet)
         draws.append({"train_indices": tr_idx, "fewshot_junk": ap_of(ft, "target", te_mics, te_truth, spec)["AP"],
                       "fewshot_picks_per_empty": _picks_per_empty(ft, "target", te_mics, te_truth, spec)})
@@ -101,6 +105,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword of hydrapicker.finetune.finetune (a number), e.g. lambda_tie=0.1")
+    p.add_argument("--blend", type=float, default=None,
+                   help="experiment: move the few-shot head to generic + BLEND x (few-shot - generic) after training "
+                        "(its calibrated threshold is not re-set: AP is the measure)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     args.settings = {}
