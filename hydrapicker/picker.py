@@ -164,9 +164,9 @@ class Picker:
                 refiner = candidate
                 break
         if refiner is None:
-            named = "the shipped centre refiners" if shipped else f"the centre refiner {paths[0]}"
-            why = (f"{named} read the bodies of the models they were made for, and model "
-                   f"{self.meta.get('path')} has another body")
+            named = ("the shipped centre refiners read the bodies of the models they were made for" if shipped
+                     else f"the centre refiner {paths[0]} reads the body of the model it was made for")
+            why = f"{named}, and model {self.meta.get('path')} has another body"
             if auto:  # e.g. a model trained from scratch: its own centres
                 self.log(f"[hydra] centres: as the detector decodes them ({why})")
                 return None
