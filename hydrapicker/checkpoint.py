@@ -18,7 +18,8 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"
 SHIPPED_MODELS = {"generic": WEIGHTS / "generic.pt",
                   "generic-junk": WEIGHTS / "generic_junk.pt",
                   "generic-junk-distilled": WEIGHTS / "generic_junk_distilled.pt",
-                  "generic-junk-distilled-2": WEIGHTS / "generic_junk_distilled_2.pt"}
+                  "generic-junk-distilled-2": WEIGHTS / "generic_junk_distilled_2.pt",
+                  "generic-junk-distilled-3": WEIGHTS / "generic_junk_distilled_3.pt"}
 #: the model every pick path uses unless given ``--model`` (issue 14: the junk-trained generic model)
 DEFAULT_MODEL_NAME = "generic-junk-distilled-2"
 DEFAULT_MODEL = SHIPPED_MODELS[DEFAULT_MODEL_NAME]

@@ -102,6 +102,19 @@ def test_the_second_distilled_junk_model_ships_by_name_and_continues_the_first()
     assert net.head_names == ["generic"]
 
 
+def test_the_third_distilled_junk_model_ships_by_name_and_continues_the_default():
+    from hydrapicker.checkpoint import DEFAULT_MODEL, SHIPPED_MODELS, load_checkpoint, read_checkpoint
+
+    assert SHIPPED_MODELS["generic-junk-distilled-3"].stat().st_size < 25e6
+    meta = read_checkpoint("generic-junk-distilled-3")["meta"]
+    rec = meta["training"]["recipe"]
+    assert rec["junk_fraction"] == 0.8 and rec["distill_weight"] == 6.0 and rec["seed"] == 10
+    assert rec["distill"].endswith("generic.pt")
+    assert meta["training"]["init_from"]["path"].endswith(DEFAULT_MODEL.name)
+    net, _ = load_checkpoint("generic-junk-distilled-3")
+    assert net.head_names == ["generic"]
+
+
 def test_the_default_model_is_the_junk_trained_one_and_generic_still_names_the_first():
     from hydrapicker.checkpoint import SHIPPED_MODELS, default_model_path, read_checkpoint
 
