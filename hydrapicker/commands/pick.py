@@ -89,7 +89,8 @@ def add_args(p):
     p.add_argument("--model", default=None,
                    help="model file, or a shipped model by name: generic-junk-distilled-2 (the default, trained "
                         "with junk: few picks on ice, carbon, vesicles and aggregates), generic (the first "
-                        "generic model, trained without junk), generic-junk-distilled-3 (a further junk stage: fewer false picks on junk, no centre refiner yet), generic-junk, generic-junk-distilled (README, Model files)")
+                        "generic model, trained without junk), generic-junk-distilled-3 (a further junk stage: "
+                        "fewer false picks on junk), generic-junk, generic-junk-distilled (README, Model files)")
     p.add_argument("--head", default=None,
                    help="head to pick with (default: the model's own: the few-shot head of a model made by "
                         "`hydra finetune`, else generic)")
