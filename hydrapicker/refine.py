@@ -40,8 +40,8 @@ OFFSET_CELLS = 2.0
 FORMAT = "hydrapicker-centre-head-1"
 #: the shipped centre refiners, one per shipped body: the default model's first (a refiner reads one body,
 #: and every head fine-tuned or adapted from a model keeps its body, so one refiner serves all of them)
-SHIPPED_REFINERS = (Path(__file__).resolve().parent / "weights" / "refiner_junk_distilled_2.pt",
-                    Path(__file__).resolve().parent / "weights" / "refiner.pt")
+SHIPPED_REFINERS = tuple(Path(__file__).resolve().parent / "weights" / name for name in (
+    "refiner_junk_distilled_2.pt", "refiner.pt", "refiner_junk_distilled_3.pt"))
 SHIPPED = SHIPPED_REFINERS[0]
 
 

@@ -193,7 +193,8 @@ def test_tta_merges_the_centre_maps_of_all_views_back_into_the_micrographs_frame
     np.testing.assert_allclose(dec(c2[2]), np.rot90(-dec(c1[1])), atol=1e-3)
 
 
-@pytest.mark.parametrize("model, refiner", [("default", SHIPPED.name), ("generic", "refiner.pt")])
+@pytest.mark.parametrize("model, refiner", [("default", SHIPPED.name), ("generic", "refiner.pt"),
+                                            ("generic-junk-distilled-3", "refiner_junk_distilled_3.pt")])
 def test_each_shipped_model_is_refined_by_the_shipped_refiner_made_for_its_body(model, refiner):
     from hydrapicker.picker import Picker
     from hydrapicker.refine import SHIPPED_REFINERS
