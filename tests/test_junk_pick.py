@@ -89,29 +89,21 @@ def test_the_distilled_junk_model_ships_by_name_and_records_its_teacher():
     assert net.head_names == ["generic"]
 
 
-def test_the_second_distilled_junk_model_ships_by_name_and_continues_the_first():
+@pytest.mark.parametrize("name, junk_fraction, distill_weight, seed, init_file", [
+    ("generic-junk-distilled-2", 0.8, 4.0, 9, "generic_junk_distilled.pt"),   # continues the first distilled
+    ("generic-junk-distilled-3", 0.8, 6.0, 10, "generic_junk_distilled_2.pt"),  # continues the default
+])
+def test_the_later_distilled_junk_models_ship_by_name_and_continue_their_predecessor(
+        name, junk_fraction, distill_weight, seed, init_file):
     from hydrapicker.checkpoint import SHIPPED_MODELS, load_checkpoint, read_checkpoint
 
-    assert SHIPPED_MODELS["generic-junk-distilled-2"].stat().st_size < 25e6
-    meta = read_checkpoint("generic-junk-distilled-2")["meta"]
+    assert SHIPPED_MODELS[name].stat().st_size < 25e6
+    meta = read_checkpoint(name)["meta"]
     rec = meta["training"]["recipe"]
-    assert rec["junk_fraction"] == 0.8 and rec["distill_weight"] == 4.0 and rec["seed"] == 9
+    assert rec["junk_fraction"] == junk_fraction and rec["distill_weight"] == distill_weight and rec["seed"] == seed
     assert rec["distill"].endswith("generic.pt")
-    assert meta["training"]["init_from"]["path"].endswith("generic_junk_distilled.pt")
-    net, _ = load_checkpoint("generic-junk-distilled-2")
-    assert net.head_names == ["generic"]
-
-
-def test_the_third_distilled_junk_model_ships_by_name_and_continues_the_default():
-    from hydrapicker.checkpoint import DEFAULT_MODEL, SHIPPED_MODELS, load_checkpoint, read_checkpoint
-
-    assert SHIPPED_MODELS["generic-junk-distilled-3"].stat().st_size < 25e6
-    meta = read_checkpoint("generic-junk-distilled-3")["meta"]
-    rec = meta["training"]["recipe"]
-    assert rec["junk_fraction"] == 0.8 and rec["distill_weight"] == 6.0 and rec["seed"] == 10
-    assert rec["distill"].endswith("generic.pt")
-    assert meta["training"]["init_from"]["path"].endswith(DEFAULT_MODEL.name)
-    net, _ = load_checkpoint("generic-junk-distilled-3")
+    assert meta["training"]["init_from"]["path"].endswith(init_file)
+    net, _ = load_checkpoint(name)
     assert net.head_names == ["generic"]
 
 
