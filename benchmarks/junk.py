@@ -5,9 +5,12 @@ Each junk target (a held-out particle shape, `hydrapicker.simulate.datasets.junk
 twice with the same particles at the same places: with junk (vesicles, ice crystals, gold, rimmed
 contamination, thin carbon, clumps of other proteins, border bands, gain stripes, hot pixels; about a third
 of its micrographs particle-free) and clean (`clean_version`: the artefacts drawn but not shown; the twins
-of the particle-free micrographs are left out). Per target and picker it reports AP (IoU > 0.6 of D x D
+of the particle-free micrographs are left out of its AP). Per target and picker it reports AP (IoU > 0.6 of D x D
 boxes) on the clean and on the junk micrographs, precision and F1 at the picker's best-F1 threshold on the
-junk micrographs, and the picks per particle-free micrograph at that threshold. With `--real`, the real
+junk micrographs, and the picks per particle-free micrograph at that threshold; beside it the picks at the
+same threshold on those micrographs' clean twins, which hold nothing at all (picks there are the picker's
+noise floor, not junk), and for HydraPicker the picks per particle-free micrograph at the model's own
+calibrated threshold (what a user gets). With `--real`, the real
 validation sets too: AP and the picks within one diameter of a micrograph edge (at the best-F1 threshold).
 
   python benchmarks/junk.py                                  # 4 targets x 6 micrographs, all three pickers
@@ -45,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--model", default=None, help="HydraPicker model file (default: the shipped model)")
     p.add_argument("--n-sim", type=int, default=6, help="micrographs per junk target (default 6)")
     p.add_argument("--evidence", default=None, metavar="R", help="HydraPicker's micrograph evidence (hydra pick --evidence R; 0 = off)")
+    p.add_argument("--refine", action="store_true", help="HydraPicker with its centre refiner (hydra pick --refine)")
     p.add_argument("--real", action="store_true", help="also the real validation sets (AP, picks near edges)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default="/tmp/hydra_bench/junk")
@@ -57,7 +61,7 @@ def _run(name, ds, work, args):
     kw = {"threads": args.threads}
     if name == "hydra":
         kw["model"] = args.model
-        kw["extra"] = ["--evidence", str(args.evidence)] if args.evidence is not None else []
+        kw["extra"] = (["--refine"] if args.refine else []) + (["--evidence", str(args.evidence)] if args.evidence is not None else [])
     return PICKERS[name](ds, work / ds.name / name, **kw)
 
 
@@ -90,17 +94,18 @@ def junk_target(name, args, work):
     junk = load_dataset(simulated_dataset(spec, cache, args.n_sim), kind="simulated")
     clean = load_dataset(simulated_dataset(clean_version(spec), cache, args.n_sim), kind="simulated")
     junk_only = [m["name"] for m in junk.meta["micrographs"] if m.get("junk_only")]
-    keep = [i for i, s in enumerate(clean.stems) if s.replace(name + "_clean", name) not in junk_only]
-    clean.mic_names = [clean.mic_names[i] for i in keep]
-    clean.truth = {s: clean.truth[s] for s in clean.stems}
+    # the clean twins of the particle-free micrographs hold nothing at all: they are picked (the picker's
+    # noise floor: picks there are not on junk) but left out of the clean AP
+    empty_clean = [s for s in clean.stems if s.replace(name + "_clean", name) in junk_only]
+    clean.truth = {s: t for s, t in clean.truth.items() if s not in empty_clean}
     out = {"target": name, "description": spec.description, "n_micrographs": len(junk.mic_names),
            "n_particle_free": len(junk_only), "diameter_A": spec.diameter_A, "pixel_size": spec.pixel_size,
            "pickers": {}}
     for p in args.pickers:
         print(f"[junk] {name}: {p} ...", flush=True)
-        row = {}
+        row, runs = {}, {}
         for label, ds in (("clean", clean), ("junk", junk)):
-            run = _run(p, ds, work, args)
+            run = runs[label] = _run(p, ds, work, args)
             if run.error:
                 row[label] = {"error": run.error}
                 continue
@@ -109,9 +114,28 @@ def junk_target(name, args, work):
             if label == "junk":
                 counts = _count_at(run.picks, junk_only, m["threshold"])
                 m["picks_per_particle_free"] = (float(np.mean(counts)) if counts else None)
+                if not runs["clean"].error:
+                    # the same threshold on the same micrographs rendered without their junk (nothing at all)
+                    counts = _count_at(runs["clean"].picks, empty_clean, m["threshold"])
+                    m["picks_per_empty_clean"] = (float(np.mean(counts)) if counts else None)
+                if p == "hydra":
+                    # what a user gets: the model's own calibrated threshold
+                    thr = _hydra_threshold(args.model)
+                    counts = _count_at(run.picks, junk_only, thr)
+                    m["default_threshold"] = thr
+                    m["picks_per_particle_free_at_default"] = (float(np.mean(counts)) if counts else None)
             row[label] = m
         out["pickers"][p] = row
     return out
+
+
+def _hydra_threshold(model) -> float:
+    """The calibrated threshold of a HydraPicker model (a shipped model's name, a file, None = the default)."""
+    from hydrapicker.checkpoint import SHIPPED_MODELS, default_head, read_checkpoint, threshold_for
+
+    path = SHIPPED_MODELS.get(model, model) if model else SHIPPED_MODELS["default"]
+    meta = read_checkpoint(path)["meta"]
+    return threshold_for(meta, default_head(meta))
 
 
 def _edge_counts(picks, ds, thr):
@@ -155,13 +179,15 @@ def fmt(v, spec=".3f"):
 
 
 def print_tables(res):
-    print("\n| target | picker | AP clean | AP junk | precision @ best F1 (junk) | F1 (junk) | picks / particle-free mic |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| target | picker | AP clean | AP junk | precision @ best F1 (junk) | F1 (junk) | picks / particle-free mic "
+          "| the same mics without junk | picks / particle-free mic at the default threshold |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for t in res["targets"]:
         for p, row in t["pickers"].items():
             c, j = row.get("clean", {}), row.get("junk", {})
             print(f"| {t['target']} | {p} | {fmt(c.get('AP'))} | {fmt(j.get('AP'))} | {fmt(j.get('precision_at_F1'))} "
-                  f"| {fmt(j.get('F1'))} | {fmt(j.get('picks_per_particle_free'), '.1f')} |")
+                  f"| {fmt(j.get('F1'))} | {fmt(j.get('picks_per_particle_free'), '.1f')} "
+                  f"| {fmt(j.get('picks_per_empty_clean'), '.1f')} | {fmt(j.get('picks_per_particle_free_at_default'), '.1f')} |")
     if res.get("real"):
         print("\n| real set | picker | AP | AP_D/2 | picks within D of an edge / picks (best-F1 threshold) |")
         print("|---|---|---|---|---|")
