@@ -16,8 +16,8 @@ Sparse labels (users rarely pick every particle):
   ``w = (1 - t) / (1 - t c)``: the probability that it holds no particle given that it was not labelled,
   with ``t`` the frozen generic head's score for the cell (shifted so that the model's calibrated
   threshold maps to 0.5) and ``c`` the fraction of particles the user labelled. ``c`` is estimated from
-  the generic head's confident detections in the region (the share of them that hit a label, over a
-  nominal precision of 0.8) unless given; ``c = 1`` (dense labels) teaches every unlabelled cell as
+  the generic head's confident detections in the region (the share of them within D/2 of a label,
+  over a nominal precision of 0.8) unless given; ``c = 1`` (dense labels) teaches every unlabelled cell as
   background, so the new head learns to reject the junk the generic head confuses with particles;
   ``c = 0.3`` leaves particle-like unlabelled cells nearly untaught.
 * Validation AP and the calibrated threshold use the labels as truth inside the annotated region; with
@@ -294,7 +294,8 @@ def _in_mask(xy: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def estimate_label_fraction(train: list, oriented: list, stride: int, extent_px: float, shift: float,
                             nominal_precision: float = 0.8) -> tuple:
     """(c, info): the share of the generic head's most confident detections in the annotated region that
-    hit a label, over ``nominal_precision``; 1 when there are too few detections to tell.
+    hit a label (centre within D/2 of it), over ``nominal_precision``; 1 when there are too few detections
+    to tell.
 
     The detections used are those above the model's calibrated threshold, or, when there are fewer of
     them than half the labels (a weak or uncalibrated generic head), the best ``labels / 2`` of those
@@ -313,7 +314,10 @@ def estimate_label_fraction(train: list, oriented: list, stride: int, extent_px:
         n_labels += len(m.xy)
         if not len(found):
             continue
-        tp, _ = match_greedy(found, m.xy, extent_px)  # IoU > 0.6: no neighbours
+        # on a labelled particle = its centre within D/2 of the label: whether the user picked that particle,
+        # not how well the generic head centred it (the IoU rule counted off-centre detections of low-SNR
+        # particles as unlabelled ones and under-estimated c for dense labels: threshold too low)
+        tp, _ = match_greedy(found, m.xy, extent_px, centre=True)
         scores.append(found.fom)
         hits.append(tp >= 0)
     if not scores:

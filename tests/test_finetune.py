@@ -346,3 +346,31 @@ def test_validation_holds_out_a_strip_of_every_particle_free_micrograph():
     assert junk_train.region[:, -1].max() == 0 and junk_train.region[:, 0].min() == 1  # trained on the rest
     whole = next(m for m in val if m.name != "junk")
     assert whole.eval_mask is None and not any(m.name == whole.name for m in train)
+
+
+def test_label_fraction_counts_an_off_centre_detection_of_a_labelled_particle_as_labelled():
+    """The label fraction asks whether the user picked the particles the generic head detects, not how well
+    it centred them: detections D/3 off their labels (outside the IoU rule, within D/2) on densely labelled
+    micrographs give c = 1; with half the particles labelled c falls to about 0.5 / 0.8."""
+    from hydrapicker.finetune import Labelled, Oriented, estimate_label_fraction
+
+    stride, d = 8, 16.0
+    g = (16, 16)
+    teacher = np.full((3, *g), -6.0, np.float32)
+    teacher[:2] = 0.0  # centre offsets 0: detections at cell centres
+    cells = [(i, j) for i in range(1, 15, 3) for j in range(1, 15, 3)]  # 25 particles, 24 px apart
+    for i, j in cells:
+        teacher[2, i, j] = 3.0
+    centres = np.array([[(j + 0.5) * stride - 0.5, (i + 0.5) * stride - 0.5] for i, j in cells])
+    off_centre = centres + [d / 3, 0.0]
+
+    def c_of(labels):
+        m = Labelled("m", np.zeros((128, 128), np.float32), labels, np.ones((128, 128), np.float32))
+        o = Oriented(None, np.zeros(g, np.float32), np.zeros((2, *g)), np.ones(g, np.float32), teacher)
+        return estimate_label_fraction([m], [o], stride, d, 0.0)
+
+    c, info = c_of(off_centre)
+    assert info["estimated"] and info["detections"] == 25 and info["hits"] == 25
+    assert c == 1.0
+    c, info = c_of(off_centre[::2])
+    assert info["hits"] == 13 and c == pytest.approx(13 / (0.8 * 25))
