@@ -164,3 +164,42 @@ def test_torch_preparation_equals_the_numpy_scipy_reference(shape, apix, diamete
     for sigma in (2.0, 0.75 * min(ref.shape), 3.0 * max(ref.shape)):
         np.testing.assert_allclose(gaussian_blur_t(torch.from_numpy(ref), sigma).numpy(),
                                    gaussian_filter(ref, sigma, mode="reflect"), atol=2e-5)
+
+
+def test_hot_and_dead_pixels_are_replaced_before_rescaling_but_bands_and_blobs_are_kept():
+    """An isolated extreme pixel (hot, or a dead 0 in a bright image; also two side by side) takes its
+    neighbours' median, so Fourier rescaling does not ring it into a particle-sized spot; a zero-padded
+    border band, a dark gold-like disc and a micrograph without extremes come back untouched."""
+    import torch
+
+    from hydrapicker.preprocess import remove_hot_pixels_t
+
+    rng = np.random.default_rng(5)
+    clean = torch.from_numpy(rng.normal(300, 20, (400, 500)).astype(np.float32))
+    out, n = remove_hot_pixels_t(clean)
+    assert n == 0 and out is clean
+
+    img = clean.clone()
+    img[:, :30] = 0.0                                   # flat padding band: an outlier area
+    yy, xx = np.mgrid[0:400, 0:500]
+    disc = torch.from_numpy((xx - 250) ** 2 + (yy - 300) ** 2 < 8 ** 2)
+    img[disc] = -400.0                                  # a dark disc (gold): an outlier area too
+    hot = [(50, 100), (51, 100), (200, 400)]
+    for y, x in hot:
+        img[y, x] = 300 + 40 * 20                       # 40 sigma
+    img[120, 320] = 0.0                                 # a dead pixel (15 sigma under the median)
+    out, n = remove_hot_pixels_t(img)
+    assert n == 4
+    for y, x in hot + [(120, 320)]:
+        assert abs(float(out[y, x]) - 300) < 3 * 20
+    untouched = torch.ones_like(img, dtype=torch.bool)
+    for y, x in hot + [(120, 320)]:
+        untouched[y, x] = False
+    assert torch.equal(out[untouched], img[untouched])  # band, disc and every other pixel as they were
+
+    # the spike no longer rings in the prepared micrograph
+    spike = clean.clone()
+    spike[200, 250] = 300 + 200 * 20
+    a = prepare(spike.numpy(), 1.0, 150.0, 16.0).image
+    b = prepare(clean.numpy(), 1.0, 150.0, 16.0).image
+    np.testing.assert_allclose(a, b, atol=0.05)
