@@ -579,28 +579,8 @@ def excluded_fraction(regions, distance_px: float = 0.0) -> float:
 
 def save_mask_png(path, image: np.ndarray, mask, max_px: int = 1024, title: str | None = None) -> None:
     """QC image: the micrograph in grey with its invalid area (bool mask or :class:`InvalidRegions`) in
-    translucent red, written atomically. Large micrographs are shown subsampled to ``max_px``."""
-    from matplotlib.figure import Figure
+    translucent red, written atomically (:func:`hydrapicker.qc.qc_png`, without picks). Large micrographs
+    are shown subsampled to ``max_px``."""
+    from .qc import qc_png
 
-    from .atomic import atomic_path
-
-    if isinstance(mask, InvalidRegions):
-        mask = mask.mask()
-    image = np.asarray(image)
-    mask = np.asarray(mask, dtype=bool)
-    step = max(1, int(np.ceil(max(image.shape) / max_px)))
-    img = np.asarray(image[::step, ::step], dtype=np.float32)
-    m = mask[::step, ::step]
-    finite = img[np.isfinite(img) & ~m]
-    lo, hi = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
-    fig = Figure(figsize=(6, 6 * img.shape[0] / img.shape[1]), dpi=max(100, int(img.shape[1] / 6)))
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
-    overlay = np.zeros(m.shape + (4,), np.float32)
-    overlay[m] = (1.0, 0.0, 0.0, 0.45)
-    ax.imshow(overlay, interpolation="nearest")
-    ax.set_axis_off()
-    if title:
-        ax.text(0.01, 0.99, title, transform=ax.transAxes, va="top", ha="left", color="yellow", fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
+    qc_png(path, image, mask.mask() if isinstance(mask, InvalidRegions) else mask, title=title, max_px=max_px)

@@ -200,3 +200,51 @@ def test_output_stems_are_relative_to_the_common_folder():
     assert output_stems(["a/x.mrc", "b/x.mrc"]) == {"a/x.mrc": "a/x", "b/x.mrc": "b/x"}
     assert output_stems(["d/x.mrc", "d/x.tif"]) == {"d/x.mrc": "x.mrc", "d/x.tif": "x.tif"}
     assert output_stems(["top.mrc", "s/deep/y.mrc"]) == {"top.mrc": "top", "s/deep/y.mrc": "s/deep/y"}
+
+
+def test_qc_images_show_the_picks_and_the_excluded_band_for_n_micrographs_spread_over_the_run(sim_dataset, tmp_path):
+    """``--qc 2`` of three micrographs: QC images of the first and the last (spread over the run), each with
+    the written picks drawn (coloured circles at their coordinates) and a border band tinted red; ``--qc 0``
+    (the default) writes none; a resumed run does not redo them; nothing temporary is left."""
+    import mrcfile
+    from matplotlib.image import imread
+
+    from hydrapicker.coords import read_coords
+
+    out, spec = sim_dataset
+    src = sorted((out / "Micrographs").glob("*.mrc"))
+    mics = tmp_path / "mics"
+    mics.mkdir()
+    for p in src:
+        shutil.copy(p, mics / p.name)
+    last = mics / src[-1].name  # a flat band on the last micrograph's left
+    with mrcfile.open(last, "r+") as m:
+        d = m.data.copy()
+        d[:, :40] = float(np.median(d))
+        m.set_data(d)
+    args = ["pick", str(mics / "*.mrc"), "--apix", str(spec.pixel_size), "--diameter", str(spec.diameter_A),
+            "--quiet"]
+    assert hydra(args + ["--out", str(tmp_path / "none")]) == 0
+    assert not (tmp_path / "none" / "qc").exists()
+    assert hydra(args + ["--out", str(tmp_path / "p"), "--qc", "2"]) == 0
+    qc = tmp_path / "p" / "qc"
+    names = sorted(p.name for p in qc.iterdir())
+    assert names == [f"{src[0].stem}_hydra.png", f"{src[-1].stem}_hydra.png"]
+    pix = imread(qc / names[1])[..., :3]
+    h, w = pix.shape[:2]
+    ny, nx = mrcfile.read(last).shape
+    band = pix[h // 4: 3 * h // 4, 2: int(w * 30 / nx)]
+    assert band[..., 0].mean() > band[..., 1].mean() + 0.15            # the band is tinted red
+    picks = read_coords(tmp_path / "p" / f"{src[-1].stem}_hydra.star")
+    p = next(iter(picks.values()))
+    assert len(p) > 5
+    r = 0.5 * spec.diameter_A / spec.pixel_size
+    hits = 0
+    for x, y in zip(p.x[:20], p.y[:20]):  # a circle's rim: yellow to green (red/green high, blue low)
+        xs, ys = int((x + r) * w / nx), int(y * h / ny)
+        ring = pix[max(0, ys - 2): ys + 3, max(0, xs - 2): xs + 3]
+        hits += bool(((ring[..., 1] > 0.6) & (ring[..., 2] < 0.35)).any())
+    assert hits >= 15
+    assert hydra(args + ["--out", str(tmp_path / "p"), "--qc", "2"]) == 0  # resume: nothing to redo
+    assert sorted(p.name for p in qc.iterdir()) == names
+    assert hydra(args + ["--out", str(tmp_path / "bad"), "--qc", "-1"]) == 1

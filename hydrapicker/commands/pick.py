@@ -155,6 +155,10 @@ def add_args(p):
     p.add_argument("--save-model", default=None,
                    help="--adapt: where the adapted model goes (default <out>/adapted_<suffix>.pt; an existing "
                         "one is re-used unless --overwrite); pick later data with --model <it>")
+    p.add_argument("--qc", type=int, default=0, metavar="N",
+                   help="write a QC image for N micrographs spread over the run (<out>/qc/<stem>_<suffix>.png: "
+                        "the picks coloured by FOM, the excluded border bands and dead areas in red; --watch: "
+                        "the first N); default 0 = none")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -174,6 +178,8 @@ def main(args):
                               "<out>/adapted_<suffix>.pt")
     if args.watch and (args.poll <= 0 or (args.idle_timeout is not None and args.idle_timeout < 0)):
         raise UserFacingError("--poll must be > 0 and --idle-timeout >= 0")
+    if getattr(args, "qc", 0) < 0:
+        raise UserFacingError(f"--qc is a number of micrographs (0 = no QC images), not {args.qc}")
     mics = [] if args.watch else collect_micrographs(inputs, apix=args.apix)  # watch: listed as they come
     out = Path(args.out)
     lock = take_out(out, distributed.rank_world()[0])  # before the model loads: a read-only --out fails now
@@ -269,7 +275,8 @@ def _main(args, inputs, mics, out):
     if args.watch:
         return watch_main(args, inputs, out, stems, path, picker, policy, agg, log)
     t0 = time.time()
-    n_ok, n_picks, failed = pick_batch(picker, todo, args, policy, path, agg, log)
+    n_ok, n_picks, failed = pick_batch(picker, todo, args, policy, path, agg, log,
+                                       qc=QCPlan(out, args, stems, total=len(todo)))
     failed = sorted(unusable) + failed if rank == 0 else failed
     if world > 1:
         parts = distributed.gather_objects((n_ok, n_picks, failed, agg.state()))
@@ -307,8 +314,44 @@ def _adapt(picker, mics, args, out, world, log) -> tuple:
     return picker, head
 
 
-def pick_batch(picker, todo, args, policy, path, agg, log, should_stop=None) -> tuple:
-    """Pick ``todo``, write each micrograph's files and record it in ``agg``; -> (n ok, n picks, failed)."""
+class QCPlan:
+    """``--qc N``: which micrographs get a QC image (:mod:`hydrapicker.qc`) and where it goes. With ``total``
+    (a batch run) N spread evenly over the ``total`` micrographs to pick; without (``--watch``) the first N.
+    A QC image that cannot be written is reported and the run goes on."""
+
+    def __init__(self, out, args, stems, total=None):
+        from ..qc import QC_DIR, qc_indices
+
+        self.n, self.args, self.stems, self.dir = int(getattr(args, "qc", 0) or 0), args, stems, out / QC_DIR
+        self.chosen = qc_indices(total, self.n) if total is not None else None
+        self.count = 0
+
+    def take(self, i: int) -> bool:
+        """Is the ``i``-th micrograph of this run (0-based, in picking order) one to show?"""
+        ok = (i in self.chosen) if self.chosen is not None else self.count < self.n
+        self.count += ok
+        return ok
+
+    def write(self, res, policy) -> None:
+        import sys
+
+        from ..outputs import output_path
+        from ..qc import write_micrograph_qc
+
+        thr = res.info.get("threshold")
+        if thr is None and isinstance(policy.threshold, (int, float)):
+            thr = float(policy.threshold)
+        target = output_path(self.dir, self.stems[res.micrograph.name], self.args.suffix, ".png")
+        try:
+            write_micrograph_qc(target, res.micrograph.path, res.picks, self.args.diameter / res.info["pixel_size"],
+                                thr, policy.find_invalid, res.info, name=res.micrograph.name)
+        except Exception as exc:  # noqa: BLE001  (a QC image is never worth the run)
+            print(f"[hydra] WARNING: no QC image for {res.micrograph.name}: {exc}", file=sys.stderr, flush=True)
+
+
+def pick_batch(picker, todo, args, policy, path, agg, log, should_stop=None, qc=None) -> tuple:
+    """Pick ``todo``, write each micrograph's files and record it in ``agg``; -> (n ok, n picks, failed).
+    ``qc``: a :class:`QCPlan` (``--qc``)."""
     import sys
     import time
 
@@ -325,6 +368,8 @@ def pick_batch(picker, todo, args, policy, path, agg, log, should_stop=None) -> 
         _stopping_on_write_errors(agg.add, res.micrograph, res.picks, res.info.get("threshold"),
                                   res.info.get("invalid"), res.info.get("evidence"))
         _stopping_on_write_errors(write_outputs, res, args, path)
+        if qc is not None and qc.take(i - 1):
+            qc.write(res, policy)
         n_ok += 1
         n_picks += len(res.picks)
         rate = i / max(time.time() - t0, 1e-9)
@@ -347,6 +392,7 @@ def watch_main(args, inputs, out, stems, path, picker, policy, agg, log) -> int:
     book = StableStems(out / f".watch_stems_{args.suffix}.json")
     seen, picked_now = [], set()
     stop = StopFlag(out)
+    qc = QCPlan(out, args, stems)
 
     def on_new(mics):
         seen.extend(mics)
@@ -356,7 +402,7 @@ def watch_main(args, inputs, out, stems, path, picker, policy, agg, log) -> int:
         return m.name in picked_now or (not args.overwrite and path(m, ".star").exists())
 
     def process(batch):
-        _, n_picks, _ = pick_batch(picker, batch, args, policy, path, agg, log, should_stop=stop)
+        _, n_picks, _ = pick_batch(picker, batch, args, policy, path, agg, log, should_stop=stop, qc=qc)
         picked_now.update(m.name for m in batch if path(m, ".star").exists())
         agg.write(seen)
         return n_picks
