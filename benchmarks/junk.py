@@ -49,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--n-sim", type=int, default=6, help="micrographs per junk target (default 6)")
     p.add_argument("--evidence", default=None, metavar="R", help="HydraPicker's micrograph evidence (hydra pick --evidence R; 0 = off)")
     p.add_argument("--refine", action="store_true", help="HydraPicker with its centre refiner (hydra pick --refine)")
+    p.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8), help="HydraPicker's test-time views (hydra pick --tta)")
     p.add_argument("--real", action="store_true", help="also the real validation sets (AP, picks near edges)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default="/tmp/hydra_bench/junk")
@@ -61,6 +62,7 @@ def _run(name, ds, work, args):
     kw = {"threads": args.threads}
     if name == "hydra":
         kw["model"] = args.model
+        kw["tta"] = args.tta
         kw["extra"] = (["--refine"] if args.refine else []) + (["--evidence", str(args.evidence)] if args.evidence is not None else [])
     return PICKERS[name](ds, work / ds.name / name, **kw)
 

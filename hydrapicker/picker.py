@@ -219,7 +219,7 @@ class Picker:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # per thread: page-locked memory of this rank's GPU, not GPU 0's
             return ("raw", t.pin_memory(), apix), time.perf_counter() - t0, regions
-        return (("prepared", prepare_t(t, apix, diameter_A, self.extent_px, path=mic.path)),
+        return (("prepared", prepare_t(t, apix, diameter_A, self.extent_px, path=mic.path, owned=True)),
                 time.perf_counter() - t0, regions)
 
     def _prepared(self, loaded, mic: Micrograph, diameter_A: float):
@@ -229,7 +229,8 @@ class Picker:
         if loaded[0] == "prepared":
             return loaded[1]
         _, t, apix = loaded
-        return prepare_t(t.to(self.device, non_blocking=True), apix, diameter_A, self.extent_px, path=mic.path)
+        return prepare_t(t.to(self.device, non_blocking=True), apix, diameter_A, self.extent_px, path=mic.path,
+                         owned=True)  # a copy on the device
 
     def _to_device(self, image):
         import torch
