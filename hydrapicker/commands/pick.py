@@ -276,7 +276,7 @@ def _main(args, inputs, mics, out):
         return watch_main(args, inputs, out, stems, path, picker, policy, agg, log)
     t0 = time.time()
     n_ok, n_picks, failed = pick_batch(picker, todo, args, policy, path, agg, log,
-                                       qc=QCPlan(out, args, stems, total=len(todo)))
+                                       qc=QCPlan(out, args, stems, total=len(todo), share=world))
     failed = sorted(unusable) + failed if rank == 0 else failed
     if world > 1:
         parts = distributed.gather_objects((n_ok, n_picks, failed, agg.state()))
@@ -319,10 +319,12 @@ class QCPlan:
     (a batch run) N spread evenly over the ``total`` micrographs to pick; without (``--watch``) the first N.
     A QC image that cannot be written is reported and the run goes on."""
 
-    def __init__(self, out, args, stems, total=None):
+    def __init__(self, out, args, stems, total=None, share: int = 1):
         from ..qc import QC_DIR, qc_indices
 
-        self.n, self.args, self.stems, self.dir = int(getattr(args, "qc", 0) or 0), args, stems, out / QC_DIR
+        n = int(getattr(args, "qc", 0) or 0)
+        self.n = -(-n // max(1, share))  # under torchrun each of ``share`` ranks shows its part of the N
+        self.args, self.stems, self.dir = args, stems, out / QC_DIR
         self.chosen = qc_indices(total, self.n) if total is not None else None
         self.count = 0
 
