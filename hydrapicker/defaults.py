@@ -26,6 +26,11 @@ EVIDENCE_REFERENCE = 1.65
 EVIDENCE_POWER = 1.0
 #: precision that the calibrated threshold reaches on validation data
 CALIBRATION_PRECISION = 0.8
+#: few-shot label fraction (hydrapicker.finetune.estimate_label_fraction): the precision of the generic head's
+#: detections at its calibrated threshold when a hit is a centre within D/2 of a particle, measured with the
+#: default model on 32 random training-family sets (benchmarks/experiments/generic_precision.py: 0.920
+#: pooled, 0.922 median per set; under the IoU rule 0.864): hits on labels over this = the labelled share
+LABEL_FRACTION_NOMINAL_PRECISION = 0.92
 #: training targets: a particle teaches every grid cell whose centre lies within this many strides of it
 #: along both axes (0.5: the cell holding it only, the shipped models' rule; 0.7, tried for issue 18, also
 #: teaches the neighbour cells near a border: better on crowded sets, worse on small/low-SNR ones, not shipped)

@@ -17,7 +17,7 @@ Sparse labels (users rarely pick every particle):
   with ``t`` the frozen generic head's score for the cell (shifted so that the model's calibrated
   threshold maps to 0.5) and ``c`` the fraction of particles the user labelled. ``c`` is estimated from
   the generic head's confident detections in the region (the share of them within D/2 of a label,
-  over a nominal precision of 0.8) unless given; ``c = 1`` (dense labels) teaches every unlabelled cell as
+  over the generic head's precision under that rule, 0.92 on training-family data) unless given; ``c = 1`` (dense labels) teaches every unlabelled cell as
   background, so the new head learns to reject the junk the generic head confuses with particles;
   ``c = 0.3`` leaves particle-like unlabelled cells nearly untaught.
 * Validation AP and the calibrated threshold use the labels as truth inside the annotated region; with
@@ -292,7 +292,7 @@ def _in_mask(xy: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def estimate_label_fraction(train: list, oriented: list, stride: int, extent_px: float, shift: float,
-                            nominal_precision: float = 0.8) -> tuple:
+                            nominal_precision: float = defaults.LABEL_FRACTION_NOMINAL_PRECISION) -> tuple:
     """(c, info): the share of the generic head's most confident detections in the annotated region that
     hit a label (centre within D/2 of it), over ``nominal_precision``; 1 when there are too few detections
     to tell.
