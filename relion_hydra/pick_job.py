@@ -71,6 +71,9 @@ PARAMS = (
           "micrograph evidence R: each micrograph's FOMs are weighed by how sure its best candidates are (against "
           f"R times the threshold's odds), so micrographs of junk, ice or carbon alone yield fewer picks (empty: "
           f"{defaults.EVIDENCE_REFERENCE:g}; more for junk-heavy sessions; 0: off)", between=(0.0, 100.0)),
+    Param("qc", int, 0, False, "QC images of this many micrographs spread over the job (qc/<path>_<pickname>.png in "
+                               "the job: the picks coloured by FOM, the excluded border bands and dead areas in red); "
+                               "0: none", between=(0, 10 ** 9)),
     Param("ranks", int, None, False, "processes picking in parallel (torchrun): default one per GPU listed in "
                                      "'gpu'; with gpu = cpu, CPU processes sharing the threads", positive=True),
 )
@@ -295,6 +298,9 @@ class PickRun:
         n_picks = 0
         kwargs = dict(diameter_A=o["particle_diameter"], head=o["head"], policy=policy,
                       should_stop=self.job.should_stop)
+        from hydrapicker.qc import qc_indices
+
+        qc_chosen = {self.names[i] for i in qc_indices(len(self.names), int(o.get("qc") or 0))}
         for i, res in enumerate(picker.pick(mine, **kwargs), start=1):
             name = res.micrograph.name
             idx = len(done) + i if world == 1 else i
@@ -320,6 +326,8 @@ class PickRun:
                 raise UserFacingError(f"cannot write {exc.filename or coord}: {exc.strerror or exc}; nothing "
                                       "half-written is left: free space (or fix the folder) and Continue the "
                                       "job, which picks only the rest") from None
+            if name in qc_chosen:
+                self._write_qc(res, coord, policy)
             n_picks += len(kept)
             dt = time.time() - t0
             rate = i / dt if dt > 0 else float("inf")
@@ -386,6 +394,22 @@ class PickRun:
                     zip(df["rlnMicrographName"], df["rlnGroupNrParticles"], df["rlnAutopickFigureOfMerit"], thr)}
         except Exception:  # missing, empty or foreign: read the coordinate files instead
             return {}
+
+    def _write_qc(self, res, coord: str, policy) -> None:
+        """The QC image of one micrograph (``qc``): <job>/qc/<its coordinate file's path in the job>.png; a
+        QC image that cannot be written is reported and the job goes on."""
+        from hydrapicker.qc import write_micrograph_qc
+
+        target = Path(self.job.name) / "qc" / Path(os.path.relpath(coord, self.job.name)).with_suffix(".png")
+        apix = res.info.get("pixel_size") or res.micrograph.pixel_size or 1.0
+        thr = res.info.get("threshold")
+        if thr is None and isinstance(policy.threshold, (int, float)):
+            thr = float(policy.threshold)
+        try:
+            write_micrograph_qc(target, res.micrograph.path, res.picks, self.o["particle_diameter"] / apix, thr,
+                                policy.find_invalid, res.info, name=res.micrograph.name)
+        except Exception as exc:  # noqa: BLE001  (a QC image is never worth the job)
+            warn(f"no QC image for {res.micrograph.name}: {exc}")
 
     def _write_coords(self, path, picks):
         from hydrapicker.coords import write_relion_star

@@ -407,3 +407,20 @@ def test_bin_script_help_runs_from_elsewhere(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "bin/relion_hydra_pick"), "--help"], cwd=tmp_path,
                        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0 and "--particle_diameter" in r.stdout
+
+
+def test_qc_images_of_n_micrographs_spread_over_the_job(project):
+    """``qc`` = 2 of three micrographs: the first and the last get a QC image beside their coordinate file's
+    path under <job>/qc/ (a PNG with the picks drawn); 0 (the default) writes none; a negative count fails
+    with the exit file."""
+    rc, _ = pick(["--qc", "2"])
+    assert rc == 0 and exit_files() == ["RELION_JOB_EXIT_SUCCESS"]
+    want = [Path(JOB) / "qc" / Path(os.path.relpath(paths.coord_path(JOB, n, "autopick"), JOB)).with_suffix(".png")
+            for n in (NAMES[0], NAMES[-1])]
+    got = sorted(p for p in (Path(JOB) / "qc").rglob("*") if p.is_file())
+    assert got == sorted(want)
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in got)
+    rc, _ = pick([], job="External/job002/")
+    assert rc == 0 and not Path("External/job002/qc").exists()
+    rc, _ = pick(["--qc", "-1"], job="External/job003/")
+    assert rc != 0 and exit_files("External/job003/") == ["RELION_JOB_EXIT_FAILURE"]
