@@ -79,6 +79,9 @@ def add_pick_args(p):
     p.add_argument("--save-model", default=None, metavar="M.pt",
                    help="--adapt: where the adapted model goes (default: hydra_adapted_<project>_<job>.pt here, "
                         "offline <out>_adapted.pt; an existing file is re-used); pick later with --model")
+    p.add_argument("--qc", type=int, default=0, metavar="N",
+                   help="QC images of N micrographs spread over the job, in the job's event log (the picks coloured "
+                        "by FOM, the excluded border bands and dead areas in red; as hydra pick --qc); default 0")
     p.add_argument("--title", default="HydraPicker picks", help="title of the External job")
     p.add_argument("--out", metavar="picks.cs", help="offline mode: the particle dataset to write")
 
@@ -140,7 +143,13 @@ def _options(args):
     return PickOptions(diameter_A=args.diameter, threshold=args.threshold, head=args.head,
                        min_distance_A=args.min_distance, edge_A=args.edge, flip_y=args.flip_y,
                        adapt=getattr(args, "adapt", False), save_model=getattr(args, "save_model", None),
-                       evidence=getattr(args, "evidence", None))
+                       evidence=getattr(args, "evidence", None), qc=_qc_count(getattr(args, "qc", 0)))
+
+
+def _qc_count(n) -> int:
+    if n is None or int(n) < 0:
+        raise UserFacingError(f"--qc is a number of micrographs (0 = no QC images), not {n}")
+    return int(n)
 
 
 def main_pick(args) -> int:

@@ -201,6 +201,9 @@ def _pick_into_job(cs, project, job, picker, opts, summary, read, project_dir, l
 
     overlay_fig = [None]
     last_log = [0.0]
+    from hydrapicker.qc import qc_indices
+
+    qc_chosen, qc_figs = qc_indices(len(mics), opts.qc), []
 
     def records():
         with contextlib.ExitStack() as stack:
@@ -217,6 +220,8 @@ def _pick_into_job(cs, project, job, picker, opts, summary, read, project_dir, l
                         summary.empty.append(cs_path)
                     if plot_overlay and overlay_fig[0] is None and len(rec.picks) and rec.local_path:
                         overlay_fig[0] = _overlay(rec, opts, log)
+                    if i - 1 in qc_chosen and rec.local_path:  # drawn now: a downloaded file goes after this
+                        qc_figs.append(_qc_figure(rec, opts, threshold, log))
                     yield rec.mic, rec.picks, rec.picked_shape, min_dist_for(opts)
                 if i == len(mics) or time.time() - last_log[0] >= PROGRESS_EVERY_S:
                     last_log[0] = time.time()
@@ -239,12 +244,30 @@ def _pick_into_job(cs, project, job, picker, opts, summary, read, project_dir, l
         job.log_plot(hist, "FOM histogram of the saved picks", formats=["png"])
         if overlay_fig[0] is not None:
             job.log_plot(overlay_fig[0], "Picks on the first micrograph with picks", formats=["png"])
+        for title, fig in (f for f in qc_figs if f is not None):
+            job.log_plot(fig, title, formats=["png"])
     except Exception as exc:
         compat.log(job, f"could not upload the plots: {exc}", level="warning")
     summary.seconds = time.time() - summary.started
     for line in summary.lines():
         compat.log(job, line)
         log(line)
+
+
+def _qc_figure(rec, opts, threshold, log):
+    """(title, figure) of ``--qc`` for one picked micrograph (:func:`hydrapicker.qc.micrograph_qc_figure`, the
+    core's QC image), or None with a warning: a plot must never fail the job."""
+    try:
+        from hydrapicker.qc import micrograph_qc_figure
+
+        psize = rec.mic.pixel_size or rec.mic.meta.get("psize_A") or 1.0
+        name = os.path.basename(rec.mic.meta["cs_path"])
+        fig = micrograph_qc_figure(rec.local_path, rec.picks, opts.diameter_A / psize,
+                                   rec.info.get("threshold", threshold), True, rec.info, name=name)
+        return f"QC: {name}", fig
+    except Exception as exc:
+        log(f"warning: no QC image for {rec.mic.meta.get('cs_path')} ({exc})")
+        return None
 
 
 def _overlay(rec, opts, log):

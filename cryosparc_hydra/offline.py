@@ -68,6 +68,10 @@ def pick_offline(picker, exposures_cs, out, opts: PickOptions, project_dir=None,
         picker = picker()
     picker, opts = adapted(picker, mics, opts, str(Path(out).with_suffix("")) + "_adapted.pt", log)
     stats = {"micrographs": len(mics), "picks": 0, "failed": [], "empty": []}
+    from hydrapicker.qc import qc_indices
+
+    qc_chosen = qc_indices(len(mics), opts.qc)
+    qc_dir = Path(str(Path(out).with_suffix("")) + "_qc")  # picks.cs -> picks_qc/<micrograph>.png
 
     def items():
         for i, rec in enumerate(pick_micrographs(picker, mics, opts), 1):
@@ -76,6 +80,8 @@ def pick_offline(picker, exposures_cs, out, opts: PickOptions, project_dir=None,
                 stats["failed"].append(cs_path)
                 log(f"skipped {cs_path}: {rec.error}")
                 continue
+            if i - 1 in qc_chosen and rec.local_path:
+                _write_qc(qc_dir, rec, opts, picker, log)
             stats["picks"] += len(rec.picks)
             if not len(rec.picks):
                 stats["empty"].append(cs_path)
@@ -90,6 +96,22 @@ def pick_offline(picker, exposures_cs, out, opts: PickOptions, project_dir=None,
     log(f"Wrote {len(dset)} picks on {len(mics)} micrographs to {out}"
         + (f" ({len(stats['failed'])} failed)" if stats["failed"] else ""))
     return stats
+
+
+def _write_qc(qc_dir: Path, rec, opts: PickOptions, picker, log) -> None:
+    """``--qc`` offline: the core's QC image of one micrograph as <out>_qc/<micrograph name>.png (a QC image
+    that cannot be written costs a warning, never the picks)."""
+    from hydrapicker.qc import write_micrograph_qc
+
+    from .picking import threshold_for
+
+    try:
+        psize = rec.mic.pixel_size or rec.mic.meta.get("psize_A") or 1.0
+        name = Path(rec.mic.meta["cs_path"]).name
+        write_micrograph_qc(qc_dir / (Path(name).stem + ".png"), rec.local_path, rec.picks, opts.diameter_A / psize,
+                            rec.info.get("threshold", threshold_for(picker, opts)), True, rec.info, name=name)
+    except Exception as exc:  # noqa: BLE001
+        log(f"warning: no QC image for {rec.mic.meta.get('cs_path')} ({exc})")
 
 
 def training_set(mics, particles, flip_y=False, source="particles"):

@@ -23,6 +23,7 @@ class PickOptions:
     adapt: bool = False               # self-adaptation without labels (hydrapicker.adapt) before picking
     save_model: Optional[str] = None  # where the adapted model goes (None: the caller's default)
     evidence: Optional[float] = None  # micrograph evidence multiple (hydra pick --evidence): None default, 0 off
+    qc: int = 0                       # QC images (hydrapicker.qc) of this many micrographs spread over the job
 
 
 @dataclass

@@ -39,14 +39,24 @@ def _fom_colours(fom: np.ndarray, threshold: Optional[float]):
 def qc_png(path, image: np.ndarray, mask=None, picks=None, radius_px: Optional[float] = None,
            threshold: Optional[float] = None, title: Optional[str] = None, max_px: int = 1024,
            lowpass_px: float = 0.0) -> None:
-    """Write the QC image of one micrograph atomically: ``image`` as stored (binned to at most ``max_px``,
-    low-passed by a Gaussian of ``lowpass_px`` original px so particles show), ``mask`` (bool, the area
-    where no pick is kept; None = none) in red, ``picks`` (:class:`~hydrapicker.types.Picks`, original px)
-    as circles of ``radius_px`` coloured by FOM against ``threshold``."""
+    """Write the QC image of one micrograph (:func:`qc_figure`) to ``path`` atomically."""
+    from .atomic import atomic_path
+
+    fig = qc_figure(image, mask, picks, radius_px, threshold, title, max_px, lowpass_px)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
+
+
+def qc_figure(image: np.ndarray, mask=None, picks=None, radius_px: Optional[float] = None,
+              threshold: Optional[float] = None, title: Optional[str] = None, max_px: int = 1024,
+              lowpass_px: float = 0.0):
+    """The QC figure of one micrograph (a matplotlib Figure, no pyplot): ``image`` as stored (binned to at
+    most ``max_px``, low-passed by a Gaussian of ``lowpass_px`` original px so particles show), ``mask``
+    (bool, the area where no pick is kept; None = none) in red, ``picks``
+    (:class:`~hydrapicker.types.Picks`, original px) as circles of ``radius_px`` coloured by FOM against
+    ``threshold``."""
     from matplotlib.collections import EllipseCollection
     from matplotlib.figure import Figure
-
-    from .atomic import atomic_path
 
     image = np.asarray(image, dtype=np.float32)
     step = max(1, int(np.ceil(max(image.shape) / max_px)))
@@ -84,8 +94,7 @@ def qc_png(path, image: np.ndarray, mask=None, picks=None, radius_px: Optional[f
     if title:
         ax.text(0.01, 0.99, title, transform=ax.transAxes, va="top", ha="left", color="yellow", fontsize=8,
                 bbox=dict(facecolor="black", alpha=0.5, lw=0))
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp)
+    return fig
 
 
 def qc_title(name: str, n_picks: int, threshold: Optional[float], excluded: Optional[float],
@@ -101,7 +110,17 @@ def qc_title(name: str, n_picks: int, threshold: Optional[float], excluded: Opti
 
 def write_micrograph_qc(path, micrograph_path, picks, diameter_px: float, threshold: Optional[float],
                         find_invalid: bool, info: Optional[dict] = None, name: Optional[str] = None) -> None:
-    """Read one micrograph again and write its QC image: its invalid area (when the picks excluded it) and
+    """Read one micrograph again and write its QC image (:func:`micrograph_qc_figure`) to ``path``."""
+    from .atomic import atomic_path
+
+    fig = micrograph_qc_figure(micrograph_path, picks, diameter_px, threshold, find_invalid, info, name)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
+
+
+def micrograph_qc_figure(micrograph_path, picks, diameter_px: float, threshold: Optional[float],
+                         find_invalid: bool, info: Optional[dict] = None, name: Optional[str] = None):
+    """Read one micrograph again -> its QC figure: its invalid area (when the picks excluded it) and
     ``picks`` (original px). ``info``: the pick's info (threshold, excluded area, evidence) for the title."""
     from .preprocess import read_mrc
 
@@ -114,6 +133,7 @@ def write_micrograph_qc(path, micrograph_path, picks, diameter_px: float, thresh
 
         mask = find_regions(image).mask()
     inv = info.get("invalid") or {}
-    qc_png(path, image, mask, picks, radius_px=0.5 * float(diameter_px), threshold=threshold,
-           title=qc_title(Path(name or micrograph_path).name, len(picks), threshold, inv.get("excluded_fraction"),
-                          info.get("evidence")), lowpass_px=float(diameter_px) / 10.0)
+    return qc_figure(image, mask, picks, radius_px=0.5 * float(diameter_px), threshold=threshold,
+                     title=qc_title(Path(name or micrograph_path).name, len(picks), threshold,
+                                    inv.get("excluded_fraction"), info.get("evidence")),
+                     lowpass_px=float(diameter_px) / 10.0)

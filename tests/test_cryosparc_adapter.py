@@ -530,8 +530,10 @@ def test_offline_pick_end_to_end_matches_the_core(tmp_path, tiny_model, monkeypa
     ds.save(str(exp_cs))
     out = tmp_path / "out" / "picks.cs"
     rc = cli.main(["pick", "--exposures-cs", str(exp_cs), "--out", str(out), "--model", str(tiny_model),
-                   "--diameter", "64", "--device", "cpu", "--threads", "1"])  # project dir: default
+                   "--diameter", "64", "--device", "cpu", "--threads", "1", "--qc", "1"])  # project dir: default
     assert rc == 0
+    qc = sorted(p.name for p in (tmp_path / "out" / "picks_qc").iterdir())  # --qc 1: the first micrograph
+    assert len(qc) == 1 and qc[0].endswith(".png") and (tmp_path / "out" / "picks_qc" / qc[0]).read_bytes()[:4] == b"\x89PNG"
     picks = Dataset.load(str(out))
     assert [f[0] for f in picks.descr()] == ["uid"] + [f[0] for f in P.PARTICLE_FIELDS]
     assert len(picks) > 0
@@ -703,3 +705,15 @@ def test_no_evidence_option_reaches_the_pick_policy():
     assert policy_for(_Model(), _options(build_parser().parse_args(base + ["--no-evidence"]))).evidence_ref is None
     two = policy_for(_Model(), _options(build_parser().parse_args(base + ["--evidence", "2"])))
     assert two.evidence_ref == evidence_reference(0.3, 2.0)
+
+
+def test_pick_job_logs_qc_images_of_n_micrographs(server):
+    """``qc`` = 2 (``--qc 2``): besides the FOM histogram and the overlay, the job's event log gets the core's
+    QC image (hydrapicker.qc) of both micrographs; 0 (the default) adds none."""
+    from cryosparc_hydra.job import run_pick_job
+
+    api = server["api"]
+    run_pick_job(server["cs"], "P1", "W1", "J3.exposures", FakePicker(), _opts(qc=2), log=lambda *a: None)
+    assert api.jobs.add_image_log.call_count == 4
+    titles = [str(c) for c in api.jobs.add_image_log.call_args_list]
+    assert sum("QC: " in t for t in titles) == 2
