@@ -133,10 +133,9 @@ def junk_target(name, args, work):
 
 def _hydra_threshold(model) -> float:
     """The calibrated threshold of a HydraPicker model (a shipped model's name, a file, None = the default)."""
-    from hydrapicker.checkpoint import SHIPPED_MODELS, default_head, read_checkpoint, threshold_for
+    from hydrapicker.checkpoint import DEFAULT_MODEL, default_head, read_checkpoint, threshold_for
 
-    path = SHIPPED_MODELS.get(model, model) if model else SHIPPED_MODELS["default"]
-    meta = read_checkpoint(path)["meta"]
+    meta = read_checkpoint(model or DEFAULT_MODEL)["meta"]  # a shipped model's name resolves there
     return threshold_for(meta, default_head(meta))
 
 

@@ -21,7 +21,7 @@ from hydrapicker.errors import UserFacingError
 from . import compat, plots
 from .exposures import Downloader, exposures_to_micrographs, visible_locally
 from .particles import build_particles, validate_particles
-from .picking import PickOptions, adapted, head_for, min_dist_for, pick_micrographs, threshold_for
+from .picking import PickOptions, adapted, head_for, min_dist_for, pick_micrographs, qc_figure, threshold_for
 
 INPUT_NAME = "micrographs"
 OUTPUT_NAME = "particles"
@@ -221,7 +221,7 @@ def _pick_into_job(cs, project, job, picker, opts, summary, read, project_dir, l
                     if plot_overlay and overlay_fig[0] is None and len(rec.picks) and rec.local_path:
                         overlay_fig[0] = _overlay(rec, opts, log)
                     if i - 1 in qc_chosen and rec.local_path:  # drawn now: a downloaded file goes after this
-                        qc_figs.append(_qc_figure(rec, opts, threshold, log))
+                        qc_figs.append(_qc_figure(rec, opts, log))
                     yield rec.mic, rec.picks, rec.picked_shape, min_dist_for(opts)
                 if i == len(mics) or time.time() - last_log[0] >= PROGRESS_EVERY_S:
                     last_log[0] = time.time()
@@ -254,16 +254,11 @@ def _pick_into_job(cs, project, job, picker, opts, summary, read, project_dir, l
         log(line)
 
 
-def _qc_figure(rec, opts, threshold, log):
-    """(title, figure) of ``--qc`` for one picked micrograph (:func:`hydrapicker.qc.micrograph_qc_figure`, the
-    core's QC image), or None with a warning: a plot must never fail the job."""
+def _qc_figure(rec, opts, log):
+    """(title, figure) of ``--qc`` for one picked micrograph (:func:`.picking.qc_figure`), or None with a
+    warning: a plot must never fail the job."""
     try:
-        from hydrapicker.qc import micrograph_qc_figure
-
-        psize = rec.mic.pixel_size or rec.mic.meta.get("psize_A") or 1.0
-        name = os.path.basename(rec.mic.meta["cs_path"])
-        fig = micrograph_qc_figure(rec.local_path, rec.picks, opts.diameter_A / psize,
-                                   rec.info.get("threshold", threshold), True, rec.info, name=name)
+        name, fig = qc_figure(rec, opts)
         return f"QC: {name}", fig
     except Exception as exc:
         log(f"warning: no QC image for {rec.mic.meta.get('cs_path')} ({exc})")

@@ -81,7 +81,7 @@ def pick_offline(picker, exposures_cs, out, opts: PickOptions, project_dir=None,
                 log(f"skipped {cs_path}: {rec.error}")
                 continue
             if i - 1 in qc_chosen and rec.local_path:
-                _write_qc(qc_dir, rec, opts, picker, log)
+                _write_qc(qc_dir, rec, opts, log)
             stats["picks"] += len(rec.picks)
             if not len(rec.picks):
                 stats["empty"].append(cs_path)
@@ -98,18 +98,16 @@ def pick_offline(picker, exposures_cs, out, opts: PickOptions, project_dir=None,
     return stats
 
 
-def _write_qc(qc_dir: Path, rec, opts: PickOptions, picker, log) -> None:
-    """``--qc`` offline: the core's QC image of one micrograph as <out>_qc/<micrograph name>.png (a QC image
-    that cannot be written costs a warning, never the picks)."""
-    from hydrapicker.qc import write_micrograph_qc
+def _write_qc(qc_dir: Path, rec, opts: PickOptions, log) -> None:
+    """``--qc`` offline: the QC image of one micrograph (:func:`.picking.qc_figure`) as
+    <out>_qc/<micrograph name>.png (a QC image that cannot be written costs a warning, never the picks)."""
+    from hydrapicker.qc import save_figure
 
-    from .picking import threshold_for
+    from .picking import qc_figure
 
     try:
-        psize = rec.mic.pixel_size or rec.mic.meta.get("psize_A") or 1.0
-        name = Path(rec.mic.meta["cs_path"]).name
-        write_micrograph_qc(qc_dir / (Path(name).stem + ".png"), rec.local_path, rec.picks, opts.diameter_A / psize,
-                            rec.info.get("threshold", threshold_for(picker, opts)), True, rec.info, name=name)
+        name, fig = qc_figure(rec, opts)
+        save_figure(fig, qc_dir / (Path(name).stem + ".png"))
     except Exception as exc:  # noqa: BLE001
         log(f"warning: no QC image for {rec.mic.meta.get('cs_path')} ({exc})")
 

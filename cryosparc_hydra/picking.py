@@ -37,6 +37,17 @@ class Picked:
     n_below: int = 0                # picks under the threshold (not saved)
 
 
+def qc_figure(rec: Picked, opts: PickOptions) -> tuple:
+    """``--qc``: (micrograph file name, the core's QC figure of ``rec``: :func:`hydrapicker.qc.micrograph_qc_figure`)."""
+    import os
+
+    from hydrapicker.qc import micrograph_qc_figure
+
+    name = os.path.basename(rec.mic.meta["cs_path"])
+    return name, micrograph_qc_figure(rec.local_path, rec.picks, opts.diameter_A, rec.info, True, name=name,
+                                      pixel_size=rec.mic.pixel_size or rec.mic.meta.get("psize_A"))
+
+
 def head_for(picker, opts: PickOptions) -> str:
     """The head that picks: the one asked for, else the model's default head."""
     from hydrapicker.checkpoint import default_head

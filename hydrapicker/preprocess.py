@@ -17,6 +17,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -127,8 +128,9 @@ def _cpu_tensor(img):
     return _torch().from_numpy(arr)
 
 
-def check_finite(t, path) -> None:
-    """Clear errors for NaN/Inf pixels and constant images (a tensor; one pass when all is well)."""
+def check_finite(t, path) -> tuple:
+    """Clear errors for NaN/Inf pixels and constant images (a tensor; one pass when all is well)
+    -> the image's (min, max)."""
     torch = _torch()
     lo, hi = torch.aminmax(t)  # NaN propagates, Inf is an extreme: both show here
     if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
@@ -138,6 +140,7 @@ def check_finite(t, path) -> None:
     if float(hi) == float(lo):
         raise MicrographError(f"{path} is a constant image (every pixel = {float(lo)}); "
                               f"exclude it")
+    return float(lo), float(hi)
 
 
 def fourier_rescale_t(img, new_shape):
@@ -218,15 +221,17 @@ def highpass_normalise_t(img, sigma_px: float, clip: float = 5.0):
 HOT_PIXEL_SIGMAS = 10.0
 
 
-def remove_hot_pixels_t(img, sigmas: float = HOT_PIXEL_SIGMAS, n_sample: int = 50_000, inplace: bool = False):
+def remove_hot_pixels_t(img, sigmas: float = HOT_PIXEL_SIGMAS, n_sample: int = 50_000, inplace: bool = False,
+                        extremes: Optional[tuple] = None):
     """A 2D tensor with its hot and dead pixels (further than ``sigmas`` robust standard deviations from the
     micrograph's median *and* from the median of their 8 neighbours) replaced by that neighbour median
     -> (tensor, number replaced). Fourier rescaling spreads a single extreme pixel into a ringing spot of
     about a particle's size, which the network may take for a particle. Outlier *areas* (border bands,
     padding, gold, dark contamination and the noise inside it) are left alone: their pixels are close to
     their neighbours. The statistics come from about ``n_sample`` evenly strided pixels; an image without
-    extremes (the usual case) costs one min/max pass and is returned as it is; ``inplace`` writes into
-    ``img`` (a tensor the caller owns) instead of a copy."""
+    extremes (the usual case) costs one min/max pass (none when ``extremes``, the image's (min, max), are
+    given) and is returned as it is; ``inplace`` writes into ``img`` (a tensor the caller owns) instead of a
+    copy."""
     torch = _torch()
     sample = img.reshape(-1)[::max(1, img.numel() // n_sample)].to(torch.float32)
     med = float(sample.median())
@@ -236,7 +241,7 @@ def remove_hot_pixels_t(img, sigmas: float = HOT_PIXEL_SIGMAS, n_sample: int = 5
     if not sd > 0:
         return img, 0
     lim = sigmas * sd
-    lo, hi = (float(v) for v in torch.aminmax(img))
+    lo, hi = extremes if extremes is not None else (float(v) for v in torch.aminmax(img))
     # dark side only where the micrograph has no dark areas (contamination, thick ice, gold: more than 0.1 %
     # of the sample beyond half the limit): there its extreme pixels are noise in those areas, and the pass
     # over every pixel would find no dead one worth the time
@@ -272,7 +277,7 @@ def prepare_t(image, pixel_size: float, diameter_A: float, extent_px: float, pat
               owned: bool = False) -> "Prepared":
     """A micrograph as a 2D tensor (any device) -> :class:`Prepared` whose image is a tensor on that device.
     ``owned``: the caller does not use ``image`` afterwards (its hot pixels are then replaced in place)."""
-    check_finite(image, path)
+    extremes = check_finite(image, path)
     ny, nx = image.shape
     size_px = diameter_A / pixel_size
     if not (diameter_A > 0) or size_px < 3 or size_px > 0.9 * min(ny, nx):
@@ -280,7 +285,7 @@ def prepare_t(image, pixel_size: float, diameter_A: float, extent_px: float, pat
                               f"{path} ({nx}x{ny} px): give the diameter in Angstrom (between ~3 px and the "
                               f"micrograph size)")
     new_shape, _ = rescaled_shape((ny, nx), pixel_size, diameter_A, extent_px)
-    image, _ = remove_hot_pixels_t(image, inplace=owned)
+    image, _ = remove_hot_pixels_t(image, inplace=owned, extremes=extremes)
     small = fourier_rescale_t(image, new_shape)
     small = highpass_normalise_t(small, sigma_px=4.0 * extent_px)
     scale_xy = (new_shape[1] / nx, new_shape[0] / ny)

@@ -40,9 +40,13 @@ def qc_png(path, image: np.ndarray, mask=None, picks=None, radius_px: Optional[f
            threshold: Optional[float] = None, title: Optional[str] = None, max_px: int = 1024,
            lowpass_px: float = 0.0) -> None:
     """Write the QC image of one micrograph (:func:`qc_figure`) to ``path`` atomically."""
+    save_figure(qc_figure(image, mask, picks, radius_px, threshold, title, max_px, lowpass_px), path)
+
+
+def save_figure(fig, path) -> None:
+    """A QC figure as the PNG ``path``, written atomically (temporary file + rename)."""
     from .atomic import atomic_path
 
-    fig = qc_figure(image, mask, picks, radius_px, threshold, title, max_px, lowpass_px)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp)
 
@@ -108,20 +112,17 @@ def qc_title(name: str, n_picks: int, threshold: Optional[float], excluded: Opti
     return "; ".join(parts)
 
 
-def write_micrograph_qc(path, micrograph_path, picks, diameter_px: float, threshold: Optional[float],
-                        find_invalid: bool, info: Optional[dict] = None, name: Optional[str] = None) -> None:
+def write_micrograph_qc(path, micrograph_path, picks, diameter_A: float, info: dict, find_invalid: bool,
+                        name: Optional[str] = None, pixel_size: Optional[float] = None) -> None:
     """Read one micrograph again and write its QC image (:func:`micrograph_qc_figure`) to ``path``."""
-    from .atomic import atomic_path
-
-    fig = micrograph_qc_figure(micrograph_path, picks, diameter_px, threshold, find_invalid, info, name)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp)
+    save_figure(micrograph_qc_figure(micrograph_path, picks, diameter_A, info, find_invalid, name, pixel_size), path)
 
 
-def micrograph_qc_figure(micrograph_path, picks, diameter_px: float, threshold: Optional[float],
-                         find_invalid: bool, info: Optional[dict] = None, name: Optional[str] = None):
+def micrograph_qc_figure(micrograph_path, picks, diameter_A: float, info: dict, find_invalid: bool,
+                         name: Optional[str] = None, pixel_size: Optional[float] = None):
     """Read one micrograph again -> its QC figure: its invalid area (when the picks excluded it) and
-    ``picks`` (original px). ``info``: the pick's info (threshold, excluded area, evidence) for the title."""
+    ``picks`` (original px). ``info``: the pick's info (:class:`~hydrapicker.types.PickResult`: the pixel
+    size and threshold used, the excluded area, the evidence); ``pixel_size`` where it has none."""
     from .preprocess import read_mrc
 
     info = info or {}
@@ -132,8 +133,10 @@ def micrograph_qc_figure(micrograph_path, picks, diameter_px: float, threshold: 
         from .regions import find_regions
 
         mask = find_regions(image).mask()
+    diameter_px = float(diameter_A) / float(info.get("pixel_size") or pixel_size or 1.0)
+    threshold = info.get("threshold")
     inv = info.get("invalid") or {}
-    return qc_figure(image, mask, picks, radius_px=0.5 * float(diameter_px), threshold=threshold,
+    return qc_figure(image, mask, picks, radius_px=0.5 * diameter_px, threshold=threshold,
                      title=qc_title(Path(name or micrograph_path).name, len(picks), threshold,
                                     inv.get("excluded_fraction"), info.get("evidence")),
-                     lowpass_px=float(diameter_px) / 10.0)
+                     lowpass_px=diameter_px / 10.0)

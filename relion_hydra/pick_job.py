@@ -401,13 +401,9 @@ class PickRun:
         from hydrapicker.qc import write_micrograph_qc
 
         target = Path(self.job.name) / "qc" / Path(os.path.relpath(coord, self.job.name)).with_suffix(".png")
-        apix = res.info.get("pixel_size") or res.micrograph.pixel_size or 1.0
-        thr = res.info.get("threshold")
-        if thr is None and isinstance(policy.threshold, (int, float)):
-            thr = float(policy.threshold)
         try:
-            write_micrograph_qc(target, res.micrograph.path, res.picks, self.o["particle_diameter"] / apix, thr,
-                                policy.find_invalid, res.info, name=res.micrograph.name)
+            write_micrograph_qc(target, res.micrograph.path, res.picks, self.o["particle_diameter"], res.info,
+                                policy.find_invalid, name=res.micrograph.name, pixel_size=res.micrograph.pixel_size)
         except Exception as exc:  # noqa: BLE001  (a QC image is never worth the job)
             warn(f"no QC image for {res.micrograph.name}: {exc}")
 

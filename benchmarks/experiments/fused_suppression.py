@@ -16,6 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / 'benchmarks')); sys.path.insert(0, str(ROOT))
 from bench_data import load_dataset
+import dataclasses
+
 import hydrapicker.postprocess as pp
 from hydrapicker.picker import Picker, configure_torch
 from hydrapicker.types import Micrograph, Picks
@@ -32,19 +34,10 @@ rf = float(sys.argv[2]) if len(sys.argv) > 2 else 0.25
 
 
 def fused_rank(candidates, policy, invalid=None):
-    apix = float(candidates.pixel_size)
-    xy, score = candidates.xy, candidates.score
-    keep = score >= policy.decode_floor
-    if candidates.shape is not None:
-        ny, nx = candidates.shape[-2:]
-        e = float(policy.edge_A) / apix
-        keep &= (xy[:, 0] >= e) & (xy[:, 0] <= nx - 1 - e) & (xy[:, 1] >= e) & (xy[:, 1] <= ny - 1 - e)
-    if invalid is not None:
-        from hydrapicker.regions import near_invalid
-        sel = xy[keep]
-        keep[keep] = ~near_invalid(invalid, sel[:, 0], sel[:, 1], float(policy.invalid_margin_A) / apix)
-    xy, score = xy[keep], score[keep]
-    md = float(policy.min_distance_A) / apix
+    # the core's filtering (floor, edge, invalid areas) with suppression off, then its suppression
+    allc = ORIGINAL_RANK(candidates, dataclasses.replace(policy, min_distance_A=0.0), invalid)
+    xy, score = allc.xy(), allc.fom
+    md = float(policy.min_distance_A) / float(candidates.pixel_size)
     order = pp.suppress_duplicates(xy, score, md)
     # fuse: each kept pick's position -> score-weighted mean of the candidates within rf*D of it
     D = 2 * md  # min distance is D/2 by default
@@ -58,6 +51,7 @@ def fused_rank(candidates, policy, invalid=None):
             out[n] = (xy[nb] * w[:, None]).sum(0) / w.sum()
     return Picks(out[:, 0], out[:, 1], score[order])
 
+ORIGINAL_RANK = pp.rank
 if mode == 'fused':
     pp.rank = fused_rank
 from hydrapicker.checkpoint import DEFAULT_MODEL

@@ -340,13 +340,10 @@ class QCPlan:
         from ..outputs import output_path
         from ..qc import write_micrograph_qc
 
-        thr = res.info.get("threshold")
-        if thr is None and isinstance(policy.threshold, (int, float)):
-            thr = float(policy.threshold)
         target = output_path(self.dir, self.stems[res.micrograph.name], self.args.suffix, ".png")
         try:
-            write_micrograph_qc(target, res.micrograph.path, res.picks, self.args.diameter / res.info["pixel_size"],
-                                thr, policy.find_invalid, res.info, name=res.micrograph.name)
+            write_micrograph_qc(target, res.micrograph.path, res.picks, self.args.diameter, res.info,
+                                policy.find_invalid, name=res.micrograph.name)
         except Exception as exc:  # noqa: BLE001  (a QC image is never worth the run)
             print(f"[hydra] WARNING: no QC image for {res.micrograph.name}: {exc}", file=sys.stderr, flush=True)
 
