@@ -45,6 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--pixel-size", type=float, default=1.0, help="A/px of the simulated micrographs")
     p.add_argument("--pickers", nargs="+", default=["topaz", "hydra"], choices=["topaz", "hydra"])
     p.add_argument("--model", default=None, help="HydraPicker model file (default: the shipped model)")
+    p.add_argument("--tta", type=int, default=1, help="HydraPicker's --tta (test-time views; default 1)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for both pickers (default 2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for both pickers")
     p.add_argument("--work", default="/tmp/hydra_bench/speed")
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
             for name in args.pickers:
                 print(f"[speed] {label} x{n}: {name} ...", flush=True)
                 fn = run_topaz if name == "topaz" else run_hydra
-                kw = {"model": args.model} if name == "hydra" else {}
+                kw = {"model": args.model, "tta": args.tta} if name == "hydra" else {}
                 run = fn(ds, work / "runs" / f"{label}_x{n}" / name, threads=args.threads, device=args.device,
                          timeout=args.timeout, **kw)
                 row = {"size": label, "shape": list(SIZES[label]), "n": n, "picker": name, "wall_s": run.wall_s,
