@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
 from bench_data import load_dataset, resolve_sets  # noqa: E402
+from centres import errors_of  # noqa: E402
 
 
 def normalised(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -120,7 +121,7 @@ def referee_centres(images: dict, starts: dict, box: float, rounds: int = 4) -> 
     return cur, ref
 
 
-def picks_of(picker, ds, refine: bool) -> dict:
+def picks_of(picker, ds) -> dict:
     from hydrapicker.types import Micrograph
 
     mics = [Micrograph(str(p), pixel_size=ds.pixel_size, name=s) for s, p in zip(ds.stems, ds.mic_paths)]
@@ -128,25 +129,12 @@ def picks_of(picker, ds, refine: bool) -> dict:
     return {r.micrograph.name: r.picks for r in picker.pick(mics, ds.diameter_A, policy=policy)}
 
 
-def matched_errors(picks: dict, truth: dict, box: float) -> np.ndarray:
-    from hydrapicker.metrics import match_greedy
-    from hydrapicker.types import Picks
-
-    out = []
-    for s, txy in truth.items():
-        p = picks.get(s) or Picks.empty()
-        _, m = match_greedy(p, txy, box, centre=True)
-        if len(txy) and len(p):
-            hit = m >= 0
-            out.append(p.xy()[m[hit]] - txy[hit])
-    return np.concatenate(out) if out else np.zeros((0, 2))
-
-
 def scores(picks: dict, truth: dict, box: float) -> dict:
     from hydrapicker.metrics import evaluate
 
     r = evaluate(picks, truth, box, warn=lambda m: None)
-    e = matched_errors(picks, truth, box)
+    e, _ = errors_of(picks, truth, box)  # the centre benchmark's matching (D/2 rule)
+    e = e[~np.isnan(e[:, 0])]
     n = np.hypot(e[:, 0], e[:, 1])
     return {"AP": round(float(r["AP"]), 4), "AP_D2": round(float(r["AP_centre"]), 4),
             "median_err_D": round(float(np.median(n)) / box, 4) if len(n) else None,
@@ -183,7 +171,7 @@ def main(argv=None) -> int:
                                     "median_D": round(float(np.median(dn)) / box, 4),
                                     "p90_D": round(float(np.quantile(dn, 0.9)) / box, 4),
                                     "mean_px": [round(float(v), 3) for v in d.mean(0)]}}
-        if args.sigma >= 0 and ds.kind == "simulated":  # the referee checked on the same start, jittered
+        if ds.kind == "simulated":  # the referee checked on the same start, jittered
             rng = np.random.default_rng(0)
             jit = {s: v + rng.normal(0, box / 12, v.shape) for s, v in ds.truth.items()}
             jx, _ = referee_centres(images, jit, box)
@@ -191,7 +179,7 @@ def main(argv=None) -> int:
             row["referee_from_jittered_truth_to_exact"] = {
                 "median_D": round(float(np.median(np.hypot(dj[:, 0], dj[:, 1]))) / box, 4)}
         for name, picker in pickers.items():
-            p = picks_of(picker, ds, name == "refined")
+            p = picks_of(picker, ds)
             row[name] = {"vs_truth": scores(p, ds.truth, box), "vs_referee": scores(p, ref_xy, box)}
         results.append(row)
         print(json.dumps(row), flush=True)
