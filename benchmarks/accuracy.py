@@ -45,8 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--model", default=None, help="HydraPicker model file (default: the shipped model)")
     p.add_argument("--refine", action="store_true", help="HydraPicker with its centre refiner (hydra pick --refine)")
     p.add_argument("--evidence", default=None, metavar="R", help="HydraPicker's micrograph evidence (hydra pick --evidence R; 0 = off)")
-    p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
-                   help="HydraPicker's test-time augmentation views (hydra pick --tta; default 1 = off)")
+    p.add_argument("--tta", type=int, default=None, choices=[1, 2, 4, 8],
+                   help="HydraPicker's test-time augmentation views (hydra pick --tta; default: its default)")
     p.add_argument("--n-micrographs", type=int, default=None,
                    help="use the first N micrographs of each set (default: all)")
     p.add_argument("--n-sim", type=int, default=10, help="micrographs per simulated target (default 10)")

@@ -182,7 +182,11 @@ def hydra_command() -> list:
     return [exe] if exe else [sys.executable, "-c", "import sys; from hydrapicker.cli import main; sys.exit(main())"]
 
 
-def run_hydra(ds: Dataset, work: Path, model=None, threads=1, device="cpu", timeout=None, tta=1, extra=()) -> Run:
+def run_hydra(ds: Dataset, work: Path, model=None, threads=1, device="cpu", timeout=None, tta=None, extra=()) -> Run:
+    """``tta`` None: ``hydra pick``'s default views (``hydrapicker.defaults.TTA``)."""
+    from hydrapicker import defaults
+
+    tta = defaults.TTA if tta is None else int(tta)
     run = Run("hydra")
     if work.exists():
         shutil.rmtree(work)
@@ -192,8 +196,7 @@ def run_hydra(ds: Dataset, work: Path, model=None, threads=1, device="cpu", time
     if model:
         # a file is passed by absolute path (the pick runs in its own folder); a shipped model's name as it is
         cmd += ["--model", str(Path(model).resolve()) if Path(model).exists() else str(model)]
-    if tta > 1:
-        cmd += ["--tta", str(tta)]
+    cmd += ["--tta", str(tta)]
     cmd += list(extra)
     run.info = {"model": str(model) if model else "shipped default", "tta": tta, "extra": list(extra)}
     env = thread_env(threads)

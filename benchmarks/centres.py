@@ -130,8 +130,8 @@ real validation sets in ../shared/data/real (validation only: never tune on them
   .venv/bin/python benchmarks/centres.py --sets t_ferritin_crowded c_touching_proteasome --n-sim 4
   .venv/bin/python benchmarks/centres.py --model runs/x/model.pt --tag after      # docs/.../centres_after_*
 
-Writes docs/benchmarks/centres_<tag>_<date>.json and docs/figures/centre_errors_<tag>.png (tag default
-``before``).
+Writes docs/benchmarks/centres_<tag>_<date>.json and docs/figures/centre_errors_<tag>_<date>.png (tag default
+``after``).
 """
 from __future__ import annotations
 
@@ -818,7 +818,8 @@ def parse_args(argv=None):
     p.add_argument("--work", default="/tmp/hydra_bench/centres")
     p.add_argument("--sim-cache", default="/tmp/hydra_bench/sim")
     p.add_argument("--json", default=None, help="default docs/benchmarks/centres_<tag>_<date>.json")
-    p.add_argument("--figure", default=None, help="default docs/figures/centre_errors_<tag>.png")
+    p.add_argument("--figure", default=None, help="default docs/figures/centre_errors_<tag>_<date>.png (a committed "
+                   "figure of another day is never overwritten)")
     return p.parse_args(argv)
 
 
@@ -858,7 +859,7 @@ def main(argv=None) -> int:
     print(table(results))
     date = datetime.date.today().isoformat()
     out = Path(args.json) if args.json else REPO / "docs" / "benchmarks" / f"centres_{args.tag}_{date}.json"
-    fig = Path(args.figure) if args.figure else REPO / "docs" / "figures" / f"centre_errors_{args.tag}.png"
+    fig = Path(args.figure) if args.figure else REPO / "docs" / "figures" / f"centre_errors_{args.tag}_{date}.png"
     meta = {"date": date, "command": "python benchmarks/centres.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "model": args.model or "shipped default",
             "refiner": None if refiner is None else refiner.path, "picker_meta": {k: picker.meta.get(k) for k in

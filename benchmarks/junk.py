@@ -49,7 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--n-sim", type=int, default=6, help="micrographs per junk target (default 6)")
     p.add_argument("--evidence", default=None, metavar="R", help="HydraPicker's micrograph evidence (hydra pick --evidence R; 0 = off)")
     p.add_argument("--refine", action="store_true", help="HydraPicker with its centre refiner (hydra pick --refine)")
-    p.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8), help="HydraPicker's test-time views (hydra pick --tta)")
+    p.add_argument("--tta", type=int, default=None, choices=(1, 2, 4, 8),
+                   help="HydraPicker's test-time views (hydra pick --tta; default: its default)")
     p.add_argument("--real", action="store_true", help="also the real validation sets (AP, picks near edges)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default="/tmp/hydra_bench/junk")

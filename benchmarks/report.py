@@ -2,7 +2,7 @@
 
 Every JSON file written by ``accuracy.py`` holds, per set, the pickers it ran. Runs of the same picker
 from several files are told apart by a label: ``FILE:LABEL`` (default label: the picker's name, with
-``+ttaN`` when HydraPicker ran with test-time augmentation). Columns follow the order of first appearance;
+``+ttaN`` when HydraPicker ran with other test-time views than ``hydra pick``'s default). Columns follow the order of first appearance;
 per cell ``AP (AP_D/2)``, the best AP of a row in bold, and a last row with the mean over the simulated
 targets. CPU seconds per picker and set are summed into a ratio line (peers' CPU time over the first
 column's), which is the fairer speed figure on a shared machine.
@@ -16,6 +16,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hydrapicker import defaults  # noqa: E402
 
 NAMES = {"hydra": "HydraPicker", "topaz": "Topaz", "log": "LoG"}
 
@@ -32,8 +35,8 @@ def load_columns(specs):
                 if row.get("error") or not row.get("metrics"):
                     continue
                 name = label or NAMES.get(row["picker"], row["picker"])
-                tta = (row.get("info") or {}).get("tta", 1)
-                if not label and tta and tta > 1:
+                tta = (row.get("info") or {}).get("tta", 1)  # runs that recorded none had one view
+                if not label and row["picker"] == "hydra" and tta != defaults.TTA:
                     name += f"+TTA{tta}"
                 if name not in columns:
                     columns.append(name)

@@ -45,7 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--pixel-size", type=float, default=1.0, help="A/px of the simulated micrographs")
     p.add_argument("--pickers", nargs="+", default=["topaz", "hydra"], choices=["topaz", "hydra"])
     p.add_argument("--model", default=None, help="HydraPicker model file (default: the shipped model)")
-    p.add_argument("--tta", type=int, default=1, help="HydraPicker's --tta (test-time views; default 1)")
+    p.add_argument("--tta", type=int, default=None, choices=(1, 2, 4, 8),
+                   help="HydraPicker's --tta (test-time views; default: hydra pick's)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for both pickers (default 2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for both pickers")
     p.add_argument("--work", default="/tmp/hydra_bench/speed")

@@ -59,13 +59,14 @@ def mixed_spec(target: str, seed_offset: int = 0, prefix: str = "mix"):
 
 def pick_candidates(ds, picker, cache: Path, log=print, evidence=None) -> dict:
     """{stem: Picks} of every pick above the floor (cached next to the dataset, keyed on the model and the
-    micrograph evidence multiple: ``evidence`` as ``hydra pick --evidence``, None = the default)."""
+    micrograph evidence multiple and the test-time views: ``evidence`` as ``hydra pick --evidence``, None =
+    the default)."""
     from hydrapicker.postprocess import evidence_multiple
     from hydrapicker.types import Micrograph, Picks
 
     model = Path(picker.meta.get("path", "model"))
     key = (f"{model.stem}_{int(model.stat().st_mtime) if model.exists() else 0}"
-           f"_ev{evidence_multiple(evidence):g}")
+           f"_ev{evidence_multiple(evidence):g}_tta{picker.tta}")
     f = cache / f"candidates_{ds.name}_{len(ds.stems)}_{key}.npz"
     if f.exists():
         z = np.load(f)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hydrapicker import defaults
 from hydrapicker.errors import UserFacingError
 from hydrapicker.commands.pick import evidence_arg
 
@@ -64,6 +65,9 @@ def add_pick_args(p):
                         "off by default: README, Centres)")
     p.add_argument("--no-refine", dest="refine_centres", action="store_false",
                    help="keep the centres as the detector's grid decodes them")
+    p.add_argument("--tta", type=int, default=None, choices=(1, 2, 4, 8),
+                   help="test-time views averaged per exposure (as hydra pick --tta; default: the core's, "
+                        f"{defaults.TTA}; 1: fastest)")
     p.add_argument("--edge", type=float, default=0.0, metavar="A",
                    help="drop picks closer than this to the micrograph edge (Angstrom)")
     p.add_argument("--evidence", type=evidence_arg, default=None, metavar="R",
@@ -125,7 +129,8 @@ def _picker(args):
 
     from hydrapicker.commands.pick import refine_choice
 
-    picker = Picker(model=args.model, device=args.device, refine=refine_choice(getattr(args, "refine_centres", None)))
+    picker = Picker(model=args.model, device=args.device, refine=refine_choice(getattr(args, "refine_centres", None)),
+                    tta=getattr(args, "tta", None))
     configure_torch(args.threads, picker.device)
     heads = picker.meta.get("heads", [])
     args.head = args.head or picker.default_head

@@ -37,6 +37,11 @@ LABEL_FRACTION_NOMINAL_PRECISION = 0.92
 ASSIGN_REACH = 0.5
 #: the reach of models whose metadata names none (trained before issue 18: the cell holding the centre only)
 ASSIGN_REACH_OWN_CELL = 0.5
+#: test-time augmentation: the network is averaged over this many dihedral views of each micrograph (1: the
+#: micrograph as stored; 2: and turned by 180 degrees; 4, 8: quarter turns and flips too). 2 since issue 14:
+#: every junk target's AP gap to clean micrographs <= 0.05 (one view: up to 0.055) for 1.21x the CPU time of
+#: one view per 4096^2 micrograph (benchmarks/junk.py --tta, benchmarks/speed.py --tta; README, Junk)
+TTA = 2
 #: re-centre every pick with the shipped centre refiner unless asked otherwise (hydra pick --refine /
 #: --no-refine, RELION refine_centres, CryoSPARC --refine / --no-refine). Off: it raises AP on the simulated
 #: targets (+0.015 mean, up to +0.06) but lowers it on real apoferritin (0.910 -> 0.892) and costs AP_D/2

@@ -89,8 +89,8 @@ class Picker:
     """
 
     def __init__(self, model=None, device: str = "auto", log: Callable = print, tile: Optional[int] = None,
-                 tta: int = 1, batch: Optional[int] = None, readers: Optional[int] = None, refine="auto"):
-        """``batch``: micrographs per forward pass (default 8 on CUDA, 1 on CPU); ``readers``: reading
+                 tta: Optional[int] = None, batch: Optional[int] = None, readers: Optional[int] = None, refine="auto"):
+        """``tta``: dihedral views averaged per micrograph (None: ``defaults.TTA``). ``batch``: micrographs per forward pass (default 8 on CUDA, 1 on CPU); ``readers``: reading
         threads (default 4 on CUDA, 1 on CPU). ``refine``: the centre refiner (:mod:`hydrapicker.refine`)
         that re-centres every pick: ``"auto"`` the shipped one when ``defaults.REFINE_CENTRES`` (and it is
         installed and made for this model's body: the shipped models and every head fine-tuned or adapted
@@ -112,6 +112,7 @@ class Picker:
             torch.cuda.set_device(self.device)
         self.stride = int(self.meta["stride"])
         self.extent_px = float(self.meta["extent_px"])
+        tta = defaults.TTA if tta is None else tta
         if tta not in (1, 2, 4, 8):
             raise UserFacingError(f"--tta {tta}: use 1 (off), 2, 4 or 8 orientations")
         self.tta = int(tta)
@@ -253,8 +254,6 @@ class Picker:
         import torch
         import torch.nn.functional as F
 
-        from .postprocess import merge_orientations
-
         s = self.stride
         ny, nx = image.shape
         padded = F.pad(image, (0, (-nx) % s, 0, (-ny) % s))  # whole cells: orientations share a grid
@@ -265,12 +264,19 @@ class Picker:
             grids.append((k, flip, g))
             if c is not None:
                 cmaps.append((k, flip, c))
+        return self._merge_views(grids, cmaps, (ny, nx))
+
+    def _merge_views(self, grids: list, cmaps: list, shape: tuple) -> tuple:
+        """``[(k, flip, raw outputs)]`` and ``[(k, flip, centre map)]`` of the views of one image of
+        ``shape`` -> (raw outputs, centre map or None) in the image's own frame."""
+        from .postprocess import merge_orientations
+
         cmap = None
         if cmaps:  # the centre map's views are merged like the grid's (its logit first, offsets in cells)
             from .refine import OFFSET_CELLS
 
             sb = self.refiner.stride
-            cmap = merge_orientations(cmaps, OFFSET_CELLS, logit_channel=0)[:, :-(-ny // sb), :-(-nx // sb)]
+            cmap = merge_orientations(cmaps, OFFSET_CELLS, logit_channel=0)[:, :-(-shape[0] // sb), :-(-shape[1] // sb)]
         return merge_orientations(grids), cmap
 
     def _forward(self, batch, head: str) -> tuple:
@@ -323,12 +329,12 @@ class Picker:
         return out, cmap
 
     def _batchable(self, image) -> bool:
-        """One tile, no test-time augmentation: such images of one shape can share a forward pass."""
-        return self.batch > 1 and self.tta == 1 and max(image.shape) <= self.tile
+        """One tile: such images of one shape can share forward passes (one per orientation)."""
+        return self.batch > 1 and max(image.shape) <= self.tile
 
     def _infer_many(self, images: list, head: str) -> list:
         """(raw outputs, centre map or None) of several images; images of one shape that fit one tile
-        share forward passes."""
+        share forward passes, one per test-time orientation."""
         import torch
         import torch.nn.functional as F
 
@@ -337,10 +343,18 @@ class Picker:
         s = self.stride
         ny, nx = images[0].shape
         stack = F.pad(torch.stack(images)[:, None], (0, (-nx) % s, 0, (-ny) % s))
-        g, c = self._forward(stack, head)
-        sb = None if c is None else self.refiner.stride
-        return [(gi[:, :-(-ny // s), :-(-nx // s)], None if c is None else c[i][:, :-(-ny // sb), :-(-nx // sb)])
-                for i, gi in enumerate(g)]
+        if self.tta == 1:
+            g, c = self._forward(stack, head)
+            sb = None if c is None else self.refiner.stride
+            return [(gi[:, :-(-ny // s), :-(-nx // s)], None if c is None else c[i][:, :-(-ny // sb), :-(-nx // sb)])
+                    for i, gi in enumerate(g)]
+        views = []  # (k, flip, raw outputs of the batch, centre maps of the batch or None)
+        for k, flip in DIHEDRAL[:self.tta]:
+            view = torch.rot90(torch.flip(stack, dims=(3,)) if flip else stack, k, dims=(2, 3))
+            views.append((k, flip) + self._forward(view.contiguous(), head))
+        return [self._merge_views([(k, f, g[i]) for k, f, g, _ in views],
+                                  [(k, f, c[i]) for k, f, _, c in views if c is not None], (ny, nx))
+                for i in range(len(images))]
 
     def _check_head(self, head: str):
         if head not in self.net.heads:

@@ -30,6 +30,7 @@ class Param:
     help: str = ""
     positive: bool = False
     between: Optional[tuple] = None  # (lo, hi): the value must lie in this closed range
+    choices: Optional[tuple] = None  # the values accepted, when only a few are
 
 
 # Always accepted: RELION's own arguments. ``pipeline_control`` is accepted and ignored.
@@ -65,6 +66,9 @@ def _convert(param: Param, raw: Optional[str]):
             and not param.between[0] <= value <= param.between[1]):
         lo, hi = param.between
         raise ArgumentError(f"{flag} must be from {lo:g} to {hi:g}, got {raw!r}; fix its value in the Params tab")
+    if param.choices is not None and value not in param.choices:
+        raise ArgumentError(f"{flag} must be one of {', '.join(map(str, param.choices))}, got {raw!r}; "
+                            "fix its value in the Params tab")
     return value
 
 

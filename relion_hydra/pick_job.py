@@ -67,6 +67,9 @@ PARAMS = (
     Param("refine_centres", bool, defaults.REFINE_CENTRES, False,
           "yes: every pick is re-centred by the shipped centre refiner (a move of at most 0.3 diameters); no: the "
           f"centres as the detector's grid decodes them (default {'yes' if defaults.REFINE_CENTRES else 'no'})"),
+    Param("tta", int, None, False,
+          "test-time views averaged per micrograph: 1 (fastest), 2 (and turned by 180 degrees), 4 or 8 (empty: "
+          f"{defaults.TTA})", choices=(1, 2, 4, 8)),
     Param("micrograph_evidence", float, None, False,
           "micrograph evidence R: each micrograph's FOMs are weighed by how sure its best candidates are (against "
           f"R times the threshold's odds), so micrographs of junk, ice or carbon alone yield fewer picks (empty: "
@@ -91,17 +94,18 @@ def _evidence(o):
 
 
 def _choice_keys(o) -> tuple:
-    """The done list's words for refine_centres and micrograph_evidence: nothing for the defaults (older done
-    lists stay valid)."""
+    """The done list's words for refine_centres, micrograph_evidence and tta: nothing for the defaults (older
+    done lists stay valid)."""
     refine = _refine_centres(o)
     return (() if refine == defaults.REFINE_CENTRES else ("refined" if refine else "unrefined",)) + \
-        (() if _evidence(o) is None else (f"evidence {float(_evidence(o)):g}",))
+        (() if _evidence(o) is None else (f"evidence {float(_evidence(o)):g}",)) + \
+        (() if o.get("tta") is None else (f"views {int(o['tta'])}",))
 
 
-def default_picker_factory(model, device, threads, refine="auto"):
+def default_picker_factory(model, device, threads, refine="auto", tta=None):
     from hydrapicker.picker import Picker, configure_torch
 
-    picker = Picker(model=model, device=device, log=log, refine=refine)
+    picker = Picker(model=model, device=device, log=log, refine=refine, tta=tta)
     configure_torch(threads, picker.device)  # the job's own process: its settings
     return picker
 
@@ -266,8 +270,9 @@ class PickRun:
         o, rank, world = self.o, self.rank, self.world
         threads = max(1, o["j"] // world)  # ranks share the job's threads
         refine = _refine_centres(o)
-        picker = self.factory(o["model"], self.device, threads,  # the default needs no word (any factory takes it)
-                              **({} if refine == defaults.REFINE_CENTRES else {"refine": "shipped" if refine else False}))
+        picker = self.factory(o["model"], self.device, threads,  # the defaults need no word (any factory takes them)
+                              **({} if refine == defaults.REFINE_CENTRES else {"refine": "shipped" if refine else False}),
+                              **({} if o.get("tta") is None else {"tta": o["tta"]}))
         if o.get("adapt"):
             picker = self._adapted(picker)
         policy, fp, model_path = self._policy_and_fingerprint(picker)

@@ -690,6 +690,17 @@ def test_refine_options_build_the_picker_with_or_without_the_centre_refiner():
         assert (_picker(build_parser().parse_args(base + extra)).refiner is not None) is refined, extra
 
 
+def test_tta_option_sets_the_pickers_views():
+    from cryosparc_hydra.cli import _picker, build_parser
+    from hydrapicker import defaults
+
+    base = ["pick", "--diameter", "150", "--device", "cpu"]
+    for extra, views in (([], defaults.TTA), (["--tta", "1"], 1), (["--tta", "4"], 4)):
+        assert _picker(build_parser().parse_args(base + extra)).tta == views, extra
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(base + ["--tta", "3"])
+
+
 def test_no_evidence_option_reaches_the_pick_policy():
     from cryosparc_hydra.cli import _options, build_parser
     from cryosparc_hydra.picking import policy_for

@@ -228,6 +228,31 @@ def test_refine_centres_reaches_the_picker(project):
     assert inspect.signature(default_picker_factory).parameters["refine"].default == "auto"
 
 
+def test_tta_reaches_the_picker_and_the_done_list(project, capsys):
+    """``tta`` absent: no word to the factory (the core's default views); 1: the factory is asked for one
+    view and it is a new setting for the done list (every micrograph is picked again, once); 3 fails with
+    the exit file."""
+    from hydrapicker import defaults
+    from relion_hydra.pick_job import default_picker_factory
+
+    fake, asked = FakePicker(), []
+
+    def factory(model, device, threads, **kw):
+        asked.append(kw)
+        return fake.factory(model, device, threads)
+
+    rc, _ = pick([], factory=factory)
+    assert rc == 0 and asked == [{}] and sorted(fake.picked) == sorted(NAMES)
+    for _ in range(2):  # the same job continued with one view: all picked again, then nothing new
+        rc, _ = pick(["--tta", "1"], factory=factory)
+        assert rc == 0 and asked[-1] == {"tta": 1} and sorted(fake.picked) == sorted(NAMES * 2)
+    assert default_picker_factory(None, "cpu", 1, tta=1).tta == 1
+    assert default_picker_factory(None, "cpu", 1).tta == defaults.TTA
+    rc, _ = pick(["--tta", "3"], job="External/job009/")
+    assert rc != 0 and exit_files("External/job009/") == ["RELION_JOB_EXIT_FAILURE"]
+    assert "--tta must be one of 1, 2, 4, 8, got '3'" in capsys.readouterr().err
+
+
 def test_micrograph_evidence_reaches_the_pick_policy_and_the_done_list(project):
     """``micrograph_evidence`` absent: the policy weighs FOMs against the default multiple of the head's
     threshold (the core's rule, hydrapicker.postprocess.weigh_by_evidence); 0: raw FOMs; 2: twice the
