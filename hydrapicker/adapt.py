@@ -170,7 +170,7 @@ def _round(picker, picked, labels, n_zero, diameter_A, out, settings, record, lo
     meta = read_checkpoint(out)["meta"]
     held = meta["finetune"][HEAD].get("validation_AP")
     held = float("nan") if held is None else float(held)
-    adapted = Picker(out, device=str(picker.device), log=None, refine=picker.refine)
+    adapted = Picker(out, device=str(picker.device), log=None, refine=picker.refine, tta=picker.tta)
     mine, _ = zero_shot(adapted, [m for m, _, _ in picked], diameter_A, HEAD, should_stop)
     foms = np.concatenate([p.fom for _, p, _ in mine] or [np.zeros(0)])
     thr = count_matching_threshold(foms, n_zero, adapted.threshold_for(HEAD))

@@ -122,7 +122,8 @@ class Picker:
         self.tile = tile or self.net.preset.tile
         self.margin = self.net.preset.tile_margin
         self.log(f"[hydra] model {self.meta.get('path')} (preset {self.meta.get('preset')}, "
-                 f"heads {', '.join(self.meta['heads'])}) on device {self.device}")
+                 f"heads {', '.join(self.meta['heads'])}) on device {self.device}, "
+                 f"{self.tta} test-time view{'s' if self.tta > 1 else ''} per micrograph (--tta)")
         self.refine = refine  # what was asked for: pickers derived from this one (hydra pick --adapt) ask the same
         self.refiner = self._load_refiner(refine)
         self._said_own: set = set()  # heads whose "not refined" line was logged

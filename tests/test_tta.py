@@ -82,3 +82,15 @@ def test_merging_averages_disagreeing_views(picker_factory):
 def test_bad_tta_is_refused(picker_factory):
     with pytest.raises(UserFacingError, match="tta"):
         picker_factory(3)
+
+
+def test_the_default_is_two_views_and_the_log_says_how_many():
+    from hydrapicker import defaults
+
+    lines = []
+    p = Picker(device="cpu", log=lines.append)
+    assert p.tta == defaults.TTA == 2
+    assert any("2 test-time views per micrograph" in line for line in lines)
+    lines.clear()
+    assert Picker(device="cpu", log=lines.append, tta=1).tta == 1
+    assert any("1 test-time view per micrograph" in line for line in lines)
