@@ -90,8 +90,9 @@ class Picker:
 
     def __init__(self, model=None, device: str = "auto", log: Callable = print, tile: Optional[int] = None,
                  tta: Optional[int] = None, batch: Optional[int] = None, readers: Optional[int] = None, refine="auto"):
-        """``tta``: dihedral views averaged per micrograph (None: ``defaults.TTA``). ``batch``: micrographs per forward pass (default 8 on CUDA, 1 on CPU); ``readers``: reading
-        threads (default 4 on CUDA, 1 on CPU). ``refine``: the centre refiner (:mod:`hydrapicker.refine`)
+        """``tta``: dihedral views averaged per micrograph (None: ``defaults.TTA``). ``batch``: micrographs
+        per forward pass (default 8 on CUDA, 1 on CPU); ``readers``: reading threads (default 4 on CUDA, 1 on
+        CPU). ``refine``: the centre refiner (:mod:`hydrapicker.refine`)
         that re-centres every pick: ``"auto"`` the shipped one when ``defaults.REFINE_CENTRES`` (and it is
         installed and made for this model's body: the shipped models and every head fine-tuned or adapted
         from them), ``"shipped"`` the shipped one whatever the default, a refiner file's path, or

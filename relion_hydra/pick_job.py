@@ -88,6 +88,11 @@ def _refine_centres(o) -> bool:
     return bool(o.get("refine_centres", defaults.REFINE_CENTRES))
 
 
+def _tta(o) -> int:
+    """The test-time views asked for (empty: the core's default)."""
+    return int(o.get("tta") or defaults.TTA)
+
+
 def _evidence(o):
     """The evidence multiple asked for (None: the default)."""
     return o.get("micrograph_evidence")
@@ -99,7 +104,7 @@ def _choice_keys(o) -> tuple:
     refine = _refine_centres(o)
     return (() if refine == defaults.REFINE_CENTRES else ("refined" if refine else "unrefined",)) + \
         (() if _evidence(o) is None else (f"evidence {float(_evidence(o)):g}",)) + \
-        (() if o.get("tta") is None else (f"views {int(o['tta'])}",))
+        (() if _tta(o) == defaults.TTA else (f"views {_tta(o)}",))
 
 
 def default_picker_factory(model, device, threads, refine="auto", tta=None):
@@ -272,7 +277,7 @@ class PickRun:
         refine = _refine_centres(o)
         picker = self.factory(o["model"], self.device, threads,  # the defaults need no word (any factory takes them)
                               **({} if refine == defaults.REFINE_CENTRES else {"refine": "shipped" if refine else False}),
-                              **({} if o.get("tta") is None else {"tta": o["tta"]}))
+                              **({} if _tta(o) == defaults.TTA else {"tta": _tta(o)}))
         if o.get("adapt"):
             picker = self._adapted(picker)
         policy, fp, model_path = self._policy_and_fingerprint(picker)

@@ -229,9 +229,9 @@ def test_refine_centres_reaches_the_picker(project):
 
 
 def test_tta_reaches_the_picker_and_the_done_list(project, capsys):
-    """``tta`` absent: no word to the factory (the core's default views); 1: the factory is asked for one
-    view and it is a new setting for the done list (every micrograph is picked again, once); 3 fails with
-    the exit file."""
+    """``tta`` absent or the default: no word to the factory (the core's default views) and nothing picked
+    again; 1: the factory is asked for one view and it is a new setting for the done list (every micrograph
+    is picked again, once); 3 fails with the exit file."""
     from hydrapicker import defaults
     from relion_hydra.pick_job import default_picker_factory
 
@@ -243,6 +243,8 @@ def test_tta_reaches_the_picker_and_the_done_list(project, capsys):
 
     rc, _ = pick([], factory=factory)
     assert rc == 0 and asked == [{}] and sorted(fake.picked) == sorted(NAMES)
+    rc, _ = pick(["--tta", str(defaults.TTA)], factory=factory)  # the default asked for by name: nothing new
+    assert rc == 0 and asked[-1] == {} and sorted(fake.picked) == sorted(NAMES)
     for _ in range(2):  # the same job continued with one view: all picked again, then nothing new
         rc, _ = pick(["--tta", "1"], factory=factory)
         assert rc == 0 and asked[-1] == {"tta": 1} and sorted(fake.picked) == sorted(NAMES * 2)
