@@ -136,6 +136,8 @@ def compare(ds, cands: dict, calibrated: float, floor: float, **kw) -> dict:
         auto[s] = p.above(t)
         per_mic[s] = {"threshold": round(t, 4), "method": info["method"], "reason": info.get("reason", ""),
                       "n_candidates": info["n"], "n_truth": int(len(ds.truth[s]))}
+        if info["method"] == "mixture":
+            per_mic[s]["logit_particle_mean"] = round(info["logit_means"][1], 4)
     d, a = f1_of(default, ds), f1_of(auto, ds)
     oracle_f1, oracle_t = oracle_per_micrograph(ds, cands, calibrated)
     for s in per_mic:
@@ -150,6 +152,27 @@ def compare(ds, cands: dict, calibrated: float, floor: float, **kw) -> dict:
             "per_micrograph": per_mic}
 
 
+def fit_particle_mode_rule(rows: list, calibrated: float) -> dict:
+    """How ``auto_threshold``'s ``slope`` and ``mode_offset`` were chosen: the least-squares line of every
+    trusted-fit micrograph's oracle logit threshold on its fitted particle mean, ``z_o - z_c = a + b (mu_p -
+    z_c)``, over the ``tune_mix_*`` sets only; ``slope = b``, ``mode_offset = -a / b``."""
+    from hydrapicker.thresholds import logit
+
+    zc = float(logit(calibrated))
+    x, y = [], []
+    for r in rows:
+        if not r["set"].startswith("tune_mix"):
+            continue
+        for m in r["per_micrograph"].values():
+            if "logit_particle_mean" in m:
+                x.append(m["logit_particle_mean"] - zc)
+                y.append(float(logit(m["oracle_threshold"])) - zc)
+    if len(x) < 3:
+        return {}
+    b, a = np.polyfit(np.asarray(x), np.asarray(y), 1)
+    return {"n_micrographs": len(x), "slope": float(b), "mode_offset": float(-a / b) if b else float("nan")}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=32, help="micrographs per simulated set")
@@ -160,6 +183,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-shift", type=float, default=None, help="auto_threshold max_shift (default: its own)")
+    ap.add_argument("--rule", default=None, help="auto_threshold rule (default: its own)")
     ap.add_argument("--evidence", type=float, default=None,
                     help="micrograph evidence multiple as hydra pick --evidence (default: the core's; 0 = off)")
     ap.add_argument("--json", type=Path, default=None)
@@ -182,6 +206,8 @@ def main(argv=None) -> int:
     calibrated = float(picker.meta.get("default_threshold", 0.5))
     floor = float(picker.meta.get("floor", 0.05))
     kw = {} if args.max_shift is None else {"max_shift": args.max_shift}
+    if args.rule is not None:
+        kw["rule"] = args.rule
     rows = []
     for d in dirs:
         ds = load_dataset(d)
@@ -201,12 +227,18 @@ def main(argv=None) -> int:
               f"{r['delta_F1']:+6.3f} | {t['min']:.2f}/{t['median']:.2f}/{t['max']:.2f}{'':>4s} "
               f"{t['n_fit']:2d}/{r['n_micrographs']:<2d} | {r['best_fixed_F1']:.3f} ({r['best_fixed_threshold']:.2f})  "
               f"{r['oracle_per_micrograph_F1']:10.3f}")
+    fitted = fit_particle_mode_rule(rows, calibrated)
+    if fitted:
+        print(f"particle-mode line fitted on the tune sets' {fitted['n_micrographs']} trusted-fit micrographs: "
+              f"slope {fitted['slope']:.3f}, mode_offset {fitted['mode_offset']:.3f} "
+              f"(auto_threshold's defaults: 0.32, 1.0)")
     if args.json:
         from hydrapicker.atomic import write_text
         from hydrapicker.postprocess import evidence_multiple
 
         out = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv, "model": str(picker.meta.get("path")),
                "calibrated_threshold": calibrated, "floor": floor, "auto_threshold_kwargs": kw,
+               "particle_mode_fit_on_tune_sets": fitted,
                "evidence_multiple": evidence_multiple(args.evidence),
                "n_per_simulated_set": args.n, "mix_targets": list(MIX_TARGETS),
                "specs": {r["set"]: None for r in rows}, "rows": rows}

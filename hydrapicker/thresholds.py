@@ -19,11 +19,20 @@ The rule (the numbers are the keyword defaults of :func:`auto_threshold`):
      (1.5);
    * two components explain the scores better than one by BIC (``2 dLL - 3 ln n > 0``);
    * the particle mean is not below the lower bound of step 5 (else the upper mode is not particles).
-4. The threshold is the lowest score between the two means from which a candidate's posterior probability
-   of belonging to the particle component is at least ``posterior`` (0.95): the cut-off moves down when
-   this micrograph's particle scores sit lower (thick ice, low SNR) and up when its background reaches
-   higher. (``rule="expected_f1"``: the score maximising the expected F1 under the mixture posterior,
-   ``2 sum_{z_i >= t} r_i / (n_{>=t} + sum_i r_i)``; it cut too low on the tuning sets.)
+4. The threshold follows this micrograph's particle mode (``rule="particle_mode"``, the default): in logit
+   space ``z_t = z_c + slope * (mu_p - (z_c + mode_offset))`` with ``z_c`` the calibrated threshold's logit,
+   ``mu_p`` the fitted particle mean, ``slope`` 0.32 and ``mode_offset`` 1.0. A micrograph whose particles
+   score as the calibration set's did (``mu_p`` one logit above the calibrated cut) keeps the calibrated
+   threshold; one whose particle scores sit lower (thick ice, low SNR, far from focus) gets a lower one, one
+   whose particles score higher (clean, high contrast) a higher one, and its background's tail with it.
+   ``slope`` and ``mode_offset`` are the least-squares line of each tuning micrograph's best-F1 logit
+   threshold on its fitted ``mu_p`` (``benchmarks/threshold_auto.py --sets tune``), fitted for the shipped
+   junk-trained model's score scale: a model with another score scale needs its own.
+   Other rules: ``rule="posterior"``: the lowest score between the two means from which a candidate's
+   posterior probability of the particle component is at least ``posterior`` (0.95); it treats the
+   background's floor pile as the only background, so on real micrographs it cut too low (apoferritin
+   -0.017 F1). ``rule="expected_f1"``: the score maximising the expected F1 under the mixture posterior,
+   ``2 sum_{z_i >= t} r_i / (n_{>=t} + sum_i r_i)``; it cut too low on the tuning sets.
 5. Bound it in logit space to within ``max_shift`` (0.3; ``max_shift_up`` above, default the same) of the
    calibrated threshold (0.264 -> [0.21, 0.33], 0.5 -> [0.43, 0.57]) and never below ``floor``;
    ``info["bounded"]`` says whether the bound applied.
@@ -44,6 +53,7 @@ log = logging.getLogger(__name__)
 
 _EPS = 1e-4
 _LN2PI = math.log(2.0 * math.pi)
+_RULES = ("particle_mode", "posterior", "expected_f1")
 
 
 def logit(p):
@@ -131,7 +141,8 @@ def posterior_threshold(fit: dict, p: float = 0.5, n_grid: int = 1024) -> float:
 def auto_threshold(fom: np.ndarray, calibrated: float, *, floor: Optional[float] = None,
                    max_shift: float = 0.3, max_shift_up: Optional[float] = None, min_candidates: int = 40,
                    min_component: int = 8, min_weight: float = 0.05, min_ashman_d: float = 1.5,
-                   rule: str = "posterior", posterior: float = 0.95) -> tuple:
+                   rule: str = "particle_mode", slope: float = 0.32, mode_offset: float = 1.0,
+                   posterior: float = 0.95) -> tuple:
     """One micrograph's FOM threshold from its candidate scores ``fom`` (every pick above the model's
     floor, in [0, 1]), bounded around the model's ``calibrated`` threshold. Returns ``(threshold, info)``;
     ``info["method"]`` is ``"mixture"`` (the fit was trusted) or ``"calibrated"`` (fallback, with
@@ -140,8 +151,10 @@ def auto_threshold(fom: np.ndarray, calibrated: float, *, floor: Optional[float]
         raise ValueError(f"auto_threshold: the calibrated threshold must be in (0, 1), got {calibrated}")
     if max_shift < 0 or (max_shift_up is not None and max_shift_up < 0):
         raise ValueError(f"auto_threshold: max_shift/max_shift_up must be >= 0, got {max_shift}/{max_shift_up}")
-    if rule not in ("posterior", "expected_f1"):
-        raise ValueError(f"auto_threshold: rule must be 'posterior' or 'expected_f1', not {rule!r}")
+    if rule not in _RULES:
+        raise ValueError(f"auto_threshold: rule must be one of {', '.join(_RULES)}, not {rule!r}")
+    if not (math.isfinite(slope) and slope >= 0 and math.isfinite(mode_offset)):
+        raise ValueError(f"auto_threshold: slope must be >= 0 and mode_offset finite, got {slope}/{mode_offset}")
     if not 0.0 < posterior < 1.0:
         raise ValueError(f"auto_threshold: posterior must be in (0, 1), got {posterior}")
     calibrated = float(calibrated)
@@ -181,13 +194,15 @@ def auto_threshold(fom: np.ndarray, calibrated: float, *, floor: Optional[float]
         return fallback(f"one component fits as well (dBIC {dbic:.1f})")
     if mu[1] < zc - max_shift:
         return fallback(f"upper mode {float(sigmoid(mu[1])):.3f} below the bound {lo_b:.3f}")
-    if rule == "posterior":
+    if rule == "particle_mode":
+        zt, ef1 = zc + slope * (float(mu[1]) - (zc + mode_offset)), float("nan")
+    elif rule == "posterior":
         zt, ef1 = posterior_threshold(fit, posterior), float("nan")
     else:
         zt, ef1 = expected_f1_threshold(z, fit["resp"][:, 1])
     raw = float(sigmoid(zt))
     t = float(min(max(raw, lo_b), hi_b))
-    info.update(method="mixture", raw=raw, expected_f1=ef1, bounded=bool(t != raw), reason="")
+    info.update(method="mixture", rule=rule, raw=raw, expected_f1=ef1, bounded=bool(t != raw), reason="")
     log.debug("auto threshold: %.3f (raw %.3f, calibrated %.3f; means %.3f/%.3f, D %.2f, n %d)",
               t, raw, calibrated, info["means"][0], info["means"][1], ashman, len(z))
     return t, info

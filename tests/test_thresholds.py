@@ -41,8 +41,8 @@ def test_clear_bimodal_gives_a_threshold_between_the_modes():
 def test_posterior_rule_keeps_nearly_all_particles_and_few_background():
     f_bg = sigmoid(np.random.default_rng(3).normal(-3.0, 0.4, 800))
     f_p = sigmoid(np.random.default_rng(4).normal(0.0, 0.4, 300))
-    t, info = auto_threshold(np.r_[f_bg, f_p], 0.5, max_shift=3.0)
-    assert info["method"] == "mixture"
+    t, info = auto_threshold(np.r_[f_bg, f_p], 0.5, max_shift=3.0, rule="posterior")
+    assert info["method"] == "mixture" and info["rule"] == "posterior"
     assert (f_p >= t).mean() > 0.97 and (f_bg >= t).mean() < 0.03
 
 
@@ -77,18 +77,19 @@ def test_a_tiny_second_mode_is_not_trusted():
     assert t == CAL and info["method"] == "calibrated", info
 
 
+@pytest.mark.parametrize("rule, shifts", [("particle_mode", (0.1, 0.3)), ("posterior", (0.1, 0.3, 1.0))])
 @pytest.mark.parametrize("mu_p, side", [(-0.85, "low"), (2.0, "high")])
-def test_bounds_are_respected(mu_p, side):
+def test_bounds_are_respected(mu_p, side, rule, shifts):
     # the mixture cut lies far from the calibrated threshold; it is clipped to within max_shift in logit
     mu_bg = -3.5 if side == "low" else 0.5
     f = bimodal(600, 300, mu_bg=mu_bg, mu_p=mu_p, s_bg=0.2, s_p=0.2, seed=9, floor=0.0)
-    for shift in (0.1, 0.3, 1.0):
-        t, info = auto_threshold(f, CAL, max_shift=shift)
+    for shift in shifts:
+        t, info = auto_threshold(f, CAL, max_shift=shift, rule=rule)
         lo, hi = sigmoid(logit(CAL) - shift), sigmoid(logit(CAL) + shift)
         assert lo - 1e-12 <= t <= hi + 1e-12
         assert info["method"] == "mixture" and info["bounded"], info
         assert t == pytest.approx(lo) if side == "low" else t == pytest.approx(hi)
-    t_wide, info = auto_threshold(f, CAL, max_shift=5.0)
+    t_wide, info = auto_threshold(f, CAL, max_shift=5.0, rule=rule)
     assert info["method"] == "mixture" and not info["bounded"]
     assert (t_wide < CAL) if side == "low" else (t_wide > CAL)
 
@@ -109,6 +110,26 @@ def test_upper_mode_below_the_bound_falls_back():
     assert t == 0.5 and info["method"] == "calibrated" and "upper mode" in info["reason"]
 
 
+def test_particle_mode_rule_follows_the_particle_mean():
+    # a micrograph whose particles score mode_offset above the calibrated cut keeps it; each logit the
+    # particle mode sits lower (thick ice) or higher moves the cut by `slope` logits, the background unchanged
+    zc = float(logit(CAL))
+    got = {}
+    for dz in (-0.6, 0.0, 0.6):
+        mu_p = zc + 1.0 + dz
+        f = bimodal(700, 300, mu_bg=-3.5, mu_p=mu_p, s_bg=0.3, s_p=0.3, seed=15, floor=0.0)
+        t, info = auto_threshold(f, CAL, slope=0.32, mode_offset=1.0, max_shift=1.0)
+        assert info["method"] == "mixture" and info["rule"] == "particle_mode" and not info["bounded"]
+        fitted = info["logit_means"][1]
+        assert float(logit(t)) == pytest.approx(zc + 0.32 * (fitted - zc - 1.0), abs=1e-9)
+        got[dz] = float(logit(t))
+    assert got[0.0] == pytest.approx(zc, abs=0.05)
+    assert got[-0.6] == pytest.approx(zc - 0.32 * 0.6, abs=0.05) and got[0.6] == pytest.approx(zc + 0.32 * 0.6, abs=0.05)
+    # slope 0: the calibrated threshold whatever the mode
+    t, info = auto_threshold(bimodal(700, 300, mu_bg=-3.5, mu_p=zc + 0.4, seed=16, floor=0.0), CAL, slope=0.0)
+    assert info["method"] == "mixture" and t == pytest.approx(CAL)
+
+
 def test_expected_f1_rule_lies_between_the_modes_too():
     f = bimodal(500, 200, mu_bg=-2.5, mu_p=0.5, s_bg=0.4, s_p=0.4, seed=13, floor=0.0)
     t, info = auto_threshold(f, CAL, max_shift=3.0, rule="expected_f1")
@@ -126,7 +147,8 @@ def test_deterministic_no_side_effects_and_debug_logging(caplog):
 
 
 @pytest.mark.parametrize("kw", [dict(calibrated=0.0), dict(calibrated=1.0), dict(max_shift=-1),
-                                dict(rule="nope"), dict(posterior=1.0)])
+                                dict(rule="nope"), dict(posterior=1.0), dict(slope=-0.1),
+                                dict(mode_offset=float("nan"))])
 def test_bad_arguments_raise(kw):
     args = dict(calibrated=CAL)
     args.update(kw)
