@@ -124,11 +124,18 @@ class Completeness:
     """Tracks file sizes across polls: :meth:`check` is True once the size did not change since the
     previous poll (and is > 0) and, for MRC files, matches the header's. ``settling``: the files whose size
     already matches their header (or, for other files, is > 0) but was seen once only; :func:`watch` looks
-    again at them after a short ``settle`` instead of a whole poll."""
+    again at them after a short ``settle`` instead of a whole poll.
 
-    def __init__(self):
+    An MRC file seen for the first time at its header's size whose last write (mtime) is already ``settle``
+    seconds old is complete at once: its size has been stable for that long, which is what a second look
+    ``settle`` s later would show. So a micrograph is picked within one poll of its last byte (two looks
+    would make it a poll plus ``settle``). A clock ahead of ours on a file server only brings back the
+    second look."""
+
+    def __init__(self, settle: float = 0.5):
         self._size: dict = {}
         self.settling: set = set()
+        self.settle = float(settle)
 
     def _whole(self, path: str, size: int) -> bool:
         if size == 0:
@@ -141,15 +148,19 @@ class Completeness:
         path = str(path)
         self.settling.discard(path)
         try:
-            size = os.path.getsize(path)
+            st = os.stat(path)
         except OSError:
             self._size.pop(path, None)
             return False
+        size = st.st_size
         before = self._size.get(path)
         self._size[path] = size
         if before is None or before != size:
-            if self._whole(path, size):
-                self.settling.add(path)
+            if not self._whole(path, size):
+                return False
+            if path.lower().endswith(MRC_SUFFIXES) and time.time() - st.st_mtime >= self.settle:
+                return True  # at its header's size and unchanged for `settle` s already
+            self.settling.add(path)
             return False
         return self._whole(path, size)
 
@@ -243,12 +254,13 @@ def watch(source: WatchSource, process: Callable[[list], int], is_done: Callable
     ``batch_max``: at most this many micrographs per call (default: every complete one). The first poll looks
     again after ``min(poll, 1)`` s, so the micrographs present at start are not kept waiting a whole poll;
     a file that looked whole for the first time is looked at again after ``min(poll, settle)`` s (its size
-    must still be the same), so a micrograph waits about one poll after its last byte, not two.
+    must still be the same) unless its last write is already ``settle`` s old (:class:`Completeness`), so a
+    micrograph waits at most one poll after its last byte (for ``poll >= 2 settle``), not two.
     """
     stop = stop or StopFlag(out)
     done: set = set()          # names handled (picked now, picked before, or failed now)
     known: set = set()
-    sizes = Completeness()
+    sizes = Completeness(settle)
     t_start = time.time()
     t_new = t_start            # when the last new micrograph was listed
     n_mics = n_picks = 0

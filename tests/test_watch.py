@@ -44,6 +44,27 @@ def test_a_file_written_in_two_halves_is_complete_only_when_whole_and_stable(tmp
     assert not c.check(tmp_path / "missing.mrc")
 
 
+def test_a_whole_file_whose_last_write_is_older_than_settle_is_complete_at_first_sight(tmp_path):
+    """Its size has been stable for `settle` s already: no second look (a micrograph waits at most one poll
+    after its last byte); a fresh or half-written one still needs one, and a non-MRC file always does."""
+    whole = write_mrc(tmp_path / "a.mrc", np.zeros((64, 80), np.float32))
+    c = Completeness(settle=0.5)
+    assert not c.check(whole) and str(whole) in c.settling  # just written: looked at again soon
+    old = time.time() - 0.6
+    os.utime(whole, (old, old))
+    c2 = Completeness(settle=0.5)
+    assert c2.check(whole) and not c2.settling
+    assert not Completeness(settle=1.0).check(whole)  # younger than that settle
+    half = tmp_path / "b.mrc"
+    _halves(whole, half)
+    os.utime(half, (old, old))
+    assert not c2.check(half) and str(half) not in c2.settling  # stale, but shorter than its header says
+    other = tmp_path / "c.tif"
+    other.write_bytes(b"x" * 2048)
+    os.utime(other, (old, old))
+    assert not c2.check(other) and c2.check(other)  # no header to check: two looks
+
+
 def test_source_lists_a_folder_a_glob_and_a_star_rewritten_by_another_program(tmp_path):
     d = tmp_path / "mics"
     write_mrc(d / "b.mrc", np.zeros((8, 8)))
