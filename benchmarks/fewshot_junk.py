@@ -7,7 +7,7 @@ of junk) it simulates 3 labelled micrographs, one of them junk-only (given with 
 (IoU > 0.6) on the test micrographs of the zero-shot generic head, of the fine-tuned head, and of the
 zero-shot head on the clean twins of the test micrographs (the same particles without the junk: the
 reference the issue asks to come within 0.05 of), plus the picks per particle-free test micrograph at each
-head's own calibrated threshold.
+head's own calibrated threshold, and the written picks' F1 at that threshold on the test micrographs.
 
   OMP_NUM_THREADS=1 python benchmarks/fewshot_junk.py --json docs/benchmarks/fewshot_junk.json
   python benchmarks/fewshot_junk.py --model runs/junk1/model.pt --targets j_proteasome --test 6
@@ -52,6 +52,15 @@ def _picks_per_empty(picker, head, mics, truth, spec):
     return float(np.mean(counts)) if counts else None
 
 
+def _at_threshold(key: str, res: dict) -> dict:
+    """``{key: AP, key_F1, key_precision, key_recall}``: AP with every pick kept, and the written picks' (at
+    the head's own threshold) precision, recall and F1 on the test micrographs."""
+    p, r = res["precision_at_thr"], res["recall_at_thr"]
+    p = 0.0 if p != p else p  # NaN: no pick written
+    return {key: res["AP"], f"{key}_precision": p, f"{key}_recall": r,
+            f"{key}_F1": 0.0 if p + r == 0 else 2 * p * r / (p + r)}
+
+
 def run_target(spec, args, base, work: Path) -> dict:
     """Zero-shot on the test micrographs (and their clean twins), then one few-shot head per draw of 3
     labelled micrographs (draw d: the first 2 with particles and 1 junk-only from index 100 d; seed d)."""
@@ -72,7 +81,7 @@ def run_target(spec, args, base, work: Path) -> dict:
     zs = Picker(base, device="cpu", log=quiet)
     row = {"target": spec.name, "n_test": len(te_idx),
            "n_test_particle_free": int(sum(len(v) == 0 for v in te_truth.values())),
-           "zero_shot_junk": ap_of(zs, "generic", te_mics, te_truth, spec)["AP"],
+           **_at_threshold("zero_shot_junk", ap_of(zs, "generic", te_mics, te_truth, spec, zs.threshold_for("generic"))),
            "zero_shot_clean": ap_of(zs, "generic", cl_mics, cl_truth, spec)["AP"]}
     row["zero_shot_picks_per_empty"] = _picks_per_empty(zs, "generic", te_mics, te_truth, spec)
     draws = []
@@ -86,10 +95,13 @@ def run_target(spec, args, base, work: Path) -> dict:
 
             blend_head(out, "target", "generic", args.blend)
         ft = Picker(out, device="cpu", log=quiet)
-        draws.append({"train_indices": tr_idx, "fewshot_junk": ap_of(ft, "target", te_mics, te_truth, spec)["AP"],
+        draws.append({"train_indices": tr_idx, "threshold": ft.threshold_for("target"),
+                      **_at_threshold("fewshot_junk", ap_of(ft, "target", te_mics, te_truth, spec,
+                                                            ft.threshold_for("target"))),
                       "fewshot_picks_per_empty": _picks_per_empty(ft, "target", te_mics, te_truth, spec)})
     row["draws"] = draws
     row["fewshot_junk"] = float(np.mean([r["fewshot_junk"] for r in draws]))
+    row["fewshot_junk_F1"] = float(np.mean([r["fewshot_junk_F1"] for r in draws]))
     pe = [r["fewshot_picks_per_empty"] for r in draws if r["fewshot_picks_per_empty"] is not None]
     row["fewshot_picks_per_empty"] = float(np.mean(pe)) if pe else None
     return row
@@ -128,10 +140,12 @@ def main(argv=None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     f = lambda v, s=".3f": "-" if v is None else format(v, s)  # noqa: E731
     print(f"\n{args.draws} draw(s) of 3 labelled micrographs per target; few-shot columns are their means")
-    print("| target | zero-shot AP (clean twins) | zero-shot AP (junk) | few-shot AP (junk) | picks / particle-free mic zero-shot -> few-shot |")
-    print("|---|---|---|---|---|")
+    print("| target | zero-shot AP (clean twins) | zero-shot AP (junk) | few-shot AP (junk) | F1 of the written picks "
+          "(junk) zero-shot -> few-shot | picks / particle-free mic zero-shot -> few-shot |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['target']} | {f(r['zero_shot_clean'])} | {f(r['zero_shot_junk'])} | {f(r['fewshot_junk'])} | "
+              f"{f(r['zero_shot_junk_F1'])} -> {f(r['fewshot_junk_F1'])} | "
               f"{f(r['zero_shot_picks_per_empty'], '.1f')} -> {f(r['fewshot_picks_per_empty'], '.1f')} |")
     if args.json:
         from hydrapicker.atomic import write_text
