@@ -22,7 +22,8 @@ Sparse labels (users rarely pick every particle):
   ``c = 0.3`` leaves particle-like unlabelled cells nearly untaught.
 * Validation AP and the calibrated threshold use the labels as truth inside the annotated region; with
   labels selected at random, precision against them is ``c`` times the true precision, so the threshold
-  is the score where precision against the labels reaches ``0.8 c`` (true precision 0.8).
+  is the score with the best F1 once precision is corrected to ``min(1, precision / c)``
+  (:func:`max_f1_threshold`).
 
 Over-fitting guards: validation micrographs held out (``val_fraction``; with only 1-2 micrographs, the
 right quarter of every micrograph is held out instead, with a guard band), early stopping on validation
@@ -352,11 +353,23 @@ def validate(head, val: list, val_feats: list, stride: int, extent_px: float, te
     return evaluate(picks, truth, extent_px)
 
 
-def calibrated_threshold(res: dict, c: float, precision: float = 0.8) -> Optional[float]:
-    """Lowest score where precision against the labels reaches ``precision * c`` (best recall there)."""
-    from .metrics import threshold_at_precision
+def max_f1_threshold(res: dict, c: float) -> Optional[float]:
+    """The new head's threshold: the score with the best F1 on the validation data once precision against
+    the labels is corrected for partial labels (``min(1, precision / c)``; recall against a random share of
+    the particles is unbiased). None when nothing on the validation data is a hit.
 
-    return threshold_at_precision(res["pr"], precision * c)
+    Since 2026-12-06; before, the lowest score where precision against the labels reached ``0.8 c``. That
+    rule failed both ways on a few labelled micrographs: on junk-laden ones ``c`` is under-estimated (the
+    generic head's detections on junk look like unlabelled particles), so the precision asked for was low
+    and the threshold fell to 0.06 (precision 0.23 on new micrographs); where validation precision reached
+    0.8 only on its top few picks, the threshold rose to 0.75 (recall 0.02)."""
+    pr = res["pr"]
+    t, p, r = (np.asarray(pr[k], float) for k in ("thresholds", "precision", "recall"))
+    if not len(t):
+        return None
+    p = np.minimum(1.0, np.nan_to_num(p) / max(c, 1e-6))
+    f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
+    return float(t[int(np.argmax(f1))]) if f1.max() > 0 else None
 
 
 # -- the fine-tune -----------------------------------------------------------------------------------
@@ -586,20 +599,18 @@ def _fit(net, head_name, variants, n_train, area, val, val_feats, cfg, grid, rng
 
 
 def _calibrate(head, val, val_feats, stride, extent, temperature, c, base_thr, log) -> tuple:
-    """(threshold of the new head, validation summary): the label-corrected precision rule on the
-    validation data, else max F1, else the base model's threshold."""
+    """(threshold of the new head, validation summary): the best label-corrected F1 on the validation data
+    (:func:`max_f1_threshold`), else the base model's threshold."""
     from .metrics import summary
 
     thr, val_summary = None, None
     if val:
         res = validate(head, val, val_feats, stride, extent, temperature)
-        thr = calibrated_threshold(res, c)
-        if thr is None and np.isfinite(res.get("threshold", np.nan)):
-            thr = float(res["threshold"])
+        thr = max_f1_threshold(res, c)
         val_summary = summary(res)
     if thr is None:
         thr = base_thr
-        log(f"[finetune] no calibrated threshold (no validation data reached the precision); "
+        log(f"[finetune] no calibrated threshold (no hit on the validation data); "
             f"using the base model's {thr:.3f}")
     return thr, val_summary
 

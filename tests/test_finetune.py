@@ -117,6 +117,25 @@ def test_output_model_is_a_plain_checkpoint_with_the_new_head(data, dense):
 
 
 # ---------------------------------------------------------------------------------------- sparse labels
+def test_threshold_is_the_best_label_corrected_f1():
+    """The new head's threshold maximises F1 with precision against partial labels divided by c (capped at
+    1): with dense labels it is plain max F1; with c = 0.5 a pick off the labels may be an unlabelled
+    particle, and the threshold goes down to the last labelled hit."""
+    from hydrapicker.finetune import max_f1_threshold
+
+    # 10 labels; picks in score order: 6 hits, 2 misses, 2 hits, 4 misses, 2 hits
+    hits = np.array([1] * 6 + [0] * 2 + [1] * 2 + [0] * 4 + [1] * 2, bool)
+    thresholds = np.linspace(0.9, 0.15, len(hits))
+    tp = np.cumsum(hits)
+    pr = {"thresholds": thresholds, "precision": tp / np.arange(1, len(hits) + 1), "recall": tp / 10}
+    f1 = lambda p, r: 2 * p * r / (p + r)  # noqa: E731
+    assert f1(8 / 10, 8 / 10) > max(f1(6 / 6, 6 / 10), f1(10 / 16, 10 / 10))
+    assert max_f1_threshold({"pr": pr}, 1.0) == pytest.approx(thresholds[9])   # 8 right of 10, 8 of 10 found
+    assert max_f1_threshold({"pr": pr}, 0.5) == pytest.approx(thresholds[15])  # 10 / 16 x 2 >= 1: all found
+    nothing = {"thresholds": thresholds, "precision": np.zeros(16), "recall": np.zeros(16)}
+    assert max_f1_threshold({"pr": nothing}, 1.0) is None
+
+
 def test_pu_targets_and_annotated_region():
     region = np.ones((1, 4), np.float32)
     cls = np.array([[1, 0, 0, 0]], np.float32)
