@@ -363,13 +363,14 @@ def max_f1_threshold(res: dict, c: float) -> Optional[float]:
     generic head's detections on junk look like unlabelled particles), so the precision asked for was low
     and the threshold fell to 0.06 (precision 0.23 on new micrographs); where validation precision reached
     0.8 only on its top few picks, the threshold rose to 0.75 (recall 0.02)."""
+    from .metrics import index_at_max_f1
+
     pr = res["pr"]
-    t, p, r = (np.asarray(pr[k], float) for k in ("thresholds", "precision", "recall"))
-    if not len(t):
+    if not len(pr["thresholds"]):
         return None
-    p = np.minimum(1.0, np.nan_to_num(p) / max(c, 1e-6))
-    f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
-    return float(t[int(np.argmax(f1))]) if f1.max() > 0 else None
+    k, f1 = index_at_max_f1(np.minimum(1.0, np.nan_to_num(np.asarray(pr["precision"], float)) / max(c, 1e-6)),
+                            pr["recall"])
+    return float(pr["thresholds"][k]) if f1 > 0 else None
 
 
 # -- the fine-tune -----------------------------------------------------------------------------------

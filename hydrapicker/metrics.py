@@ -112,10 +112,8 @@ def pr_curve(scores: np.ndarray, is_tp: np.ndarray, n_truth: int) -> dict:
         out.update(AP=0.0, F1=0.0, threshold=math.nan, recall_at_p80=0.0, threshold_p80=math.nan)
         return out
     out["AP"] = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    k = int(np.argmax(f1))
-    out["F1"], out["threshold"] = float(f1[k]), float(thr[k])
+    k, out["F1"] = index_at_max_f1(precision, recall)
+    out["threshold"] = float(thr[k])
     k = index_at_precision(out, 0.8)
     if k is not None:
         out["recall_at_p80"], out["threshold_p80"] = float(recall[k]), float(thr[k])
@@ -131,6 +129,15 @@ def index_at_precision(pr: dict, precision: float) -> Optional[int]:
     if not len(ok):
         return None
     return int(ok[np.argmax(np.asarray(pr["recall"])[ok])])
+
+
+def index_at_max_f1(precision, recall) -> tuple:
+    """(index, F1) of the best F1 = 2PR/(P+R) along a PR curve (0 where P + R = 0)."""
+    precision, recall = np.asarray(precision, float), np.asarray(recall, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    k = int(np.argmax(f1))
+    return k, float(f1[k])
 
 
 def threshold_at_precision(pr: dict, precision: float) -> Optional[float]:

@@ -151,6 +151,12 @@ class HydraNet(nn.Module):
         self.heads[name] = copy.deepcopy(self.heads[init_from])
         return self.heads[name]
 
+    def keep_heads(self, names) -> None:
+        """Drop every head not in ``names`` (e.g. the dataset heads of a training run)."""
+        for name in self.head_names:
+            if name not in names:
+                del self.heads[name]
+
     def forward(self, x, head: str = GENERIC):
         return self.heads[head](self.body(x))
 

@@ -8,7 +8,6 @@ on the validation micrographs of the members' own training runs (their recipes a
 """
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -20,14 +19,8 @@ class SoupError(ValueError):
 
 
 def _recipe(meta: dict) -> dict:
-    """A member's training recipe (``meta['training']['recipe']``; stored as text in shipped files)."""
-    training = meta.get("training")
-    if isinstance(training, str):
-        try:
-            training = ast.literal_eval(training)
-        except (ValueError, SyntaxError):
-            training = None
-    return (training or {}).get("recipe") or {}
+    """A member's training recipe (``meta['training']['recipe']``)."""
+    return (meta.get("training") or {}).get("recipe") or {}
 
 
 def average_state(states: Sequence[dict], weights: Sequence[float]) -> dict:
@@ -50,8 +43,6 @@ def average_state(states: Sequence[dict], weights: Sequence[float]) -> dict:
 def soup(paths: Sequence, out, weights: Optional[Sequence[float]] = None, heads=("generic",),
          val_mics: int = 2, workers: int = 1, log: Callable = print) -> Path:
     """Average the models ``paths`` (weights: equal by default) into ``out`` and calibrate its threshold."""
-    import numpy as np
-
     from .checkpoint import load_checkpoint, save_checkpoint
     from .simulate.datasets import source_dataset_specs
     from .train import calibrate_threshold, simulate_sets
@@ -62,17 +53,10 @@ def soup(paths: Sequence, out, weights: Optional[Sequence[float]] = None, heads=
     if len(weights) != len(paths) or abs(sum(weights) - 1.0) > 1e-6 or min(weights) < 0:
         raise SoupError(f"weights {weights}: one per model, non-negative, summing to 1")
     loaded = [load_checkpoint(p) for p in paths]
+    for member, _ in loaded:
+        member.keep_heads(heads)
     net, meta = loaded[0]
-    for name in list(net.heads.keys()):
-        if name not in heads:
-            del net.heads[name]
-    states = []
-    for other, _ in loaded:
-        for name in list(other.heads.keys()):
-            if name not in heads:
-                del other.heads[name]
-        states.append(other.state_dict())
-    net.load_state_dict(average_state(states, weights))
+    net.load_state_dict(average_state([member.state_dict() for member, _ in loaded], weights))
     net.eval()
 
     val_sets = []
@@ -91,6 +75,4 @@ def soup(paths: Sequence, out, weights: Optional[Sequence[float]] = None, heads=
                                                                "validation_AP_dataset_heads")}
     new_meta.update(default_threshold=float(thr), soup={"members": members,
                                                            "calibration_precision": defaults.CALIBRATION_PRECISION})
-    if not np.isfinite(thr):
-        raise SoupError("threshold calibration failed")
     return save_checkpoint(out, net, new_meta, half=True)

@@ -570,9 +570,7 @@ def strip_heads(src, dst, keep=("generic",)):
     from .checkpoint import load_checkpoint, save_checkpoint
 
     net, meta, ck = load_checkpoint(src, with_ckpt=True)
-    for name in list(net.heads.keys()):
-        if name not in keep:
-            del net.heads[name]
+    net.keep_heads(keep)
     meta.pop("path", None)
     save_checkpoint(dst, net, meta, epoch=ck.get("epoch"), args=ck.get("args"), half=True)
     return Path(dst)
