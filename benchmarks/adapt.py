@@ -144,7 +144,8 @@ def run_set(item, args, work):
     else:
         row["adapt"] = dict(row["zero_shot"])
     row["adapt"].update(accepted=a.accepted, reason=a.reason, seconds=round(secs, 1),
-                        pseudo_positives=a.record.get("pseudo_positives"), rounds=a.record.get("rounds"))
+                        pseudo_positives=a.record.get("pseudo_positives"), rounds=a.record.get("rounds"),
+                        working_scale=a.record.get("working_scale"), scale_top_scores=a.record.get("scale_top_scores"))
     if not args.no_fewshot:
         labels = {m.name: Picks(truth[m.name][:, 0], truth[m.name][:, 1]) for m in few}
         t0 = time.time()

@@ -1,5 +1,9 @@
 """Self-adaptation without labels (``hydra pick --adapt``): a data set's own micrographs teach a new head.
 
+0. **Working scale** (:func:`hydrapicker.scale.choose_scale`, on ``scale_micrographs`` of the sample):
+   the particle extent the network sees; a smaller one than the given diameter's only when its best
+   candidates score clearly higher (elongated particles). Everything after runs at the chosen scale, and
+   the adapted model keeps it (its ``extent_px``), so re-using it picks at that scale too.
 1. **Zero-shot** on a sample of the data set (``sample`` micrographs spread evenly over it): every
    candidate above the floor, border bands and dead areas excluded, with the model's head.
 2. **Pseudo-labels**, relative to that head's calibrated threshold ``thr`` (scores in logit space, shifted
@@ -33,6 +37,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import scale
 from .finetune import _logit, _sigmoid
 from .types import Picks
 
@@ -56,6 +61,8 @@ class AdaptSettings:
     #: (tuning draw, default model: 1.0 mean gain +0.002 / worst -0.044, 0.7 +0.002 / -0.029, 0.5 +0.003 /
     #: -0.014, 0.3 +0.002 / -0.015)
     blend: float = 0.5
+    #: working scale (step 0; :mod:`hydrapicker.scale`): micrographs picked at each scale (0: off)
+    scale_micrographs: int = scale.MICROGRAPHS
     seed: int = 0
 
 
@@ -131,7 +138,7 @@ def _train_round(picker, picked, labels, diameter_A, out, settings, record, log,
     from .finetune import finetune
 
     return finetune(picker.meta["path"], [m for m, _, _ in picked], labels, diameter_A, HEAD, out=out, log=log,
-                    should_stop=should_stop, region_radius=float("inf"), seed=settings.seed,
+                    should_stop=should_stop, region_radius=float("inf"), seed=settings.seed, working_scale=1.0,
                     max_minutes=settings.max_minutes, device=str(picker.device),
                     negatives_below=settings.negatives_below,
                     lambda_loc=1.0 if settings.learn_centres else 0.0, record=record)
@@ -187,14 +194,24 @@ def adapt(picker, mics: list, diameter_A: float, save_to, head: Optional[str] = 
           settings: AdaptSettings = AdaptSettings(), log: Callable = print,
           should_stop: Optional[Callable[[], bool]] = None) -> Adaptation:
     """Adapt ``picker``'s model to ``mics`` (see the module docstring); writes ``save_to`` when accepted."""
-    import shutil
     import tempfile
-
-    from .atomic import atomic_path
 
     t0 = time.time()
     log = log or (lambda *a, **k: None)
     head = head or picker.default_head
+    with tempfile.TemporaryDirectory(prefix="hydra-adapt-") as work:
+        return _adapt(picker, mics, diameter_A, save_to, head, settings, log, should_stop, t0, Path(work))
+
+
+def _adapt(picker, mics, diameter_A, save_to, head, settings, log, should_stop, t0, work) -> Adaptation:
+    import shutil
+
+    from .atomic import atomic_path
+
+    base_picker = picker
+    picker, working_scale, scale_scores = scale.choose_scale(
+        picker, sample_micrographs(list(mics), settings.sample), diameter_A, head, work, log, should_stop,
+        n_micrographs=settings.scale_micrographs)
     thr0 = picker.threshold_for(head)
     sample = sample_micrographs(list(mics), settings.sample)
     log(f"[adapt] zero-shot on {len(sample)} of {len(mics)} micrographs (head {head}, threshold {thr0:.3f})")
@@ -204,12 +221,14 @@ def adapt(picker, mics: list, diameter_A: float, save_to, head: Optional[str] = 
     n_pos = sum(len(p) for p in labels.values())
     n_with = sum(1 for p in labels.values() if len(p))
     n_zero = sum(int((p.fom >= thr0).sum()) for _, p, _ in picked)
-    record = {"sample": [m.name for m, _, _ in picked], "failed": failed, "base_model": picker.meta.get("path"),
+    record = {"sample": [m.name for m, _, _ in picked], "failed": failed, "base_model": base_picker.meta.get("path"),
               "base_head": head, "base_threshold": thr0, "positives_above_fom": cut, "pseudo_positives": n_pos,
-              "micrographs_with_positives": n_with, "zero_shot_picks": n_zero, "settings": asdict(settings)}
+              "micrographs_with_positives": n_with, "zero_shot_picks": n_zero, "settings": asdict(settings),
+              "working_scale": working_scale, "scale_top_scores": {f"{k:g}": v for k, v in scale_scores.items()}}
 
     def refuse(why: str) -> Adaptation:
-        log(f"[adapt] not adapted: {why}; picking with the zero-shot head {head}")
+        log(f"[adapt] not adapted: {why}; picking with the zero-shot head {head}"
+            + (" at the given diameter's scale" if base_picker is not picker else ""))
         return Adaptation(False, None, head, why, {**record, "seconds": round(time.time() - t0, 1)})
 
     if should_stop is not None and should_stop():
@@ -219,30 +238,29 @@ def adapt(picker, mics: list, diameter_A: float, save_to, head: Optional[str] = 
                       f"at least {settings.min_positives} on a quarter of them are needed)")
     log(f"[adapt] {n_pos} pseudo-positives (FOM >= {cut:.3f}) on {n_with} micrographs; training head {HEAD!r}")
     rounds, kept = [], None
-    with tempfile.TemporaryDirectory(prefix="hydra-adapt-") as work:
-        for r in range(1, max(1, settings.rounds) + 1):
-            out = Path(work) / f"round{r}.pt"
-            got = _round(picker, picked, labels, n_zero, diameter_A, out, settings,
-                         {"adaptation": {**record, "round": r}}, log, should_stop)
-            if got is None:
-                return refuse("stopped on request")
-            info, mine = got
-            rounds.append(info)
-            log(f"[adapt] round {r}: held-out agreement (AP against pseudo-labels) "
-                f"{info['held_out_agreement_AP']:.3f}, threshold {info['threshold']:.3f}, F1 against the "
-                f"zero-shot picks {info['agreement_with_zero_shot_F1']:.3f}")
-            if kept is not None and not info["held_out_agreement_AP"] >= kept[0]["held_out_agreement_AP"]:
-                log(f"[adapt] round {r} agrees less with held-out pseudo-labels than round {r - 1}: keeping round "
-                    f"{r - 1}")
-                break
-            if not info["held_out_agreement_AP"] >= settings.min_agreement:
-                return refuse(f"the new head does not reproduce the pseudo-labels of held-out micrographs (AP "
-                              f"{info['held_out_agreement_AP']:.3f} < {settings.min_agreement}): they look like noise")
-            kept = (info, out)
-            labels = pseudo_labels(mine, shifted_cut(info["threshold"], settings.positives_above))
-        save_to = Path(save_to)
-        with atomic_path(save_to) as tmp:
-            shutil.copyfile(kept[1], tmp)
+    for r in range(1, max(1, settings.rounds) + 1):
+        out = Path(work) / f"round{r}.pt"
+        got = _round(picker, picked, labels, n_zero, diameter_A, out, settings,
+                     {"adaptation": {**record, "round": r}}, log, should_stop)
+        if got is None:
+            return refuse("stopped on request")
+        info, mine = got
+        rounds.append(info)
+        log(f"[adapt] round {r}: held-out agreement (AP against pseudo-labels) "
+            f"{info['held_out_agreement_AP']:.3f}, threshold {info['threshold']:.3f}, F1 against the "
+            f"zero-shot picks {info['agreement_with_zero_shot_F1']:.3f}")
+        if kept is not None and not info["held_out_agreement_AP"] >= kept[0]["held_out_agreement_AP"]:
+            log(f"[adapt] round {r} agrees less with held-out pseudo-labels than round {r - 1}: keeping round "
+                f"{r - 1}")
+            break
+        if not info["held_out_agreement_AP"] >= settings.min_agreement:
+            return refuse(f"the new head does not reproduce the pseudo-labels of held-out micrographs (AP "
+                          f"{info['held_out_agreement_AP']:.3f} < {settings.min_agreement}): they look like noise")
+        kept = (info, out)
+        labels = pseudo_labels(mine, shifted_cut(info["threshold"], settings.positives_above))
+    save_to = Path(save_to)
+    with atomic_path(save_to) as tmp:
+        shutil.copyfile(kept[1], tmp)
     record.update(rounds=rounds, kept_round=kept[0]["round"], seconds=round(time.time() - t0, 1))
     log(f"[adapt] adapted head {HEAD!r} (round {kept[0]['round']}) saved to {save_to} in {record['seconds']:.0f} s")
     return Adaptation(True, save_to, HEAD, "adapted", record)

@@ -215,3 +215,49 @@ def test_relion_job_with_adapt_yes_keeps_the_adapted_model_in_the_job_and_reuses
     out = capsys.readouterr().out
     assert "re-using the adapted model" in out and "1 micrographs to pick" in out
     assert model.stat().st_mtime_ns == stamp
+
+
+def test_a_model_at_another_scale_picks_larger_and_maps_back_to_micrograph_pixels(target, tmp_path):
+    """model_at_scale: the copy's extent is the base's / scale and records the scale; its picks still land on
+    the particles in the micrograph's own pixels (the rescaling is undone)."""
+    from hydrapicker.scale import model_at_scale
+
+    path = model_at_scale("default", 0.8, tmp_path / "s.pt")
+    base, scaled = read_checkpoint("default")["meta"], read_checkpoint(path)["meta"]
+    assert scaled["extent_px"] == pytest.approx(base["extent_px"] / 0.8)
+    assert scaled["working_scale"] == pytest.approx(0.8)
+    spec, mics = target["spec"], target["mics"][:2]
+    picker = Picker(path, device="cpu", **QUIET)
+    picks = {r.micrograph.name: r.picks for r in picker.pick(mics, spec.diameter_A)}
+    res = evaluate(picks, {m.name: target["truth"][m.name] for m in mics}, spec.diameter_px)
+    assert res["AP_centre"] > 0.6
+
+
+def test_working_scale_stays_unless_another_scores_clearly_higher(target, tmp_path):
+    """choose_scale keeps the given scale on a round membrane protein, where no other scale's best
+    candidates score 0.05 higher; with a negative margin it takes the best scoring of the other scales, at a
+    larger extent."""
+    from hydrapicker.scale import SCALES, choose_scale
+
+    picker = Picker(None, device="cpu", **QUIET)
+    d, mics = target["spec"].diameter_A, target["mics"][:3]
+    got, scale, scores = choose_scale(picker, mics, d, "generic", tmp_path, **QUIET)
+    assert scale == 1.0 and got is picker and set(scores) == {1.0, *SCALES}
+    best = max(SCALES, key=scores.get)
+    got, scale, _ = choose_scale(picker, mics, d, "generic", tmp_path, margin=-1.0, **QUIET)
+    assert scale == best and got.extent_px == pytest.approx(picker.extent_px / best)
+
+
+@pytest.mark.slow
+def test_an_elongated_particle_is_picked_at_a_smaller_scale(tmp_path):
+    """A held-out rod (a 300 A coiled-coil shaft with a small head; the diameter given is its length): its
+    best candidates score clearly higher when the network sees it larger, so adaptation works at a smaller
+    scale, and picking there raises AP over the given scale."""
+    from hydrapicker.scale import choose_scale
+
+    spec = get_target("t_rod").replace(shape=(768, 768))
+    mics, truth = _write_set(spec, tmp_path / "rod", range(300, 304))
+    picker = Picker(None, device="cpu", **QUIET)
+    got, scale, scores = choose_scale(picker, mics, spec.diameter_A, "generic", tmp_path, **QUIET)
+    assert scale < 1.0 and scores[scale] >= scores[1.0] + 0.05
+    assert _ap(got, "generic", mics, truth, spec) > _ap(picker, "generic", mics, truth, spec) + 0.05

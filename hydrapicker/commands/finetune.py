@@ -43,6 +43,10 @@ def add_args(p):
     p.add_argument("--mix-generic", type=float, default=0.0,
                    help="share of each batch drawn from simulated generic data (0.5 = BoxNet's 1:1)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
+    p.add_argument("--working-scale", default="auto", type=_scale, metavar="auto|S",
+                   help="particle extent the network sees, as a fraction of --diameter: auto (default) tries 1, 0.85 "
+                        "and 0.75 and takes a smaller one only when the model's best candidates score clearly "
+                        "higher there (elongated particles); 1 = as given")
     p.add_argument("--device", default="auto", help="where the head trains: auto (first GPU if any), cpu, cuda or "
                                                     "cuda:N")
     p.add_argument("-j", "--threads", type=int, default=None, help="CPU threads for torch")
@@ -65,6 +69,15 @@ def read_all_coords(sources, micrograph_names) -> dict:
     return merged
 
 
+def _scale(text: str):
+    if text == "auto":
+        return text
+    value = float(text)
+    if not 0.3 <= value <= 3.0:
+        raise ValueError(text)
+    return value
+
+
 def main(args):
     from ..errors import UserFacingError
     from ..finetune import finetune
@@ -80,7 +93,8 @@ def main(args):
     out = finetune(args.model, mics, coords, args.diameter, args.name, epochs=args.epochs,
                    out=args.out, log=log, val_fraction=args.val_fraction, mix_generic=args.mix_generic,
                    seed=args.seed, label_fraction=args.label_fraction,
-                   region_radius=args.region, max_minutes=args.max_minutes, device=args.device)
+                   region_radius=args.region, max_minutes=args.max_minutes, device=args.device,
+                   working_scale=args.working_scale)
     if out is None:
         return 1
     log(f"[finetune] pick with: hydra pick --model {out} --head {args.name} --diameter {args.diameter:g} ...")
