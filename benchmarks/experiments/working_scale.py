@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
-    from hydrapicker.adapt import top_score
+    from hydrapicker.scale import top_score
     from hydrapicker.picker import Picker, configure_torch
     from hydrapicker.simulate.datasets import random_dataset_spec
     from hydrapicker.types import Micrograph
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
             n = n[~np.isnan(n)]
             row[f"{s:g}"] = {"AP": a["AP"], "AP_D2": a["AP_D2"],
                              "median_err_D": round(float(np.median(n)) / box, 4) if len(n) else None,
-                             "top_score": round(top_score(picked, args.top), 4)}
+                             "top_score": round(top_score([p for _, p, _ in picked], args.top), 4)}
         base = row["1"]["top_score"]
         row["largest_gain_below_1"] = round(max(row[f"{s:g}"]["top_score"] - base for s in scales if s < 1), 4)
         rows.append(row)
