@@ -71,7 +71,12 @@ def choose_scale(picker, mics: list, diameter_A: float, head: Optional[str], wor
     from .picker import Picker
 
     sample = _spread(list(mics), n_micrographs) if n_micrographs else []
-    if not sample:
+    # a model already at a smaller scale (an adapted or few-shot model) goes no further than SCALES reach
+    # from the given diameter: below it the score stops tracking AP (multi-domain particles' domains score
+    # like particles)
+    done = float(picker.meta.get("working_scale", 1.0))
+    tried = [s for s in SCALES if done * s >= min(SCALES) - 1e-9]
+    if not sample or not tried:
         return picker, 1.0, {}
     head = head or picker.default_head
 
@@ -81,12 +86,12 @@ def choose_scale(picker, mics: list, diameter_A: float, head: Optional[str], wor
                                                   should_stop=should_stop) if r.ok], top)
 
     scores, pickers = {1.0: score(picker)}, {1.0: picker}
-    for s in SCALES:
+    for s in tried:
         path = model_at_scale(picker.meta["path"], s, Path(work) / f"scale{s:g}.pt")
         pickers[s] = Picker(path, device=str(picker.device), log=None, refine=picker.refine, tta=picker.tta,
                             batch=picker.batch, readers=picker.readers)
         scores[s] = score(pickers[s])
-    best = max(SCALES, key=lambda s: scores[s])
+    best = max(tried, key=lambda s: scores[s])
     chosen = best if scores[best] >= scores[1.0] + margin else 1.0
     (log or (lambda *a: None))(
         f"[scale] working scale {chosen:g} x the given diameter's extent (mean of the {top} best FOMs per "

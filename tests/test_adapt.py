@@ -236,8 +236,8 @@ def test_a_model_at_another_scale_picks_larger_and_maps_back_to_micrograph_pixel
 def test_working_scale_stays_unless_another_scores_clearly_higher(target, tmp_path):
     """choose_scale keeps the given scale on a round membrane protein, where no other scale's best
     candidates score 0.05 higher; with a negative margin it takes the best scoring of the other scales, at a
-    larger extent."""
-    from hydrapicker.scale import SCALES, choose_scale
+    larger extent; a model already at the smallest scale is not scaled further."""
+    from hydrapicker.scale import SCALES, choose_scale, model_at_scale
 
     picker = Picker(None, device="cpu", **QUIET)
     d, mics = target["spec"].diameter_A, target["mics"][:3]
@@ -246,6 +246,10 @@ def test_working_scale_stays_unless_another_scores_clearly_higher(target, tmp_pa
     best = max(SCALES, key=scores.get)
     got, scale, _ = choose_scale(picker, mics, d, "generic", tmp_path, margin=-1.0, **QUIET)
     assert scale == best and got.extent_px == pytest.approx(picker.extent_px / best)
+    # a model already at the smallest scale tried goes no further (scales compound in its file)
+    at_min = Picker(model_at_scale("default", min(SCALES), tmp_path / "min.pt"), device="cpu", **QUIET)
+    again, scale, scores = choose_scale(at_min, mics, d, "generic", tmp_path, margin=-1.0, **QUIET)
+    assert again is at_min and scale == 1.0 and scores == {}
 
 
 @pytest.mark.slow
