@@ -137,8 +137,10 @@ def agreement(a: list, b: list, cut_a: float, cut_b: float, diameter_A: float) -
 def _train_round(picker, picked, labels, diameter_A, out, settings, record, log, should_stop):
     from .finetune import finetune
 
-    return finetune(picker.meta["path"], [m for m, _, _ in picked], labels, diameter_A, HEAD, out=out, log=log,
-                    should_stop=should_stop, region_radius=float("inf"), seed=settings.seed, working_scale=1.0,
+    adaptation = record["adaptation"]  # the base model at the working scale chosen for the data set
+    return finetune(adaptation["base_model"], [m for m, _, _ in picked], labels, diameter_A, HEAD, out=out,
+                    log=log, should_stop=should_stop, region_radius=float("inf"), seed=settings.seed,
+                    working_scale=adaptation["working_scale"],
                     max_minutes=settings.max_minutes, device=str(picker.device),
                     negatives_below=settings.negatives_below,
                     lambda_loc=1.0 if settings.learn_centres else 0.0, record=record)

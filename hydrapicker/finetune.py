@@ -636,6 +636,23 @@ def _write_model(out, net, meta, ck, head_name, thr, base_thr, diameter_A, info)
     return out
 
 
+def _choose_working_scale(base_model, micrographs, coords, diameter_A, device, log, should_stop) -> tuple:
+    """:func:`hydrapicker.scale.choose_scale` on the labelled micrographs -> (scale, {scale: score})."""
+    import tempfile
+
+    from .coords import match_keys
+    from .picker import Picker
+    from .scale import choose_scale
+
+    mics = list(micrographs)
+    matched = match_keys(dict(coords), [m.name for m in mics])
+    picker = Picker(base_model, device=device, log=None, refine=False)
+    with tempfile.TemporaryDirectory(prefix="hydra-scale-") as work:
+        _, scale, scores = choose_scale(picker, [m for m in mics if m.name in matched], diameter_A, None, work,
+                                        log, should_stop)
+    return scale, scores
+
+
 def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name: str, epochs=None,
              out=None, log: Callable = print, should_stop: Optional[Callable[[], bool]] = None,
              val_fraction: float = 0.2, mix_generic: float = 0.0, seed: int = 0,
@@ -645,51 +662,7 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
              steps_per_epoch: Optional[int] = None, device: str = "auto",
              negatives_below: Optional[float] = None, lambda_loc: float = 1.0,
              record: Optional[dict] = None, working_scale="auto") -> Optional[Path]:
-    """Train a new head (:func:`train_head`: every argument but the last is its) at a working scale:
-    ``working_scale`` "auto" chooses it on the labelled micrographs (:func:`hydrapicker.scale.choose_scale`:
-    a smaller particle extent than the given diameter's only when the base head's best candidates score
-    clearly higher there, as for elongated particles); a number trains at that fraction of the given
-    diameter's extent (1: as given). The new model keeps the scale (its ``extent_px``, ``working_scale``)."""
-    import tempfile
-
-    from .checkpoint import default_model_path
-    from .coords import match_keys
-    from .picker import Picker
-    from .scale import choose_scale, model_at_scale
-
-    log = log or (lambda *a, **k: None)
-    with tempfile.TemporaryDirectory(prefix="hydra-scale-") as work:
-        scores = {}
-        if working_scale == "auto":
-            _load_base(base_model, head_name, diameter_A, "cpu")  # a bad name or diameter fails before any picking
-            mics = list(micrographs)
-            matched = match_keys(dict(coords), [m.name for m in mics])
-            labelled = [m for m in mics if m.name in matched]
-            picker = Picker(base_model, device=device, log=None, refine=False)
-            _, working_scale, scores = choose_scale(picker, labelled, diameter_A, None, work, log, should_stop)
-        record = {"working_scale": float(working_scale), "scale_top_scores": {f"{k:g}": v for k, v in scores.items()},
-                  **(record or {})}
-        if float(working_scale) != 1.0:
-            base = base_model or default_model_path()
-            record.setdefault("base_model", str(base))
-            base_model = model_at_scale(base, float(working_scale), Path(work) / "base.pt")
-        return train_head(base_model, micrographs, coords, diameter_A, head_name, epochs, out, log, should_stop,
-                          val_fraction, mix_generic, seed, label_fraction, region_radius, crop, batch, lr, patience,
-                          lambda_tie, max_minutes, memory_gb, steps_per_epoch, device, negatives_below, lambda_loc,
-                          record)
-
-
-def train_head(base_model, micrographs, coords: dict, diameter_A: float, head_name: str, epochs=None,
-               out=None, log: Callable = print, should_stop: Optional[Callable[[], bool]] = None,
-               val_fraction: float = 0.2, mix_generic: float = 0.0, seed: int = 0,
-               label_fraction: Optional[float] = None, region_radius: float = 3.0, crop: int = 128,
-               batch: int = 8, lr: float = 1e-3, patience: int = 6, lambda_tie: float = 0.01,
-               max_minutes: Optional[float] = None, memory_gb: float = 1.5,
-               steps_per_epoch: Optional[int] = None, device: str = "auto",
-               negatives_below: Optional[float] = None, lambda_loc: float = 1.0,
-               record: Optional[dict] = None) -> Optional[Path]:
-    """Train a new head ``head_name`` on ``micrographs`` labelled by ``coords`` ({name: Picks}), at the base
-    model's own scale.
+    """Train a new head ``head_name`` on ``micrographs`` labelled by ``coords`` ({name: Picks}).
 
     ``base_model``: model file (None = the shipped generic model). ``epochs``: maximum number of epochs
     (one epoch ~ the labelled area once; default 40, early stopping on validation AP with ``patience``).
@@ -697,12 +670,16 @@ def train_head(base_model, micrographs, coords: dict, diameter_A: float, head_na
     the annotated region is picked). ``device``: ``auto`` (the first GPU if any), ``cpu``, ``cuda[:N]``;
     body features are cached in CPU memory, the head trains on the device. The tuning arguments form a
     :class:`FinetuneConfig` (``negatives_below``: pseudo-labels, see there). ``record``: more provenance
-    for the head's entry in the model's metadata. Returns the written model file (base heads + the new one), or None when
-    ``should_stop()`` became true (nothing is written).
+    for the head's entry in the model's metadata. ``working_scale``: the particle extent the network
+    sees, as a fraction of the given diameter's (:mod:`hydrapicker.scale`): "auto" chooses it on the
+    labelled micrographs (smaller than 1 only when the base head's best candidates score clearly higher
+    there, as for elongated particles); the new model keeps it. Returns the written model file (base heads
+    + the new one), or None when ``should_stop()`` became true (nothing is written).
     """
     import torch
 
     from .checkpoint import assign_reach
+    from .scale import at_scale
 
     cfg = FinetuneConfig(epochs, val_fraction, mix_generic, seed, label_fraction, region_radius, crop, batch,
                          lr, patience, lambda_tie, max_minutes, memory_gb, steps_per_epoch, negatives_below,
@@ -712,6 +689,13 @@ def train_head(base_model, micrographs, coords: dict, diameter_A: float, head_na
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net, meta, ck = _load_base(base_model, head_name, diameter_A, device)
+    scores = {}
+    if working_scale == "auto":
+        working_scale, scores = _choose_working_scale(base_model, micrographs, coords, diameter_A, device, log,
+                                                      should_stop)
+    meta = at_scale(meta, float(working_scale))
+    record = {"working_scale": float(working_scale), "scale_top_scores": {f"{k:g}": v for k, v in scores.items()},
+              **(record or {})}
     extent, stride = float(meta["extent_px"]), int(meta["stride"])
     temperature = float(meta.get("temperature", 1.0))
     base_thr = float(meta.get("default_threshold", defaults.THRESHOLD))

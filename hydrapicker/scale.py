@@ -39,18 +39,24 @@ def top_score(picks, k: int = TOP) -> float:
     return float(np.mean(tops)) if tops else 0.0
 
 
+def at_scale(meta: dict, scale: float) -> dict:
+    """A model's metadata at ``scale`` x the extent it picks at (``extent_px`` / scale; scales compound in
+    ``working_scale``); ``meta`` itself for 1."""
+    if float(scale) == 1.0:
+        return meta
+    return {**meta, "extent_px": float(meta["extent_px"]) / float(scale),
+            "working_scale": float(meta.get("working_scale", 1.0)) * float(scale)}
+
+
 def model_at_scale(path, scale: float, out) -> Path:
-    """A copy of model file ``path`` that picks particles at ``scale`` x the given diameter's extent (its
-    ``extent_px`` divided by ``scale``), written to ``out``."""
+    """A copy of model file ``path`` at :func:`at_scale`, written to ``out``."""
     import torch
 
     from .atomic import atomic_path
     from .checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(path)
-    meta = ckpt["meta"]
-    ckpt["meta"] = {**meta, "extent_px": float(meta["extent_px"]) / float(scale),
-                    "working_scale": float(meta.get("working_scale", 1.0)) * float(scale)}
+    ckpt["meta"] = at_scale(ckpt["meta"], scale)
     with atomic_path(Path(out)) as tmp:
         torch.save(ckpt, tmp)
     return Path(out)

@@ -5,7 +5,8 @@ Classical reference-based centring, as 2D classification does it, with no networ
 the confident picks of a data set (FOM at or above the calibrated threshold) are cropped, averaged and
 rotationally averaged into a reference (in-plane rotations are random, so only its radial profile is
 trusted); every pick then moves to the peak of its normalised cross-correlation with that reference,
-within ``--reach`` diameters; 3 rounds. Works on the micrograph binned to about ``--px-per-d`` pixels per
+within ``--reach`` diameters; ``--rounds`` rounds (1: the reference from the detector's centres only; more
+let it shrink onto one domain of a multi-domain particle). Works on the micrograph binned to about ``--px-per-d`` pixels per
 diameter and low-passed by ``--sigma`` px there. Run on the detector's picks and on the refiner's.
 
   OMP_NUM_THREADS=1 python benchmarks/experiments/reference_centres.py [--sets targets custom real] [--n-sim 5]
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench_data import load_dataset  # noqa: E402
 from centres import ap_summary, errors_of, resolve  # noqa: E402
-from symmetric_centres import crop, peak_subpixel, radial_average  # noqa: E402
+from symmetric_centres import radial_average  # noqa: E402
 
 
 def _crops(image, xy, half):
@@ -52,7 +53,7 @@ def ncc_map(image, ref, mask):
     return num / np.sqrt(np.maximum(en, 1e-6 * float(np.median(np.abs(en))) + 1e-12))
 
 
-def best_in_reach(cc, xy, search, prior=None):
+def best_in_reach(cc, xy, search):
     """Each point moved to the sub-pixel peak of ``cc`` within ``search`` px of its rounded position."""
     ny, nx = cc.shape
     oy, ox = np.meshgrid(np.arange(-search, search + 1), np.arange(-search, search + 1), indexing="ij")
@@ -62,9 +63,6 @@ def best_in_reach(cc, xy, search, prior=None):
     Y, X = yi[:, None] + oy[None], xi[:, None] + ox[None]
     ok = (Y >= 1) & (Y < ny - 1) & (X >= 1) & (X < nx - 1)
     v = np.where(ok, cc[np.clip(Y, 0, ny - 1), np.clip(X, 0, nx - 1)], -np.inf)
-    if prior is not None:
-        d2 = (X - xy[:, 0, None]) ** 2 + (Y - xy[:, 1, None]) ** 2
-        v = v - d2 * prior
     k = np.argmax(v, axis=1)
     n = np.arange(len(xy))
     py, px = Y[n, k], X[n, k]
@@ -82,7 +80,7 @@ def best_in_reach(cc, xy, search, prior=None):
 
 
 def reference_centre(images: dict, picks: dict, conf: dict, box: float, rounds=3, reach=0.25, mask_d=0.6,
-                     min_ref=20, prior=None) -> dict:
+                     min_ref=20) -> dict:
     half = int(np.ceil(0.75 * box))
     search = max(1, int(np.ceil(reach * box)))
     r = np.arange(-half, half + 1)
@@ -92,7 +90,6 @@ def reference_centre(images: dict, picks: dict, conf: dict, box: float, rounds=3
     cur = {s: v.copy() for s, v in start.items()}
     if sum(int(c.sum()) for c in conf.values()) < min_ref:
         return cur
-    pr = None if prior is None else 1.0 / (2 * (prior * box) ** 2)
     for _ in range(rounds):
         acc, n = np.zeros((2 * half + 1,) * 2), 0
         for s, xy in cur.items():
@@ -105,7 +102,7 @@ def reference_centre(images: dict, picks: dict, conf: dict, box: float, rounds=3
         for s in cur:
             if len(start[s]):
                 cc = ncc_map(images[s], ref, mask)
-                cur[s] = best_in_reach(cc, start[s], search, None if pr is None else pr * 0.1)
+                cur[s] = best_in_reach(cc, start[s], search)
     return cur
 
 
@@ -119,7 +116,6 @@ def main(argv=None) -> int:
     ap.add_argument("--reach", type=float, default=0.25)
     ap.add_argument("--mask", type=float, default=0.6)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--prior", type=float, default=None, help="Gaussian preference (D) for near peaks")
     ap.add_argument("--tune", type=int, default=0, help="N training-family tuning sets (seeds 7100+) instead of --sets")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
@@ -162,8 +158,7 @@ def main(argv=None) -> int:
             t0 = time.process_time()
             xy = {s: p.xy() * f for s, p in picks.items()}
             conf = {s: p.fom >= thr for s, p in picks.items()}
-            new = reference_centre(images, xy, conf, box * f, rounds=args.rounds, reach=args.reach, mask_d=args.mask,
-                                   prior=args.prior)
+            new = reference_centre(images, xy, conf, box * f, rounds=args.rounds, reach=args.reach, mask_d=args.mask)
             cpu = time.process_time() - t0
             mv = np.concatenate([np.hypot(*(new[s] - xy[s])[conf[s]].T) for s in new if len(xy[s])]) / (box * f)
             moved = {s: Picks(v[:, 0] / f, v[:, 1] / f, picks[s].fom) for s, v in new.items()}
