@@ -170,7 +170,6 @@ def _round(picker, picked, labels, n_zero, diameter_A, out, settings, record, lo
     """Train one round's head into ``out``, set its threshold -> (round record, its picks) or None when
     stopped."""
     from .checkpoint import read_checkpoint, update_meta
-    from .picker import Picker
 
     if _train_round(picker, picked, labels, diameter_A, out, settings, record, log, should_stop) is None:
         return None
@@ -179,7 +178,7 @@ def _round(picker, picked, labels, n_zero, diameter_A, out, settings, record, lo
     meta = read_checkpoint(out)["meta"]
     held = meta["finetune"][HEAD].get("validation_AP")
     held = float("nan") if held is None else float(held)
-    adapted = Picker(out, device=str(picker.device), log=None, refine=picker.refine, tta=picker.tta)
+    adapted = picker.with_model(out)
     mine, _ = zero_shot(adapted, [m for m, _, _ in picked], diameter_A, HEAD, should_stop)
     foms = np.concatenate([p.fom for _, p, _ in mine] or [np.zeros(0)])
     thr = count_matching_threshold(foms, n_zero, adapted.threshold_for(HEAD))
@@ -277,7 +276,6 @@ def adapted_picker(picker, mics: list, diameter_A: float, save_to, head: Optiona
     a refused adaptation returns the zero-shot ``picker`` and head."""
     from .checkpoint import read_checkpoint
     from .errors import UserFacingError
-    from .picker import Picker
 
     save_to = Path(save_to)
     if reuse and save_to.exists():
@@ -291,5 +289,4 @@ def adapted_picker(picker, mics: list, diameter_A: float, save_to, head: Optiona
         result = adapt(picker, mics, diameter_A, save_to, head, settings, log, should_stop)
     if not result.accepted:
         return picker, result.head, result
-    return (Picker(result.model, device=str(picker.device), log=None, tta=picker.tta, batch=picker.batch,
-                   readers=picker.readers, refine=picker.refine), HEAD, result)
+    return picker.with_model(result.model), HEAD, result

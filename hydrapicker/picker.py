@@ -192,6 +192,12 @@ class Picker:
         """The calibrated threshold of :attr:`default_head`."""
         return self.threshold_for(self.default_head)
 
+    def with_model(self, model, log: Optional[Callable] = None) -> "Picker":
+        """A picker of another model file (an adapted, few-shot or rescaled copy of this one's) with this
+        picker's device, views, batching, readers and refiner choice."""
+        return Picker(model, device=str(self.device), log=log, tta=self.tta, batch=self.batch, readers=self.readers,
+                      refine=self.refine)
+
     def threshold_for(self, head: str = "generic") -> float:
         """The calibrated threshold of ``head`` (few-shot heads carry their own)."""
         from .checkpoint import threshold_for

@@ -62,6 +62,16 @@ def model_at_scale(path, scale: float, out) -> Path:
     return Path(out)
 
 
+def parse_working_scale(text: str):
+    """A command line's ``--working-scale``: "auto", or a number (the fraction of the given diameter's extent)."""
+    if text == "auto":
+        return text
+    value = float(text)
+    if not 0.3 <= value <= 3.0:
+        raise ValueError(text)
+    return value
+
+
 def _spread(items: list, n: int) -> list:
     if len(items) <= n:
         return list(items)
@@ -74,8 +84,6 @@ def choose_scale(picker, mics: list, diameter_A: float, head: Optional[str], wor
     """-> (picker at the chosen scale, the scale, {scale: score}); ``picker`` itself and 1.0 when no other
     scale scores ``margin`` higher (or ``n_micrographs`` is 0). Models at other scales go to folder ``work``,
     which must outlive the returned picker's use of its file."""
-    from .picker import Picker
-
     sample = _spread(list(mics), n_micrographs) if n_micrographs else []
     # a model already at a smaller scale (an adapted or few-shot model) goes no further than SCALES reach
     # from the given diameter: below it the score stops tracking AP (multi-domain particles' domains score
@@ -94,8 +102,7 @@ def choose_scale(picker, mics: list, diameter_A: float, head: Optional[str], wor
     scores, pickers = {1.0: score(picker)}, {1.0: picker}
     for s in tried:
         path = model_at_scale(picker.meta["path"], s, Path(work) / f"scale{s:g}.pt")
-        pickers[s] = Picker(path, device=str(picker.device), log=None, refine=picker.refine, tta=picker.tta,
-                            batch=picker.batch, readers=picker.readers)
+        pickers[s] = picker.with_model(path)
         scores[s] = score(pickers[s])
     best = max(tried, key=lambda s: scores[s])
     chosen = best if scores[best] >= scores[1.0] + margin else 1.0

@@ -265,3 +265,36 @@ def test_an_elongated_particle_is_picked_at_a_smaller_scale(tmp_path):
     got, scale, scores = choose_scale(picker, mics, spec.diameter_A, "generic", tmp_path, **QUIET)
     assert scale < 1.0 and scores[scale] >= scores[1.0] + 0.05
     assert _ap(got, "generic", mics, truth, spec) > _ap(picker, "generic", mics, truth, spec) + 0.05
+
+
+def test_hydra_pick_working_scale_picks_the_same_as_a_model_at_that_scale(target, tmp_path, capsys):
+    """``hydra pick --working-scale 0.8`` picks exactly what a model file at 0.8 x picks, in the micrograph's
+    pixels (on the particles); auto keeps a round particle at the given scale (the same picks as without);
+    with --adapt or (auto) with --watch it is refused with the fix."""
+    from hydrapicker.scale import model_at_scale
+
+    star = target["root"] / "micrographs.star"
+    d = str(target["spec"].diameter_A)
+    args = ["pick", "--mics", str(star), "--diameter", d]
+    assert hydra(args + ["--out", str(tmp_path / "s"), "--working-scale", "0.8"]) == 0
+    assert "working scale 0.8" in capsys.readouterr().out
+    model = model_at_scale("default", 0.8, tmp_path / "m.pt")
+    assert hydra(args + ["--out", str(tmp_path / "m"), "--model", str(model)]) == 0
+    assert hydra(args + ["--out", str(tmp_path / "plain")]) == 0
+    assert hydra(args + ["--out", str(tmp_path / "auto"), "--working-scale", "auto"]) == 0
+    files = sorted((tmp_path / "s").glob("*_hydra.star"))
+    assert len(files) == len(target["mics"])
+    for f in files:
+        assert np.array_equal(_xy(f), _xy(tmp_path / "m" / f.name))
+        assert np.array_equal(_xy(tmp_path / "plain" / f.name), _xy(tmp_path / "auto" / f.name))
+    from pathlib import Path
+
+    picks = {m.name: Picks(*_xy(tmp_path / "s" / f"{Path(m.name).stem}_hydra.star").T) for m in target["mics"]}
+    res = evaluate(picks, target["truth"], target["spec"].diameter_px)
+    assert res["AP_centre"] > 0.6
+    capsys.readouterr()
+    assert hydra(args + ["--out", str(tmp_path / "x"), "--working-scale", "0.8", "--adapt"]) != 0
+    assert "leave out --working-scale" in capsys.readouterr().err
+    assert hydra(["pick", str(tmp_path), "--diameter", d, "--out", str(tmp_path / "w"), "--watch",
+                  "--working-scale", "auto"]) != 0
+    assert "give a number" in capsys.readouterr().err

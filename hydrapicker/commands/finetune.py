@@ -20,6 +20,7 @@ Examples:
   hydra finetune --mics mics.star --coords picks/ --diameter 120 --name tfiid --label-fraction 0.3
   hydra pick --mics mics.star --model apoferritin.pt --head apoferritin --diameter 150 --out picks/
 """
+from ..scale import parse_working_scale
 
 
 def add_args(p):
@@ -43,7 +44,7 @@ def add_args(p):
     p.add_argument("--mix-generic", type=float, default=0.0,
                    help="share of each batch drawn from simulated generic data (0.5 = BoxNet's 1:1)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
-    p.add_argument("--working-scale", default="auto", type=_scale, metavar="auto|S",
+    p.add_argument("--working-scale", default="auto", type=parse_working_scale, metavar="auto|S",
                    help="particle extent the network sees, as a fraction of --diameter: auto (default) tries 1, 0.85 "
                         "and 0.75 and takes a smaller one only when the model's best candidates score clearly "
                         "higher there (elongated particles); 1 = as given")
@@ -67,15 +68,6 @@ def read_all_coords(sources, micrograph_names) -> dict:
                                       f"'{src}'; give each micrograph's coordinates once")
             merged[key], origin[key] = picks, src
     return merged
-
-
-def _scale(text: str):
-    if text == "auto":
-        return text
-    value = float(text)
-    if not 0.3 <= value <= 3.0:
-        raise ValueError(text)
-    return value
 
 
 def main(args):

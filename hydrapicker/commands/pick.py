@@ -23,6 +23,7 @@ Examples:
   torchrun --nproc_per_node=4 -m hydrapicker pick --mics mics.star --diameter 150 --out picks/
   hydra pick /data/session1/Micrographs --apix 0.83 --diameter 140 --out picks/ --watch --threshold auto
 """
+from ..scale import parse_working_scale
 
 
 def threshold_arg(word: str):
@@ -145,6 +146,11 @@ def add_args(p):
     p.add_argument("--poll", type=float, default=5.0, help="--watch: seconds between looks (default 5)")
     p.add_argument("--idle-timeout", type=float, default=None,
                    help="--watch: stop after this many seconds without a new micrograph (default: never)")
+    p.add_argument("--working-scale", default=None, type=parse_working_scale, metavar="auto|S",
+                   help="particle extent the network sees, as a fraction of --diameter (default: as given). auto: "
+                        "4 micrographs are picked at 0.85 and 0.75 too, and a smaller scale is taken only when "
+                        "the best candidates score clearly higher there (elongated particles whose length is the "
+                        "diameter). --adapt and few-shot training choose it themselves")
     p.add_argument("--adapt", action="store_true",
                    help="self-adaptation without labels: learn a head for this data set from its own confident "
                         "zero-shot picks (on --adapt-sample micrographs), then pick with it; guarded: the "
@@ -173,6 +179,11 @@ def main(args):
     inputs = list(args.micrographs) + list(args.mics)
     if not inputs:
         raise UserFacingError("give micrographs (files, globs, @list.txt, a folder with --watch) or --mics STAR")
+    if getattr(args, "working_scale", None) is not None and getattr(args, "adapt", False):
+        raise UserFacingError("--adapt chooses its working scale itself: leave out --working-scale")
+    if getattr(args, "working_scale", None) == "auto" and args.watch:
+        raise UserFacingError("--working-scale auto looks at micrographs already written; with --watch give a "
+                              "number (e.g. --working-scale 0.75) or none")
     if getattr(args, "adapt", False) and args.watch:
         raise UserFacingError("--adapt learns from micrographs already written and --watch picks as they come: "
                               "run --adapt once on the first micrographs of the session, then --watch --model "
@@ -265,6 +276,8 @@ def _main(args, inputs, mics, out):
                     refine=refine)
     configure_torch(args.threads, picker.device)
     args.head = args.head or picker.default_head
+    if getattr(args, "working_scale", None) is not None:
+        picker = at_working_scale(picker, mics, args.diameter, args.head, args.working_scale, log)
     if getattr(args, "adapt", False):
         picker, args.head = _adapt(picker, mics, args, out, world, log)
     policy = picker.policy(args.diameter, args.head,
@@ -297,6 +310,27 @@ def _main(args, inputs, mics, out):
         if n_ok == 0 and len(todo) == len(mics):  # nothing picked, now or before
             return 1
     return 0
+
+
+def at_working_scale(picker, mics, diameter_A, head, working_scale, log):
+    """``--working-scale``: the picker at the scale given, or chosen on ``mics`` ("auto";
+    :func:`hydrapicker.scale.choose_scale`); ``picker`` itself at 1."""
+    import tempfile
+    from pathlib import Path
+
+    from ..scale import choose_scale, model_at_scale
+
+    with tempfile.TemporaryDirectory(prefix="hydra-scale-") as work:  # a Picker holds its model in memory
+        if working_scale == "auto":
+            chosen, scale, _ = choose_scale(picker, mics, diameter_A, head, work, log)
+            path = chosen.meta["path"]
+        else:
+            scale = float(working_scale)
+            path = model_at_scale(picker.meta["path"], scale, Path(work) / "model.pt") if scale != 1.0 else None
+        if scale == 1.0:
+            return picker
+        log(f"[hydra] picking at working scale {scale:g}: particles seen as if {scale * diameter_A:.0f} A across")
+        return picker.with_model(path, log=log)
 
 
 def _adapt(picker, mics, args, out, world, log) -> tuple:
