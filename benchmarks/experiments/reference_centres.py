@@ -116,6 +116,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reach", type=float, default=0.25)
     ap.add_argument("--mask", type=float, default=0.6)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--gate", type=float, default=None,
+                    help="undo every move longer than this many diameters (default: keep every move)")
     ap.add_argument("--tune", type=int, default=0, help="N training-family tuning sets (seeds 7100+) instead of --sets")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
@@ -161,6 +163,10 @@ def main(argv=None) -> int:
             new = reference_centre(images, xy, conf, box * f, rounds=args.rounds, reach=args.reach, mask_d=args.mask)
             cpu = time.process_time() - t0
             mv = np.concatenate([np.hypot(*(new[s] - xy[s])[conf[s]].T) for s in new if len(xy[s])]) / (box * f)
+            if args.gate is not None:  # moves longer than the gate are undone (the start was better there)
+                for s in new:
+                    far = np.hypot(*(new[s] - xy[s]).T) > args.gate * box * f
+                    new[s][far] = xy[s][far]
             moved = {s: Picks(v[:, 0] / f, v[:, 1] / f, picks[s].fom) for s, v in new.items()}
             row[name + "+reference"] = {**_scores(moved, ds.truth, box),
                                          "cpu_s_per_mic": round(cpu / len(mics), 3),
