@@ -141,6 +141,8 @@ def run_set(item, args, work):
     if a.accepted:
         p = Picker(a.model, log=None)
         row["adapt"] = _score(p, a.head, mics, truth, diameter_A, box_px, p.threshold_for(a.head))
+    elif a.zero_shot is not None:  # refused, zero-shot at the working scale the data set chose
+        row["adapt"] = _score(a.zero_shot, a.head, mics, truth, diameter_A, box_px, a.zero_shot.threshold_for(a.head))
     else:
         row["adapt"] = dict(row["zero_shot"])
     row["adapt"].update(accepted=a.accepted, reason=a.reason, seconds=round(secs, 1),

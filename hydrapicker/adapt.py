@@ -3,7 +3,8 @@
 0. **Working scale** (:func:`hydrapicker.scale.choose_scale`, on ``scale_micrographs`` of the sample):
    the particle extent the network sees; a smaller one than the given diameter's only when its best
    candidates score clearly higher (elongated particles). Everything after runs at the chosen scale, and
-   the adapted model keeps it (its ``extent_px``), so re-using it picks at that scale too.
+   the adapted model keeps it (its ``extent_px``), so re-using it picks at that scale too; a refused
+   adaptation picks zero-shot at that scale.
 1. **Zero-shot** on a sample of the data set (``sample`` micrographs spread evenly over it): every
    candidate above the floor, border bands and dead areas excluded, with the model's head.
 2. **Pseudo-labels**, relative to that head's calibrated threshold ``thr`` (scores in logit space, shifted
@@ -68,13 +69,15 @@ class AdaptSettings:
 
 @dataclass
 class Adaptation:
-    """The outcome: ``accepted`` (pick with ``model``/``head``) or not (keep zero-shot; ``reason`` says why)."""
+    """The outcome: ``accepted`` (pick with ``model``/``head``) or not (keep zero-shot; ``reason`` says why;
+    ``zero_shot`` is the zero-shot picker at the chosen working scale when that is not 1)."""
 
     accepted: bool
     model: Optional[Path]
     head: str
     reason: str
     record: dict = field(default_factory=dict)
+    zero_shot: Optional[object] = None
 
 
 def sample_micrographs(mics: list, n: int) -> list:
@@ -229,8 +232,9 @@ def _adapt(picker, mics, diameter_A, save_to, head, settings, log, should_stop, 
 
     def refuse(why: str) -> Adaptation:
         log(f"[adapt] not adapted: {why}; picking with the zero-shot head {head}"
-            + (" at the given diameter's scale" if base_picker is not picker else ""))
-        return Adaptation(False, None, head, why, {**record, "seconds": round(time.time() - t0, 1)})
+            + (f" at working scale {working_scale:g}" if working_scale != 1.0 else ""))
+        return Adaptation(False, None, head, why, {**record, "seconds": round(time.time() - t0, 1)},
+                          zero_shot=picker if working_scale != 1.0 else None)
 
     if should_stop is not None and should_stop():
         return refuse("stopped on request")
@@ -287,6 +291,6 @@ def adapted_picker(picker, mics: list, diameter_A: float, save_to, head: Optiona
         result = Adaptation(True, save_to, HEAD, "re-used", meta["finetune"][HEAD].get("adaptation", {}))
     else:
         result = adapt(picker, mics, diameter_A, save_to, head, settings, log, should_stop)
-    if not result.accepted:
-        return picker, result.head, result
+    if not result.accepted:  # zero-shot, at the working scale the data set chose
+        return result.zero_shot or picker, result.head, result
     return picker.with_model(result.model), HEAD, result

@@ -298,3 +298,20 @@ def test_hydra_pick_working_scale_picks_the_same_as_a_model_at_that_scale(target
     assert hydra(["pick", str(tmp_path), "--diameter", d, "--out", str(tmp_path / "w"), "--watch",
                   "--working-scale", "auto"]) != 0
     assert "give a number" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_refused_adaptation_still_picks_at_the_working_scale_the_data_set_chose(tmp_path, capsys):
+    """The working scale stands on its own: when a guard refuses the adapted head (here: more pseudo-positives
+    asked for than any data set has), the rod is picked zero-shot at the smaller scale it chose."""
+    from hydrapicker.adapt import adapted_picker
+
+    spec = get_target("t_rod").replace(shape=(768, 768))
+    mics, _ = _write_set(spec, tmp_path / "rod", range(300, 304))
+    picker = Picker(None, device="cpu", **QUIET)
+    got, head, result = adapted_picker(picker, mics, spec.diameter_A, tmp_path / "a.pt",
+                                       settings=AdaptSettings(min_positives=10 ** 6), log=print)
+    scale = result.record["working_scale"]
+    assert not result.accepted and head == "generic" and not (tmp_path / "a.pt").exists()
+    assert scale < 1.0 and got.extent_px == pytest.approx(picker.extent_px / scale)
+    assert f"at working scale {scale:g}" in capsys.readouterr().out
