@@ -249,6 +249,9 @@ class PickRun:
             model_desc = f"{Path(model_path).resolve()}:{os.path.getsize(model_path)}"
         except OSError:
             model_desc = str(model_path)
+        scale = float(meta.get("working_scale", 1.0))
+        if scale != 1.0:  # picks made at another particle extent are other picks (hydrapicker.scale)
+            model_desc += f" at working scale {scale:g}"
         return policy, self._fingerprint(model_desc, policy.threshold), model_path
 
     def _adapted(self, picker):
@@ -260,10 +263,14 @@ class PickRun:
         if self.world > 1:
             raise ArgumentError("adapt = yes runs in one process: set 'ranks' to 1 (or adapt in one job, then "
                                 "give its adapted_model.pt as 'model' to a job with more ranks)")
-        picker, head, _ = adapted_picker(picker, self.mics, o["particle_diameter"], self.job.path / "adapted_model.pt",
-                                         o["head"] or None, log=log, should_stop=self.job.should_stop)
+        base_path = (getattr(picker, "meta", None) or {}).get("path", o["model"])
+        picker, head, result = adapted_picker(picker, self.mics, o["particle_diameter"],
+                                              self.job.path / "adapted_model.pt", o["head"] or None, log=log,
+                                              should_stop=self.job.should_stop)
         o["head"] = head
-        o["model"] = (getattr(picker, "meta", None) or {}).get("path", o["model"])
+        # the adapted model file, else the model given (a refused adaptation's zero-shot picker may hold it at
+        # another working scale, which the fingerprint adds)
+        o["model"] = str(result.model) if result.accepted else base_path
         return picker
 
     def pick(self):

@@ -187,14 +187,47 @@ def test_pick_job_layout(project, v, capsys):
             np.testing.assert_allclose(got[n].fom, want.fom, atol=1e-6)
 
 
+def test_a_refused_adaptation_at_another_working_scale_continues_and_a_scale_change_picks_again(
+        project, monkeypatch, capsys):
+    """``adapt yes`` refused by its guards picks zero-shot at the data set's working scale: a later cycle on a
+    grown micrographs STAR continues (the done list's settings name the model given and the scale, not the
+    scaled picker's temporary file); picks at another scale are other picks, so a changed scale picks all
+    again."""
+    from hydrapicker.adapt import Adaptation
+
+    scale = {"now": 0.75}
+
+    def spy(picker, mics, diameter_A, save_to, head=None, settings=None, reuse=True, log=print, should_stop=None):
+        picker.meta = {**picker.meta, "working_scale": scale["now"],
+                       "path": f"/tmp/hydra-adapt-{len(mics)}/scale.pt"}  # a temporary file, another each run
+        return picker, "generic", Adaptation(False, None, "generic", "too few confident picks", zero_shot=picker)
+
+    monkeypatch.setattr("hydrapicker.adapt.adapted_picker", spy)
+    blocks = starfile.read(MICS_STAR, always_dict=True)
+    starfile.write({"optics": blocks["optics"], "micrographs": blocks["micrographs"].iloc[:-1]}, "first2.star")
+    argv = ["--o", JOB, "--particle_diameter", "40", "--adapt", "yes", "--j", "1"]
+    assert main(argv + ["--in_mics", "first2.star"], picker_factory=FakePicker().factory) == 0
+    capsys.readouterr()
+    fake = FakePicker()
+    assert main(argv + ["--in_mics", MICS_STAR], picker_factory=fake.factory) == 0
+    assert "continuing: 2 micrographs already done" in capsys.readouterr().out and fake.picked == NAMES[-1:]
+    for now, picked in ((0.75, []), (1.0, NAMES)):  # the model loaded again (no "nothing new" shortcut)
+        (Path(JOB) / ".hydra_settings.json").unlink()
+        scale["now"], fake = now, FakePicker()
+        assert main(argv + ["--in_mics", MICS_STAR], picker_factory=fake.factory) == 0
+        assert fake.picked == picked, now
+
+
 def test_adapt_yes_runs_the_core_adaptation_on_the_job_micrographs(project, monkeypatch):
     """``adapt = yes`` is :func:`hydrapicker.adapt.adapted_picker` (one implementation for every entry point),
     over the job's micrographs, with its model kept in the job directory."""
     calls = []
 
     def spy(picker, mics, diameter_A, save_to, head=None, settings=None, reuse=True, log=print, should_stop=None):
+        from hydrapicker.adapt import Adaptation
+
         calls.append(([m.name for m in mics], Path(save_to), diameter_A, head))
-        return picker, "generic", None
+        return picker, "generic", Adaptation(False, None, "generic", "refused by the spy")
 
     monkeypatch.setattr("hydrapicker.adapt.adapted_picker", spy)
     rc, _ = pick(["--adapt", "yes"])
