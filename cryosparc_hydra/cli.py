@@ -21,6 +21,7 @@ import sys
 from hydrapicker import defaults
 from hydrapicker.errors import UserFacingError
 from hydrapicker.commands.pick import evidence_arg
+from hydrapicker.scale import parse_working_scale
 
 
 def _common(p, what: str):
@@ -76,6 +77,10 @@ def add_pick_args(p):
                         "the core's; more for junk-heavy sessions; 0 = off)")
     p.add_argument("--no-evidence", dest="evidence", action="store_const", const=0.0,
                    help="the FOMs as the network gives them (= --evidence 0)")
+    p.add_argument("--working-scale", default=None, type=parse_working_scale, metavar="auto|S",
+                   help="particle extent the network sees, as a fraction of --diameter (default: as given); auto: a "
+                        "smaller scale only when the best candidates score clearly higher there (elongated "
+                        "particles; needs the micrographs on disk); as hydra pick --working-scale")
     p.add_argument("--adapt", action="store_true",
                    help="self-adaptation without labels: learn a head from these exposures' own confident picks, "
                         "then pick with it (the zero-shot picks when the pseudo-labels are too few or "
@@ -148,7 +153,8 @@ def _options(args):
     return PickOptions(diameter_A=args.diameter, threshold=args.threshold, head=args.head,
                        min_distance_A=args.min_distance, edge_A=args.edge, flip_y=args.flip_y,
                        adapt=getattr(args, "adapt", False), save_model=getattr(args, "save_model", None),
-                       evidence=getattr(args, "evidence", None), qc=_qc_count(getattr(args, "qc", 0)))
+                       evidence=getattr(args, "evidence", None), qc=_qc_count(getattr(args, "qc", 0)),
+                       working_scale=getattr(args, "working_scale", None))
 
 
 def _qc_count(n) -> int:

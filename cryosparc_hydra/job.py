@@ -21,7 +21,7 @@ from hydrapicker.errors import UserFacingError
 from . import compat, plots
 from .exposures import Downloader, exposures_to_micrographs, visible_locally
 from .particles import build_particles, validate_particles
-from .picking import PickOptions, adapted, head_for, min_dist_for, pick_micrographs, qc_figure, threshold_for
+from .picking import PickOptions, adapted, at_working_scale, head_for, min_dist_for, pick_micrographs, qc_figure, threshold_for
 
 INPUT_NAME = "micrographs"
 OUTPUT_NAME = "particles"
@@ -183,6 +183,11 @@ def _pick_into_job(cs, project, job, picker, opts, summary, read, project_dir, l
                 f"({n} micrograph(s); a header with 0 or exactly 1.0 stops the job)")
         log(line)
         compat.log(job, line)
+    if opts.working_scale is not None:
+        if opts.working_scale == "auto" and summary.read_mode != "file":
+            raise UserFacingError("--working-scale auto reads a few micrographs from the project directory: run "
+                                  "where it is mounted (--read file, --project-dir), or give a number")
+        picker = at_working_scale(picker, mics, opts, log)
     if opts.adapt:
         if summary.read_mode != "file":
             raise UserFacingError("--adapt reads a sample of the micrographs from the project directory: run "

@@ -23,6 +23,7 @@ class PickOptions:
     adapt: bool = False               # self-adaptation without labels (hydrapicker.adapt) before picking
     save_model: Optional[str] = None  # where the adapted model goes (None: the caller's default)
     evidence: Optional[float] = None  # micrograph evidence multiple (hydra pick --evidence): None default, 0 off
+    working_scale: object = None      # hydra pick --working-scale: None (as given), "auto" or a fraction
     qc: int = 0                       # QC images (hydrapicker.qc) of this many micrographs spread over the job
 
 
@@ -71,6 +72,20 @@ def threshold_for(picker, opts: PickOptions) -> float:
 def min_dist_for(opts: PickOptions) -> float:
     """The NMS radius in Angstrom, as written to ``location/min_dist_A``."""
     return policy_for(None, opts).min_distance_A
+
+
+def at_working_scale(picker, mics, opts: PickOptions, log=print):
+    """``opts.working_scale``: the core's :func:`hydrapicker.scale.picker_at_scale` (auto reads a few of
+    ``mics`` from disk); otherwise ``picker`` unchanged."""
+    if opts.working_scale is None:
+        return picker
+    if opts.adapt:
+        from hydrapicker.errors import UserFacingError
+
+        raise UserFacingError("--adapt chooses its working scale itself: leave out --working-scale")
+    from hydrapicker.scale import picker_at_scale
+
+    return picker_at_scale(picker, mics, opts.diameter_A, opts.head, opts.working_scale, log)
 
 
 def adapted(picker, mics, opts: PickOptions, default_save: str, log=print) -> tuple:

@@ -110,3 +110,23 @@ def choose_scale(picker, mics: list, diameter_A: float, head: Optional[str], wor
         f"[scale] working scale {chosen:g} x the given diameter's extent (mean of the {top} best FOMs per "
         f"micrograph on {len(sample)}: " + ", ".join(f"{s:g}: {v:.3f}" for s, v in scores.items()) + ")")
     return pickers[chosen], chosen, scores
+
+
+def picker_at_scale(picker, mics: list, diameter_A: float, head: Optional[str], working_scale, log: Callable = print):
+    """Zero-shot picking at a working scale (``hydra pick --working-scale``, the RELION and CryoSPARC pick
+    jobs): ``picker`` at ``working_scale`` (a number), or at the scale :func:`choose_scale` chooses on
+    ``mics`` ("auto"); ``picker`` itself at 1. The picker returned holds its model in memory."""
+    import tempfile
+
+    log = log or (lambda *a, **k: None)
+    with tempfile.TemporaryDirectory(prefix="hydra-scale-") as work:
+        if working_scale == "auto":
+            chosen, scale, _ = choose_scale(picker, mics, diameter_A, head, work, log)
+            path = chosen.meta["path"]
+        else:
+            scale = float(working_scale)
+            path = model_at_scale(picker.meta["path"], scale, Path(work) / "model.pt") if scale != 1.0 else None
+        if scale == 1.0:
+            return picker
+        log(f"[hydra] picking at working scale {scale:g}: particles seen as if {scale * diameter_A:.0f} A across")
+        return picker.with_model(path, log=log)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from hydrapicker import defaults
 from hydrapicker.checkpoint import default_head
+from hydrapicker.scale import parse_working_scale
 from hydrapicker.errors import UserFacingError
 from hydrapicker.postprocess import PickPolicy
 
@@ -67,6 +68,10 @@ PARAMS = (
     Param("refine_centres", bool, defaults.REFINE_CENTRES, False,
           "yes: every pick is re-centred by the shipped centre refiner (a move of at most 0.3 diameters); no: the "
           f"centres as the detector's grid decodes them (default {'yes' if defaults.REFINE_CENTRES else 'no'})"),
+    Param("working_scale", parse_working_scale, None, False,
+          "particle extent the network sees, as a fraction of the diameter (empty: as given; auto: 4 micrographs "
+          "are picked at 0.85 and 0.75 too and a smaller scale is taken only when the best candidates score clearly "
+          "higher there, for elongated particles whose length is the diameter; adapt = yes chooses it itself)"),
     Param("tta", int, None, False,
           "test-time views averaged per micrograph: 1 (fastest), 2 (and turned by 180 degrees), 4 or 8 (empty: "
           f"{defaults.TTA})", choices=(1, 2, 4, 8)),
@@ -99,12 +104,13 @@ def _evidence(o):
 
 
 def _choice_keys(o) -> tuple:
-    """The done list's words for refine_centres, micrograph_evidence and tta: nothing for the defaults (older
-    done lists stay valid)."""
+    """The done list's words for refine_centres, micrograph_evidence, tta and working_scale: nothing for the
+    defaults (older done lists stay valid)."""
     refine = _refine_centres(o)
     return (() if refine == defaults.REFINE_CENTRES else ("refined" if refine else "unrefined",)) + \
         (() if _evidence(o) is None else (f"evidence {float(_evidence(o)):g}",)) + \
-        (() if _tta(o) == defaults.TTA else (f"views {_tta(o)}",))
+        (() if _tta(o) == defaults.TTA else (f"views {_tta(o)}",)) + \
+        (() if o.get("working_scale") is None else (f"working scale {o['working_scale']}",))
 
 
 def default_picker_factory(model, device, threads, refine="auto", tta=None):
@@ -285,6 +291,14 @@ class PickRun:
         picker = self.factory(o["model"], self.device, threads,  # the defaults need no word (any factory takes them)
                               **({} if refine == defaults.REFINE_CENTRES else {"refine": "shipped" if refine else False}),
                               **({} if _tta(o) == defaults.TTA else {"tta": _tta(o)}))
+        if o.get("working_scale") is not None:
+            if o.get("adapt"):
+                raise ArgumentError("adapt = yes chooses its working scale itself: leave working_scale empty")
+            from hydrapicker.scale import picker_at_scale
+
+            o["model"] = o["model"] or (getattr(picker, "meta", None) or {}).get("path")  # not the scaled copy's
+            picker = picker_at_scale(picker, self.mics, o["particle_diameter"], o["head"] or None,
+                                     o["working_scale"], log)
         if o.get("adapt"):
             picker = self._adapted(picker)
         policy, fp, model_path = self._policy_and_fingerprint(picker)

@@ -575,6 +575,33 @@ def test_offline_pick_adapt_runs_the_core_adaptation(tmp_path, tiny_model, monke
     assert calls == [(paths, tmp_path / "out" / "picks_adapted.pt", 64.0)]
 
 
+def test_offline_pick_working_scale_is_the_cores_and_equals_a_model_at_that_scale(tmp_path, tiny_model, capsys):
+    """``--working-scale 0.8`` picks what a model file at 0.8 x picks (the core's
+    :func:`hydrapicker.scale.picker_at_scale`, as hydra pick and the RELION job); with --adapt it is refused."""
+    from cryosparc.dataset import Dataset
+
+    from cryosparc_hydra import cli
+    from hydrapicker.scale import model_at_scale
+
+    project, ds = make_project(tmp_path, shapes=((96, 128), (128, 112)), psize=4.0, blobs=[(30, 30, 8)])
+    (project / "J4").mkdir()
+    exp_cs = project / "J4" / "J4_exposures.cs"
+    ds.save(str(exp_cs))
+    base = ["pick", "--exposures-cs", str(exp_cs), "--diameter", "64", "--device", "cpu", "--threads", "1",
+            "--threshold", "0.01"]
+    scaled = model_at_scale(tiny_model, 0.8, tmp_path / "scaled.pt")
+    assert cli.main(base + ["--model", str(tiny_model), "--working-scale", "0.8", "--out", str(tmp_path / "a.cs")]) == 0
+    assert "working scale 0.8" in capsys.readouterr().out
+    assert cli.main(base + ["--model", str(scaled), "--out", str(tmp_path / "b.cs")]) == 0
+    a, b = Dataset.load(str(tmp_path / "a.cs")), Dataset.load(str(tmp_path / "b.cs"))
+    assert len(a) == len(b) > 0
+    assert np.allclose(a["location/center_x_frac"], b["location/center_x_frac"])
+    assert np.allclose(a["location/center_y_frac"], b["location/center_y_frac"])
+    rc = cli.main(base + ["--model", str(tiny_model), "--working-scale", "0.8", "--adapt", "--out",
+                          str(tmp_path / "c.cs")])
+    assert rc != 0 and "leave out --working-scale" in capsys.readouterr().err
+
+
 def test_offline_pick_names_missing_micrograph_and_fix(tmp_path, capsys):
     from cryosparc_hydra import cli
 

@@ -218,6 +218,32 @@ def test_a_refused_adaptation_at_another_working_scale_continues_and_a_scale_cha
         assert fake.picked == picked, now
 
 
+def test_working_scale_runs_the_cores_rule_and_a_changed_value_picks_again(project, monkeypatch, capsys):
+    """``working_scale`` (auto or a number) is :func:`hydrapicker.scale.picker_at_scale` over the job's
+    micrographs, as ``hydra pick --working-scale``; the done list knows the value, so a changed one picks all
+    again; a bad value or adapt = yes beside it stop the job with the fix."""
+    calls = []
+
+    def spy(picker, mics, diameter_A, head, working_scale, log=print):
+        calls.append(([m.name for m in mics], diameter_A, working_scale))
+        chosen = 0.75 if working_scale == "auto" else float(working_scale)
+        picker.meta = {**picker.meta, "working_scale": chosen, "path": "/tmp/hydra-scale-x/model.pt"}
+        return picker
+
+    monkeypatch.setattr("hydrapicker.scale.picker_at_scale", spy)
+    rc, fake = pick(["--working_scale", "auto"])
+    assert rc == 0 and calls == [(NAMES, 40.0, "auto")] and fake.picked == NAMES
+    rc, fake = pick(["--working_scale", "auto"])
+    assert rc == 0 and fake.picked == [] and "nothing new" in capsys.readouterr().out
+    rc, fake = pick(["--working_scale", "0.8"])
+    assert rc == 0 and calls[-1][2] == 0.8 and fake.picked == NAMES
+    rc, _ = pick(["--working_scale", "big"], job="External/job002/")
+    assert rc != 0 and "--working_scale must be a number" in capsys.readouterr().err
+    rc, _ = pick(["--working_scale", "0.8", "--adapt", "yes"], job="External/job003/")
+    assert rc != 0 and "leave working_scale empty" in capsys.readouterr().err
+    assert exit_files("External/job003/") == ["RELION_JOB_EXIT_FAILURE"]
+
+
 def test_adapt_yes_runs_the_core_adaptation_on_the_job_micrographs(project, monkeypatch):
     """``adapt = yes`` is :func:`hydrapicker.adapt.adapted_picker` (one implementation for every entry point),
     over the job's micrographs, with its model kept in the job directory."""

@@ -277,7 +277,9 @@ def _main(args, inputs, mics, out):
     configure_torch(args.threads, picker.device)
     args.head = args.head or picker.default_head
     if getattr(args, "working_scale", None) is not None:
-        picker = at_working_scale(picker, mics, args.diameter, args.head, args.working_scale, log)
+        from ..scale import picker_at_scale
+
+        picker = picker_at_scale(picker, mics, args.diameter, args.head, args.working_scale, log)
     if getattr(args, "adapt", False):
         picker, args.head = _adapt(picker, mics, args, out, world, log)
     policy = picker.policy(args.diameter, args.head,
@@ -310,27 +312,6 @@ def _main(args, inputs, mics, out):
         if n_ok == 0 and len(todo) == len(mics):  # nothing picked, now or before
             return 1
     return 0
-
-
-def at_working_scale(picker, mics, diameter_A, head, working_scale, log):
-    """``--working-scale``: the picker at the scale given, or chosen on ``mics`` ("auto";
-    :func:`hydrapicker.scale.choose_scale`); ``picker`` itself at 1."""
-    import tempfile
-    from pathlib import Path
-
-    from ..scale import choose_scale, model_at_scale
-
-    with tempfile.TemporaryDirectory(prefix="hydra-scale-") as work:  # a Picker holds its model in memory
-        if working_scale == "auto":
-            chosen, scale, _ = choose_scale(picker, mics, diameter_A, head, work, log)
-            path = chosen.meta["path"]
-        else:
-            scale = float(working_scale)
-            path = model_at_scale(picker.meta["path"], scale, Path(work) / "model.pt") if scale != 1.0 else None
-        if scale == 1.0:
-            return picker
-        log(f"[hydra] picking at working scale {scale:g}: particles seen as if {scale * diameter_A:.0f} A across")
-        return picker.with_model(path, log=log)
 
 
 def _adapt(picker, mics, args, out, world, log) -> tuple:
