@@ -180,6 +180,15 @@ def simulated_dataset(spec, cache: Path, n: int, log=print) -> Path:
     return out
 
 
+def tuning_sets(n: int, cache: Path, n_micrographs: int = 3) -> list:
+    """The experiments' tuning sets: ``n`` random data sets of the training families (seeds 7100...; never a
+    benchmark target or a real set), ``n_micrographs`` each -> [(folder, "simulated")]."""
+    from hydrapicker.simulate.datasets import random_dataset_spec
+
+    return [(simulated_dataset(random_dataset_spec(7100 + k, name=f"tune_fuse_{k}"), Path(cache), n_micrographs),
+             "simulated") for k in range(n)]
+
+
 def resolve_sets(tokens, n_micrographs, cache: Path, n_sim: int, log=print) -> list:
     """Turn ``--sets`` tokens into dataset directories: ``real`` (every real set), ``targets`` (every
     simulated target), a real set's name, a target name (``t_rod``) or a dataset directory."""

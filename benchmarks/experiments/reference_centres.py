@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
 sys.path.insert(0, str(ROOT))
 
-from bench_data import load_dataset  # noqa: E402
+from bench_data import load_dataset, tuning_sets  # noqa: E402
 from centres import ap_summary, errors_of, resolve  # noqa: E402
 from symmetric_centres import radial_average  # noqa: E402
 
@@ -130,11 +130,7 @@ def main(argv=None) -> int:
 
     configure_torch(1)
     if args.tune:  # training-family tuning sets (never the benchmark targets or the real sets)
-        from bench_data import simulated_dataset
-        from hydrapicker.simulate.datasets import random_dataset_spec
-
-        sets = [(simulated_dataset(random_dataset_spec(7100 + k, name=f"tune_fuse_{k}"), Path(args.sim_cache), 3),
-                 "simulated") for k in range(args.tune)]
+        sets = tuning_sets(args.tune, Path(args.sim_cache))
     else:
         sets = resolve(args.sets, args.n_sim, Path(args.sim_cache))
     pickers = {"detector": Picker("default", device="cpu", log=None, refine=False),

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from bench_data import load_dataset, simulated_dataset  # noqa: E402
+from bench_data import load_dataset, tuning_sets  # noqa: E402
 from centres import ap_summary, resolve  # noqa: E402
 
 
@@ -43,13 +43,11 @@ def main(argv=None) -> int:
 
     from hydrapicker.picker import Picker, configure_torch
     from hydrapicker.scale import model_at_scale
-    from hydrapicker.simulate.datasets import random_dataset_spec
     from hydrapicker.types import Micrograph
 
     configure_torch(1)
     if args.tune:
-        sets = [(simulated_dataset(random_dataset_spec(7100 + k, name=f"tune_fuse_{k}"), Path(args.sim_cache), 3),
-                 "simulated") for k in range(args.tune)]
+        sets = tuning_sets(args.tune, Path(args.sim_cache))
     else:
         sets = resolve(args.sets, args.n_sim, Path(args.sim_cache))
     scales = [float(s) for s in args.scales.split(",")]

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from bench_data import load_dataset, simulated_dataset  # noqa: E402
+from bench_data import load_dataset, tuning_sets  # noqa: E402
 from centres import ap_summary, errors_of, resolve  # noqa: E402
 
 
@@ -42,15 +42,13 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
-    from hydrapicker.scale import top_score
     from hydrapicker.picker import Picker, configure_torch
-    from hydrapicker.simulate.datasets import random_dataset_spec
+    from hydrapicker.scale import top_score
     from hydrapicker.types import Micrograph
 
     configure_torch(1)
     if args.tune:
-        sets = [(simulated_dataset(random_dataset_spec(7100 + k, name=f"tune_fuse_{k}"), Path(args.sim_cache), 3),
-                 "simulated") for k in range(args.tune)]
+        sets = tuning_sets(args.tune, Path(args.sim_cache))
     else:
         sets = resolve(args.sets, args.n_sim, Path(args.sim_cache))
     picker = Picker("default", device="cpu", log=None, refine=False)
