@@ -40,6 +40,7 @@ import numpy as np
 
 from . import scale
 from .finetune import _logit, _sigmoid
+from .micrographs import sample_micrographs
 from .types import Picks
 
 HEAD = "adapted"
@@ -78,14 +79,6 @@ class Adaptation:
     reason: str
     record: dict = field(default_factory=dict)
     zero_shot: Optional[object] = None
-
-
-def sample_micrographs(mics: list, n: int) -> list:
-    """``n`` micrographs spread evenly over ``mics`` (all of them when there are fewer)."""
-    if len(mics) <= n:
-        return list(mics)
-    idx = np.unique(np.round(np.linspace(0, len(mics) - 1, n)).astype(int))
-    return [mics[i] for i in idx]
 
 
 def shifted_cut(threshold: float, shifted: float) -> float:
@@ -213,11 +206,10 @@ def _adapt(picker, mics, diameter_A, save_to, head, settings, log, should_stop, 
     from .atomic import atomic_path
 
     base_picker = picker
-    picker, working_scale, scale_scores = scale.choose_scale(
-        picker, sample_micrographs(list(mics), settings.sample), diameter_A, head, work, log, should_stop,
-        n_micrographs=settings.scale_micrographs)
-    thr0 = picker.threshold_for(head)
     sample = sample_micrographs(list(mics), settings.sample)
+    picker, working_scale, scale_scores = scale.choose_scale(picker, sample, diameter_A, head, work, log, should_stop,
+                                                             n_micrographs=settings.scale_micrographs)
+    thr0 = picker.threshold_for(head)
     log(f"[adapt] zero-shot on {len(sample)} of {len(mics)} micrographs (head {head}, threshold {thr0:.3f})")
     picked, failed = zero_shot(picker, sample, diameter_A, head, should_stop)
     cut = shifted_cut(thr0, settings.positives_above)

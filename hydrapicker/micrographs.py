@@ -163,3 +163,14 @@ def collect_micrographs(inputs, apix=None) -> list[Micrograph]:
     if not mics:
         raise UserFacingError("no micrographs given")
     return mics
+
+
+def sample_micrographs(mics: list, n: int) -> list:
+    """``n`` micrographs spread evenly over ``mics``, the first and the last included (all of them when there
+    are fewer)."""
+    import numpy as np
+
+    if len(mics) <= n:
+        return list(mics)
+    idx = np.unique(np.round(np.linspace(0, len(mics) - 1, n)).astype(int))
+    return [mics[i] for i in idx]

@@ -72,19 +72,15 @@ def parse_working_scale(text: str):
     return value
 
 
-def _spread(items: list, n: int) -> list:
-    if len(items) <= n:
-        return list(items)
-    return [items[i] for i in np.unique(np.round(np.linspace(0, len(items) - 1, n)).astype(int))]
-
-
 def choose_scale(picker, mics: list, diameter_A: float, head: Optional[str], work, log: Callable = print,
                  should_stop=None, n_micrographs: int = MICROGRAPHS, top: int = TOP,
                  margin: float = MARGIN) -> tuple:
     """-> (picker at the chosen scale, the scale, {scale: score}); ``picker`` itself and 1.0 when no other
     scale scores ``margin`` higher (or ``n_micrographs`` is 0). Models at other scales go to folder ``work``,
     which must outlive the returned picker's use of its file."""
-    sample = _spread(list(mics), n_micrographs) if n_micrographs else []
+    from .micrographs import sample_micrographs
+
+    sample = sample_micrographs(list(mics), n_micrographs) if n_micrographs else []
     # a model already at a smaller scale (an adapted or few-shot model) goes no further than SCALES reach
     # from the given diameter: below it the score stops tracking AP (multi-domain particles' domains score
     # like particles)
@@ -121,12 +117,12 @@ def picker_at_scale(picker, mics: list, diameter_A: float, head: Optional[str], 
     log = log or (lambda *a, **k: None)
     with tempfile.TemporaryDirectory(prefix="hydra-scale-") as work:
         if working_scale == "auto":
-            chosen, scale, _ = choose_scale(picker, mics, diameter_A, head, work, log)
-            path = chosen.meta["path"]
+            scaled, scale, _ = choose_scale(picker, mics, diameter_A, head, work, log)
         else:
             scale = float(working_scale)
-            path = model_at_scale(picker.meta["path"], scale, Path(work) / "model.pt") if scale != 1.0 else None
-        if scale == 1.0:
-            return picker
+            scaled = (picker.with_model(model_at_scale(picker.meta["path"], scale, Path(work) / "model.pt"))
+                      if scale != 1.0 else picker)
+    if scale != 1.0:
+        scaled.log = log  # the picker made at that scale reports like the one it came from
         log(f"[hydra] picking at working scale {scale:g}: particles seen as if {scale * diameter_A:.0f} A across")
-        return picker.with_model(path, log=log)
+    return scaled
