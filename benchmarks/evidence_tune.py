@@ -135,6 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/hydra_bench/threshold_auto/data"),
                     help="where the tuning sets are simulated once (the mixed-ice ones: threshold_auto.py's cache)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ks", default="10,20", help="numbers of best FOMs averaged (k) to try, comma-separated")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     from hydrapicker.checkpoint import default_model_path, threshold_for
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
     raw_mix = mixed_f1(mixed, lambda f: f, calibrated)
     results = []
     settings = [("raw", None)] + [(f"k{k} c{c:g}x odds p{p:g}", (k, c, p)) for k, c, p in
-                                  itertools.product((10, 20), (1.3, 1.5, 1.65, 1.8, 2.0, 2.5, 3.0), (1.0, 2.0, 4.0))]
+                                  itertools.product([int(k) for k in args.ks.split(",")], (1.3, 1.5, 1.65, 1.8, 2.0, 2.5, 3.0), (1.0, 2.0, 4.0))]
     for label, kcp in settings:
         weigh = (lambda f: f) if kcp is None else weigher(*kcp, calibrated)
         mix = mixed_f1(mixed, weigh, calibrated)

@@ -25,8 +25,8 @@ disagrees with the pseudo-labels of the *held-out* micrographs (validation AP ag
 second round whose held-out agreement falls below the first's keeps the first.
 
 The model file written holds the base model's heads and ``adapted`` (its default head), so
-``hydra pick --model <that file>`` re-uses it, e.g. on micrographs collected later (watch mode: adapt once
-on the first micrographs of a session, then ``--watch --model``). Its metadata ``finetune.adapted.adaptation``
+``hydra pick --model <that file>`` re-uses it, e.g. on micrographs collected later (``hydra pick --watch
+--adapt`` learns it from the first micrographs of a session and picks the session with it). Its metadata ``finetune.adapted.adaptation``
 records the provenance: sample, pseudo-label counts and cut-offs, rounds, agreement with zero-shot.
 """
 from __future__ import annotations

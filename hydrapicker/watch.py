@@ -246,7 +246,8 @@ def watch(source: WatchSource, process: Callable[[list], int], is_done: Callable
           out, poll: float = 5.0, idle_timeout: Optional[float] = None, log: Callable = print,
           stop: Optional[StopFlag] = None, batch_max: Optional[int] = None,
           on_new: Optional[Callable[[list], None]] = None, settle: float = 0.5) -> dict:
-    """Pick what ``source`` lists as it appears, until stopped; returns counts and the stop reason.
+    """Pick what ``source`` lists as it appears, until stopped; returns counts and the stop reason
+    (``idle_timeout``: True when the run ended because nothing new came).
 
     ``process(mics)`` picks a batch (and rewrites the aggregate outputs) and returns its number of picks;
     ``is_done(mic)`` says whether a micrograph was picked before (by this or an earlier run). ``on_new(mics)``
@@ -266,6 +267,7 @@ def watch(source: WatchSource, process: Callable[[list], int], is_done: Callable
     n_mics = n_picks = 0
     t_busy = 0.0
     first = True
+    idle = False
     with stop.handling():
         while not stop():
             listed = source.list()
@@ -287,6 +289,7 @@ def watch(source: WatchSource, process: Callable[[list], int], is_done: Callable
                 picks = process(ready)
                 dt = time.time() - t0
                 t_busy += dt
+                t_new = max(t_new, time.time())  # idle time is counted while waiting, not while picking
                 handled = [m for m in ready if is_done(m)]
                 for m in ready:  # a failed one is not retried in this run (a restart retries it)
                     done.add(m.name)
@@ -303,13 +306,15 @@ def watch(source: WatchSource, process: Callable[[list], int], is_done: Callable
                 break
             if idle_timeout is not None and time.time() - t_new >= idle_timeout:
                 stop.set(f"no new micrograph for {idle_timeout:g} s")
+                idle = True
                 break
             _sleep(min(poll, 1.0) if first else (min(poll, settle) if sizes.settling else poll), stop)
             first = False
     wall = time.time() - t_start
     log(f"[hydra watch] stopped ({stop.reason}): {n_mics} micrographs, {n_picks} picks in {wall:.1f} s "
         f"({t_busy:.1f} s picking)")
-    return {"micrographs": n_mics, "picks": n_picks, "seconds": wall, "reason": stop.reason}
+    return {"micrographs": n_mics, "picks": n_picks, "seconds": wall, "reason": stop.reason,
+            "idle_timeout": idle}
 
 
 def _sleep(seconds: float, stop: StopFlag, step: float = 0.2) -> None:

@@ -182,12 +182,6 @@ def test_hydra_pick_adapt_saves_the_model_and_reuses_it(target, tmp_path, capsys
     assert read_checkpoint(model)["meta"]["default_head"] == "adapted"
 
 
-def test_adapt_and_watch_together_are_refused_with_the_recipe(tmp_path, capsys):
-    assert hydra(["pick", str(tmp_path), "--diameter", "100", "--out", str(tmp_path / "o"), "--adapt",
-                  "--watch"]) != 0
-    assert "--watch --model" in capsys.readouterr().err
-
-
 @pytest.mark.slow
 def test_relion_job_with_adapt_yes_keeps_the_adapted_model_in_the_job_and_reuses_it(target, monkeypatch, capsys):
     """The real RELION pick job (real picker) with ``adapt yes``: the adapted model lands in the job folder

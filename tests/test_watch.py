@@ -268,3 +268,86 @@ def test_watch_a_micrographs_star_that_another_program_rewrites(tmp_path, monkey
     t.join()
     rows = (tmp_path / "out" / "summary_hydra.tsv").read_text().splitlines()[1:]
     assert [r.split("\t")[0] for r in rows] == names  # as named in the STAR, in its order
+
+
+# ---- hydra pick --watch --adapt: one adapted head for the whole session ----------------------------------
+def _crowded_mic(path, seed):
+    """512² of 36 blobs on a 6 x 6 grid (jittered): enough confident picks on a few micrographs to adapt."""
+    rng = np.random.default_rng(seed)
+    centres = [(x + rng.uniform(-8, 8), y + rng.uniform(-8, 8)) for x in range(40, 492, 72) for y in range(40, 492, 72)]
+    return write_mrc(path, blob_micrograph((512, 512), centres, sigma=5.0, noise=1.0, seed=seed), apix=APIX)
+
+
+def _wait_for(path, seconds=180):
+    deadline = time.time() + seconds
+    while not Path(path).exists() and time.time() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_watch_adapt_learns_from_the_first_micrographs_and_picks_the_session_with_that_head(tmp_path, capsys):
+    """--adapt-sample 3: nothing is picked until 3 micrographs are complete; a STOP before leaves them to the
+    next run; then the head is learned from the first 3 and picks them and every later one, as a batch run with
+    the adapted model does (same bytes); a restart re-uses the model at once."""
+    from hydrapicker.cli import main as hydra
+
+    staging, mics, out = tmp_path / "staging", tmp_path / "mics", tmp_path / "out"
+    for i in range(5):
+        _crowded_mic((mics if i < 2 else staging) / f"m{i}.mrc", i)
+    args = _args(mics, out, "--watch", "--poll", "0.3", "--adapt", "--adapt-sample", "3")
+
+    threading.Timer(1.5, lambda: (out / "STOP").write_text("")).start()
+    assert hydra(args) == 0  # 2 of 3: waits, then stops on the STOP file with nothing picked
+    cap = capsys.readouterr().out
+    assert "2 of 3 micrographs complete" in cap and "not picked: run the same command again" in cap
+    assert not list(out.glob("*_hydra.star")) and not (out / "adapted_hydra.pt").exists()
+
+    (out / "STOP").unlink()
+
+    def microscope():
+        time.sleep(0.5)
+        shutil.copyfile(staging / "m2.mrc", mics / "m2.mrc")  # the third: the head is learned, m0-m2 picked
+        _wait_for(out / "m2_hydra.star")
+        shutil.copyfile(staging / "m3.mrc", mics / "m3.mrc")  # picked with the adapted head as it comes
+
+    t = threading.Thread(target=microscope)
+    t.start()
+    assert hydra(args + ["--idle-timeout", "3"]) == 0
+    t.join()
+    cap = capsys.readouterr().out
+    model = out / "adapted_hydra.pt"
+    assert "adapted head 'adapted'" in cap and model.exists()
+    assert sorted(p.name for p in out.glob("*_hydra.star")) == [f"m{i}_hydra.star" for i in range(4)]
+    batch = tmp_path / "batch"
+    assert hydra(["pick", str(mics / "*.mrc"), *_args(mics, batch, "--quiet", "--model", str(model))[2:]]) == 0
+    got, want = _outputs(out), _outputs(batch)
+    assert sorted(k for k in got if k != "adapted_hydra.pt") == sorted(want)
+    assert all(got[k] == want[k] for k in want)
+
+    # a restart re-uses the adapted model at once: the new micrograph is picked, the others are not again
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*_hydra.star")}
+    shutil.copyfile(staging / "m4.mrc", mics / "m4.mrc")
+    assert hydra(args + ["--idle-timeout", "2"]) == 0
+    cap = capsys.readouterr().out
+    assert "re-using the adapted model" in cap and (out / "m4_hydra.star").exists()
+    assert {n: (out / n).stat().st_mtime_ns for n in mtimes} == mtimes
+
+
+@pytest.mark.slow
+def test_watch_adapt_ending_on_idle_timeout_learns_from_what_came(tmp_path, capsys):
+    """Fewer micrographs than --adapt-sample by the idle timeout: the head is learned from those and picks them."""
+    from hydrapicker.cli import main as hydra
+
+    mics, out = tmp_path / "mics", tmp_path / "out"
+    for i in range(3):
+        _crowded_mic(mics / f"m{i}.mrc", 10 + i)
+    assert hydra(_args(mics, out, "--watch", "--poll", "0.3", "--adapt", "--adapt-sample", "5",
+                       "--idle-timeout", "1")) == 0
+    cap = capsys.readouterr().out
+    assert "picked the 3 micrograph(s) that waited for --adapt" in cap
+    model = out / "adapted_hydra.pt"
+    assert model.exists()
+    batch = tmp_path / "batch"
+    assert hydra(["pick", str(mics / "*.mrc"), *_args(mics, batch, "--quiet", "--model", str(model))[2:]]) == 0
+    want = _outputs(batch)
+    assert all(_outputs(out)[k] == want[k] for k in want)

@@ -145,7 +145,8 @@ def add_args(p):
                         "STOP file in --out, SIGINT/SIGTERM or --idle-timeout")
     p.add_argument("--poll", type=float, default=5.0, help="--watch: seconds between looks (default 5)")
     p.add_argument("--idle-timeout", type=float, default=None,
-                   help="--watch: stop after this many seconds without a new micrograph (default: never)")
+                   help="--watch: stop after this many seconds without a new micrograph, counted while waiting "
+                        "(not while picking or adapting; default: never)")
     p.add_argument("--working-scale", default=None, type=parse_working_scale, metavar="auto|S",
                    help="particle extent the network sees, as a fraction of --diameter (default: as given). auto: "
                         "4 micrographs are picked at 0.85 and 0.75 too, and a smaller scale is taken only when "
@@ -154,9 +155,11 @@ def add_args(p):
     p.add_argument("--adapt", action="store_true",
                    help="self-adaptation without labels: learn a head for this data set from its own confident "
                         "zero-shot picks (on --adapt-sample micrographs), then pick with it; guarded: the "
-                        "zero-shot picks are kept when the pseudo-labels are too few or inconsistent")
+                        "zero-shot picks are kept when the pseudo-labels are too few or inconsistent. With "
+                        "--watch: learned from the first --adapt-sample micrographs to come, picking starts then")
     p.add_argument("--adapt-sample", type=positive_int, default=24,
-                   help="--adapt: micrographs learned from, spread over the data set (default 24)")
+                   help="--adapt: micrographs learned from, spread over the data set (--watch: the first ones; "
+                        "default 24)")
     p.add_argument("--adapt-rounds", type=int, default=1, choices=(1, 2),
                    help="--adapt: 2 = the adapted head's picks teach a second head (kept when it agrees better)")
     p.add_argument("--save-model", default=None,
@@ -184,10 +187,6 @@ def main(args):
     if getattr(args, "working_scale", None) == "auto" and args.watch:
         raise UserFacingError("--working-scale auto looks at micrographs already written; with --watch give a "
                               "number (e.g. --working-scale 0.75) or none")
-    if getattr(args, "adapt", False) and args.watch:
-        raise UserFacingError("--adapt learns from micrographs already written and --watch picks as they come: "
-                              "run --adapt once on the first micrographs of the session, then --watch --model "
-                              "<out>/adapted_<suffix>.pt")
     if args.watch and (args.poll <= 0 or (args.idle_timeout is not None and args.idle_timeout < 0)):
         raise UserFacingError("--poll must be > 0 and --idle-timeout >= 0")
     if getattr(args, "qc", 0) < 0:
@@ -280,13 +279,9 @@ def _main(args, inputs, mics, out):
         from ..scale import picker_at_scale
 
         picker = picker_at_scale(picker, mics, args.diameter, args.head, args.working_scale, log)
-    if getattr(args, "adapt", False):
+    if getattr(args, "adapt", False) and not args.watch:  # --watch adapts on the first micrographs that come
         picker, args.head = _adapt(picker, mics, args, out, world, log)
-    policy = picker.policy(args.diameter, args.head,
-                           threshold=None if args.all else ("model" if args.threshold is None else args.threshold),
-                           min_distance_A=args.min_distance, edge_A=args.edge,
-                           find_invalid=not getattr(args, "keep_invalid", False),
-                           evidence=getattr(args, "evidence", None))
+    policy = _policy(picker, args)
     agg = Aggregates(out, args.suffix, args.format, stems, path)
     if args.watch:
         return watch_main(args, inputs, out, stems, path, picker, policy, agg, log)
@@ -314,16 +309,33 @@ def _main(args, inputs, mics, out):
     return 0
 
 
+def _policy(picker, args):
+    """The pick policy of the command's options for ``picker`` and head ``args.head``."""
+    return picker.policy(args.diameter, args.head,
+                         threshold=None if args.all else ("model" if args.threshold is None else args.threshold),
+                         min_distance_A=args.min_distance, edge_A=args.edge,
+                         find_invalid=not getattr(args, "keep_invalid", False),
+                         evidence=getattr(args, "evidence", None))
+
+
+def _adapted_model_path(args, out):
+    """Where ``--adapt`` keeps (and finds) the adapted model: ``--save-model`` or ``<out>/adapted_<suffix>.pt``."""
+    from pathlib import Path
+
+    from ..outputs import output_path
+
+    return Path(args.save_model) if args.save_model else output_path(out, "adapted", args.suffix, ".pt")
+
+
 def _adapt(picker, mics, args, out, world, log) -> tuple:
     """``--adapt``: :func:`hydrapicker.adapt.adapted_picker` over the run's micrographs -> (picker, head)."""
     from ..adapt import AdaptSettings, adapted_picker
     from ..errors import UserFacingError
-    from ..outputs import output_path
 
     if world > 1:
         raise UserFacingError("--adapt runs in one process: adapt once without torchrun (--save-model M.pt), "
                               "then pick under torchrun with --model M.pt")
-    save_to = args.save_model or output_path(out, "adapted", args.suffix, ".pt")
+    save_to = _adapted_model_path(args, out)
     settings = AdaptSettings(sample=args.adapt_sample, rounds=args.adapt_rounds)
     picker, head, _ = adapted_picker(picker, mics, args.diameter, save_to, args.head, settings,
                                      reuse=not args.overwrite, log=log)
@@ -401,13 +413,15 @@ def pick_batch(picker, todo, args, policy, path, agg, log, should_stop=None, qc=
 
 def watch_main(args, inputs, out, stems, path, picker, policy, agg, log) -> int:
     """``--watch``: :func:`hydrapicker.watch.watch` over the inputs; each batch through :func:`pick_batch`,
-    the aggregates rewritten after it. Stems are kept once given (:class:`~hydrapicker.watch.StableStems`)."""
+    the aggregates rewritten after it. Stems are kept once given (:class:`~hydrapicker.watch.StableStems`).
+    With ``--adapt`` see :class:`WatchAdaptation`."""
     from ..watch import StableStems, StopFlag, WatchSource, watch
 
     book = StableStems(out / f".watch_stems_{args.suffix}.json")
     seen, picked_now = [], set()
     stop = StopFlag(out)
     qc = QCPlan(out, args, stems)
+    adaptation = WatchAdaptation(args, out, picker, policy, log) if getattr(args, "adapt", False) else None
 
     def on_new(mics):
         seen.extend(mics)
@@ -416,19 +430,77 @@ def watch_main(args, inputs, out, stems, path, picker, policy, agg, log) -> int:
     def is_done(m):
         return m.name in picked_now or (not args.overwrite and path(m, ".star").exists())
 
-    def process(batch):
-        _, n_picks, _ = pick_batch(picker, batch, args, policy, path, agg, log, should_stop=stop, qc=qc)
+    def pick(batch, should_stop=stop):
+        p, pol = (picker, policy) if adaptation is None else (adaptation.picker, adaptation.policy)
+        _, n_picks, _ = pick_batch(p, batch, args, pol, path, agg, log, should_stop=should_stop, qc=qc)
         picked_now.update(m.name for m in batch if path(m, ".star").exists())
         agg.write(seen)
         return n_picks
 
+    def process(batch):
+        if adaptation is not None:
+            batch = adaptation.take(batch)
+        return pick(batch) if batch else 0
+
     log(f"[hydra watch] watching {', '.join(inputs)} every {args.poll:g} s ({policy.describe()}); stop: "
         f"touch {out / 'STOP'}, Ctrl-C/SIGTERM" + (f", or {args.idle_timeout:g} s without a new micrograph"
                                                    if args.idle_timeout is not None else ""))
-    watch(WatchSource(inputs, apix=args.apix), process, is_done, out, poll=args.poll,
-          idle_timeout=args.idle_timeout, log=log, stop=stop, on_new=on_new)
+    ended = watch(WatchSource(inputs, apix=args.apix), process, is_done, out, poll=args.poll,
+                  idle_timeout=args.idle_timeout, log=log, stop=stop, on_new=on_new)
+    if adaptation is not None and adaptation.waiting:
+        if ended.get("idle_timeout"):  # the session is over: learn from what came, then pick it
+            batch = adaptation.take([], finish=True)
+            n = pick(batch, should_stop=StopFlag(out))  # the idle stop is not a reason to stop these
+            log(f"[hydra watch] picked the {len(batch)} micrograph(s) that waited for --adapt: {n} picks")
+        else:
+            log(f"[hydra watch] {len(adaptation.waiting)} micrograph(s) waited for --adapt (it learns from the "
+                f"first {args.adapt_sample}) and are not picked: run the same command again to go on")
     agg.write(seen)
     return 0
+
+
+class WatchAdaptation:
+    """``--watch --adapt``: the head is learned from the first ``--adapt-sample`` micrographs that are
+    complete (the batch rule, :func:`_adapt`, on them), and every micrograph (those first ones included) is
+    picked with it, so one head picks the whole session. Until then micrographs wait, unpicked; when the run
+    ends on ``--idle-timeout`` first, the head is learned from those that came (the guards may keep the
+    zero-shot head); a STOP file or signal leaves them to the next run. A run that finds the adapted model
+    (``--save-model`` or ``<out>/adapted_<suffix>.pt``) re-uses it at once; one that finds picks in ``--out``
+    but no adapted model goes on with the head that made them (a refused adaptation's zero-shot head)."""
+
+    def __init__(self, args, out, picker, policy, log):
+        self.args, self.out, self.log = args, out, log
+        self.picker, self.policy = picker, policy
+        self.waiting: list = []
+        self.adapted = False
+        model = _adapted_model_path(args, out)
+        if model.exists() and not args.overwrite:
+            self._adapt([])
+        elif not args.overwrite and any(out.glob(f"*_{args.suffix}.star")):
+            self.adapted = True
+            log(f"[hydra watch] --adapt: {out} holds picks but no adapted model ({model}): an earlier run kept "
+                f"the zero-shot head; going on with it (give --overwrite to adapt again and re-pick everything)")
+        else:
+            log(f"[hydra watch] --adapt: picking starts once {args.adapt_sample} micrographs are complete: a "
+                f"head is learned from them first (--adapt-sample)")
+
+    def _adapt(self, mics):
+        self.picker, self.args.head = _adapt(self.picker, mics, self.args, self.out, 1, self.log)
+        self.policy = _policy(self.picker, self.args)
+        self.adapted = True
+
+    def take(self, batch, finish: bool = False) -> list:
+        """The micrographs to pick now, of ``batch`` and those waiting (``finish``: adapt on what came)."""
+        if self.adapted:
+            return list(batch)
+        self.waiting.extend(batch)
+        if len(self.waiting) < self.args.adapt_sample and not finish:
+            self.log(f"[hydra watch] --adapt: {len(self.waiting)} of {self.args.adapt_sample} micrographs "
+                     f"complete; waiting for the rest before learning the head")
+            return []
+        ready, self.waiting = self.waiting, []
+        self._adapt(ready)
+        return ready
 
 
 class Aggregates:
