@@ -225,6 +225,7 @@ class TrainConfig:
     datasets: int = 32
     mics_per_dataset: int = 8
     junk_fraction: float = 0.0
+    junk_clumps: bool = False           # junk datasets also carry particle-sized clumps of other proteins
     val_mics: int = 2
     steps: int = 6000
     phase2_steps: int = 1500
@@ -287,7 +288,8 @@ class _Run:
         self.jlog = JsonLog(self.out / "log.jsonl") if self.lead else None
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed if self.world == 1 else [cfg.seed, self.rank])  # own batches
-        self.specs = source_dataset_specs(n=cfg.datasets, seed=cfg.seed, junk_fraction=cfg.junk_fraction)
+        self.specs = source_dataset_specs(n=cfg.datasets, seed=cfg.seed, junk_fraction=cfg.junk_fraction,
+                                          junk_clumps=cfg.junk_clumps)
         self.net = build_model(cfg.preset).to(self.device)
         self.log(f"[train] device {self.device}" + (f"; {self.world} ranks (DistributedDataParallel), batch "
                                                      f"{cfg.batch} per rank" if self.world > 1 else ""))

@@ -93,3 +93,31 @@ def test_training_junk_fraction_marks_about_that_many_datasets():
         assert (s.family, s.diameter_A, s.pixel_size, s.shape) == (p.family, p.diameter_A, p.pixel_size, p.shape)
     f = junk_fields(7)
     assert set(f) <= set(specs[0].to_dict())
+
+
+def test_junk_clumps_put_particle_sized_clumps_on_every_junk_dataset_and_change_nothing_else(monkeypatch):
+    from hydrapicker.simulate import artefacts
+
+    specs = source_dataset_specs(12, seed=5, junk_fraction=0.7, junk_clumps=True)
+    plain = source_dataset_specs(12, seed=5, junk_fraction=0.7)
+    assert any("junk" in s.description for s in specs) and any("junk" not in s.description for s in specs)
+    for s, p in zip(specs, plain):
+        if "junk" in s.description:
+            assert s.other_aggregates >= 1.0 and s.clump_diameters == (0.7, 2.0)
+            assert s.replace(other_aggregates=p.other_aggregates, clump_diameters=p.clump_diameters,
+                             description=p.description) == p
+        else:
+            assert s == p
+    # the clumps drawn are clump_diameters particle diameters across
+    sizes = []
+    real = artefacts.other_protein_clump
+
+    def spy(layers, rng, cx, cy, R_px, d_px):
+        sizes.append(2 * R_px / d_px)
+        return real(layers, rng, cx, cy, R_px, d_px)
+
+    monkeypatch.setattr(artefacts, "other_protein_clump", spy)
+    spec = _small(junk_target_specs()[1], **{**ARTEFACTS_OFF, "other_aggregates": 3.0})
+    for i in range(3):
+        simulate_micrograph(spec.replace(clump_diameters=(0.7, 2.0)), i)
+    assert len(sizes) > 3 and min(sizes) >= 0.7 and max(sizes) <= 2.0

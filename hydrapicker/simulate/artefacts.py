@@ -229,7 +229,8 @@ def add_objects(spec, rng, layers: CanvasLayers, px: float, d_px: float, junk_on
                                                       0.5 * d_px * np.exp(rng.uniform(0, np.log(10))))
                                  for _ in range(rng.poisson(spec.rim_contamination * boost)))
     c["thin_carbon"] = int(rng.random() < spec.p_thin_carbon) and thin_carbon(layers, rng, px)
-    c["other_clumps"] = sum(other_protein_clump(layers, rng, *centre(), 0.5 * d_px * rng.uniform(1, 5), d_px)
+    c["other_clumps"] = sum(other_protein_clump(layers, rng, *centre(), 0.5 * d_px * rng.uniform(*spec.clump_diameters),
+                                                d_px)
                             for _ in range(rng.poisson(spec.other_aggregates * boost)))
 
 
