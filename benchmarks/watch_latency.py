@@ -54,6 +54,9 @@ def main(argv=None) -> int:
     ap.add_argument("--chunks", type=int, default=4)
     ap.add_argument("--write-seconds", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--adapt", type=int, default=0, metavar="N",
+                    help="watch with --adapt --adapt-sample N: picking starts once N micrographs are complete "
+                         "(reported: the wait for the first picks); the batch run uses the adapted model")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(a.threads))
@@ -62,7 +65,8 @@ def main(argv=None) -> int:
     mics, out, batch = work / "mics", work / "out", work / "batch"
     mics.mkdir()
     common = ["--apix", apix, "--diameter", diam, "--threads", a.threads, "--format", "star", "topaz"]
-    proc = subprocess.Popen(hydra(mics, "--out", out, "--watch", "--poll", a.poll, *common), env=env,
+    adapt = ["--adapt", "--adapt-sample", a.adapt] if a.adapt else []
+    proc = subprocess.Popen(hydra(mics, "--out", out, "--watch", "--poll", a.poll, *common, *adapt), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, stamped = [], []
 
@@ -94,7 +98,7 @@ def main(argv=None) -> int:
                 if n in complete and n not in picked and (out / (Path(n).stem + "_hydra.star")).exists():
                     picked[n] = time.time()
             time.sleep(0.02)
-    deadline = time.time() + 120
+    deadline = time.time() + 120 + (600 if a.adapt else 0)  # --adapt: the head is learned first
     while len(picked) < len(names) and time.time() < deadline:
         for n in names:
             if n not in picked and (out / (Path(n).stem + "_hydra.star")).exists():
@@ -104,13 +108,15 @@ def main(argv=None) -> int:
     proc.wait(timeout=120)
     reader.join(timeout=10)
     log = "".join(lines)
-    r = subprocess.run(hydra(mics / "*.mrc", "--out", batch, *common), env=env, capture_output=True, text=True)
+    with_model = ["--model", out / "adapted_hydra.pt"] if a.adapt else []
+    r = subprocess.run(hydra(mics / "*.mrc", "--out", batch, *common, *with_model), env=env, capture_output=True,
+                       text=True)
     rates = [float(m) for m in re.findall(r"([\d.]+) micrographs/s", r.stdout)]
     pick_s = 1.0 / rates[-1] if rates else float("nan")
 
     def files(d):
         return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*"))
-                if p.is_file() and not p.name.startswith(".") and p.name != "STOP"}
+                if p.is_file() and not p.name.startswith(".") and p.name not in ("STOP", "adapted_hydra.pt")}
 
     # when the picks were written: the coordinate STAR's mtime (written to a temporary file, then renamed)
     for n in names:
@@ -127,6 +133,10 @@ def main(argv=None) -> int:
             if order:
                 own[order.pop(0)] = x / k
     waited = {n: latency[n] - own[n] for n in latency if n in own}
+    if a.adapt:  # the first N wait for the head; what is compared with the poll is the micrographs after them
+        first = set(names[:a.adapt])
+        waited = {n: v for n, v in waited.items() if n not in first}
+        adapt_s = [float(x) for x in re.findall(r"\[adapt\] adapted head .* in ([\d.]+) s", log)]
     res = {
         "n": a.n, "size_px": a.size, "poll_s": a.poll, "every_s": a.every, "chunks": a.chunks,
         "write_seconds": a.write_seconds, "threads": a.threads, "watch_rc": proc.returncode,
@@ -139,6 +149,10 @@ def main(argv=None) -> int:
         "within_poll_plus_own_pick_time": sum(v <= a.poll for v in waited.values()),
         "half_written_read": "skipped" in log or "WARNING" in log,
         "equal_to_batch": files(out) == files(batch),
+        **({"adapt_sample": a.adapt, "adapt_seconds": adapt_s[0] if adapt_s else None,
+            "first_picks_after_nth_complete_s": round(min(picked[n] for n in names if n in picked)
+                                                      - complete[names[a.adapt - 1]], 2),
+            "adapted": bool(adapt_s)} if a.adapt else {}),
         "events": sorted([(round(t - t_first, 3), f"complete {n}") for n, t in complete.items()]
                          + [(round(t - t_first, 3), f"picked {n}") for n, t in picked.items()]
                          + [(round(t - t_first, 3), ln[:100]) for t, ln in stamped if t >= t_first]),

@@ -25,8 +25,6 @@ def _recipe(meta: dict) -> dict:
 
 def average_state(states: Sequence[dict], weights: Sequence[float]) -> dict:
     """The weighted average of state dicts with the same keys and shapes (integer buffers from the first)."""
-    import torch
-
     keys = list(states[0].keys())
     for s in states[1:]:
         if list(s.keys()) != keys or any(s[k].shape != states[0][k].shape for k in keys):

@@ -249,7 +249,8 @@ def watch(source: WatchSource, process: Callable[[list], int], is_done: Callable
     """Pick what ``source`` lists as it appears, until stopped; returns counts and the stop reason
     (``idle_timeout``: True when the run ended because nothing new came).
 
-    ``process(mics)`` picks a batch (and rewrites the aggregate outputs) and returns its number of picks;
+    ``process(mics)`` picks a batch (and rewrites the aggregate outputs) and returns its number of picks, or
+    (micrographs picked, micrographs tried, picks) when it holds micrographs back or picks earlier ones;
     ``is_done(mic)`` says whether a micrograph was picked before (by this or an earlier run). ``on_new(mics)``
     sees each micrograph the first time it is listed (before it is complete), e.g. to give it its stem.
     ``batch_max``: at most this many micrographs per call (default: every complete one). The first poll looks
@@ -286,20 +287,24 @@ def watch(source: WatchSource, process: Callable[[list], int], is_done: Callable
                 ready = ready[:batch_max]
             if ready:
                 t0 = time.time()
-                picks = process(ready)
+                got = process(ready)
                 dt = time.time() - t0
                 t_busy += dt
                 t_new = max(t_new, time.time())  # idle time is counted while waiting, not while picking
-                handled = [m for m in ready if is_done(m)]
                 for m in ready:  # a failed one is not retried in this run (a restart retries it)
                     done.add(m.name)
                     sizes.forget(m.path)
-                n_mics += len(handled)
+                if isinstance(got, tuple):  # (picked, tried, picks): the caller held some back or picked more
+                    n_ok, n_tried, picks = got
+                else:
+                    n_ok, n_tried, picks = sum(1 for m in ready if is_done(m)), len(ready), got
+                n_mics += n_ok
                 n_picks += int(picks or 0)
                 backlog = len(waiting) - len(ready)
-                log(f"[hydra watch] {len(handled)}/{len(ready)} micrographs picked in {dt:.1f} s "
-                    f"({len(handled) / max(dt, 1e-9):.2f} micrographs/s), {int(picks or 0)} picks; "
-                    f"total {n_mics} micrographs, {n_picks} picks; backlog {backlog}")
+                if n_tried:  # (none tried: the caller holds them back and says why)
+                    log(f"[hydra watch] {n_ok}/{n_tried} micrographs picked in {dt:.1f} s "
+                        f"({n_ok / max(dt, 1e-9):.2f} micrographs/s), {int(picks or 0)} picks; "
+                        f"total {n_mics} micrographs, {n_picks} picks; backlog {backlog}")
                 if not stop():
                     continue  # look again at once: picking took the time of a poll, more may be complete
             if stop():

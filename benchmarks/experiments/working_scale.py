@@ -52,6 +52,10 @@ def main(argv=None) -> int:
     else:
         sets = resolve(args.sets, args.n_sim, Path(args.sim_cache))
     picker = Picker("default", device="cpu", log=None, refine=False)
+    from hydrapicker.adapt import AdaptSettings, shifted_cut
+
+    thr = picker.threshold_for("generic")
+    cut = shifted_cut(thr, AdaptSettings().positives_above)
     scales = [float(s) for s in args.scales.split(",")]
     rows = []
     for root, kind in sets:
@@ -68,9 +72,15 @@ def main(argv=None) -> int:
             e, _ = errors_of(picks, ds.truth, box)
             n = np.hypot(e[:, 0], e[:, 1])
             n = n[~np.isnan(n)]
+            foms = [p.fom for _, p, _ in picked]
             row[f"{s:g}"] = {"AP": a["AP"], "AP_D2": a["AP_D2"],
                              "median_err_D": round(float(np.median(n)) / box, 4) if len(n) else None,
-                             "top_score": round(top_score([p for _, p, _ in picked], args.top), 4)}
+                             "top_score": round(top_score([p for _, p, _ in picked], args.top), 4),
+                             # other label-free statistics (per micrograph, averaged): candidates at or above
+                             # --adapt's pseudo-positive cut and the calibrated threshold, the mean of the 100 best
+                             "n_confident": round(float(np.mean([(f >= cut).sum() for f in foms])), 2),
+                             "n_above_threshold": round(float(np.mean([(f >= thr).sum() for f in foms])), 2),
+                             "top100": round(float(np.mean([np.sort(f)[-100:].sum() / 100 for f in foms])), 4)}
         base = row["1"]["top_score"]
         row["largest_gain_below_1"] = round(max(row[f"{s:g}"]["top_score"] - base for s in scales if s < 1), 4)
         rows.append(row)

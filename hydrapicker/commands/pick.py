@@ -438,9 +438,11 @@ def watch_main(args, inputs, out, stems, path, picker, policy, agg, log) -> int:
         return n_picks
 
     def process(batch):
-        if adaptation is not None:
-            batch = adaptation.take(batch)
-        return pick(batch) if batch else 0
+        if adaptation is None:
+            return pick(batch)
+        batch = adaptation.take(batch)  # none while the head waits for its micrographs, then those too
+        n_picks = pick(batch) if batch else 0
+        return sum(1 for m in batch if m.name in picked_now), len(batch), n_picks
 
     log(f"[hydra watch] watching {', '.join(inputs)} every {args.poll:g} s ({policy.describe()}); stop: "
         f"touch {out / 'STOP'}, Ctrl-C/SIGTERM" + (f", or {args.idle_timeout:g} s without a new micrograph"
