@@ -48,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--model", default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-fewshot", action="store_true")
+    p.add_argument("--centres", action="store_true",
+                   help="also --adapt with --adapt-centres (the centre refiner taught the data set, adapt_centres column)")
     p.add_argument("--timing", action="store_true", help="only the cost on 20 micrographs of 2048 x 2048")
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "hydra_bench_adapt"))
     p.add_argument("--tag", default="after")
@@ -148,6 +150,17 @@ def run_set(item, args, work):
     row["adapt"].update(accepted=a.accepted, reason=a.reason, seconds=round(secs, 1),
                         pseudo_positives=a.record.get("pseudo_positives"), rounds=a.record.get("rounds"),
                         working_scale=a.record.get("working_scale"), scale_top_scores=a.record.get("scale_top_scores"))
+    if args.centres:  # --adapt-centres on top: the adapted (or zero-shot) picker's refiner taught the data set
+        from hydrapicker.refine_adapt import picker_with_adapted_refiner
+
+        src = p if a.accepted else (a.zero_shot or base)
+        t0 = time.time()
+        pr, ra = picker_with_adapted_refiner(src, mics, diameter_A, work / f"{name}_refiner.pt", a.head,
+                                             reuse=False, log=lambda *x: None)
+        secs = time.time() - t0
+        row["adapt_centres"] = _score(pr, a.head, mics, truth, diameter_A, box_px, pr.threshold_for(a.head))
+        row["adapt_centres"].update(accepted=ra.accepted, reason=ra.reason, seconds=round(secs, 1),
+                                    positives=ra.record.get("positives"))
     if not args.no_fewshot:
         labels = {m.name: Picks(truth[m.name][:, 0], truth[m.name][:, 1]) for m in few}
         t0 = time.time()
@@ -188,6 +201,13 @@ def print_table(rows):
               + ("" if a["accepted"] else f"  (kept zero-shot: {a['reason'][:60]})"))
     gains = [r["adapt"]["AP"] - r["zero_shot"]["AP"] for r in rows]
     print(f"mean AP gain {np.mean(gains):+.3f}, worst {min(gains):+.3f}")
+    if all("adapt_centres" in r for r in rows):
+        for r in rows:
+            c = r["adapt_centres"]
+            print(f"{r['set']:26s} --adapt --adapt-centres AP {c['AP']:.3f} (F1 {c['F1']:.3f}, {c['seconds']:.0f} s"
+                  + ("" if c["accepted"] else ", shipped refiner: " + c["reason"][:50]) + ")")
+        gains = [r["adapt_centres"]["AP"] - r["zero_shot"]["AP"] for r in rows]
+        print(f"with --adapt-centres: mean AP gain {np.mean(gains):+.3f}, worst {min(gains):+.3f}")
 
 
 def main(argv=None) -> int:
@@ -209,7 +229,8 @@ def main(argv=None) -> int:
             rows.append(run_set(item, args, work))
             r = rows[-1]
             print(f"[bench] {r['set']}: zero {r['zero_shot']['AP']:.3f} adapt {r['adapt']['AP']:.3f} few5 "
-                  f"{r.get('fewshot5', {}).get('AP', float('nan')):.3f} ({r['adapt']['reason']})", flush=True)
+                  f"{r.get('fewshot5', {}).get('AP', float('nan')):.3f} ({r['adapt']['reason']})"
+                  + (f" adapt+centres {r['adapt_centres']['AP']:.3f}" if "adapt_centres" in r else ""), flush=True)
         out["rows"] = rows
         print_table(rows)
     path = Path(args.json or Path(__file__).resolve().parent.parent / "docs" / "benchmarks" /

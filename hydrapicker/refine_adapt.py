@@ -1,0 +1,229 @@
+"""The centre refiner taught a data set's own particles, with no labels (issues 18 and 17).
+
+The shipped centre head (:mod:`hydrapicker.refine`) learned where the centre of a particle lies from the
+training families. Here it is fine-tuned on the data set's own micrographs: its targets are the confident
+picks (FOM 1.1 logit above the head's calibrated threshold, ``--adapt``'s pseudo-positives) as the shipped
+refiner centres them, taught only within ``radius_D`` diameters of each (where the centre lies near a
+particle, not what is a particle: the uncertain particles around are not taught as background). Those
+centres are off by the detector's error, but the error differs from particle to particle while the
+particle stays the same, and a head that must map every rotated and flipped view of the particle to one
+centre cannot fit the part of the errors that is random: it learns the particle's own centre.
+
+Measured on the benchmark sets and on 32 training-family tuning sets (README, Centres;
+``benchmarks/experiments/adapted_refiner.py``). Guard: fewer than ``min_positives`` confident picks keep the
+shipped refiner. The result is a refiner file like any other (``{model, optimizer, epoch, args, meta}``, the
+body's checksum, ``meta['adaptation']`` its provenance), used with ``--refiner``; it serves every head of the
+model it was made for (zero-shot, few-shot, adapted), as the shipped one does.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Optional
+
+import numpy as np
+
+from .errors import UserFacingError
+
+
+@dataclass(frozen=True)
+class RefinerAdaptSettings:
+    """How a data set teaches the centre refiner (chosen on two benchmark sets, checked on 32 tuning sets)."""
+
+    sample: int = 24              # micrographs learned from (spread over the data set)
+    positives_above: float = 0.75  # shifted score (0.5 = the head's calibrated threshold) of a teaching pick
+    min_positives: int = 30
+    steps: int = 300
+    lr: float = 1e-3
+    batch: int = 16
+    crop: int = 96                # rescaled px, a multiple of the detector's stride
+    radius_D: float = 0.5         # taught neighbourhood of a pick, in diameters
+    sigma_cells: float = 0.5      # the heat target's Gaussian (as the shipped refiner's training)
+    edge_cells: int = 2
+    seed: int = 0
+
+
+@dataclass
+class RefinerAdaptation:
+    """The outcome: ``accepted`` (``path`` holds the adapted refiner) or not (``reason``)."""
+
+    accepted: bool
+    path: Optional[Path]
+    reason: str
+    record: dict
+
+
+def near_mask(xy: np.ndarray, g: int, stride: int, radius_cells: float) -> np.ndarray:
+    """(g, g) float mask of the cells whose centre lies within ``radius_cells`` of a point of ``xy`` (pixels)."""
+    m = np.zeros((g, g), np.float32)
+    if not len(xy):
+        return m
+    c = np.arange(g) + 0.5
+    u, v = (xy[:, 0] + 0.5) / stride, (xy[:, 1] + 0.5) / stride
+    d2 = (c[None, None, :] - u[:, None, None]) ** 2 + (c[None, :, None] - v[:, None, None]) ** 2
+    return (d2.min(0) <= radius_cells ** 2).astype(np.float32)
+
+
+def sample_batch(mics: list, s: RefinerAdaptSettings, stride: int, radius_cells: float, rng) -> tuple:
+    """Crops around confident picks (rotated, flipped, intensity-augmented): images (B, 1, c, c), heat, offsets,
+    offset mask and weight (B, c/stride, c/stride); the weight is 1 near a pick (away from the crop's edge)."""
+    import torch
+
+    from .data import _rot_flip, augment_intensity
+    from .refine_train import encode_centres
+
+    c, g, e = s.crop, s.crop // stride, s.edge_cells
+    pool = [(i, j) for i, m in enumerate(mics) for j in range(len(m.xy))]
+    out = [[], [], [], [], []]
+    for _ in range(s.batch):
+        i, j = pool[int(rng.integers(0, len(pool)))]
+        m = mics[i]
+        h, w = m.image.shape
+        x, y = m.xy[j]
+        lo, hi = e * stride + 4, c - e * stride - 4  # pick j inside the taught part of the crop
+        x0 = int(np.clip((x - rng.uniform(lo, hi)) // stride, 0, (w - c) // stride)) * stride
+        y0 = int(np.clip((y - rng.uniform(lo, hi)) // stride, 0, (h - c) // stride)) * stride
+        img = m.image[y0:y0 + c, x0:x0 + c]
+        xy = m.xy - np.array([x0, y0])[None, :]
+        img, xy, _ = _rot_flip(img, xy, None, int(rng.integers(0, 4)), bool(rng.integers(0, 2)))
+        if rng.random() < 0.5:
+            img = augment_intensity(img, rng)
+        heat, off, mask = encode_centres(xy, (g, g), stride, s.sigma_cells)
+        weight = near_mask(xy, g, stride, radius_cells)
+        weight[:e], weight[g - e:], weight[:, :e], weight[:, g - e:] = 0, 0, 0, 0
+        for k, a in enumerate((np.ascontiguousarray(img, np.float32), heat, off, mask, weight)):
+            out[k].append(a)
+    t = [torch.from_numpy(np.stack(a)) for a in out]
+    return t[0][:, None], t[1], t[2], t[3], t[4]
+
+
+def finetune_head(refiner, net, mics: list, s: RefinerAdaptSettings, should_stop=None) -> tuple:
+    """A copy of ``refiner.head`` fine-tuned on ``mics`` (each with ``image``: a prepared micrograph, ``xy``:
+    its teaching centres in that image's pixels) -> (head in eval mode, first and last losses)."""
+    import torch
+
+    from .refine_train import centre_loss
+
+    rng = np.random.default_rng(s.seed)
+    torch.manual_seed(s.seed)
+    head = copy.deepcopy(refiner.head).to("cpu").float().train()
+    head = head.to(memory_format=torch.contiguous_format)
+    body = net.body
+    device = next(body.parameters()).device
+    head.to(device)
+    opt = torch.optim.AdamW(head.parameters(), lr=s.lr, weight_decay=1e-4)
+    radius_cells = s.radius_D * refiner.extent_px / refiner.stride
+    losses = []
+    for step in range(s.steps):
+        if should_stop is not None and should_stop():
+            break
+        for group in opt.param_groups:  # cosine decay over the steps
+            group["lr"] = s.lr * 0.5 * (1 + np.cos(np.pi * step / s.steps))
+        x, heat, off, mask, weight = (t.to(device) for t in sample_batch(mics, s, refiner.stride, radius_cells, rng))
+        with torch.no_grad():
+            f = body(x)
+        loss, _ = centre_loss(head(f), heat, off, mask, weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    k = max(1, min(10, len(losses)))
+    return head.eval(), (float(np.mean(losses[:k])) if losses else None, float(np.mean(losses[-k:])) if losses else None)
+
+
+def base_refiner(picker):
+    """The refiner ``picker`` uses, else the shipped one made for its body; None when there is none."""
+    from .refine import SHIPPED_REFINERS, Refiner
+
+    if picker.refiner is not None:
+        return picker.refiner
+    for path in SHIPPED_REFINERS:
+        if path.exists():
+            candidate = Refiner(path, picker.device)
+            if candidate.fits(picker.net, picker.meta):
+                return candidate
+    return None
+
+
+def adapt_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional[str] = None,
+                  settings: RefinerAdaptSettings = RefinerAdaptSettings(), log: Callable = print,
+                  should_stop=None) -> RefinerAdaptation:
+    """Teach the centre refiner of ``picker``'s body the particles of ``mics`` (see the module); the refiner
+    is written to ``save_to`` when accepted."""
+    from .adapt import shifted_cut
+    from .micrographs import sample_micrographs
+    from .preprocess import _cpu_tensor, prepare_t, read_mrc
+    from .refine import save_refiner
+
+    t0 = time.time()
+    base = base_refiner(picker)
+    if base is None:
+        raise UserFacingError(f"no centre refiner was made for the body of {picker.meta.get('path')}: adapting "
+                              f"centres needs one to start from (give --refiner FILE made for it)")
+    head = head or picker.default_head
+    teacher = picker if picker.refiner is base else _with_refiner(picker, str(base.path), lambda *a, **k: None)
+    cut = shifted_cut(picker.threshold_for(head), settings.positives_above)
+    sample = sample_micrographs(list(mics), settings.sample)
+    policy = teacher.policy(diameter_A, head, threshold=0.01)
+    teach, n_pos, on = [], 0, 0
+    for res in teacher.pick(sample, diameter_A, head=head, policy=policy, should_stop=should_stop):
+        if not res.ok:
+            continue
+        keep = res.picks.fom >= cut
+        if not keep.any():
+            continue
+        data, header_apix = read_mrc(res.micrograph.path)
+        apix = res.micrograph.pixel_size or header_apix
+        prep = prepare_t(_cpu_tensor(data), float(apix), diameter_A, float(picker.extent_px), path=res.micrograph.path)
+        scale = np.array(prep.scale_xy, np.float64)[None, :]
+        image = prep.image.cpu().numpy()
+        if min(image.shape) < settings.crop:
+            continue
+        teach.append(SimpleNamespace(image=image, xy=res.picks.xy()[keep] * scale))
+        n_pos += int(keep.sum())
+        on += 1
+    record = {"sample": len(sample), "positives": n_pos, "micrographs_with_positives": on,
+              "positive_cut": round(float(cut), 4), "head": head, "base_refiner": str(base.path),
+              "settings": asdict(settings)}
+    if n_pos < settings.min_positives:
+        reason = (f"too few confident picks to learn centres from ({n_pos} on {on} of {len(sample)} micrographs; "
+                  f"at least {settings.min_positives} are needed)")
+        log(f"[centres] not adapted: {reason}; the shipped centre refiner {base.path} is used")
+        return RefinerAdaptation(False, None, reason, record)
+    log(f"[centres] teaching the centre refiner {n_pos} confident picks of {on} micrographs "
+        f"({settings.steps} steps)")
+    new_head, (first, last) = finetune_head(base, picker.net, teach, settings, should_stop)
+    record.update(loss_first=first, loss_last=last, seconds=round(time.time() - t0, 1))
+    meta = {k: v for k, v in base.meta.items() if k not in ("format", "net")}
+    meta["adaptation"] = record
+    path = save_refiner(Path(save_to), new_head, meta, args=asdict(settings))
+    log(f"[centres] adapted centre refiner saved to {path} in {record['seconds']:.0f} s (loss {first:.3f} -> "
+        f"{last:.3f}); a pick still moves by at most {base.max_shift_D:g} diameters")
+    return RefinerAdaptation(True, path, "adapted", record)
+
+
+def picker_with_adapted_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional[str] = None,
+                                settings: RefinerAdaptSettings = RefinerAdaptSettings(), reuse: bool = True,
+                                log: Callable = print, should_stop=None) -> tuple:
+    """What every entry point calls: -> (picker refining with the data set's adapted refiner, or with the shipped
+    one when the guard refuses; :class:`RefinerAdaptation`). An adapted refiner already at ``save_to`` (an
+    earlier run) is re-used when ``reuse``."""
+    save_to = Path(save_to)
+    if reuse and save_to.exists():
+        log(f"[centres] re-using the adapted centre refiner {save_to} (remove it, or --overwrite, to adapt again)")
+        result = RefinerAdaptation(True, save_to, "re-used", {})
+    else:
+        result = adapt_refiner(picker, mics, diameter_A, save_to, head, settings, log, should_stop)
+    refine = str(result.path) if result.accepted else str(base_refiner(picker).path)
+    return _with_refiner(picker, refine, log), result
+
+
+def _with_refiner(picker, refine: str, log: Callable):
+    """A picker of ``picker``'s model file and settings that refines centres with the refiner file ``refine``."""
+    from .picker import Picker
+
+    return Picker(picker.meta.get("path"), device=str(picker.device), log=log, tta=picker.tta, batch=picker.batch,
+                  readers=picker.readers, refine=refine)

@@ -1,0 +1,101 @@
+"""The centre refiner taught a data set's own particles (hydrapicker.refine_adapt, `hydra pick --adapt-centres`):
+its teaching mask, the guard, a refiner file made for the model's body that re-centres picks better than the
+shipped one on a simulated crowded set and never moves a pick further than the bound, and the command
+(saved, re-used, refused where it cannot run)."""
+import numpy as np
+import pytest
+import torch
+
+from hydrapicker.cli import main as hydra
+from hydrapicker.coords import read_coords
+from hydrapicker.metrics import evaluate
+from hydrapicker.picker import Picker
+from hydrapicker.refine import MAX_SHIFT_D, SHIPPED, Refiner
+from hydrapicker.refine_adapt import RefinerAdaptSettings, near_mask, picker_with_adapted_refiner
+from hydrapicker.simulate import get_target
+
+QUIET = dict(log=lambda *a, **k: None)
+
+
+def _write_set(spec, out, indices):
+    from conftest import write_simulated_set
+
+    mics, truth = write_simulated_set(spec, out, indices)
+    return mics, {k: v.xy() for k, v in truth.items()}
+
+
+def test_only_cells_near_a_teaching_pick_are_taught():
+    m = near_mask(np.array([[10.0, 10.0]]), g=8, stride=4, radius_cells=1.0)
+    # (10, 10) px is cell (2.625, 2.625); the cells whose centres lie within one cell of it:
+    assert sorted(zip(*np.nonzero(m))) == [(2, 2), (2, 3), (3, 2)]
+    assert near_mask(np.zeros((0, 2)), 8, 4, 1.0).sum() == 0
+
+
+def test_too_few_confident_picks_keep_the_shipped_refiner(tmp_path):
+    """Micrographs of ice and noise only: nothing to learn from; the picker refines with the shipped refiner."""
+    spec = get_target("t_small80kda").replace(shape=(384, 384), coverage=(0.0, 0.0), p_carbon=0.0)
+    mics, _ = _write_set(spec, tmp_path, range(2))
+    said = []
+    picker, res = picker_with_adapted_refiner(Picker(**QUIET), mics, spec.diameter_A, tmp_path / "r.pt",
+                                              reuse=False, log=said.append)
+    assert not res.accepted and "too few confident picks" in res.reason
+    assert not (tmp_path / "r.pt").exists() and picker.refiner is not None
+    assert picker.refiner.path == str(SHIPPED) and any("not adapted" in s for s in said)
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory):
+    """4 micrographs of a held-out D7 proteasome at its benchmark density (many confident picks)."""
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("refine_adapt")
+    spec = get_target("t_proteasome").replace(shape=(768, 768))
+    mics, truth = _write_set(spec, root, range(300, 304))
+    return dict(root=root, spec=spec, mics=mics, truth=truth)
+
+
+def _picks(picker, mics, spec):
+    policy = picker.policy(spec.diameter_A, threshold=0.01)
+    return {r.micrograph.name: r.picks for r in picker.pick(mics, spec.diameter_A, policy=policy)}
+
+
+@pytest.mark.slow
+def test_the_adapted_refiner_centres_better_and_moves_no_pick_beyond_the_bound(crowded, tmp_path):
+    spec, mics, truth = crowded["spec"], crowded["mics"], crowded["truth"]
+    shipped = Picker(refine="shipped", **QUIET)
+    picker, res = picker_with_adapted_refiner(Picker(**QUIET), mics, spec.diameter_A, tmp_path / "r.pt",
+                                              reuse=False, **QUIET)
+    assert res.accepted and res.record["positives"] >= RefinerAdaptSettings().min_positives
+    assert Refiner(res.path).fits(picker.net, picker.meta)  # made for this body: every head of it can use it
+    assert Refiner(res.path).meta["adaptation"]["positives"] == res.record["positives"]
+    got, before = _picks(picker, mics, spec), _picks(shipped, mics, spec)
+    ap = {k: evaluate(p, truth, spec.diameter_px)["AP"] for k, p in (("adapted", got), ("shipped", before))}
+    assert ap["adapted"] > ap["shipped"] + 0.005, ap
+    detector = _picks(Picker(refine=False, **QUIET), mics, spec)
+    for name, p in got.items():  # every refined pick lies within the bound of the detector's pick it came from
+        d = np.hypot(*(p.xy()[:, None, :] - detector[name].xy()[None, :, :]).transpose(2, 0, 1)).min(1)
+        assert d.max() <= MAX_SHIFT_D * spec.diameter_px + 1e-6
+
+
+@pytest.mark.slow
+def test_hydra_pick_adapt_centres_saves_the_refiner_and_reuses_it(crowded, tmp_path, capsys):
+    star = crowded["root"] / "micrographs.star"
+    args = ["pick", "--mics", str(star), "--diameter", str(crowded["spec"].diameter_A)]
+    assert hydra(args + ["--out", str(tmp_path / "a"), "--adapt-centres"]) == 0
+    refiner = tmp_path / "a" / "adapted_refiner_hydra.pt"
+    assert refiner.exists() and "adapted centre refiner saved" in capsys.readouterr().out
+    assert hydra(args + ["--out", str(tmp_path / "b"), "--refiner", str(refiner)]) == 0
+    assert hydra(args + ["--out", str(tmp_path / "c"), "--adapt-centres", "--save-refiner", str(refiner)]) == 0
+    assert "re-using the adapted centre refiner" in capsys.readouterr().out
+    for f in sorted((tmp_path / "a").glob("*_hydra.star")):
+        (a,) = read_coords(f).values()
+        for other in ("b", "c"):
+            (b,) = read_coords(tmp_path / other / f.name).values()
+            assert np.array_equal(a.xy(), b.xy())
+
+
+def test_adapt_centres_is_refused_with_watch_and_with_no_refine(tmp_path, capsys):
+    base = ["pick", str(tmp_path), "--diameter", "100", "--out", str(tmp_path / "o"), "--adapt-centres"]
+    assert hydra(base + ["--watch"]) != 0
+    assert "--watch --refiner" in capsys.readouterr().err
+    assert hydra(base + ["--no-refine"]) != 0
+    assert "leave out --no-refine" in capsys.readouterr().err
