@@ -88,6 +88,13 @@ def add_pick_args(p):
     p.add_argument("--save-model", default=None, metavar="M.pt",
                    help="--adapt: where the adapted model goes (default: hydra_adapted_<project>_<job>.pt here, "
                         "offline <out>_adapted.pt; an existing file is re-used); pick later with --model")
+    p.add_argument("--adapt-centres", action="store_true",
+                   help="teach the centre refiner these exposures' particles from their own confident picks (no "
+                        "labels), then re-centre every pick with it; needs the micrographs on disk")
+    p.add_argument("--save-refiner", default=None, metavar="R.pt",
+                   help="--adapt-centres: where the adapted refiner goes (default: "
+                        "hydra_adapted_refiner_<project>_<job>.pt here, offline <out>_adapted_refiner.pt; an existing "
+                        "file is re-used); pick later with --refiner")
     p.add_argument("--qc", type=int, default=0, metavar="N",
                    help="QC images of N micrographs spread over the job, in the job's event log (the picks coloured "
                         "by FOM, the excluded border bands and dead areas in red; as hydra pick --qc); default 0")
@@ -154,7 +161,9 @@ def _options(args):
                        min_distance_A=args.min_distance, edge_A=args.edge, flip_y=args.flip_y,
                        adapt=getattr(args, "adapt", False), save_model=getattr(args, "save_model", None),
                        evidence=getattr(args, "evidence", None), qc=_qc_count(getattr(args, "qc", 0)),
-                       working_scale=getattr(args, "working_scale", None))
+                       working_scale=getattr(args, "working_scale", None),
+                       adapt_centres=getattr(args, "adapt_centres", False),
+                       save_refiner=getattr(args, "save_refiner", None))
 
 
 def _qc_count(n) -> int:

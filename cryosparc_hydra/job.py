@@ -21,7 +21,7 @@ from hydrapicker.errors import UserFacingError
 from . import compat, plots
 from .exposures import Downloader, exposures_to_micrographs, visible_locally
 from .particles import build_particles, validate_particles
-from .picking import PickOptions, adapted, at_working_scale, head_for, min_dist_for, pick_micrographs, qc_figure, threshold_for
+from .picking import PickOptions, adapted, adapted_centres, at_working_scale, head_for, min_dist_for, pick_micrographs, qc_figure, threshold_for
 
 INPUT_NAME = "micrographs"
 OUTPUT_NAME = "particles"
@@ -194,6 +194,12 @@ def _pick_into_job(cs, project, job, picker, opts, summary, read, project_dir, l
                                   "where it is mounted (--read file, --project-dir)")
         picker, opts = adapted(picker, mics, opts, f"hydra_adapted_{project.uid}_{job.uid}.pt", log)
         compat.log(job, f"HydraPicker: picking with head {opts.head} of {picker.meta.get('path')}")
+    if opts.adapt_centres:
+        if summary.read_mode != "file":
+            raise UserFacingError("--adapt-centres reads a sample of the micrographs from the project directory: "
+                                  "run where it is mounted (--read file, --project-dir)")
+        picker = adapted_centres(picker, mics, opts, f"hydra_adapted_refiner_{project.uid}_{job.uid}.pt", log)
+        compat.log(job, f"HydraPicker: centres refined by {picker.refiner.path}")
     threshold = threshold_for(picker, opts)
     compat.log(job, f"HydraPicker: {len(mics)} micrographs (read by {summary.read_mode}), diameter "
                     f"{opts.diameter_A:g} A, threshold {threshold:g}, device {getattr(picker, 'device', '?')}")

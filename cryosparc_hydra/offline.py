@@ -19,7 +19,7 @@ from hydrapicker.errors import UserFacingError
 from .exposures import check_readable, exposures_to_micrographs
 from .extra import dataset_class
 from .particles import build_particles, offline_allocator, particles_to_picks, validate_particles
-from .picking import PickOptions, adapted, at_working_scale, min_dist_for, pick_micrographs
+from .picking import PickOptions, adapted, adapted_centres, at_working_scale, min_dist_for, pick_micrographs
 
 
 class CsFileError(UserFacingError):
@@ -68,6 +68,7 @@ def pick_offline(picker, exposures_cs, out, opts: PickOptions, project_dir=None,
         picker = picker()
     picker = at_working_scale(picker, mics, opts, log)
     picker, opts = adapted(picker, mics, opts, str(Path(out).with_suffix("")) + "_adapted.pt", log)
+    picker = adapted_centres(picker, mics, opts, str(Path(out).with_suffix("")) + "_adapted_refiner.pt", log)
     stats = {"micrographs": len(mics), "picks": 0, "failed": [], "empty": []}
     from hydrapicker.qc import qc_indices
 

@@ -25,6 +25,8 @@ class PickOptions:
     evidence: Optional[float] = None  # micrograph evidence multiple (hydra pick --evidence): None default, 0 off
     working_scale: object = None      # hydra pick --working-scale: None (as given), "auto" or a fraction
     qc: int = 0                       # QC images (hydrapicker.qc) of this many micrographs spread over the job
+    adapt_centres: bool = False       # the centre refiner taught these exposures (hydrapicker.refine_adapt)
+    save_refiner: Optional[str] = None  # where the adapted refiner goes (None: the caller's default)
 
 
 @dataclass
@@ -98,6 +100,18 @@ def adapted(picker, mics, opts: PickOptions, default_save: str, log=print) -> tu
     picker, head, _ = adapted_picker(picker, mics, opts.diameter_A, opts.save_model or default_save, opts.head,
                                      log=log)
     return picker, replace(opts, head=head)
+
+
+def adapted_centres(picker, mics, opts: PickOptions, default_save: str, log=print):
+    """``opts.adapt_centres``: the core's :func:`hydrapicker.refine_adapt.picker_with_adapted_refiner` over
+    ``mics`` (read from disk) -> the picker that refines with it; otherwise ``picker`` unchanged."""
+    if not opts.adapt_centres:
+        return picker
+    from hydrapicker.refine_adapt import picker_with_adapted_refiner
+
+    picker, _ = picker_with_adapted_refiner(picker, mics, opts.diameter_A, opts.save_refiner or default_save,
+                                            opts.head, log=log)
+    return picker
 
 
 def _record(mic: Micrograph, res) -> Picked:

@@ -65,6 +65,10 @@ PARAMS = (
                                        "own confident zero-shot picks picks it (kept as adapted_model.pt in the "
                                        "job; the zero-shot picks when the pseudo-labels are too few or "
                                        "inconsistent)"),
+    Param("adapt_centres", bool, False, False,
+          "yes: the centre refiner is taught this data set's particles from its own confident picks (no labels; "
+          "kept as adapted_refiner.pt in the job) and re-centres every pick (the shipped refiner when there are "
+          "too few confident picks)"),
     Param("refine_centres", bool, defaults.REFINE_CENTRES, False,
           "yes: every pick is re-centred by the shipped centre refiner (a move of at most 0.3 diameters); no: the "
           f"centres as the detector's grid decodes them (default {'yes' if defaults.REFINE_CENTRES else 'no'})"),
@@ -104,13 +108,14 @@ def _evidence(o):
 
 
 def _choice_keys(o) -> tuple:
-    """The done list's words for refine_centres, micrograph_evidence, tta and working_scale: nothing for the
+    """The done list's words for refine_centres, micrograph_evidence, tta, working_scale and adapt_centres: nothing for the
     defaults (older done lists stay valid)."""
     refine = _refine_centres(o)
     return (() if refine == defaults.REFINE_CENTRES else ("refined" if refine else "unrefined",)) + \
         (() if _evidence(o) is None else (f"evidence {float(_evidence(o)):g}",)) + \
         (() if _tta(o) == defaults.TTA else (f"views {_tta(o)}",)) + \
-        (() if o.get("working_scale") is None else (f"working scale {o['working_scale']}",))
+        (() if o.get("working_scale") is None else (f"working scale {o['working_scale']}",)) + \
+        (("adapted centres",) if o.get("adapt_centres") else ())
 
 
 def default_picker_factory(model, device, threads, refine="auto", tta=None):
@@ -279,6 +284,19 @@ class PickRun:
         o["model"] = str(result.model) if result.accepted else base_path
         return picker
 
+    def _adapted_centres(self, picker):
+        """``adapt_centres yes``: :func:`hydrapicker.refine_adapt.picker_with_adapted_refiner` over the job's
+        micrographs (its refiner ``<job>/adapted_refiner.pt`` re-used by Continue and a Scheme's later cycles)."""
+        from hydrapicker.refine_adapt import picker_with_adapted_refiner
+
+        o = self.o
+        if self.world > 1:
+            raise ArgumentError("adapt_centres = yes runs in one process: set 'ranks' to 1")
+        picker, _ = picker_with_adapted_refiner(picker, self.mics, o["particle_diameter"],
+                                                self.job.path / "adapted_refiner.pt", o["head"] or None, log=log,
+                                                should_stop=self.job.should_stop)
+        return picker
+
     def pick(self):
         from hydrapicker import distributed
 
@@ -301,6 +319,8 @@ class PickRun:
                                      o["working_scale"], log)
         if o.get("adapt"):
             picker = self._adapted(picker)
+        if o.get("adapt_centres"):
+            picker = self._adapted_centres(picker)
         policy, fp, model_path = self._policy_and_fingerprint(picker)
         done = self.job.read_done(fp)
         done = {n: c for n, c in done.items() if n in set(self.names)}

@@ -99,3 +99,29 @@ def test_adapt_centres_is_refused_with_watch_and_with_no_refine(tmp_path, capsys
     assert "--watch --refiner" in capsys.readouterr().err
     assert hydra(base + ["--no-refine"]) != 0
     assert "leave out --no-refine" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_relion_job_with_adapt_centres_keeps_the_refiner_in_the_job_and_reuses_it(crowded, monkeypatch, capsys):
+    """The real RELION pick job (real picker) with ``adapt_centres yes``: the adapted refiner lands in the job
+    folder and re-centres the picks; a grown micrographs STAR (a Scheme's next cycle) re-uses it for the new
+    micrograph only."""
+    import starfile
+
+    from relion_hydra.pick_job import main as relion_pick
+
+    monkeypatch.chdir(crowded["root"])
+    blocks = starfile.read("micrographs.star", always_dict=True)
+    starfile.write({"optics": blocks["optics"], "micrographs": blocks["micrographs"].iloc[:-1]}, "first3.star")
+    job = "External/job021/"
+    argv = ["--o", job, "--particle_diameter", str(crowded["spec"].diameter_A), "--adapt_centres", "yes", "--j", "2"]
+    assert relion_pick(argv + ["--in_mics", "first3.star"]) == 0
+    refiner = crowded["root"] / job / "adapted_refiner.pt"
+    assert refiner.exists() and (crowded["root"] / job / "RELION_JOB_EXIT_SUCCESS").exists()
+    out = capsys.readouterr().out
+    assert "adapted centre refiner saved" in out and f"centres refined by {job}adapted_refiner.pt" in out
+    stamp = refiner.stat().st_mtime_ns
+    assert relion_pick(argv + ["--in_mics", "micrographs.star"]) == 0
+    out = capsys.readouterr().out
+    assert "re-using the adapted centre refiner" in out and "1 micrographs to pick" in out
+    assert refiner.stat().st_mtime_ns == stamp

@@ -19,7 +19,7 @@ import numpy as np
 from .particles import FAMILY_DIAMETER_A, TRAIN_FAMILIES, random_family_params
 
 _TUPLES = ("shape", "defocus_um", "bfactor", "snr", "coverage", "structural_fraction", "ice_alpha",
-           "nyquist_attenuation")
+           "nyquist_attenuation", "clump_diameters")
 
 
 @dataclass
