@@ -156,7 +156,7 @@ def run_set(item, args, work):
         src = p if a.accepted else (a.zero_shot or base)
         t0 = time.time()
         pr, ra = picker_with_adapted_refiner(src, mics, diameter_A, work / f"{name}_refiner.pt", a.head,
-                                             reuse=False, log=lambda *x: None)
+                                             reuse=False, log=print)
         secs = time.time() - t0
         row["adapt_centres"] = _score(pr, a.head, mics, truth, diameter_A, box_px, pr.threshold_for(a.head))
         row["adapt_centres"].update(accepted=ra.accepted, reason=ra.reason, seconds=round(secs, 1),

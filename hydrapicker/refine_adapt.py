@@ -100,9 +100,10 @@ def sample_batch(mics: list, s: RefinerAdaptSettings, stride: int, radius_cells:
     return t[0][:, None], t[1], t[2], t[3], t[4]
 
 
-def finetune_head(refiner, net, mics: list, s: RefinerAdaptSettings, should_stop=None) -> tuple:
+def finetune_head(refiner, net, mics: list, s: RefinerAdaptSettings, extent_px: float, should_stop=None) -> tuple:
     """A copy of ``refiner.head`` fine-tuned on ``mics`` (each with ``image``: a prepared micrograph, ``xy``:
-    its teaching centres in that image's pixels) -> (head in eval mode, first and last losses)."""
+    its teaching centres in that image's pixels; ``extent_px`` the particle's extent there) -> (head in eval mode,
+    first and last losses)."""
     import torch
 
     from .refine_train import centre_loss
@@ -115,7 +116,7 @@ def finetune_head(refiner, net, mics: list, s: RefinerAdaptSettings, should_stop
     device = next(body.parameters()).device
     head.to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=s.lr, weight_decay=1e-4)
-    radius_cells = s.radius_D * refiner.extent_px / refiner.stride
+    radius_cells = s.radius_D * float(extent_px) / refiner.stride
     losses = []
     for step in range(s.steps):
         if should_stop is not None and should_stop():
@@ -134,8 +135,10 @@ def finetune_head(refiner, net, mics: list, s: RefinerAdaptSettings, should_stop
     return head.eval(), (float(np.mean(losses[:k])) if losses else None, float(np.mean(losses[-k:])) if losses else None)
 
 
-def base_refiner(picker):
-    """The refiner ``picker`` uses, else the shipped one made for its body; None when there is none."""
+def base_refiner(picker, any_scale: bool = False):
+    """The refiner ``picker`` uses, else the shipped one made for its body; None when there is none.
+    ``any_scale``: also one made for its body at another particle extent (a model at another working scale,
+    :mod:`hydrapicker.scale`), to start an adapted refiner from."""
     from .refine import SHIPPED_REFINERS, Refiner
 
     if picker.refiner is not None:
@@ -143,7 +146,8 @@ def base_refiner(picker):
     for path in SHIPPED_REFINERS:
         if path.exists():
             candidate = Refiner(path, picker.device)
-            if candidate.fits(picker.net, picker.meta):
+            meta = {**picker.meta, "extent_px": candidate.extent_px} if any_scale else picker.meta
+            if candidate.fits(picker.net, meta):
                 return candidate
     return None
 
@@ -159,12 +163,17 @@ def adapt_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional
     from .refine import save_refiner
 
     t0 = time.time()
-    base = base_refiner(picker)
+    base = base_refiner(picker, any_scale=True)
     if base is None:
         raise UserFacingError(f"no centre refiner was made for the body of {picker.meta.get('path')}: adapting "
                               f"centres needs one to start from (give --refiner FILE made for it)")
     head = head or picker.default_head
-    teacher = picker if picker.refiner is base else _with_refiner(picker, str(base.path), lambda *a, **k: None)
+    if picker.refiner is base:
+        teacher = picker
+    elif base_refiner(picker) is base:  # the picks teach as the base refiner centres them
+        teacher = _with_refiner(picker, str(base.path), lambda *a, **k: None)
+    else:  # a model at another working scale: the detector's centres teach (no refiner was made for it)
+        teacher = picker
     cut = shifted_cut(picker.threshold_for(head), settings.positives_above)
     sample = sample_micrographs(list(mics), settings.sample)
     policy = teacher.policy(diameter_A, head, threshold=0.01)
@@ -195,9 +204,10 @@ def adapt_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional
         return RefinerAdaptation(False, None, reason, record)
     log(f"[centres] teaching the centre refiner {n_pos} confident picks of {on} micrographs "
         f"({settings.steps} steps)")
-    new_head, (first, last) = finetune_head(base, picker.net, teach, settings, should_stop)
+    new_head, (first, last) = finetune_head(base, picker.net, teach, settings, picker.extent_px, should_stop)
     record.update(loss_first=first, loss_last=last, seconds=round(time.time() - t0, 1))
     meta = {k: v for k, v in base.meta.items() if k not in ("format", "net")}
+    meta["extent_px"] = float(picker.extent_px)  # taught at the model's working scale, for it
     meta["adaptation"] = record
     path = save_refiner(Path(save_to), new_head, meta, args=asdict(settings))
     log(f"[centres] adapted centre refiner saved to {path} in {record['seconds']:.0f} s (loss {first:.3f} -> "
@@ -217,8 +227,13 @@ def picker_with_adapted_refiner(picker, mics: list, diameter_A: float, save_to, 
         result = RefinerAdaptation(True, save_to, "re-used", {})
     else:
         result = adapt_refiner(picker, mics, diameter_A, save_to, head, settings, log, should_stop)
-    refine = str(result.path) if result.accepted else str(base_refiner(picker).path)
-    return _with_refiner(picker, refine, log), result
+    if result.accepted:
+        return _with_refiner(picker, str(result.path), log), result
+    base = base_refiner(picker)
+    if base is None:  # a model at another working scale, with no refiner made for it: the detector's centres
+        log("[centres] no centre refiner fits this model's working scale: the detector's centres are kept")
+        return picker, result
+    return _with_refiner(picker, str(base.path), log), result
 
 
 def _with_refiner(picker, refine: str, log: Callable):

@@ -125,3 +125,17 @@ def test_relion_job_with_adapt_centres_keeps_the_refiner_in_the_job_and_reuses_i
     out = capsys.readouterr().out
     assert "re-using the adapted centre refiner" in out and "1 micrographs to pick" in out
     assert refiner.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_a_model_at_another_working_scale_gets_a_refiner_made_at_that_scale(crowded, tmp_path):
+    """No shipped refiner fits a model at another working scale (hydrapicker.scale); the adapted one starts from
+    the shipped refiner of its body and is made for the model's extent."""
+    from hydrapicker.scale import model_at_scale
+
+    spec, mics = crowded["spec"], crowded["mics"]
+    scaled = Picker(str(model_at_scale(Picker(**QUIET).meta["path"], 0.85, tmp_path / "m.pt")), **QUIET)
+    picker, res = picker_with_adapted_refiner(scaled, mics, spec.diameter_A, tmp_path / "r.pt", reuse=False,
+                                              settings=RefinerAdaptSettings(steps=20), **QUIET)
+    assert res.accepted and Refiner(res.path).fits(picker.net, picker.meta)
+    assert picker.refiner is not None and picker.extent_px == scaled.extent_px
