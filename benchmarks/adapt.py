@@ -187,8 +187,16 @@ def timing(args, work):
     pick_s = time.time() - t0
     t0 = time.time()
     a = adapt(base, mics, spec.diameter_A, work / "timing_adapted.pt", log=lambda *x: None)
-    return {"micrographs": len(mics), "shape": [2048, 2048], "pick_seconds": round(pick_s, 1),
-            "adapt_extra_seconds": round(time.time() - t0, 1), "accepted": a.accepted, "threads": args.threads}
+    out = {"micrographs": len(mics), "shape": [2048, 2048], "pick_seconds": round(pick_s, 1),
+           "adapt_extra_seconds": round(time.time() - t0, 1), "accepted": a.accepted, "threads": args.threads}
+    if args.centres:  # --adapt-centres after it: the refiner taught the same micrographs
+        from hydrapicker.refine_adapt import picker_with_adapted_refiner
+
+        t0 = time.time()
+        _, ra = picker_with_adapted_refiner(Picker(a.model, log=None) if a.accepted else base, mics, spec.diameter_A,
+                                            work / "timing_refiner.pt", reuse=False, log=lambda *x: None)
+        out.update(adapt_centres_extra_seconds=round(time.time() - t0, 1), centres_accepted=ra.accepted)
+    return out
 
 
 def print_table(rows):

@@ -73,7 +73,9 @@ def test_the_adapted_refiner_centres_better_and_moves_no_pick_beyond_the_bound(c
     detector = _picks(Picker(refine=False, **QUIET), mics, spec)
     for name, p in got.items():  # every refined pick lies within the bound of the detector's pick it came from
         d = np.hypot(*(p.xy()[:, None, :] - detector[name].xy()[None, :, :]).transpose(2, 0, 1)).min(1)
-        assert d.max() <= MAX_SHIFT_D * spec.diameter_px + 1e-6
+        # (the bound holds in the rescaled micrograph, whose whole-pixel size makes its scale differ from
+        # extent / diameter by under 1 %)
+        assert d.max() <= MAX_SHIFT_D * spec.diameter_px * 1.01
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Experiment (issues 18 and 17): teach the centre refiner a data set's own particles, with no labels.
+"""Experiment (issues 18 and 17): teach the centre refiner a data set's own particles, with no labels
+(shipped as ``hydra pick --adapt-centres``, :mod:`hydrapicker.refine_adapt`; this script scores it per set).
 
 The shipped centre head (:mod:`hydrapicker.refine`) was trained on simulated particles of the training
 families. Here it is fine-tuned on the data set's own micrographs, its targets the data set's confident
@@ -20,7 +21,6 @@ every pick kept): the detector, the shipped refiner, the adapted refiner.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import tempfile
@@ -38,76 +38,6 @@ sys.path.insert(0, str(ROOT))
 from bench_data import load_dataset, tuning_sets  # noqa: E402
 from centres import resolve  # noqa: E402
 from reference_centres import _scores  # noqa: E402
-
-
-def near_mask(xy: np.ndarray, g: int, stride: int, radius_cells: float) -> np.ndarray:
-    """(g, g) cells whose centre lies within ``radius_cells`` of a point of ``xy`` (crop pixels)."""
-    m = np.zeros((g, g), np.float32)
-    if not len(xy):
-        return m
-    c = (np.arange(g) + 0.5)
-    u, v = (xy[:, 0] + 0.5) / stride, (xy[:, 1] + 0.5) / stride
-    d2 = (c[None, None, :] - u[:, None, None]) ** 2 + (c[None, :, None] - v[:, None, None]) ** 2
-    return (d2.min(0) <= radius_cells ** 2).astype(np.float32)
-
-
-def sample(mics, crop, batch, stride, sigma, edge, radius_cells, rng):
-    """A batch of crops around confident picks: images, heat, offsets, offset mask, weight (near picks only)."""
-    import torch
-
-    from hydrapicker.data import _rot_flip, augment_intensity
-    from hydrapicker.refine_train import encode_centres
-
-    g = crop // stride
-    out = [[], [], [], [], []]
-    pool = [(i, j) for i, m in enumerate(mics) for j in range(len(m.xy))]
-    for _ in range(batch):
-        i, j = pool[int(rng.integers(0, len(pool)))]
-        m = mics[i]
-        h, w = m.image.shape
-        # a crop holding pick j somewhere inside its taught area, on the detector's grid
-        x, y = m.xy[j]
-        x0 = int(np.clip((x - rng.uniform(edge * stride + 4, crop - edge * stride - 4)) // stride, 0,
-                         (w - crop) // stride)) * stride
-        y0 = int(np.clip((y - rng.uniform(edge * stride + 4, crop - edge * stride - 4)) // stride, 0,
-                         (h - crop) // stride)) * stride
-        img = m.image[y0:y0 + crop, x0:x0 + crop]
-        xy = m.xy - np.array([x0, y0])[None, :]
-        img, xy, _ = _rot_flip(img, xy, None, int(rng.integers(0, 4)), bool(rng.integers(0, 2)))
-        if rng.random() < 0.5:
-            img = augment_intensity(img, rng)
-        heat, off, mask = encode_centres(xy, (g, g), stride, sigma)
-        wgt = near_mask(xy, g, stride, radius_cells)
-        wgt[:edge], wgt[-edge:], wgt[:, :edge], wgt[:, -edge:] = 0, 0, 0, 0
-        for k, a in enumerate((np.ascontiguousarray(img, np.float32), heat, off, mask, wgt)):
-            out[k].append(a)
-    t = [torch.from_numpy(np.stack(a)) for a in out]
-    return t[0][:, None], t[1], t[2], t[3], t[4]
-
-
-def adapt_refiner(refiner, net, mics, steps, lr, crop, batch, radius_D, rng, sigma=0.5, edge=2):
-    """A copy of ``refiner.head`` fine-tuned on ``mics`` (prepared images, confident centres)."""
-    import torch
-
-    from hydrapicker.refine_train import centre_loss
-
-    head = copy.deepcopy(refiner.head).train()
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
-    stride = refiner.stride
-    radius_cells = radius_D * refiner.extent_px / stride
-    losses = []
-    for step in range(steps):
-        for gr in opt.param_groups:
-            gr["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
-        x, heat, off, mask, wgt = sample(mics, crop, batch, stride, sigma, edge, radius_cells, rng)
-        with torch.no_grad():
-            f = net.body(x)
-        loss, _ = centre_loss(head(f), heat, off, mask, wgt)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return head.eval(), float(np.mean(losses[:10])), float(np.mean(losses[-10:]))
 
 
 def main(argv=None) -> int:
@@ -134,6 +64,7 @@ def main(argv=None) -> int:
     from hydrapicker.picker import Picker, configure_torch
     from hydrapicker.preprocess import _cpu_tensor, prepare_t, read_mrc
     from hydrapicker.refine import save_refiner
+    from hydrapicker.refine_adapt import RefinerAdaptSettings, finetune_head
     from hydrapicker.types import Micrograph
 
     configure_torch(1)
@@ -171,9 +102,9 @@ def main(argv=None) -> int:
         if n_pos < args.min_positives:
             row["adapted"] = {**row["refined"], "refused": True}
         else:
-            rng = np.random.default_rng(args.seed)
-            head, l0, l1 = adapt_refiner(shipped.refiner, shipped.net, teach, args.steps, args.lr, args.crop,
-                                         args.batch, args.radius, rng)
+            settings = RefinerAdaptSettings(steps=args.steps, lr=args.lr, batch=args.batch, crop=args.crop,
+                                            radius_D=args.radius, seed=args.seed)
+            head, (l0, l1) = finetune_head(shipped.refiner, shipped.net, teach, settings, shipped.extent_px)
             path = save_refiner(work / f"{ds.name}.pt", head, dict(shipped.refiner.meta))
             adapted = Picker("default", device="cpu", log=None, refine=str(path))
             pol = adapted.policy(ds.diameter_A, threshold=0.01)
