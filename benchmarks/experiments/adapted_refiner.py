@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-sim", type=int, default=5)
     ap.add_argument("--sim-cache", default="/tmp/hydra_bench/sim")
     ap.add_argument("--tune", type=int, default=0, help="N training-family tuning sets (seeds 7100+) instead of --sets")
+    ap.add_argument("--start", type=int, default=0, help="skip the first sets (a run stopped there goes on)")
     ap.add_argument("--positives", type=float, default=1.1,
                     help="picks teach when their FOM's logit is this far above the calibrated threshold's "
                          "(1.1: --adapt's positives, 0.75 on the threshold's 0.5 scale)")
@@ -71,6 +72,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     sets = tuning_sets(args.tune, Path(args.sim_cache)) if args.tune else resolve(args.sets, args.n_sim,
                                                                                    Path(args.sim_cache))
+    sets = sets[args.start:]
     detector = Picker("default", device="cpu", log=None, refine=False)
     shipped = Picker("default", device="cpu", log=None, refine="shipped")
     work = Path(tempfile.mkdtemp(prefix="adapted_refiner_"))
