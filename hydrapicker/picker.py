@@ -146,7 +146,7 @@ class Picker:
         """The :class:`~hydrapicker.refine.Refiner` to use, or None (see ``refine`` in the constructor)."""
         import torch
 
-        from .refine import SHIPPED_REFINERS, Refiner
+        from .refine import SHIPPED_REFINERS, first_fitting
 
         if refine is None or refine is False:
             return None
@@ -160,12 +160,7 @@ class Picker:
                 self.log("[hydra] centres: as the detector decodes them (no centre refiner installed)")
                 return None
             paths = [SHIPPED_REFINERS[0]]  # Refiner says that it is missing
-        refiner = None
-        for path in paths:  # the shipped refiner made for this model's body, if any
-            candidate = Refiner(path, self.device)
-            if candidate.fits(self.net, self.meta):
-                refiner = candidate
-                break
+        refiner = first_fitting(paths, self.net, self.meta, self.device)  # the one made for this model's body
         if refiner is None:
             named = ("the shipped centre refiners read the bodies of the models they were made for" if shipped
                      else f"the centre refiner {paths[0]} reads the body of the model it was made for")

@@ -159,6 +159,16 @@ def load_refiner(path=None) -> tuple:
     return head.eval(), meta
 
 
+def first_fitting(paths, net, meta: dict, device="cpu", any_extent: bool = False):
+    """The first refiner of ``paths`` made for ``net``'s body (at ``meta``'s extent unless ``any_extent``;
+    :meth:`Refiner.fits`), or None."""
+    for path in paths:
+        candidate = Refiner(path, device)
+        if candidate.fits(net, meta, any_extent):
+            return candidate
+    return None
+
+
 class Refiner:
     """A centre head for one detector body: :meth:`fits` a model, ``head`` maps its body features to the
     centre map, :meth:`refine` moves picks (pixels of the micrograph as stored)."""
@@ -172,9 +182,10 @@ class Refiner:
         self.extent_px = float(self.meta["extent_px"])
         self.max_shift_D, self.prior_D = MAX_SHIFT_D, PRIOR_D  # the rule is the code's, not the file's
 
-    def fits(self, net, meta: dict) -> bool:
-        """Was this centre head made for ``net``'s body (same parameters, sampling and stride)?"""
-        return (float(meta.get("extent_px", -1)) == self.extent_px
+    def fits(self, net, meta: dict, any_extent: bool = False) -> bool:
+        """Was this centre head made for ``net``'s body (same parameters, sampling and stride)? ``any_extent``:
+        at whatever particle extent (a model at another working scale, :mod:`hydrapicker.scale`)."""
+        return ((any_extent or float(meta.get("extent_px", -1)) == self.extent_px)
                 and int(net.preset.body_stride) * 2 ** int(self.meta["net"].get("down", 0)) == self.stride
                 and abs(body_checksum(net) - float(self.meta["body_checksum"]))
                 <= 1e-9 * max(1.0, abs(float(self.meta["body_checksum"]))))

@@ -332,13 +332,18 @@ def _policy(picker, args):
                          evidence=getattr(args, "evidence", None))
 
 
-def _adapted_model_path(args, out):
-    """Where ``--adapt`` keeps (and finds) the adapted model: ``--save-model`` or ``<out>/adapted_<suffix>.pt``."""
+def _kept_path(given, out, name: str, suffix: str):
+    """Where an adapted file is kept (and found again): the path ``given``, else ``<out>/<name>_<suffix>.pt``."""
     from pathlib import Path
 
     from ..outputs import output_path
 
-    return Path(args.save_model) if args.save_model else output_path(out, "adapted", args.suffix, ".pt")
+    return Path(given) if given else output_path(out, name, suffix, ".pt")
+
+
+def _adapted_model_path(args, out):
+    """Where ``--adapt`` keeps (and finds) the adapted model: ``--save-model`` or ``<out>/adapted_<suffix>.pt``."""
+    return _kept_path(args.save_model, out, "adapted", args.suffix)
 
 
 def _adapt(picker, mics, args, out, world, log) -> tuple:
@@ -359,16 +364,13 @@ def _adapt(picker, mics, args, out, world, log) -> tuple:
 def _adapt_centres(picker, mics, args, out, world, log):
     """``--adapt-centres``: :func:`hydrapicker.refine_adapt.picker_with_adapted_refiner` over the run's
     micrographs -> the picker that refines with it."""
-    from pathlib import Path
-
     from ..errors import UserFacingError
-    from ..outputs import output_path
     from ..refine_adapt import RefinerAdaptSettings, picker_with_adapted_refiner
 
     if world > 1:
         raise UserFacingError("--adapt-centres runs in one process: adapt once without torchrun (--save-refiner "
                               "R.pt), then pick under torchrun with --refiner R.pt")
-    save_to = Path(args.save_refiner) if args.save_refiner else output_path(out, "adapted_refiner", args.suffix, ".pt")
+    save_to = _kept_path(args.save_refiner, out, "adapted_refiner", args.suffix)
     settings = RefinerAdaptSettings(sample=args.adapt_sample)
     picker, _ = picker_with_adapted_refiner(picker, mics, args.diameter, save_to, args.head, settings,
                                             reuse=not args.overwrite, log=log)
