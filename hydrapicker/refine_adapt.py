@@ -139,17 +139,13 @@ def base_refiner(picker, any_scale: bool = False):
     """The refiner ``picker`` uses, else the shipped one made for its body; None when there is none.
     ``any_scale``: also one made for its body at another particle extent (a model at another working scale,
     :mod:`hydrapicker.scale`), to start an adapted refiner from."""
-    from .refine import SHIPPED_REFINERS, Refiner
+    from .refine import SHIPPED_REFINERS, first_fitting
 
     if picker.refiner is not None:
         return picker.refiner
-    for path in SHIPPED_REFINERS:
-        if path.exists():
-            candidate = Refiner(path, picker.device)
-            meta = {**picker.meta, "extent_px": candidate.extent_px} if any_scale else picker.meta
-            if candidate.fits(picker.net, meta):
-                return candidate
-    return None
+    paths = [p for p in SHIPPED_REFINERS if p.exists()]
+    return (first_fitting(paths, picker.net, picker.meta, picker.device)
+            or (first_fitting(paths, picker.net, picker.meta, picker.device, any_extent=True) if any_scale else None))
 
 
 def adapt_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional[str] = None,
@@ -168,12 +164,10 @@ def adapt_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional
         raise UserFacingError(f"no centre refiner was made for the body of {picker.meta.get('path')}: adapting "
                               f"centres needs one to start from (give --refiner FILE made for it)")
     head = head or picker.default_head
-    if picker.refiner is base:
-        teacher = picker
-    elif base_refiner(picker) is base:  # the picks teach as the base refiner centres them
-        teacher = _with_refiner(picker, str(base.path), lambda *a, **k: None)
-    else:  # a model at another working scale: the detector's centres teach (no refiner was made for it)
-        teacher = picker
+    # the picks teach as the base refiner centres them; at another working scale (no refiner was made for
+    # the model's extent) the detector's centres teach
+    made_for_it = picker.refiner is None and base.fits(picker.net, picker.meta)
+    teacher = _with_refiner(picker, str(base.path), lambda *a, **k: None) if made_for_it else picker
     cut = shifted_cut(picker.threshold_for(head), settings.positives_above)
     sample = sample_micrographs(list(mics), settings.sample)
     policy = teacher.policy(diameter_A, head, threshold=0.01)
