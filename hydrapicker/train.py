@@ -226,6 +226,7 @@ class TrainConfig:
     mics_per_dataset: int = 8
     junk_fraction: float = 0.0
     junk_clumps: bool = False           # junk datasets also carry particle-sized clumps of other proteins
+    small_fraction: float = 0.15        # share of globular/multidomain/flat datasets holding a small protein
     val_mics: int = 2
     steps: int = 6000
     phase2_steps: int = 1500
@@ -289,7 +290,7 @@ class _Run:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed if self.world == 1 else [cfg.seed, self.rank])  # own batches
         self.specs = source_dataset_specs(n=cfg.datasets, seed=cfg.seed, junk_fraction=cfg.junk_fraction,
-                                          junk_clumps=cfg.junk_clumps)
+                                          junk_clumps=cfg.junk_clumps, small_fraction=cfg.small_fraction)
         self.net = build_model(cfg.preset).to(self.device)
         self.log(f"[train] device {self.device}" + (f"; {self.world} ranks (DistributedDataParallel), batch "
                                                      f"{cfg.batch} per rank" if self.world > 1 else ""))

@@ -121,3 +121,18 @@ def test_junk_clumps_put_particle_sized_clumps_on_every_junk_dataset_and_change_
     for i in range(3):
         simulate_micrograph(spec.replace(clump_diameters=(0.7, 2.0)), i)
     assert len(sizes) > 3 and min(sizes) >= 0.7 and max(sizes) <= 2.0
+
+
+def test_small_fraction_makes_more_datasets_small_and_changes_no_other_draw():
+    plain = source_dataset_specs(48, seed=15, junk_fraction=0.8)
+    small = source_dataset_specs(48, seed=15, junk_fraction=0.8, small_fraction=0.7)
+    n_plain = sum(s.diameter_A <= 90 for s in plain)
+    n_small = sum(s.diameter_A <= 90 for s in small)
+    assert n_small >= 2 * n_plain and n_small >= 8
+    for s, p in zip(small, plain):
+        assert s.family == p.family
+        if s.diameter_A == p.diameter_A:  # only which datasets hold a small protein changes
+            assert s == p
+        else:
+            assert s.diameter_A <= 90 and s.family in ("globular", "multidomain", "flat")
+            assert s.replace(diameter_A=p.diameter_A, pixel_size=p.pixel_size) == p

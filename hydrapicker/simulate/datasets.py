@@ -101,16 +101,19 @@ def _loguniform(rng, lo, hi):
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
-def random_dataset_spec(seed: int, families=None, regime: str = "binned", name=None) -> DatasetSpec:
+def random_dataset_spec(seed: int, families=None, regime: str = "binned", name=None,
+                        small_fraction: float = 0.15) -> DatasetSpec:
     """A random training dataset: random particle of one of ``families`` (default: the training families)
     and random imaging settings. ``regime='binned'`` (default): particle 20-80 px, micrographs 512-1024 px;
-    ``regime='full'``: pixel size 0.6-2.5 A, micrographs up to 4096 px."""
+    ``regime='full'``: pixel size 0.6-2.5 A, micrographs up to 4096 px. ``small_fraction``: the share of the
+    globular, multidomain and flat datasets that hold a small protein (50-90 A, 50-150 kDa); the same random
+    stream whatever its value, so only which datasets are small changes."""
     rng = np.random.default_rng([int(seed), 911])
     families = tuple(families) if families else TRAIN_FAMILIES
     family = str(rng.choice(families))
     params = random_family_params(family, rng)
     lo, hi = FAMILY_DIAMETER_A.get(family, (60, 400))
-    if rng.random() < 0.15 and family in ("globular", "multidomain", "flat"):
+    if rng.random() < small_fraction and family in ("globular", "multidomain", "flat"):
         lo, hi = 50, 90  # small proteins (50-150 kDa)
     diameter_A = _loguniform(rng, lo, hi)
     if regime == "binned":
@@ -191,15 +194,16 @@ def junk_fields(seed: int, level: float = 1.0) -> dict:
     )
 
 
-def source_dataset_specs(n: int = 32, seed: int = 0, junk_fraction: float = 0.0, junk_clumps: bool = False) -> list:
+def source_dataset_specs(n: int = 32, seed: int = 0, junk_fraction: float = 0.0, junk_clumps: bool = False,
+                         small_fraction: float = 0.15) -> list:
     """``n`` random training datasets (training families only; seeds disjoint from the targets); a
     ``junk_fraction`` of them (chosen by seed) carry the artefacts of :func:`junk_fields`. ``junk_clumps``:
     every one of those also carries 1-4 clumps of other proteins per micrograph, 0.7-2 particle diameters
-    across (:func:`clump_fields`)."""
+    across (:func:`clump_fields`). ``small_fraction``: see :func:`random_dataset_spec`."""
     specs = []
     for i in range(n):
         s = seed * 100003 + i
-        spec = random_dataset_spec(s)
+        spec = random_dataset_spec(s, small_fraction=small_fraction)
         if junk_fraction and np.random.default_rng([s, 914]).random() < junk_fraction:
             spec = spec.replace(description=spec.description + ", junk", **junk_fields(s))
             if junk_clumps:
