@@ -147,6 +147,11 @@ def run_set(item, args, work):
         row["adapt"] = _score(a.zero_shot, a.head, mics, truth, diameter_A, box_px, a.zero_shot.threshold_for(a.head))
     else:
         row["adapt"] = dict(row["zero_shot"])
+    if a.accepted:  # what the head was trained on: orientations cached, epochs
+        from hydrapicker.checkpoint import read_checkpoint
+
+        ft = read_checkpoint(a.model)["meta"]["finetune"][a.head]
+        row["adapt"].update(orientations=ft.get("orientations"), epochs=ft.get("epochs"))
     row["adapt"].update(accepted=a.accepted, reason=a.reason, seconds=round(secs, 1),
                         pseudo_positives=a.record.get("pseudo_positives"), rounds=a.record.get("rounds"),
                         working_scale=a.record.get("working_scale"), scale_top_scores=a.record.get("scale_top_scores"))
@@ -186,7 +191,7 @@ def timing(args, work):
     list(base.pick(mics, spec.diameter_A, head="generic"))
     pick_s = time.time() - t0
     t0 = time.time()
-    a = adapt(base, mics, spec.diameter_A, work / "timing_adapted.pt", log=lambda *x: None)
+    a = adapt(base, mics, spec.diameter_A, work / "timing_adapted.pt", settings=_settings(args), log=lambda *x: None)
     out = {"micrographs": len(mics), "shape": [2048, 2048], "pick_seconds": round(pick_s, 1),
            "adapt_extra_seconds": round(time.time() - t0, 1), "accepted": a.accepted, "threads": args.threads}
     if args.centres:  # --adapt-centres after it: the refiner taught the same micrographs

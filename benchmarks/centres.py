@@ -756,6 +756,28 @@ def table(results: list) -> str:
     return "\n".join(lines)
 
 
+def analyse_adapted(ds: Dataset, picker, args, work: Path) -> dict:
+    """:func:`analyse` with the refiner adapted to ``ds``'s own micrographs (the product's
+    ``picker_with_adapted_refiner``, as ``hydra pick --adapt-centres``; the shipped refiner when its guard
+    refuses), started from ``picker``'s."""
+    from hydrapicker.refine_adapt import picker_with_adapted_refiner
+    from hydrapicker.types import Micrograph
+
+    mics = [Micrograph(str(p), pixel_size=ds.pixel_size, name=s) for s, p in zip(ds.stems, ds.mic_paths)]
+    (work / ds.name).mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    adapted, ra = picker_with_adapted_refiner(picker, mics, ds.diameter_A, work / ds.name / "adapted_refiner.pt",
+                                              reuse=False, log=lambda *a: None)
+    secs = time.perf_counter() - t0
+    used = adapted.refiner
+    set_args = argparse.Namespace(**{**vars(args), "refiner": None if used is None else str(used.path)})
+    r = analyse(ds, adapted, set_args, work, used)
+    r["adapted_refiner"] = {"accepted": ra.accepted, "reason": ra.reason, "seconds": round(secs, 1),
+                            "positives": ra.record.get("positives"),
+                            "refiner": None if used is None else str(used.path)}
+    return r
+
+
 def figure(results: list, path: Path, title: str) -> None:
     from matplotlib.figure import Figure
 
@@ -810,6 +832,9 @@ def parse_args(argv=None):
     p.add_argument("--no-cli", action="store_true", help="skip hydra pick --all (use the re-implemented decoding)")
     p.add_argument("--no-refine", action="store_true", help="the detector's centres only (as before issue 18's refiner)")
     p.add_argument("--refiner", default=None, help="centre refiner file (default: the shipped one)")
+    p.add_argument("--adapt-centres", action="store_true",
+                   help="per set, the refiner adapted to the set's own micrographs (hydra pick --adapt-centres, no "
+                        "labels) re-centres the picks; the figure's 'before refinement' is the detector's centres")
     p.add_argument("--prior-D", type=float, default=None, help="the refiner's preference for near cells (D; 0 = none)")
     p.add_argument("--max-shift-D", type=float, default=None, help="the refiner's largest move (D)")
     p.add_argument("--timing", action="store_true",
@@ -850,7 +875,10 @@ def main(argv=None) -> int:
     for root, kind in sets:
         ds = load_dataset(root, n_micrographs=args.n_real if kind == "real" else None, kind=kind)
         t0 = time.perf_counter()
-        r = analyse(ds, picker, args, work, refiner)
+        if args.adapt_centres:
+            r = analyse_adapted(ds, picker, args, work)
+        else:
+            r = analyse(ds, picker, args, work, refiner)
         r["seconds"] = round(time.perf_counter() - t0, 1)
         results.append(r)
         e = r["errors"]

@@ -63,6 +63,14 @@ class AdaptSettings:
     #: (tuning draw, default model: 1.0 mean gain +0.002 / worst -0.044, 0.7 +0.002 / -0.029, 0.5 +0.003 /
     #: -0.014, 0.3 +0.002 / -0.015)
     blend: float = 0.5
+    #: memory for the body features the head trains on (:func:`hydrapicker.finetune.finetune`'s
+    #: ``memory_gb``): as many dihedral orientations (8, 4, 2 or 1) as fit are cached, each one a body pass
+    #: over the sample, and ``max_minutes`` counts that caching. 0.3 GB holds 8 orientations of the adapt
+    #: benchmark's sets (12 micrographs, <= 472 px at the working scale) and 1-2 of a user's sample of
+    #: large micrographs, where 8 took most of the two minutes and the head then trained one epoch; the
+    #: validation AP against held-out pseudo-labels peaks in the first epochs (README, Self-adaptation:
+    #: t_proteasome and t_small80kda at 2048², same AP, 101 s instead of 170 s on the first)
+    cache_gb: float = 0.3
     #: working scale (step 0; :mod:`hydrapicker.scale`): micrographs picked at each scale (0: off)
     scale_micrographs: int = scale.MICROGRAPHS
     seed: int = 0
@@ -137,7 +145,7 @@ def _train_round(picker, picked, labels, diameter_A, out, settings, record, log,
     return finetune(adaptation["base_model"], [m for m, _, _ in picked], labels, diameter_A, HEAD, out=out,
                     log=log, should_stop=should_stop, region_radius=float("inf"), seed=settings.seed,
                     working_scale=adaptation["working_scale"],
-                    max_minutes=settings.max_minutes, device=str(picker.device),
+                    max_minutes=settings.max_minutes, memory_gb=settings.cache_gb, device=str(picker.device),
                     negatives_below=settings.negatives_below,
                     lambda_loc=1.0 if settings.learn_centres else 0.0, record=record)
 

@@ -78,6 +78,24 @@ def test_pseudo_labels_are_read_off_the_networks_own_foms(target, monkeypatch):
     assert all(weighed[m.name].fom.max() < p.fom.max() for m, p, _ in picked)  # the default would have weighed
 
 
+def test_the_head_trains_on_features_cached_within_the_settings_memory(monkeypatch, tmp_path):
+    """``AdaptSettings.cache_gb`` bounds the body features cached for the head (how many orientations: each
+    is a body pass over the sample, counted in ``max_minutes``); the time limit is the settings' too."""
+    from types import SimpleNamespace
+
+    from fakes import fake_finetune
+    from hydrapicker.types import Micrograph
+
+    calls = fake_finetune(monkeypatch)
+    settings = AdaptSettings(cache_gb=0.05, max_minutes=0.5)
+    record = {"adaptation": {"base_model": None, "working_scale": 1.0}}
+    mic = Micrograph(str(tmp_path / "a.mrc"), pixel_size=2.0, name="a")
+    adapt_mod._train_round(SimpleNamespace(device="cpu"), [(mic, Picks(), 2.0)], {"a": Picks()}, 100.0,
+                           tmp_path / "round1.pt", settings, record, lambda *a: None, None)
+    (call,) = calls
+    assert call["memory_gb"] == 0.05 and call["max_minutes"] == 0.5
+
+
 def test_blend_moves_the_adapted_head_towards_the_head_it_started_from(tmp_path):
     from hydrapicker.adapt import blend_head
     from hydrapicker.checkpoint import load_checkpoint, save_checkpoint
@@ -127,6 +145,8 @@ def test_adaptation_raises_ap_and_records_its_provenance(target, tmp_path):
     assert prov["pseudo_positives"] == res.record["pseudo_positives"] > 50
     assert len(prov["sample"]) == len(mics) and 0 < prov["agreement_with_zero_shot_F1"] <= 1
     assert prov["held_out_agreement_AP"] >= SETTINGS.min_agreement
+    # a small sample's body features fit the default cache in all 8 dihedral orientations
+    assert meta["finetune"]["adapted"]["orientations"] == 8
     # the threshold is count-matched: over the sample it writes as many picks as the zero-shot head would
     n0 = sum(len(r.picks) for r in base.pick(mics, spec.diameter_A, policy=base.policy(spec.diameter_A)))
     n1 = sum(len(r.picks) for r in adapted.pick(mics, spec.diameter_A, head="adapted",
