@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--tag", default="after")
     p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                    help="override an AdaptSettings field (e.g. rounds=2), for choosing the defaults")
+    p.add_argument("--refiner-setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="--centres: override a RefinerAdaptSettings field (e.g. steps=200)")
     p.add_argument("--draw", type=int, default=0,
                    help="another draw of the simulated sets (seed + DRAW): choose settings on a draw other "
                         "than the reported one (0)")
@@ -96,18 +98,26 @@ def _sets(tokens, args):
     return out
 
 
-def _settings(args):
+def _settings(args, cls=None, given=None):
+    """``cls`` (default AdaptSettings) with the ``KEY=VALUE`` overrides ``given`` (default --setting)."""
     from dataclasses import fields, replace
 
     from hydrapicker.adapt import AdaptSettings
 
-    kinds = {f.name: f.type for f in fields(AdaptSettings)}
+    cls = cls or AdaptSettings
+    kinds = {f.name: f.type for f in fields(cls)}
     over = {}
-    for kv in args.setting:
+    for kv in (args.setting if given is None else given):
         k, v = kv.split("=", 1)
         t = kinds[k]
         over[k] = (v.lower() in ("1", "true", "yes")) if t in (bool, "bool") else (int(v) if t in (int, "int") else float(v))
-    return replace(AdaptSettings(), **over)
+    return replace(cls(), **over)
+
+
+def _refiner_settings(args):
+    from hydrapicker.refine_adapt import RefinerAdaptSettings
+
+    return _settings(args, RefinerAdaptSettings, args.refiner_setting)
 
 
 def _score(picker, head, mics, truth, diameter_A, box_px, threshold):
@@ -161,7 +171,7 @@ def run_set(item, args, work):
         src = p if a.accepted else (a.zero_shot or base)
         t0 = time.time()
         pr, ra = picker_with_adapted_refiner(src, mics, diameter_A, work / f"{name}_refiner.pt", a.head,
-                                             reuse=False, log=print)
+                                             settings=_refiner_settings(args), reuse=False, log=print)
         secs = time.time() - t0
         row["adapt_centres"] = _score(pr, a.head, mics, truth, diameter_A, box_px, pr.threshold_for(a.head))
         row["adapt_centres"].update(accepted=ra.accepted, reason=ra.reason, seconds=round(secs, 1),
@@ -199,7 +209,8 @@ def timing(args, work):
 
         t0 = time.time()
         _, ra = picker_with_adapted_refiner(Picker(a.model, log=None) if a.accepted else base, mics, spec.diameter_A,
-                                            work / "timing_refiner.pt", reuse=False, log=lambda *x: None)
+                                            work / "timing_refiner.pt", settings=_refiner_settings(args),
+                                            reuse=False, log=lambda *x: None)
         out.update(adapt_centres_extra_seconds=round(time.time() - t0, 1), centres_accepted=ra.accepted)
     return out
 
@@ -232,7 +243,8 @@ def main(argv=None) -> int:
     out = {"meta": {"date": datetime.date.today().isoformat(), "command": "python benchmarks/adapt.py "
                     + " ".join(argv if argv is not None else sys.argv[1:]), "host": platform.node(),
                     "threads": args.threads, "model": args.model or "shipped default", "n_sim": args.n_sim,
-                    "settings": __import__("dataclasses").asdict(_settings(args)), "draw": args.draw}}
+                    "settings": __import__("dataclasses").asdict(_settings(args)), "draw": args.draw,
+                    "refiner_settings": __import__("dataclasses").asdict(_refiner_settings(args))}}
     if args.timing:
         out["timing"] = timing(args, work)
         print(json.dumps(out["timing"]))

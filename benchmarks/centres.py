@@ -764,9 +764,9 @@ def analyse_adapted(ds: Dataset, picker, args, work: Path) -> dict:
     from hydrapicker.types import Micrograph
 
     mics = [Micrograph(str(p), pixel_size=ds.pixel_size, name=s) for s, p in zip(ds.stems, ds.mic_paths)]
-    (work / ds.name).mkdir(parents=True, exist_ok=True)
+    (work / "adapted_refiners").mkdir(parents=True, exist_ok=True)  # beside the CLI run's folder, which is remade
     t0 = time.perf_counter()
-    adapted, ra = picker_with_adapted_refiner(picker, mics, ds.diameter_A, work / ds.name / "adapted_refiner.pt",
+    adapted, ra = picker_with_adapted_refiner(picker, mics, ds.diameter_A, work / "adapted_refiners" / f"{ds.name}.pt",
                                               reuse=False, log=lambda *a: None)
     secs = time.perf_counter() - t0
     used = adapted.refiner
@@ -804,7 +804,9 @@ def figure(results: list, path: Path, title: str) -> None:
         ax.axvline(1 / 12, color="k", ls=":", lw=0.8)
         ax.axvline(0.25, color="tab:red", ls="--", lw=0.8)
         e = r["errors"]
-        ax.set_title(f"{r['name']}\nAP {r['AP']:.2f} vs AP_D/2 {r['AP_D2']:.2f}, median {e['median_D']:.3f} D",
+        ad = r.get("adapted_refiner")
+        which = "" if ad is None else (" (adapted)" if ad["accepted"] else " (shipped: too few confident)")
+        ax.set_title(f"{r['name']}{which}\nAP {r['AP']:.2f} vs AP_D/2 {r['AP_D2']:.2f}, median {e['median_D']:.3f} D",
                      fontsize=7.5)
         ax.tick_params(labelsize=7)
         if k % cols == 0:
