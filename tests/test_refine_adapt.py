@@ -95,7 +95,7 @@ def test_hydra_pick_adapt_centres_saves_the_refiner_and_reuses_it(crowded, tmp_p
             assert np.array_equal(a.xy(), b.xy())
 
 
-def test_adapt_centres_is_refused_with_watch_and_with_no_refine(tmp_path, capsys):
+def test_adapt_centres_is_refused_with_watch_without_adapt_and_with_no_refine(tmp_path, capsys):
     base = ["pick", str(tmp_path), "--diameter", "100", "--out", str(tmp_path / "o"), "--adapt-centres"]
     assert hydra(base + ["--watch"]) != 0
     assert "--watch --refiner" in capsys.readouterr().err

@@ -351,3 +351,32 @@ def test_watch_adapt_ending_on_idle_timeout_learns_from_what_came(tmp_path, caps
     assert hydra(["pick", str(mics / "*.mrc"), *_args(mics, batch, "--quiet", "--model", str(model))[2:]]) == 0
     want = _outputs(batch)
     assert all(_outputs(out)[k] == want[k] for k in want)
+
+
+@pytest.mark.slow
+def test_watch_adapt_with_adapt_centres_learns_head_and_refiner_from_the_first_micrographs(tmp_path, capsys):
+    """--watch --adapt --adapt-centres: the refiner is learned right after the head, from the same first
+    micrographs; the session's picks equal a batch run with both files; a restart re-uses both at once."""
+    from hydrapicker.cli import main as hydra
+
+    mics, out = tmp_path / "mics", tmp_path / "out"
+    for i in range(3):
+        _crowded_mic(mics / f"m{i}.mrc", 20 + i)
+    args = _args(mics, out, "--watch", "--poll", "0.3", "--adapt", "--adapt-centres", "--adapt-sample", "3")
+    assert hydra(args + ["--idle-timeout", "1"]) == 0
+    cap = capsys.readouterr().out
+    model, refiner = out / "adapted_hydra.pt", out / "adapted_refiner_hydra.pt"
+    assert "adapted head 'adapted'" in cap and model.exists()
+    assert "adapted centre refiner saved" in cap and refiner.exists()
+    assert sorted(p.name for p in out.glob("*_hydra.star")) == [f"m{i}_hydra.star" for i in range(3)]
+
+    _crowded_mic(mics / "m3.mrc", 23)  # a restart: both re-used at once, the new micrograph picked
+    assert hydra(args + ["--idle-timeout", "1"]) == 0
+    cap = capsys.readouterr().out
+    assert "re-using the adapted model" in cap and "re-using the adapted centre refiner" in cap
+    batch = tmp_path / "batch"
+    assert hydra(["pick", str(mics / "*.mrc"), *_args(mics, batch, "--quiet", "--model", str(model),
+                                                       "--refiner", str(refiner))[2:]]) == 0
+    got, want = _outputs(out), _outputs(batch)
+    assert sorted(k for k in got if not k.endswith(".pt")) == sorted(want)
+    assert all(got[k] == want[k] for k in want)

@@ -191,9 +191,10 @@ def main(args):
         raise UserFacingError("give micrographs (files, globs, @list.txt, a folder with --watch) or --mics STAR")
     if getattr(args, "working_scale", None) is not None and getattr(args, "adapt", False):
         raise UserFacingError("--adapt chooses its working scale itself: leave out --working-scale")
-    if getattr(args, "adapt_centres", False) and args.watch:
-        raise UserFacingError("--adapt-centres learns from micrographs already written: run it once on the first "
-                              "micrographs of the session, then --watch --refiner <out>/adapted_refiner_<suffix>.pt")
+    if getattr(args, "adapt_centres", False) and args.watch and not getattr(args, "adapt", False):
+        raise UserFacingError("--watch --adapt-centres goes with --adapt (both learn from the first --adapt-sample "
+                              "micrographs); alone, run it once on the first micrographs of the session, then "
+                              "--watch --refiner <out>/adapted_refiner_<suffix>.pt")
     if getattr(args, "adapt_centres", False) and getattr(args, "refine_centres", None) is False:
         raise UserFacingError("--adapt-centres re-centres picks: leave out --no-refine")
     if getattr(args, "working_scale", None) == "auto" and args.watch:
@@ -293,7 +294,7 @@ def _main(args, inputs, mics, out):
         picker = picker_at_scale(picker, mics, args.diameter, args.head, args.working_scale, log)
     if getattr(args, "adapt", False) and not args.watch:  # --watch adapts on the first micrographs that come
         picker, args.head = _adapt(picker, mics, args, out, world, log)
-    if getattr(args, "adapt_centres", False):
+    if getattr(args, "adapt_centres", False) and not args.watch:  # --watch: with --adapt (WatchAdaptation)
         picker = _adapt_centres(picker, mics, args, out, world, log)
     policy = _policy(picker, args)
     agg = Aggregates(out, args.suffix, args.format, stems, path)
@@ -503,7 +504,10 @@ class WatchAdaptation:
     ends on ``--idle-timeout`` first, the head is learned from those that came (the guards may keep the
     zero-shot head); a STOP file or signal leaves them to the next run. A run that finds the adapted model
     (``--save-model`` or ``<out>/adapted_<suffix>.pt``) re-uses it at once; one that finds picks in ``--out``
-    but no adapted model goes on with the head that made them (a refused adaptation's zero-shot head)."""
+    but no adapted model goes on with the head that made them (a refused adaptation's zero-shot head).
+    With ``--adapt-centres`` the centre refiner is learned right after the head, from the same micrographs
+    (:func:`_adapt_centres`), and a restart re-uses it (or, when the earlier run's guard refused it, the
+    shipped refiner)."""
 
     def __init__(self, args, out, picker, policy, log):
         self.args, self.out, self.log = args, out, log
@@ -517,14 +521,25 @@ class WatchAdaptation:
             self.adapted = True
             log(f"[hydra watch] --adapt: {out} holds picks but no adapted model ({model}): an earlier run kept "
                 f"the zero-shot head; going on with it (give --overwrite to adapt again and re-pick everything)")
+            self._centres([])
         else:
             log(f"[hydra watch] --adapt: picking starts once {args.adapt_sample} micrographs are complete: a "
                 f"head is learned from them first (--adapt-sample)")
 
     def _adapt(self, mics):
         self.picker, self.args.head = _adapt(self.picker, mics, self.args, self.out, 1, self.log)
-        self.policy = _policy(self.picker, self.args)
+        self._centres(mics)
         self.adapted = True
+
+    def _centres(self, mics):
+        """``--adapt-centres``: the refiner learned from ``mics`` (none: a restart re-uses the kept one)."""
+        if getattr(self.args, "adapt_centres", False):
+            kept = _kept_path(self.args.save_refiner, self.out, "adapted_refiner", self.args.suffix)
+            if not mics and not kept.exists():
+                self.log(f"[hydra watch] --adapt-centres: no adapted refiner at {kept}: the earlier run's guard "
+                         f"kept the shipped one")
+            self.picker = _adapt_centres(self.picker, mics, self.args, self.out, 1, self.log)
+        self.policy = _policy(self.picker, self.args)
 
     def take(self, batch, finish: bool = False) -> list:
         """The micrographs to pick now, of ``batch`` and those waiting (``finish``: adapt on what came)."""
