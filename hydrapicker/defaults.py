@@ -51,3 +51,7 @@ REFINE_CENTRES = False
 #: distance, when smaller) sit on one particle: the lower FOM one goes (issue 18: measured against D/2 and
 #: none, benchmarks/centres.py)
 REFINED_MIN_DISTANCE_DIAMETERS = 0.25
+
+#: training recipe (``hydra train --small-fraction``): the share of the globular, multidomain and flat
+#: source datasets that hold a small protein (50-90 A, 50-150 kDa); the shipped models' value
+SMALL_FRACTION = 0.15

@@ -64,7 +64,7 @@ def soup(paths: Sequence, out, weights: Optional[Sequence[float]] = None, heads=
             raise SoupError(f"{m.get('path')}: no training recipe in its metadata to calibrate on")
         specs = source_dataset_specs(n=r["datasets"], seed=r["seed"], junk_fraction=r.get("junk_fraction", 0.0),
                                      junk_clumps=r.get("junk_clumps", False),
-                                     small_fraction=r.get("small_fraction", 0.15))
+                                     small_fraction=r.get("small_fraction", defaults.SMALL_FRACTION))
         val_sets += simulate_sets(specs, val_mics, net.preset.extent_px, 0.0, r["seed"] + 1, workers, 10_000, log)
     thr = calibrate_threshold(net, val_sets, net.stride, net.preset.extent_px)
     log(f"[soup] {len(paths)} models, weights {weights}; threshold {thr:.3f} calibrated on "

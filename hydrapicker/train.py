@@ -226,7 +226,7 @@ class TrainConfig:
     mics_per_dataset: int = 8
     junk_fraction: float = 0.0
     junk_clumps: bool = False           # junk datasets also carry particle-sized clumps of other proteins
-    small_fraction: float = 0.15        # share of globular/multidomain/flat datasets holding a small protein
+    small_fraction: float = defaults.SMALL_FRACTION  # share of globular/multidomain/flat datasets with a small protein
     val_mics: int = 2
     steps: int = 6000
     phase2_steps: int = 1500

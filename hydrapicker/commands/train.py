@@ -65,9 +65,9 @@ def add_args(p):
     p.add_argument("--junk-clumps", action="store_true",
                    help="the junk datasets also carry 1-4 clumps of other proteins per micrograph, 0.7-2 particle "
                         "diameters across (the junk most like a particle)")
-    p.add_argument("--small-fraction", type=float, default=0.15,
+    p.add_argument("--small-fraction", type=float, default=defaults.SMALL_FRACTION,
                    help="share of the globular, multidomain and flat source datasets that hold a small protein "
-                        "(50-90 A, 50-150 kDa; default 0.15, the shipped models' recipe)")
+                        f"(50-90 A, 50-150 kDa; default {defaults.SMALL_FRACTION:g}, the shipped models' recipe)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
 
 

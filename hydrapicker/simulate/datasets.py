@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import defaults
 from .particles import FAMILY_DIAMETER_A, TRAIN_FAMILIES, random_family_params
 
 _TUPLES = ("shape", "defocus_um", "bfactor", "snr", "coverage", "structural_fraction", "ice_alpha",
@@ -102,7 +103,7 @@ def _loguniform(rng, lo, hi):
 
 
 def random_dataset_spec(seed: int, families=None, regime: str = "binned", name=None,
-                        small_fraction: float = 0.15) -> DatasetSpec:
+                        small_fraction: float = defaults.SMALL_FRACTION) -> DatasetSpec:
     """A random training dataset: random particle of one of ``families`` (default: the training families)
     and random imaging settings. ``regime='binned'`` (default): particle 20-80 px, micrographs 512-1024 px;
     ``regime='full'``: pixel size 0.6-2.5 A, micrographs up to 4096 px. ``small_fraction``: the share of the
@@ -195,7 +196,7 @@ def junk_fields(seed: int, level: float = 1.0) -> dict:
 
 
 def source_dataset_specs(n: int = 32, seed: int = 0, junk_fraction: float = 0.0, junk_clumps: bool = False,
-                         small_fraction: float = 0.15) -> list:
+                         small_fraction: float = defaults.SMALL_FRACTION) -> list:
     """``n`` random training datasets (training families only; seeds disjoint from the targets); a
     ``junk_fraction`` of them (chosen by seed) carry the artefacts of :func:`junk_fields`. ``junk_clumps``:
     every one of those also carries 1-4 clumps of other proteins per micrograph, 0.7-2 particle diameters
