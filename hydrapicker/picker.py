@@ -15,6 +15,7 @@ import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
@@ -143,14 +144,17 @@ class Picker:
             self.log(f"[hydra] centres: head {head!r} learned its own from labelled picks; not refined")
 
     def _load_refiner(self, refine):
-        """The :class:`~hydrapicker.refine.Refiner` to use, or None (see ``refine`` in the constructor)."""
-        import torch
-
+        """The :class:`~hydrapicker.refine.Refiner` to use, or None (see ``refine`` in the constructor; with
+        ``"auto"``, a model file that names its own refiner, ``meta['refiner']``, is refined by it)."""
         from .refine import SHIPPED_REFINERS, first_fitting
 
         if refine is None or refine is False:
             return None
         auto = isinstance(refine, str) and refine == "auto"
+        if auto and self.meta.get("refiner"):  # a model adapted with its own refiner (--adapt --adapt-centres)
+            own = self._own_refiner()
+            if own is not None:
+                return self._using(own, " (adapted with this model)")
         if auto and not defaults.REFINE_CENTRES:
             return None
         shipped = auto or refine == "shipped"
@@ -169,10 +173,32 @@ class Picker:
                 self.log(f"[hydra] centres: as the detector decodes them ({why})")
                 return None
             raise UserFacingError(f"{why}: give the refiner made for this model's body, or --no-refine")
+        return self._using(refiner)
+
+    def _using(self, refiner, why: str = ""):
+        """``refiner``, ready on this picker's device, and said."""
+        import torch
+
         if self.device.type == "cpu":
             refiner.head.to(memory_format=torch.channels_last)
-        self.log(f"[hydra] centres refined by {refiner.path} (a pick moves by at most "
+        self.log(f"[hydra] centres refined by {refiner.path}{why} (a pick moves by at most "
                  f"{refiner.max_shift_D:g} diameters)")
+        return refiner
+
+    def _own_refiner(self):
+        """The refiner the model file names (``meta['refiner']``, a file beside it), or None when it is
+        missing or unreadable or made for another body (said; the usual rule then applies)."""
+        from .refine import first_fitting
+
+        own = Path(str(self.meta.get("path"))).parent / str(self.meta["refiner"])
+        try:
+            refiner = first_fitting([own], self.net, self.meta, self.device) if own.is_file() else None
+        except UserFacingError as e:
+            self.log(f"[hydra] centres: the refiner this model names cannot be read ({e})")
+            return None
+        if refiner is None:
+            self.log(f"[hydra] centres: the model names the centre refiner {own}, which is missing or made for "
+                     f"another body; give --refiner FILE, or keep it beside the model")
         return refiner
 
     @property

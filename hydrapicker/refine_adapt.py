@@ -222,12 +222,34 @@ def picker_with_adapted_refiner(picker, mics: list, diameter_A: float, save_to, 
     else:
         result = adapt_refiner(picker, mics, diameter_A, save_to, head, settings, log, should_stop)
     if result.accepted:
+        name_in_adapted_model(picker.meta.get("path"), result.path, log)
         return _with_refiner(picker, str(result.path), log), result
     base = base_refiner(picker)
     if base is None:  # a model at another working scale, with no refiner made for it: the detector's centres
         log("[centres] no centre refiner fits this model's working scale: the detector's centres are kept")
         return picker, result
     return _with_refiner(picker, str(base.path), log), result
+
+
+def name_in_adapted_model(model, refiner, log: Callable = print) -> bool:
+    """A model file adapted to the data set (``--adapt``: it holds the head ``adapted``) that lies beside
+    ``refiner`` records the refiner's file name (``meta['refiner']``), so ``--model <it>`` alone re-centres
+    with it (:class:`hydrapicker.picker.Picker`, ``refine="auto"``). -> whether the file was changed; the
+    shipped models and other files are never written."""
+    from .adapt import HEAD
+    from .checkpoint import read_checkpoint, update_meta
+
+    if not model or refiner is None:
+        return False
+    model, refiner = Path(str(model)), Path(refiner)
+    if not model.is_file() or model.parent.resolve() != refiner.parent.resolve():
+        return False
+    meta = read_checkpoint(model)["meta"]
+    if HEAD not in (meta.get("heads") or []) or meta.get("refiner") == refiner.name:
+        return False
+    update_meta(model, refiner=refiner.name)
+    log(f"[centres] {model} names its centre refiner {refiner.name}: --model {model} alone re-centres with it")
+    return True
 
 
 def _with_refiner(picker, refine: str, log: Callable):

@@ -43,6 +43,30 @@ def test_too_few_confident_picks_keep_the_shipped_refiner(tmp_path):
     assert picker.refiner.path == str(SHIPPED) and any("not adapted" in s for s in said)
 
 
+def test_a_model_that_names_its_refiner_is_refined_by_it_unless_told_otherwise(tmp_path):
+    """``meta['refiner']`` (written for an adapted model beside its adapted refiner): ``refine="auto"`` uses
+    that file; a missing one is said and the usual rule applies; --no-refine and --refiner still decide."""
+    import shutil
+
+    from hydrapicker.checkpoint import update_meta
+    from hydrapicker.refine_adapt import name_in_adapted_model
+
+    model = tmp_path / "model.pt"
+    shutil.copyfile(Picker(**QUIET).meta["path"], model)
+    shutil.copyfile(Picker(refine="shipped", **QUIET).refiner.path, tmp_path / "own.pt")
+    # only a model adapted to the data set (head 'adapted') is ever written
+    assert not name_in_adapted_model(model, tmp_path / "own.pt", **QUIET)
+    update_meta(model, refiner="own.pt")
+    said = []
+    assert Picker(model, log=said.append).refiner.path == str(tmp_path / "own.pt")
+    assert any("adapted with this model" in s for s in said)
+    assert Picker(model, refine=False, **QUIET).refiner is None
+    (tmp_path / "own.pt").unlink()
+    said = []
+    assert Picker(model, log=said.append).refiner is None  # the default: the detector's centres
+    assert any("own.pt, which is missing" in s for s in said)
+
+
 @pytest.fixture(scope="module")
 def crowded(tmp_path_factory):
     """4 micrographs of a held-out D7 proteasome at its benchmark density (many confident picks)."""

@@ -380,3 +380,11 @@ def test_watch_adapt_with_adapt_centres_learns_head_and_refiner_from_the_first_m
     got, want = _outputs(out), _outputs(batch)
     assert sorted(k for k in got if not k.endswith(".pt")) == sorted(want)
     assert all(got[k] == want[k] for k in want)
+    # the adapted model names its refiner (beside it): --model alone re-centres with it
+    from hydrapicker.checkpoint import read_checkpoint
+
+    assert read_checkpoint(model)["meta"]["refiner"] == refiner.name
+    alone = tmp_path / "alone"
+    assert hydra(["pick", str(mics / "*.mrc"), *_args(mics, alone, "--model", str(model))[2:]]) == 0
+    assert f"centres refined by {refiner} (adapted with this model)" in capsys.readouterr().out
+    assert _outputs(alone) == want
