@@ -89,7 +89,7 @@ def main(argv=None):
                 row["adapt_centres"].update(accepted=ra.accepted, seconds=round(secs, 1))
             rows.append(row)
             print(f"{spec.name}: AP zero-shot {row['zero_shot']['AP']:.3f} -> adapt {row['adapt']['AP']:.3f} "
-                  f"(F1 {row['zero_shot']['F1']:.3f} -> {row['adapt']['F1']:.3f}; {secs:.0f} s, "
+                  f"(F1 {row['zero_shot']['F1']:.3f} -> {row['adapt']['F1']:.3f}; {row['adapt']['seconds']:.0f} s, "
                   f"{row['adapt']['orientations']} orientations, {row['adapt']['epochs']} epochs)"
                   + (f"; with centres {row['adapt_centres']['AP']:.3f}" if args.centres else ""), flush=True)
     gains = [r["adapt"]["AP"] - r["zero_shot"]["AP"] for r in rows]
