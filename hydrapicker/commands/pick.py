@@ -347,6 +347,12 @@ def _adapted_model_path(args, out):
     return _kept_path(args.save_model, out, "adapted", args.suffix)
 
 
+def _adapted_refiner_path(args, out):
+    """Where ``--adapt-centres`` keeps (and finds) the adapted refiner: ``--save-refiner`` or
+    ``<out>/adapted_refiner_<suffix>.pt``."""
+    return _kept_path(args.save_refiner, out, "adapted_refiner", args.suffix)
+
+
 def _adapt(picker, mics, args, out, world, log) -> tuple:
     """``--adapt``: :func:`hydrapicker.adapt.adapted_picker` over the run's micrographs -> (picker, head)."""
     from ..adapt import AdaptSettings, adapted_picker
@@ -371,7 +377,7 @@ def _adapt_centres(picker, mics, args, out, world, log):
     if world > 1:
         raise UserFacingError("--adapt-centres runs in one process: adapt once without torchrun (--save-refiner "
                               "R.pt), then pick under torchrun with --refiner R.pt")
-    save_to = _kept_path(args.save_refiner, out, "adapted_refiner", args.suffix)
+    save_to = _adapted_refiner_path(args, out)
     settings = RefinerAdaptSettings(sample=args.adapt_sample)
     picker, _ = picker_with_adapted_refiner(picker, mics, args.diameter, save_to, args.head, settings,
                                             reuse=not args.overwrite, log=log)
@@ -534,7 +540,7 @@ class WatchAdaptation:
     def _centres(self, mics):
         """``--adapt-centres``: the refiner learned from ``mics`` (none: a restart re-uses the kept one)."""
         if getattr(self.args, "adapt_centres", False):
-            kept = _kept_path(self.args.save_refiner, self.out, "adapted_refiner", self.args.suffix)
+            kept = _adapted_refiner_path(self.args, self.out)
             if not mics and not kept.exists():
                 self.log(f"[hydra watch] --adapt-centres: no adapted refiner at {kept}: the earlier run's guard "
                          f"kept the shipped one")
