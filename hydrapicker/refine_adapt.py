@@ -166,10 +166,11 @@ def adapt_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional
     head = head or picker.default_head
     # the picks teach as the base refiner centres them; at another working scale (no refiner was made for
     # the model's extent) the detector's centres teach
-    made_for_it = picker.refiner is None and base.fits(picker.net, picker.meta)
-    teacher = _with_refiner(picker, str(base.path), lambda *a, **k: None) if made_for_it else picker
-    cut = shifted_cut(picker.threshold_for(head), settings.positives_above)
     sample = sample_micrographs(list(mics), settings.sample)
+    made_for_it = picker.refiner is None and base.fits(picker.net, picker.meta)
+    # (no micrographs, e.g. a --watch restart: no teacher to load)
+    teacher = _with_refiner(picker, str(base.path), lambda *a, **k: None) if made_for_it and sample else picker
+    cut = shifted_cut(picker.threshold_for(head), settings.positives_above)
     policy = teacher.policy(diameter_A, head, threshold=0.01)
     teach, n_pos, on = [], 0, 0
     for res in teacher.pick(sample, diameter_A, head=head, policy=policy, should_stop=should_stop):
@@ -192,7 +193,8 @@ def adapt_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional
               "positive_cut": round(float(cut), 4), "head": head, "base_refiner": str(base.path),
               "settings": asdict(settings)}
     if n_pos < settings.min_positives:
-        reason = (f"too few confident picks to learn centres from ({n_pos} on {on} of {len(sample)} micrographs; "
+        reason = ("no micrographs to learn centres from" if not sample else
+                  f"too few confident picks to learn centres from ({n_pos} on {on} of {len(sample)} micrographs; "
                   f"at least {settings.min_positives} are needed)")
         log(f"[centres] not adapted: {reason}; the shipped centre refiner {base.path} is used")
         return RefinerAdaptation(False, None, reason, record)

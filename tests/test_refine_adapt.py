@@ -41,6 +41,11 @@ def test_too_few_confident_picks_keep_the_shipped_refiner(tmp_path):
     assert not res.accepted and "too few confident picks" in res.reason
     assert not (tmp_path / "r.pt").exists() and picker.refiner is not None
     assert picker.refiner.path == str(SHIPPED) and any("not adapted" in s for s in said)
+    # no micrographs at all (a --watch restart whose earlier run kept the shipped refiner): said as such
+    picker, res = picker_with_adapted_refiner(Picker(**QUIET), [], spec.diameter_A, tmp_path / "r.pt", reuse=False,
+                                              **QUIET)
+    assert not res.accepted and res.reason == "no micrographs to learn centres from"
+    assert picker.refiner.path == str(SHIPPED) and not (tmp_path / "r.pt").exists()
 
 
 def test_a_model_that_names_its_refiner_is_refined_by_it_unless_told_otherwise(tmp_path):
