@@ -61,6 +61,15 @@ def blob_micrograph(shape=(512, 512), centres=(), sigma=4.0, amp=-3.0, noise=0.3
     return img.astype(np.float32)
 
 
+def write_all_but_last(star, out) -> None:
+    """``star``'s micrographs but its last one, written to ``out``: a Scheme's earlier cycle of a growing
+    micrographs STAR."""
+    import starfile
+
+    blocks = starfile.read(star, always_dict=True)
+    starfile.write({"optics": blocks["optics"], "micrographs": blocks["micrographs"].iloc[:-1]}, out)
+
+
 @pytest.fixture
 def tmp_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

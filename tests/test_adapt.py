@@ -207,13 +207,11 @@ def test_relion_job_with_adapt_yes_keeps_the_adapted_model_in_the_job_and_reuses
     """The real RELION pick job (real picker) with ``adapt yes``: the adapted model lands in the job folder
     and picks; a Continue with nothing new loads nothing; a grown micrographs STAR (a Scheme's next cycle)
     re-uses the adapted model for the new micrograph only."""
-    import starfile
-
+    from conftest import write_all_but_last
     from relion_hydra.pick_job import main as relion_pick
 
     monkeypatch.chdir(target["root"])
-    blocks = starfile.read("micrographs.star", always_dict=True)
-    starfile.write({"optics": blocks["optics"], "micrographs": blocks["micrographs"].iloc[:-1]}, "first9.star")
+    write_all_but_last("micrographs.star", "first9.star")
     job = "External/job017/"
     argv = ["--o", job, "--particle_diameter", str(target["spec"].diameter_A), "--adapt", "yes", "--j", "2"]
     assert relion_pick(argv + ["--in_mics", "first9.star"]) == 0

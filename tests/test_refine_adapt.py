@@ -137,13 +137,11 @@ def test_relion_job_with_adapt_centres_keeps_the_refiner_in_the_job_and_reuses_i
     """The real RELION pick job (real picker) with ``adapt_centres yes``: the adapted refiner lands in the job
     folder and re-centres the picks; a grown micrographs STAR (a Scheme's next cycle) re-uses it for the new
     micrograph only."""
-    import starfile
-
+    from conftest import write_all_but_last
     from relion_hydra.pick_job import main as relion_pick
 
     monkeypatch.chdir(crowded["root"])
-    blocks = starfile.read("micrographs.star", always_dict=True)
-    starfile.write({"optics": blocks["optics"], "micrographs": blocks["micrographs"].iloc[:-1]}, "first3.star")
+    write_all_but_last("micrographs.star", "first3.star")
     job = "External/job021/"
     argv = ["--o", job, "--particle_diameter", str(crowded["spec"].diameter_A), "--adapt_centres", "yes", "--j", "2"]
     assert relion_pick(argv + ["--in_mics", "first3.star"]) == 0

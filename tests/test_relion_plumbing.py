@@ -15,6 +15,7 @@ import pytest
 import starfile
 from emtable import Table
 
+from conftest import write_all_but_last
 from relion_helpers import (MICS_STAR, REPO, FakePicker, make_project, run_job_subprocess, wait_for,
                             write_job_star, write_mics_star)
 from relion_hydra import args as rargs
@@ -203,8 +204,7 @@ def test_a_refused_adaptation_at_another_working_scale_continues_and_a_scale_cha
         return picker, "generic", Adaptation(False, None, "generic", "too few confident picks", zero_shot=picker)
 
     monkeypatch.setattr("hydrapicker.adapt.adapted_picker", spy)
-    blocks = starfile.read(MICS_STAR, always_dict=True)
-    starfile.write({"optics": blocks["optics"], "micrographs": blocks["micrographs"].iloc[:-1]}, "first2.star")
+    write_all_but_last(MICS_STAR, "first2.star")
     argv = ["--o", JOB, "--particle_diameter", "40", "--adapt", "yes", "--j", "1"]
     assert main(argv + ["--in_mics", "first2.star"], picker_factory=FakePicker().factory) == 0
     capsys.readouterr()
