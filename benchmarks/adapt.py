@@ -49,7 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-fewshot", action="store_true")
     p.add_argument("--centres", action="store_true",
-                   help="also --adapt with --adapt-centres (the centre refiner taught the data set, adapt_centres column)")
+                   help="also the centre refiner taught the data set after the head (adapt_centres column: hydra pick "
+                        "--adapt, its default; the adapt column is then --adapt --no-adapt-centres)")
     p.add_argument("--timing", action="store_true", help="only the cost on 20 micrographs of 2048 x 2048")
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "hydra_bench_adapt"))
     p.add_argument("--tag", default="after")
@@ -228,10 +229,10 @@ def print_table(rows):
     if all("adapt_centres" in r for r in rows):
         for r in rows:
             c = r["adapt_centres"]
-            print(f"{r['set']:26s} --adapt --adapt-centres AP {c['AP']:.3f} (F1 {c['F1']:.3f}, {c['seconds']:.0f} s"
-                  + ("" if c["accepted"] else ", shipped refiner: " + c["reason"][:50]) + ")")
+            print(f"{r['set']:26s} head + centres (--adapt) AP {c['AP']:.3f} (F1 {c['F1']:.3f}, {c['seconds']:.0f} s"
+                  + ("" if c["accepted"] else ", centres kept: " + c["reason"][:50]) + ")")
         gains = [r["adapt_centres"]["AP"] - r["zero_shot"]["AP"] for r in rows]
-        print(f"with --adapt-centres: mean AP gain {np.mean(gains):+.3f}, worst {min(gains):+.3f}")
+        print(f"head + centres (--adapt): mean AP gain {np.mean(gains):+.3f}, worst {min(gains):+.3f}")
 
 
 def main(argv=None) -> int:

@@ -758,8 +758,8 @@ def table(results: list) -> str:
 
 def analyse_adapted(ds: Dataset, picker, args, work: Path) -> dict:
     """:func:`analyse` with the refiner adapted to ``ds``'s own micrographs (the product's
-    ``picker_with_adapted_refiner``, as ``hydra pick --adapt-centres``; the shipped refiner when its guard
-    refuses), started from ``picker``'s."""
+    ``picker_with_adapted_refiner``, as ``hydra pick --adapt``; ``picker``'s own centres, the detector's unless
+    --refiner, when its guard refuses), started from the shipped refiner."""
     from hydrapicker.refine_adapt import picker_with_adapted_refiner
     from hydrapicker.types import Micrograph
 
@@ -805,7 +805,8 @@ def figure(results: list, path: Path, title: str) -> None:
         ax.axvline(0.25, color="tab:red", ls="--", lw=0.8)
         e = r["errors"]
         ad = r.get("adapted_refiner")
-        which = "" if ad is None else (" (adapted)" if ad["accepted"] else " (shipped: too few confident)")
+        which = "" if ad is None else (" (adapted)" if ad["accepted"] else
+                                       f" ({'shipped' if ad.get('refiner') else 'detector'}: too few confident)")
         ax.set_title(f"{r['name']}{which}\nAP {r['AP']:.2f} vs AP_D/2 {r['AP_D2']:.2f}, median {e['median_D']:.3f} D",
                      fontsize=7.5)
         ax.tick_params(labelsize=7)
@@ -864,8 +865,10 @@ def main(argv=None) -> int:
         pass
     from hydrapicker.picker import Picker
 
+    # --adapt-centres starts as hydra pick --adapt does: from the detector's centres, kept where the guard refuses
     picker = Picker(args.model, device="cpu", log=lambda *a: None,
-                    refine=False if args.no_refine else (args.refiner or "shipped"))
+                    refine=False if args.no_refine or (args.adapt_centres and not args.refiner)
+                    else (args.refiner or "shipped"))
     refiner = picker.refiner  # None: --no-refine, none installed, or made for another body
     if refiner is not None and args.prior_D is not None:
         refiner.prior_D = args.prior_D

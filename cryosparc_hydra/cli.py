@@ -84,13 +84,16 @@ def add_pick_args(p):
     p.add_argument("--adapt", action="store_true",
                    help="self-adaptation without labels: learn a head from these exposures' own confident picks, "
                         "then pick with it (the zero-shot picks when the pseudo-labels are too few or "
-                        "inconsistent); needs the micrographs on disk")
+                        "inconsistent), and the centre refiner too (--adapt-centres); needs the micrographs on disk")
     p.add_argument("--save-model", default=None, metavar="M.pt",
                    help="--adapt: where the adapted model goes (default: hydra_adapted_<project>_<job>.pt here, "
                         "offline <out>_adapted.pt; an existing file is re-used); pick later with --model")
-    p.add_argument("--adapt-centres", action="store_true",
+    p.add_argument("--adapt-centres", dest="adapt_centres", action="store_true", default=None,
                    help="teach the centre refiner these exposures' particles from their own confident picks (no "
-                        "labels), then re-centre every pick with it; needs the micrographs on disk")
+                        "labels), then re-centre every pick with it; on by default with --adapt (unless --no-refine); "
+                        "needs the micrographs on disk")
+    p.add_argument("--no-adapt-centres", dest="adapt_centres", action="store_false",
+                   help="--adapt: teach the head only")
     p.add_argument("--save-refiner", default=None, metavar="R.pt",
                    help="--adapt-centres: where the adapted refiner goes (default: "
                         "hydra_adapted_refiner_<project>_<job>.pt here, offline <out>_adapted_refiner.pt; an existing "
@@ -162,8 +165,18 @@ def _options(args):
                        adapt=getattr(args, "adapt", False), save_model=getattr(args, "save_model", None),
                        evidence=getattr(args, "evidence", None), qc=_qc_count(getattr(args, "qc", 0)),
                        working_scale=getattr(args, "working_scale", None),
-                       adapt_centres=getattr(args, "adapt_centres", False),
+                       adapt_centres=_adapts_centres(args),
                        save_refiner=getattr(args, "save_refiner", None))
+
+
+def _adapts_centres(args) -> bool:
+    """The core's rule (:func:`hydrapicker.refine_adapt.adapts_centres`), as hydra pick and the RELION job."""
+    from hydrapicker.refine_adapt import adapts_centres
+
+    if getattr(args, "adapt_centres", None) and getattr(args, "refine_centres", None) is False:
+        raise UserFacingError("--adapt-centres re-centres picks: leave out --no-refine")
+    return adapts_centres(getattr(args, "adapt", False), getattr(args, "adapt_centres", None),
+                          getattr(args, "refine_centres", None))
 
 
 def _qc_count(n) -> int:

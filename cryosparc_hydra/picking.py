@@ -25,7 +25,7 @@ class PickOptions:
     evidence: Optional[float] = None  # micrograph evidence multiple (hydra pick --evidence): None default, 0 off
     working_scale: object = None      # hydra pick --working-scale: None (as given), "auto" or a fraction
     qc: int = 0                       # QC images (hydrapicker.qc) of this many micrographs spread over the job
-    adapt_centres: bool = False       # the centre refiner taught these exposures (hydrapicker.refine_adapt)
+    adapt_centres: bool = False       # the centre refiner taught these exposures (the CLI: on with adapt, refine_adapt.adapts_centres)
     save_refiner: Optional[str] = None  # where the adapted refiner goes (None: the caller's default)
 
 

@@ -11,7 +11,8 @@ centre cannot fit the part of the errors that is random: it learns the particle'
 
 Measured on the benchmark sets and on 32 training-family tuning sets (README, Centres;
 ``benchmarks/experiments/adapted_refiner.py``). Guard: fewer than ``min_positives`` confident picks keep the
-shipped refiner. The result is a refiner file like any other (``{model, optimizer, epoch, args, meta}``, the
+centres as they would be without it (the detector's, or the refiner the user gave), so a refusal never
+changes the picks. ``--adapt`` teaches it by default (:func:`adapts_centres`). The result is a refiner file like any other (``{model, optimizer, epoch, args, meta}``, the
 body's checksum, ``meta['adaptation']`` its provenance), used with ``--refiner``; it serves every head of the
 model it was made for (zero-shot, few-shot, adapted), as the shipped one does.
 """
@@ -25,8 +26,6 @@ from types import SimpleNamespace
 from typing import Callable, Optional
 
 import numpy as np
-
-from .errors import UserFacingError
 
 
 @dataclass(frozen=True)
@@ -160,9 +159,11 @@ def adapt_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional
 
     t0 = time.time()
     base = base_refiner(picker, any_scale=True)
-    if base is None:
-        raise UserFacingError(f"no centre refiner was made for the body of {picker.meta.get('path')}: adapting "
-                              f"centres needs one to start from (give --refiner FILE made for it)")
+    if base is None:  # e.g. a model trained from scratch: nothing to start from
+        reason = (f"no centre refiner was made for the body of {picker.meta.get('path')} to start from (give "
+                  f"--refiner FILE made for it)")
+        log(f"[centres] not adapted: {reason}")
+        return RefinerAdaptation(False, None, reason, {})
     head = head or picker.default_head
     # the picks teach as the base refiner centres them; at another working scale (no refiner was made for
     # the model's extent) the detector's centres teach
@@ -196,7 +197,7 @@ def adapt_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional
         reason = ("no micrographs to learn centres from" if not sample else
                   f"too few confident picks to learn centres from ({n_pos} on {on} of {len(sample)} micrographs; "
                   f"at least {settings.min_positives} are needed)")
-        log(f"[centres] not adapted: {reason}; the shipped centre refiner {base.path} is used")
+        log(f"[centres] not adapted: {reason}")
         return RefinerAdaptation(False, None, reason, record)
     log(f"[centres] teaching the centre refiner {n_pos} confident picks of {on} micrographs "
         f"({settings.steps} steps)")
@@ -214,10 +215,15 @@ def adapt_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional
 def picker_with_adapted_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional[str] = None,
                                 settings: RefinerAdaptSettings = RefinerAdaptSettings(), reuse: bool = True,
                                 log: Callable = print, should_stop=None) -> tuple:
-    """What every entry point calls: -> (picker refining with the data set's adapted refiner, or with the shipped
-    one when the guard refuses; :class:`RefinerAdaptation`). An adapted refiner already at ``save_to`` (an
-    earlier run) is re-used when ``reuse``."""
+    """What every entry point calls: -> (picker refining with the data set's adapted refiner, or ``picker``
+    itself when the guard refuses; :class:`RefinerAdaptation`). An adapted refiner already at ``save_to`` (an
+    earlier run) is re-used when ``reuse``, and so is the one the picker's model names and refines with (an
+    adapted model re-used with its refiner: ``--adapt --save-model M``)."""
     save_to = Path(save_to)
+    named = _named_refiner(picker)
+    if reuse and not save_to.exists() and named is not None:
+        log(f"[centres] re-using the adapted centre refiner {named}, named by the model {picker.meta.get('path')}")
+        return picker, RefinerAdaptation(True, named, "re-used", {})
     if reuse and save_to.exists():
         log(f"[centres] re-using the adapted centre refiner {save_to} (remove it, or --overwrite, to adapt again)")
         result = RefinerAdaptation(True, save_to, "re-used", {})
@@ -226,11 +232,29 @@ def picker_with_adapted_refiner(picker, mics: list, diameter_A: float, save_to, 
     if result.accepted:
         name_in_adapted_model(picker.meta.get("path"), result.path, log)
         return _with_refiner(picker, str(result.path), log), result
-    base = base_refiner(picker)
-    if base is None:  # a model at another working scale, with no refiner made for it: the detector's centres
-        log("[centres] no centre refiner fits this model's working scale: the detector's centres are kept")
-        return picker, result
-    return _with_refiner(picker, str(base.path), log), result
+    kept = picker.refiner.path if picker.refiner is not None else "the detector's own centres"
+    log(f"[centres] the centres are kept as they were: {kept}")
+    return picker, result
+
+
+def _named_refiner(picker) -> Optional[Path]:
+    """The refiner file ``picker`` refines with when it is the one its model names (``meta['refiner']``), else None."""
+    name, model = picker.meta.get("refiner"), picker.meta.get("path")
+    if not name or not model or picker.refiner is None:
+        return None
+    own = Path(str(model)).parent / str(name)
+    return own if Path(str(picker.refiner.path)).resolve() == own.resolve() else None
+
+
+def adapts_centres(adapt: bool, adapt_centres: Optional[bool] = None, refine: Optional[bool] = None,
+                   refiner=None) -> bool:
+    """Whether the data set teaches the centre refiner, the one rule of every entry point: as asked in so many
+    words (``adapt_centres`` True or False: --adapt-centres / --no-adapt-centres); else with ``adapt``, unless
+    the user fixed the centres otherwise (``refine`` False: the detector's, --no-refine; ``refiner``: a file).
+    Why by default: measured in the README (Self-adaptation, the benchmark with and without centres)."""
+    if adapt_centres is not None:
+        return bool(adapt_centres)
+    return bool(adapt) and refine is not False and not refiner
 
 
 def name_in_adapted_model(model, refiner, log: Callable = print) -> bool:

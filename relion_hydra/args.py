@@ -131,7 +131,7 @@ def parse(argv: list[str], params: tuple, prog: str) -> dict:
             raise ArgumentError(f"--{name} is required ({p.help}). In the RELION GUI, Params tab: "
                                 f"set a 'Param label' to '{name}' and its value.")
         else:
-            values[name] = bool(p.default) if p.kind is bool else p.default
+            values[name] = bool(p.default) if p.kind is bool and p.default is not None else p.default
     return values
 
 

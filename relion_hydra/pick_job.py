@@ -64,11 +64,11 @@ PARAMS = (
     Param("adapt", bool, False, False, "yes: self-adaptation without labels: a head learned from this data set's "
                                        "own confident zero-shot picks picks it (kept as adapted_model.pt in the "
                                        "job; the zero-shot picks when the pseudo-labels are too few or "
-                                       "inconsistent)"),
-    Param("adapt_centres", bool, False, False,
+                                       "inconsistent), and the centre refiner too (adapt_centres)"),
+    Param("adapt_centres", bool, None, False,
           "yes: the centre refiner is taught this data set's particles from its own confident picks (no labels; "
-          "kept as adapted_refiner.pt in the job) and re-centres every pick (the shipped refiner when there are "
-          "too few confident picks)"),
+          "kept as adapted_refiner.pt in the job) and re-centres every pick (the centres stay as without it when "
+          "there are too few confident picks); not given: yes when adapt = yes; no: adapt teaches the head only"),
     Param("refine_centres", bool, defaults.REFINE_CENTRES, False,
           "yes: every pick is re-centred by the shipped centre refiner (a move of at most 0.3 diameters); no: the "
           f"centres as the detector's grid decodes them (default {'yes' if defaults.REFINE_CENTRES else 'no'})"),
@@ -300,6 +300,10 @@ class PickRun:
     def pick(self):
         from hydrapicker import distributed
 
+        from hydrapicker.refine_adapt import adapts_centres
+
+        self.o["adapt_centres"] = adapts_centres(self.o.get("adapt"), self.o.get("adapt_centres"),
+                                                 _refine_centres(self.o) or None)  # the core's rule, as hydra pick
         self.options_key = self._options_key()  # of the options as given (before the model resolves them)
         if self.nothing_new():
             return

@@ -171,7 +171,8 @@ def test_garbage_pseudo_labels_keep_the_zero_shot_picks(target, tmp_path, monkey
 
 
 def test_hydra_pick_adapt_on_particle_free_micrographs_keeps_zero_shot(tmp_path, capsys):
-    """Micrographs of ice and noise only: too few confident picks; the picks equal a run without --adapt."""
+    """Micrographs of ice and noise only: too few confident picks for the head and for the centre refiner; the
+    picks equal a run without --adapt."""
     spec = get_target("t_small80kda").replace(shape=(384, 384), coverage=(0.0, 0.0), p_carbon=0.0)
     _write_set(spec, tmp_path, range(4))
     args = ["pick", "--mics", str(tmp_path / "micrographs.star"), "--diameter", str(spec.diameter_A)]
@@ -179,7 +180,9 @@ def test_hydra_pick_adapt_on_particle_free_micrographs_keeps_zero_shot(tmp_path,
     assert hydra(args + ["--out", str(tmp_path / "ad"), "--adapt"]) == 0
     out = capsys.readouterr().out
     assert "not adapted: too few confident picks" in out
+    assert "too few confident picks to learn centres from" in out  # the refiner was tried too, and refused
     assert not (tmp_path / "ad" / "adapted_hydra.pt").exists()
+    assert not (tmp_path / "ad" / "adapted_refiner_hydra.pt").exists()
     for f in sorted((tmp_path / "zero").glob("*.star")):
         assert np.array_equal(_xy(f), _xy(tmp_path / "ad" / f.name))
 
@@ -189,13 +192,17 @@ def test_hydra_pick_adapt_saves_the_model_and_reuses_it(target, tmp_path, capsys
     star = target["root"] / "micrographs.star"
     args = ["pick", "--mics", str(star), "--diameter", str(target["spec"].diameter_A), "--adapt-sample", "10"]
     assert hydra(args + ["--out", str(tmp_path / "a"), "--adapt"]) == 0
-    model = tmp_path / "a" / "adapted_hydra.pt"
-    assert model.exists() and "adapted head 'adapted'" in capsys.readouterr().out
-    # the saved model picks the same without adapting again ...
+    model, refiner = tmp_path / "a" / "adapted_hydra.pt", tmp_path / "a" / "adapted_refiner_hydra.pt"
+    out = capsys.readouterr().out
+    assert model.exists() and "adapted head 'adapted'" in out
+    assert refiner.exists() and "adapted centre refiner saved" in out  # --adapt teaches the refiner too
+    # the saved model (naming its refiner) picks the same without adapting again ...
     assert hydra(args + ["--out", str(tmp_path / "b"), "--model", str(model)]) == 0
-    # ... and --adapt given an existing --save-model re-uses it
+    # ... and --adapt given an existing --save-model re-uses it, and the refiner it names
     assert hydra(args + ["--out", str(tmp_path / "c"), "--adapt", "--save-model", str(model)]) == 0
-    assert "re-using the adapted model" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "re-using the adapted model" in out and f"re-using the adapted centre refiner {refiner}" in out
+    assert not (tmp_path / "c" / "adapted_refiner_hydra.pt").exists()
     for f in sorted((tmp_path / "a").glob("*_hydra.star")):
         for other in ("b", "c"):
             assert np.array_equal(_xy(f), _xy(tmp_path / other / f.name))
@@ -220,6 +227,8 @@ def test_relion_job_with_adapt_yes_keeps_the_adapted_model_in_the_job_and_reuses
     out = capsys.readouterr().out
     assert "adapted head 'adapted'" in out and "head adapted" in out
     assert read_checkpoint(model)["meta"]["finetune"]["adapted"]["adaptation"]["pseudo_positives"] > 50
+    assert (target["root"] / job / "adapted_refiner.pt").exists()  # adapt yes teaches the refiner too
+    assert f"centres refined by {job}adapted_refiner.pt" in out
     stamp = model.stat().st_mtime_ns
     assert relion_pick(argv + ["--in_mics", "first9.star"]) == 0
     assert "nothing new" in capsys.readouterr().out

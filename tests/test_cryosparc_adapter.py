@@ -551,34 +551,39 @@ def test_offline_pick_end_to_end_matches_the_core(tmp_path, tiny_model, monkeypa
             assert np.allclose(np.sort(got.y), np.sort(p.y), atol=1e-3)
 
 
-@pytest.mark.parametrize("flag, core, returned, kept", [
-    ("--adapt", "hydrapicker.adapt.adapted_picker", ("generic", None), "picks_adapted.pt"),
-    ("--adapt-centres", "hydrapicker.refine_adapt.picker_with_adapted_refiner", (None,), "picks_adapted_refiner.pt"),
+@pytest.mark.parametrize("flags, kept", [
+    (["--adapt"], ["picks_adapted.pt", "picks_adapted_refiner.pt"]),
+    (["--adapt", "--no-adapt-centres"], ["picks_adapted.pt"]),
+    (["--adapt-centres"], ["picks_adapted_refiner.pt"]),
 ])
-def test_offline_pick_adapt_options_run_the_cores_adaptation(flag, core, returned, kept, tmp_path, tiny_model,
-                                                             monkeypatch):
-    """``--adapt`` is :func:`hydrapicker.adapt.adapted_picker` and ``--adapt-centres``
-    :func:`hydrapicker.refine_adapt.picker_with_adapted_refiner` over the exposures (as in hydra pick and the
-    RELION job); the adapted model or refiner goes next to the output by default."""
+def test_offline_pick_adapt_options_run_the_cores_adaptation(flags, kept, tmp_path, tiny_model, monkeypatch):
+    """``--adapt`` is :func:`hydrapicker.adapt.adapted_picker` and then (by default, the core's rule)
+    :func:`hydrapicker.refine_adapt.picker_with_adapted_refiner` over the exposures, as in hydra pick and the
+    RELION job; ``--no-adapt-centres`` keeps the head only, ``--adapt-centres`` alone the refiner only. The
+    adapted model and refiner go next to the output by default."""
     from cryosparc_hydra import cli
 
     calls = []
 
-    def spy(picker, mics, diameter_A, save_to, head=None, settings=None, reuse=True, log=print, should_stop=None):
-        calls.append((sorted(m.meta["cs_path"] for m in mics), Path(save_to), diameter_A))
-        return (picker, *returned)
+    def spy(returned):
+        def core(picker, mics, diameter_A, save_to, head=None, settings=None, reuse=True, log=print,
+                 should_stop=None):
+            calls.append((sorted(m.meta["cs_path"] for m in mics), Path(save_to).name, diameter_A))
+            return (picker, *returned)
+        return core
 
-    monkeypatch.setattr(core, spy)
+    monkeypatch.setattr("hydrapicker.adapt.adapted_picker", spy(("generic", None)))
+    monkeypatch.setattr("hydrapicker.refine_adapt.picker_with_adapted_refiner", spy((None,)))
     project, ds = make_project(tmp_path, shapes=((96, 128), (128, 112)), psize=4.0, blobs=[(30, 30, 8)])
     (project / "J4").mkdir()
     exp_cs = project / "J4" / "J4_exposures.cs"
     ds.save(str(exp_cs))
     out = tmp_path / "out" / "picks.cs"
     rc = cli.main(["pick", "--exposures-cs", str(exp_cs), "--out", str(out), "--model", str(tiny_model),
-                   "--diameter", "64", "--device", "cpu", "--threads", "1", flag])
+                   "--diameter", "64", "--device", "cpu", "--threads", "1", *flags])
     assert rc == 0 and out.exists()
     paths = sorted(str(p) for p in ds["micrograph_blob/path"])
-    assert calls == [(paths, tmp_path / "out" / kept, 64.0)]
+    assert calls == [(paths, name, 64.0) for name in kept]
 
 
 def test_offline_pick_working_scale_is_the_cores_and_equals_a_model_at_that_scale(tmp_path, tiny_model, capsys):

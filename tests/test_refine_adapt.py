@@ -31,21 +31,41 @@ def test_only_cells_near_a_teaching_pick_are_taught():
     assert near_mask(np.zeros((0, 2)), 8, 4, 1.0).sum() == 0
 
 
-def test_too_few_confident_picks_keep_the_shipped_refiner(tmp_path):
-    """Micrographs of ice and noise only: nothing to learn from; the picker refines with the shipped refiner."""
+def test_too_few_confident_picks_keep_the_centres_as_they_were(tmp_path):
+    """Micrographs of ice and noise only: nothing to learn from; the picker is returned as it was, so a refusal
+    changes no pick: the detector's centres (the default), or the refiner it was given."""
     spec = get_target("t_small80kda").replace(shape=(384, 384), coverage=(0.0, 0.0), p_carbon=0.0)
     mics, _ = _write_set(spec, tmp_path, range(2))
     said = []
-    picker, res = picker_with_adapted_refiner(Picker(**QUIET), mics, spec.diameter_A, tmp_path / "r.pt",
-                                              reuse=False, log=said.append)
+    plain = Picker(**QUIET)
+    picker, res = picker_with_adapted_refiner(plain, mics, spec.diameter_A, tmp_path / "r.pt", reuse=False,
+                                              log=said.append)
     assert not res.accepted and "too few confident picks" in res.reason
-    assert not (tmp_path / "r.pt").exists() and picker.refiner is not None
-    assert picker.refiner.path == str(SHIPPED) and any("not adapted" in s for s in said)
-    # no micrographs at all (a --watch restart whose earlier run kept the shipped refiner): said as such
-    picker, res = picker_with_adapted_refiner(Picker(**QUIET), [], spec.diameter_A, tmp_path / "r.pt", reuse=False,
-                                              **QUIET)
+    assert picker is plain and picker.refiner is None and not (tmp_path / "r.pt").exists()
+    assert any("not adapted" in s for s in said) and any("the detector's own centres" in s for s in said)
+    shipped = Picker(refine="shipped", **QUIET)
+    picker, res = picker_with_adapted_refiner(shipped, mics, spec.diameter_A, tmp_path / "r.pt", reuse=False, **QUIET)
+    assert not res.accepted and picker is shipped and picker.refiner.path == str(SHIPPED)
+    # no micrographs at all (a --watch restart whose earlier run was refused): said as such
+    picker, res = picker_with_adapted_refiner(plain, [], spec.diameter_A, tmp_path / "r.pt", reuse=False, **QUIET)
     assert not res.accepted and res.reason == "no micrographs to learn centres from"
-    assert picker.refiner.path == str(SHIPPED) and not (tmp_path / "r.pt").exists()
+    assert picker is plain and not (tmp_path / "r.pt").exists()
+
+
+@pytest.mark.parametrize("adapt, adapt_centres, refine, refiner, taught", [
+    (True, None, None, None, True),        # --adapt: head and centres
+    (True, False, None, None, False),      # --adapt --no-adapt-centres
+    (True, None, False, None, False),      # --adapt --no-refine: the detector's centres
+    (True, None, None, "r.pt", False),     # --adapt --refiner r.pt: that refiner
+    (True, None, True, None, True),        # --adapt --refine
+    (False, None, None, None, False),      # plain picking
+    (False, True, None, None, True),       # --adapt-centres alone
+    (True, True, None, "r.pt", True),      # asked in so many words
+])
+def test_the_rule_of_when_the_data_set_teaches_the_refiner(adapt, adapt_centres, refine, refiner, taught):
+    from hydrapicker.refine_adapt import adapts_centres
+
+    assert adapts_centres(adapt, adapt_centres, refine, refiner) is taught
 
 
 def test_a_model_that_names_its_refiner_is_refined_by_it_unless_told_otherwise(tmp_path):

@@ -205,7 +205,7 @@ def test_a_refused_adaptation_at_another_working_scale_continues_and_a_scale_cha
 
     monkeypatch.setattr("hydrapicker.adapt.adapted_picker", spy)
     write_all_but_last(MICS_STAR, "first2.star")
-    argv = ["--o", JOB, "--particle_diameter", "40", "--adapt", "yes", "--j", "1"]
+    argv = ["--o", JOB, "--particle_diameter", "40", "--adapt", "yes", "--adapt_centres", "no", "--j", "1"]
     assert main(argv + ["--in_mics", "first2.star"], picker_factory=FakePicker().factory) == 0
     capsys.readouterr()
     fake = FakePicker()
@@ -245,8 +245,10 @@ def test_working_scale_runs_the_cores_rule_and_a_changed_value_picks_again(proje
 
 
 def test_adapt_yes_runs_the_core_adaptation_on_the_job_micrographs(project, monkeypatch):
-    """``adapt = yes`` is :func:`hydrapicker.adapt.adapted_picker` (one implementation for every entry point),
-    over the job's micrographs, with its model kept in the job directory."""
+    """``adapt = yes`` is :func:`hydrapicker.adapt.adapted_picker` and then, by the core's rule (adapt_centres
+    empty), :func:`hydrapicker.refine_adapt.picker_with_adapted_refiner` (one implementation for every entry
+    point), over the job's micrographs, with the model and refiner kept in the job directory;
+    ``adapt_centres no`` keeps the head only."""
     calls = []
 
     def spy(picker, mics, diameter_A, save_to, head=None, settings=None, reuse=True, log=print, should_stop=None):
@@ -255,10 +257,20 @@ def test_adapt_yes_runs_the_core_adaptation_on_the_job_micrographs(project, monk
         calls.append(([m.name for m in mics], Path(save_to), diameter_A, head))
         return picker, "generic", Adaptation(False, None, "generic", "refused by the spy")
 
+    def refiner_spy(picker, mics, diameter_A, save_to, head=None, settings=None, reuse=True, log=print,
+                    should_stop=None):
+        calls.append(([m.name for m in mics], Path(save_to), diameter_A, head))
+        return picker, None
+
     monkeypatch.setattr("hydrapicker.adapt.adapted_picker", spy)
+    monkeypatch.setattr("hydrapicker.refine_adapt.picker_with_adapted_refiner", refiner_spy)
     rc, _ = pick(["--adapt", "yes"])
     assert rc == 0 and exit_files() == ["RELION_JOB_EXIT_SUCCESS"]
-    assert calls == [(NAMES, Path(JOB) / "adapted_model.pt", 40.0, None)]
+    assert calls == [(NAMES, Path(JOB) / "adapted_model.pt", 40.0, None),
+                     (NAMES, Path(JOB) / "adapted_refiner.pt", 40.0, "generic")]
+    calls.clear()
+    rc, _ = pick(["--adapt", "yes", "--adapt_centres", "no"], job="External/job003/")
+    assert rc == 0 and calls == [(NAMES, Path("External/job003/") / "adapted_model.pt", 40.0, None)]
     calls.clear()
     rc, _ = pick(["--adapt", "no"], job="External/job002/")
     assert rc == 0 and calls == []

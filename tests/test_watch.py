@@ -294,7 +294,7 @@ def test_watch_adapt_learns_from_the_first_micrographs_and_picks_the_session_wit
     staging, mics, out = tmp_path / "staging", tmp_path / "mics", tmp_path / "out"
     for i in range(5):
         _crowded_mic((mics if i < 2 else staging) / f"m{i}.mrc", i)
-    args = _args(mics, out, "--watch", "--poll", "0.3", "--adapt", "--adapt-sample", "3")
+    args = _args(mics, out, "--watch", "--poll", "0.3", "--adapt", "--no-adapt-centres", "--adapt-sample", "3")
 
     threading.Timer(1.5, lambda: (out / "STOP").write_text("")).start()
     assert hydra(args) == 0  # 2 of 3: waits, then stops on the STOP file with nothing picked
@@ -341,7 +341,7 @@ def test_watch_adapt_ending_on_idle_timeout_learns_from_what_came(tmp_path, caps
     mics, out = tmp_path / "mics", tmp_path / "out"
     for i in range(3):
         _crowded_mic(mics / f"m{i}.mrc", 10 + i)
-    assert hydra(_args(mics, out, "--watch", "--poll", "0.3", "--adapt", "--adapt-sample", "5",
+    assert hydra(_args(mics, out, "--watch", "--poll", "0.3", "--adapt", "--no-adapt-centres", "--adapt-sample", "5",
                        "--idle-timeout", "1")) == 0
     cap = capsys.readouterr().out
     assert "picked the 3 micrograph(s) that waited for --adapt" in cap
@@ -354,15 +354,16 @@ def test_watch_adapt_ending_on_idle_timeout_learns_from_what_came(tmp_path, caps
 
 
 @pytest.mark.slow
-def test_watch_adapt_with_adapt_centres_learns_head_and_refiner_from_the_first_micrographs(tmp_path, capsys):
-    """--watch --adapt --adapt-centres: the refiner is learned right after the head, from the same first
-    micrographs; the session's picks equal a batch run with both files; a restart re-uses both at once."""
+def test_watch_adapt_learns_head_and_refiner_from_the_first_micrographs(tmp_path, capsys):
+    """--watch --adapt (its centre refiner on by default, as --adapt-centres): the refiner is learned right after
+    the head, from the same first micrographs; the session's picks equal a batch run with both files; a
+    restart re-uses both at once."""
     from hydrapicker.cli import main as hydra
 
     mics, out = tmp_path / "mics", tmp_path / "out"
     for i in range(3):
         _crowded_mic(mics / f"m{i}.mrc", 20 + i)
-    args = _args(mics, out, "--watch", "--poll", "0.3", "--adapt", "--adapt-centres", "--adapt-sample", "3")
+    args = _args(mics, out, "--watch", "--poll", "0.3", "--adapt", "--adapt-sample", "3")
     assert hydra(args + ["--idle-timeout", "1"]) == 0
     cap = capsys.readouterr().out
     model, refiner = out / "adapted_hydra.pt", out / "adapted_refiner_hydra.pt"

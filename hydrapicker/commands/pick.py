@@ -127,10 +127,14 @@ def add_args(p):
                         "off by default")
     p.add_argument("--no-refine", dest="refine_centres", action="store_false",
                    help="keep the centres as the detector's grid decodes them (the default)")
-    p.add_argument("--adapt-centres", action="store_true",
+    p.add_argument("--adapt-centres", dest="adapt_centres", action="store_true", default=None,
                    help="teach the centre refiner this data set's particles from its own confident picks (no "
                         "labels; on --adapt-sample micrographs, about a minute on 2 cores), then re-centre every pick "
-                        "with it; kept as --save-refiner and re-used (implies --refine)")
+                        "with it; kept as --save-refiner and re-used. On by default with --adapt (unless --no-refine "
+                        "or --refiner); alone: the zero-shot head's picks re-centred. Too few confident picks: the "
+                        "centres stay as without it")
+    p.add_argument("--no-adapt-centres", dest="adapt_centres", action="store_false",
+                   help="--adapt: teach the head only; the centres as without --adapt")
     p.add_argument("--save-refiner", default=None,
                    help="--adapt-centres: where the adapted centre refiner goes (default "
                         "<out>/adapted_refiner_<suffix>.pt; an existing one is re-used unless --overwrite)")
@@ -162,7 +166,8 @@ def add_args(p):
     p.add_argument("--adapt", action="store_true",
                    help="self-adaptation without labels: learn a head for this data set from its own confident "
                         "zero-shot picks (on --adapt-sample micrographs), then pick with it; guarded: the "
-                        "zero-shot picks are kept when the pseudo-labels are too few or inconsistent. With "
+                        "zero-shot picks are kept when the pseudo-labels are too few or inconsistent. The centre "
+                        "refiner is taught the same way (--adapt-centres; --no-adapt-centres: the head only). With "
                         "--watch: learned from the first --adapt-sample micrographs to come, picking starts then")
     p.add_argument("--adapt-sample", type=positive_int, default=24,
                    help="--adapt: micrographs learned from, spread over the data set (--watch: the first ones; "
@@ -185,18 +190,21 @@ def main(args):
     from .. import distributed
     from ..errors import UserFacingError
     from ..micrographs import collect_micrographs
+    from ..refine_adapt import adapts_centres
 
     inputs = list(args.micrographs) + list(args.mics)
     if not inputs:
         raise UserFacingError("give micrographs (files, globs, @list.txt, a folder with --watch) or --mics STAR")
     if getattr(args, "working_scale", None) is not None and getattr(args, "adapt", False):
         raise UserFacingError("--adapt chooses its working scale itself: leave out --working-scale")
-    if getattr(args, "adapt_centres", False) and args.watch and not getattr(args, "adapt", False):
+    if getattr(args, "adapt_centres", None) and getattr(args, "refine_centres", None) is False:
+        raise UserFacingError("--adapt-centres re-centres picks: leave out --no-refine")
+    args.adapt_centres = adapts_centres(getattr(args, "adapt", False), getattr(args, "adapt_centres", None),
+                                        getattr(args, "refine_centres", None), getattr(args, "refiner", None))
+    if args.adapt_centres and args.watch and not getattr(args, "adapt", False):
         raise UserFacingError("--watch --adapt-centres goes with --adapt (both learn from the first --adapt-sample "
                               "micrographs); alone, run it once on the first micrographs of the session, then "
                               "--watch --refiner <out>/adapted_refiner_<suffix>.pt")
-    if getattr(args, "adapt_centres", False) and getattr(args, "refine_centres", None) is False:
-        raise UserFacingError("--adapt-centres re-centres picks: leave out --no-refine")
     if getattr(args, "working_scale", None) == "auto" and args.watch:
         raise UserFacingError("--working-scale auto looks at micrographs already written; with --watch give a "
                               "number (e.g. --working-scale 0.75) or none")
@@ -512,8 +520,8 @@ class WatchAdaptation:
     (``--save-model`` or ``<out>/adapted_<suffix>.pt``) re-uses it at once; one that finds picks in ``--out``
     but no adapted model goes on with the head that made them (a refused adaptation's zero-shot head).
     With ``--adapt-centres`` the centre refiner is learned right after the head, from the same micrographs
-    (:func:`_adapt_centres`), and a restart re-uses it (or, when the earlier run's guard refused it, the
-    shipped refiner)."""
+    (:func:`_adapt_centres`), and a restart re-uses it (or, when the earlier run's guard refused it, keeps
+    the centres as they were)."""
 
     def __init__(self, args, out, picker, policy, log):
         self.args, self.out, self.log = args, out, log
@@ -543,7 +551,7 @@ class WatchAdaptation:
             kept = _adapted_refiner_path(self.args, self.out)
             if not mics and not kept.exists():
                 self.log(f"[hydra watch] --adapt-centres: no adapted refiner at {kept}: the earlier run's guard "
-                         f"kept the shipped one")
+                         f"kept the centres as they were")
             self.picker = _adapt_centres(self.picker, mics, self.args, self.out, 1, self.log)
         self.policy = _policy(self.picker, self.args)
 
