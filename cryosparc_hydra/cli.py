@@ -173,8 +173,6 @@ def _adapts_centres(args) -> bool:
     """The core's rule (:func:`hydrapicker.refine_adapt.adapts_centres`), as hydra pick and the RELION job."""
     from hydrapicker.refine_adapt import adapts_centres
 
-    if getattr(args, "adapt_centres", None) and getattr(args, "refine_centres", None) is False:
-        raise UserFacingError("--adapt-centres re-centres picks: leave out --no-refine")
     return adapts_centres(getattr(args, "adapt", False), getattr(args, "adapt_centres", None),
                           getattr(args, "refine_centres", None))
 

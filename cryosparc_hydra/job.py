@@ -200,7 +200,7 @@ def _pick_into_job(cs, project, job, picker, opts, summary, read, project_dir, l
                                   "run where it is mounted (--read file, --project-dir)")
         picker = adapted_centres(picker, mics, opts, f"hydra_adapted_refiner_{project.uid}_{job.uid}.pt", log)
         compat.log(job, "HydraPicker: centres " + (f"refined by {picker.refiner.path}" if picker.refiner is not None
-                                                   else "as the detector decodes them (too few confident picks)"))
+                                                   else "as the detector decodes them (the refiner was not adapted)"))
     threshold = threshold_for(picker, opts)
     compat.log(job, f"HydraPicker: {len(mics)} micrographs (read by {summary.read_mode}), diameter "
                     f"{opts.diameter_A:g} A, threshold {threshold:g}, device {getattr(picker, 'device', '?')}")

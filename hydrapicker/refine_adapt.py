@@ -12,9 +12,10 @@ centre cannot fit the part of the errors that is random: it learns the particle'
 Measured on the benchmark sets and on 32 training-family tuning sets (README, Centres;
 ``benchmarks/experiments/adapted_refiner.py``). Guard: fewer than ``min_positives`` confident picks keep the
 centres as they would be without it (the detector's, or the refiner the user gave), so a refusal never
-changes the picks. ``--adapt`` teaches it by default (:func:`adapts_centres`). The result is a refiner file like any other (``{model, optimizer, epoch, args, meta}``, the
-body's checksum, ``meta['adaptation']`` its provenance), used with ``--refiner``; it serves every head of the
-model it was made for (zero-shot, few-shot, adapted), as the shipped one does.
+changes the picks. ``--adapt`` teaches it by default (:func:`adapts_centres`). The result is a refiner file
+like any other (``{model, optimizer, epoch, args, meta}``, the body's checksum, ``meta['adaptation']`` its
+provenance), used with ``--refiner``; it serves every head of the model it was made for (zero-shot,
+few-shot, adapted), as the shipped one does.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from types import SimpleNamespace
 from typing import Callable, Optional
 
 import numpy as np
+
+from .errors import UserFacingError
 
 
 @dataclass(frozen=True)
@@ -251,7 +254,10 @@ def adapts_centres(adapt: bool, adapt_centres: Optional[bool] = None, refine: Op
     """Whether the data set teaches the centre refiner, the one rule of every entry point: as asked in so many
     words (``adapt_centres`` True or False: --adapt-centres / --no-adapt-centres); else with ``adapt``, unless
     the user fixed the centres otherwise (``refine`` False: the detector's, --no-refine; ``refiner``: a file).
-    Why by default: measured in the README (Self-adaptation, the benchmark with and without centres)."""
+    Why by default: measured in the README (Self-adaptation, the benchmark with and without centres). Asked for
+    beside ``refine`` False is a contradiction, refused in one line."""
+    if adapt_centres and refine is False:
+        raise UserFacingError("--adapt-centres re-centres picks: leave out --no-refine")
     if adapt_centres is not None:
         return bool(adapt_centres)
     return bool(adapt) and refine is not False and not refiner

@@ -68,6 +68,15 @@ def test_the_rule_of_when_the_data_set_teaches_the_refiner(adapt, adapt_centres,
     assert adapts_centres(adapt, adapt_centres, refine, refiner) is taught
 
 
+
+def test_asking_for_adapted_centres_beside_no_refine_is_refused():
+    from hydrapicker.errors import UserFacingError
+    from hydrapicker.refine_adapt import adapts_centres
+
+    with pytest.raises(UserFacingError, match="leave out --no-refine"):
+        adapts_centres(True, True, False)
+
+
 def test_a_model_that_names_its_refiner_is_refined_by_it_unless_told_otherwise(tmp_path):
     """``meta['refiner']`` (written for an adapted model beside its adapted refiner): ``refine="auto"`` uses
     that file; a missing one is said and the usual rule applies; --no-refine and --refiner still decide."""

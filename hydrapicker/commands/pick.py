@@ -197,8 +197,6 @@ def main(args):
         raise UserFacingError("give micrographs (files, globs, @list.txt, a folder with --watch) or --mics STAR")
     if getattr(args, "working_scale", None) is not None and getattr(args, "adapt", False):
         raise UserFacingError("--adapt chooses its working scale itself: leave out --working-scale")
-    if getattr(args, "adapt_centres", None) and getattr(args, "refine_centres", None) is False:
-        raise UserFacingError("--adapt-centres re-centres picks: leave out --no-refine")
     args.adapt_centres = adapts_centres(getattr(args, "adapt", False), getattr(args, "adapt_centres", None),
                                         getattr(args, "refine_centres", None), getattr(args, "refiner", None))
     if args.adapt_centres and args.watch and not getattr(args, "adapt", False):
