@@ -81,6 +81,12 @@ def refined(refiner, cmap, prepared, ranked: Picks, policy, invalid=None) -> Pic
     return rank(Candidates(xy, ranked.fom.copy(), prepared.shape, prepared.pixel_size), again, invalid)
 
 
+def named_refiner_path(meta: dict) -> Optional[Path]:
+    """The centre refiner a model file names (``meta['refiner']``: a file name, beside the model file), or None."""
+    name, model = meta.get("refiner"), meta.get("path")
+    return Path(str(model)).parent / str(name) if name and model else None
+
+
 class Picker:
     """Holds a HydraPicker model on a device.
 
@@ -151,7 +157,7 @@ class Picker:
         if refine is None or refine is False:
             return None
         auto = isinstance(refine, str) and refine == "auto"
-        if auto and self.meta.get("refiner"):  # a model adapted with its own refiner (--adapt --adapt-centres)
+        if auto and self.meta.get("refiner"):  # a model adapted with its own refiner (--adapt)
             own = self._own_refiner()
             if own is not None:
                 return self._using(own, " (adapted with this model)")
@@ -190,9 +196,10 @@ class Picker:
         missing or unreadable or made for another body (said; the usual rule then applies)."""
         from .refine import first_fitting
 
-        own = Path(str(self.meta.get("path"))).parent / str(self.meta["refiner"])
+        own = named_refiner_path(self.meta)
         try:
-            refiner = first_fitting([own], self.net, self.meta, self.device) if own.is_file() else None
+            found = own is not None and own.is_file()
+            refiner = first_fitting([own], self.net, self.meta, self.device) if found else None
         except UserFacingError as e:
             self.log(f"[hydra] centres: the refiner this model names cannot be read ({e})")
             return None

@@ -242,10 +242,11 @@ def picker_with_adapted_refiner(picker, mics: list, diameter_A: float, save_to, 
 
 def _named_refiner(picker) -> Optional[Path]:
     """The refiner file ``picker`` refines with when it is the one its model names (``meta['refiner']``), else None."""
-    name, model = picker.meta.get("refiner"), picker.meta.get("path")
-    if not name or not model or picker.refiner is None:
+    from .picker import named_refiner_path
+
+    own = named_refiner_path(picker.meta)
+    if own is None or picker.refiner is None:
         return None
-    own = Path(str(model)).parent / str(name)
     return own if Path(str(picker.refiner.path)).resolve() == own.resolve() else None
 
 
