@@ -68,7 +68,6 @@ def test_the_rule_of_when_the_data_set_teaches_the_refiner(adapt, adapt_centres,
     assert adapts_centres(adapt, adapt_centres, refine, refiner) is taught
 
 
-
 def test_asking_for_adapted_centres_beside_no_refine_is_refused():
     from hydrapicker.errors import UserFacingError
     from hydrapicker.refine_adapt import adapts_centres
