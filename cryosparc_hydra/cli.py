@@ -77,6 +77,9 @@ def add_pick_args(p):
                         "the core's; more for junk-heavy sessions; 0 = off)")
     p.add_argument("--no-evidence", dest="evidence", action="store_const", const=0.0,
                    help="the FOMs as the network gives them (= --evidence 0)")
+    p.add_argument("--class-centres", dest="class_centres", action="store_true",
+                   help="move every pick towards where 2D alignment to class averages of its exposure's own "
+                        "confident picks puts it (as hydra pick --class-centres; off by default)")
     p.add_argument("--working-scale", default=None, type=parse_working_scale, metavar="auto|S",
                    help="particle extent the network sees, as a fraction of --diameter (default: as given); auto: a "
                         "smaller scale only when the best candidates score clearly higher there (elongated "
@@ -165,7 +168,7 @@ def _options(args):
                        adapt=getattr(args, "adapt", False), save_model=getattr(args, "save_model", None),
                        evidence=getattr(args, "evidence", None), qc=_qc_count(getattr(args, "qc", 0)),
                        working_scale=getattr(args, "working_scale", None),
-                       adapt_centres=_adapts_centres(args),
+                       adapt_centres=_adapts_centres(args), class_centres=getattr(args, "class_centres", False),
                        save_refiner=getattr(args, "save_refiner", None))
 
 

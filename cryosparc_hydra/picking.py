@@ -27,6 +27,7 @@ class PickOptions:
     qc: int = 0                       # QC images (hydrapicker.qc) of this many micrographs spread over the job
     adapt_centres: bool = False       # the centre refiner taught these exposures (the CLI: on with adapt, refine_adapt.adapts_centres)
     save_refiner: Optional[str] = None  # where the adapted refiner goes (None: the caller's default)
+    class_centres: bool = False       # picks re-centred on class averages of each exposure's picks (hydra pick --class-centres)
 
 
 @dataclass
@@ -64,7 +65,8 @@ def policy_for(picker, opts: PickOptions):
 
     return PickPolicy.for_model(getattr(picker, "meta", None) or {}, opts.diameter_A, head_for(picker, opts),
                                 "model" if opts.threshold is None else opts.threshold,
-                                min_distance_A=opts.min_distance_A, edge_A=opts.edge_A, evidence=opts.evidence)
+                                min_distance_A=opts.min_distance_A, edge_A=opts.edge_A, evidence=opts.evidence,
+                                class_centres=opts.class_centres)
 
 
 def threshold_for(picker, opts: PickOptions) -> float:

@@ -407,9 +407,12 @@ class Picker:
     def _finish(self, prepared, outputs, policy, invalid=None, info=None):
         """``outputs`` = (raw grid, centre map or None) -> (picks, ranked): the candidates decoded and
         ranked (:func:`~hydrapicker.postprocess.rank`), re-centred by the refiner when one is loaded, and
-        selected (:func:`~hydrapicker.postprocess.select`); ``info`` (a dict) receives the micrograph's
-        ``threshold`` and ``threshold_info``."""
-        from .postprocess import decode, rank, select, weigh_by_evidence
+        selected (:func:`~hydrapicker.postprocess.select`), then re-centred on class averages when the
+        policy asks (``class_centres_at``); ``info`` (a dict) receives the micrograph's ``threshold`` and
+        ``threshold_info`` (and ``class_centres``)."""
+        from dataclasses import replace
+
+        from .postprocess import decode, rank, rounded, select, weigh_by_evidence
 
         grid, cmap = outputs
         candidates = decode(grid, self.stride, policy.decode_floor, float(self.meta.get("temperature", defaults.TEMPERATURE)),
@@ -418,7 +421,22 @@ class Picker:
         if cmap is not None:
             ranked = refined(self.refiner, cmap, prepared, ranked, policy, invalid)
         ranked = weigh_by_evidence(ranked, policy, info)
-        return select(ranked, policy, info), ranked
+        if policy.class_centres_at is None:
+            return select(ranked, policy, info), ranked
+        picks = select(ranked, replace(policy, round_to_pixel=False), info)
+        picks = self._class_centred(prepared, picks, ranked.above(policy.class_centres_at), info)
+        return rounded(picks, policy), ranked
+
+    def _class_centred(self, prepared, picks: Picks, confident: Picks, info=None) -> Picks:
+        """``picks`` re-centred on the class averages of the micrograph's ``confident`` picks
+        (:mod:`hydrapicker.class_centres`); ``info`` (a dict) receives ``class_centres`` (what was done)."""
+        from .class_centres import recentred_picks
+
+        moved, done = recentred_picks(picks, prepared.image, prepared.scale_xy, self.extent_px, confident)
+        if info is not None:
+            info["class_centres"] = {"moved": done.moved, "confident": done.confident, "classes": done.classes,
+                                     **done.report}
+        return moved
 
     def pick_one(self, mic: Micrograph, diameter_A: float, head: str = "generic", policy=None) -> Picks:
         """Pick one micrograph (errors raise); ``policy`` None: every pick above the model's floor."""

@@ -116,6 +116,8 @@ class PickPolicy:
     calibrated: Optional[float] = None
     find_invalid: bool = False  # find border bands and dead areas (hydrapicker.regions) and pick none there
     evidence_ref: Optional[float] = None  # micrograph evidence (weigh_by_evidence): the reference FOM; None = off
+    class_centres_at: Optional[float] = None  # class-average centring (hydrapicker.class_centres) from the picks
+    #                                           with FOM >= this (the head's calibrated threshold); None = off
 
     def __post_init__(self):
         if self.is_auto and not (self.calibrated is not None and 0.0 < float(self.calibrated) < 1.0):
@@ -146,14 +148,16 @@ class PickPolicy:
     @classmethod
     def for_model(cls, meta: dict, diameter_A: float, head: str = "generic", threshold="model",
                   min_distance_A=None, edge_A=0.0, invalid_margin_A=None, round_to_pixel=False,
-                  find_invalid=True, evidence=None) -> "PickPolicy":
+                  find_invalid=True, evidence=None, class_centres=False) -> "PickPolicy":
         """The policy of a model file's ``meta``: ``threshold`` = a number, None (all above the floor) or
         ``"model"`` (the head's calibrated threshold) or ``"auto"`` (per micrograph, around the head's
         calibrated threshold); floor from the model; minimum distance half the diameter unless given;
         border bands and dead areas found and avoided by ``invalid_margin_A`` (default half a diameter)
         unless ``find_invalid`` is False; FOMs weighed by the micrograph's evidence (:func:`weigh_by_evidence`)
         against the FOM of ``evidence`` times the odds of the head's calibrated threshold
-        (:func:`evidence_reference`; :func:`evidence_multiple`: None = the default, 0 or False = off)."""
+        (:func:`evidence_reference`; :func:`evidence_multiple`: None = the default, 0 or False = off);
+        ``class_centres``: the picks re-centred on class averages of each micrograph's picks at or above the
+        head's calibrated threshold (:mod:`hydrapicker.class_centres`)."""
         from .checkpoint import threshold_for
 
         head_threshold = float(threshold_for(meta or {}, head))
@@ -170,7 +174,8 @@ class PickPolicy:
         margin = defaults.INVALID_MARGIN_DIAMETERS * float(diameter_A) if invalid_margin_A is None \
             else float(invalid_margin_A)
         return cls(float(min_d), thr, model_floor(meta), float(edge_A or 0.0), margin,
-                   bool(round_to_pixel), calibrated, bool(find_invalid), evidence_ref)
+                   bool(round_to_pixel), calibrated, bool(find_invalid), evidence_ref,
+                   head_threshold if class_centres else None)
 
 
     @classmethod
@@ -294,10 +299,12 @@ def select(ranked: Picks, policy: PickPolicy, info: Optional[dict] = None) -> Pi
     if info is not None:
         info["threshold"] = threshold
         info["threshold_info"] = why
-    picks = ranked.above(threshold)
-    if policy.round_to_pixel:  # RELION truncates coordinates at extraction
-        picks = Picks(picks.x.round(), picks.y.round(), picks.fom)
-    return picks
+    return rounded(ranked.above(threshold), policy)
+
+
+def rounded(picks: Picks, policy: PickPolicy) -> Picks:
+    """``picks`` rounded to whole pixels when the policy asks (RELION truncates coordinates at extraction)."""
+    return Picks(picks.x.round(), picks.y.round(), picks.fom) if policy.round_to_pixel else picks
 
 
 def finalize(candidates: Candidates, policy: PickPolicy, invalid: Optional[np.ndarray] = None,

@@ -72,6 +72,10 @@ PARAMS = (
     Param("refine_centres", bool, defaults.REFINE_CENTRES, False,
           "yes: every pick is re-centred by the shipped centre refiner (a move of at most 0.3 diameters); no: the "
           f"centres as the detector's grid decodes them (default {'yes' if defaults.REFINE_CENTRES else 'no'})"),
+    Param("class_centres", bool, False, False,
+          "yes: every pick moves towards where 2D alignment to class averages of its micrograph's own confident "
+          "picks puts it (no training; at most a quarter diameter; micrographs with fewer than 30 confident picks "
+          "keep theirs); no: off (default)"),
     Param("working_scale", parse_working_scale, None, False,
           "particle extent the network sees, as a fraction of the diameter (empty: as given; auto: 4 micrographs "
           "are picked at 0.85 and 0.75 too and a smaller scale is taken only when the best candidates score clearly "
@@ -108,14 +112,15 @@ def _evidence(o):
 
 
 def _choice_keys(o) -> tuple:
-    """The done list's words for refine_centres, micrograph_evidence, tta, working_scale and adapt_centres: nothing for the
-    defaults (older done lists stay valid)."""
+    """The done list's words for refine_centres, micrograph_evidence, tta, working_scale, adapt_centres and
+    class_centres: nothing for the defaults (older done lists stay valid)."""
     refine = _refine_centres(o)
     return (() if refine == defaults.REFINE_CENTRES else ("refined" if refine else "unrefined",)) + \
         (() if _evidence(o) is None else (f"evidence {float(_evidence(o)):g}",)) + \
         (() if _tta(o) == defaults.TTA else (f"views {_tta(o)}",)) + \
         (() if o.get("working_scale") is None else (f"working scale {o['working_scale']}",)) + \
-        (("adapted centres",) if o.get("adapt_centres") else ())
+        (("adapted centres",) if o.get("adapt_centres") else ()) + \
+        (("class centres",) if o.get("class_centres") else ())
 
 
 def default_picker_factory(model, device, threads, refine="auto", tta=None):
@@ -248,7 +253,7 @@ class PickRun:
         policy = PickPolicy.for_model(meta, o["particle_diameter"], o["head"],
                                       "model" if o["threshold"] is None else o["threshold"],
                                       min_distance_A=o["min_distance"], round_to_pixel=True,  # RELION truncates
-                                      evidence=_evidence(o))
+                                      evidence=_evidence(o), class_centres=bool(o.get("class_centres")))
         self.threshold = policy.threshold
         self.policy = policy
         heads = meta.get("heads")

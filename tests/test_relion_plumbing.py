@@ -345,6 +345,17 @@ def test_micrograph_evidence_reaches_the_pick_policy_and_the_done_list(project):
     assert rc != 0 and exit_files("External/job002/") == ["RELION_JOB_EXIT_FAILURE"]
 
 
+def test_class_centres_reaches_the_pick_policy_and_the_done_list(project):
+    """``class_centres`` absent or no: off; yes: the policy re-centres on class averages of the picks at the
+    head's calibrated threshold, a new setting for the done list (the micrographs are picked again)."""
+    rc, off = pick([])
+    assert rc == 0 and off.policies[0].class_centres_at is None
+    rc, on = pick(["--class_centres", "yes"])
+    assert rc == 0 and on.policies[0].class_centres_at == 0.5 and on.picked == NAMES
+    rc, again = pick(["--class_centres", "yes"])
+    assert rc == 0 and again.picked == []
+
+
 def test_user_threshold_and_pre31_star(project):
     write_mics_star(MICS_STAR, NAMES, 2.0, optics=False)
     rc, _ = pick(["--threshold", "0.8"])

@@ -120,6 +120,11 @@ def add_args(p):
                    help="test-time augmentation: average the network over this many rotations/flips of each "
                         f"micrograph (default {defaults.TTA}: as stored and turned by 180 degrees, 1.2x the CPU time "
                         "of 1, fewer picks on junk; 4 and 8 cost more for little more; 1: fastest)")
+    p.add_argument("--class-centres", dest="class_centres", action="store_true",
+                   help="move every pick towards where 2D alignment to class averages of its micrograph's own "
+                        "confident picks puts it (no training; the picks stay within a quarter diameter; "
+                        "micrographs with fewer than 30 confident picks keep theirs): better centres on compact "
+                        "particles, simulated and real (README, Centres); off by default")
     p.add_argument("--refine", dest="refine_centres", action="store_true", default=None,
                    help="re-centre every pick with the shipped centre refiner (a fine centre map read off the "
                         "network's features; a pick moves by at most 0.3 diameters): better centres on crowded, "
@@ -303,6 +308,12 @@ def _main(args, inputs, mics, out):
     if getattr(args, "adapt_centres", False) and not args.watch:  # --watch: with --adapt (WatchAdaptation)
         picker = _adapt_centres(picker, mics, args, out, world, log)
     policy = _policy(picker, args)
+    if policy.class_centres_at is not None:
+        from ..class_centres import DEFAULT_SETTINGS
+
+        log(f"[hydra] centres: each pick moved towards where alignment to class averages of its micrograph's picks "
+            f"with FOM >= {policy.class_centres_at:.3f} puts it (--class-centres; a micrograph with fewer than "
+            f"{DEFAULT_SETTINGS.min_confident} such picks keeps its centres)")
     agg = Aggregates(out, args.suffix, args.format, stems, path)
     if args.watch:
         return watch_main(args, inputs, out, stems, path, picker, policy, agg, log)
@@ -336,7 +347,8 @@ def _policy(picker, args):
                          threshold=None if args.all else ("model" if args.threshold is None else args.threshold),
                          min_distance_A=args.min_distance, edge_A=args.edge,
                          find_invalid=not getattr(args, "keep_invalid", False),
-                         evidence=getattr(args, "evidence", None))
+                         evidence=getattr(args, "evidence", None),
+                         class_centres=getattr(args, "class_centres", False))
 
 
 def _kept_path(given, out, name: str, suffix: str):
@@ -454,6 +466,8 @@ def pick_batch(picker, todo, args, policy, path, agg, log, should_stop=None, qc=
             thr_txt += f", {res.info['invalid_text']}"
         if res.info.get("evidence", 1.0) < 1.0:  # weak best candidates: junk, ice or carbon only?
             thr_txt += f", FOMs x{res.info['evidence']:.2f} (weak micrograph evidence)"
+        if res.info.get("class_centres", {}).get("refused"):  # --class-centres: too few confident picks here
+            thr_txt += f", centres kept: {res.info['class_centres']['refused']}"
         log(f"[hydra] {i}/{len(todo)} {res.micrograph.name}: {len(res.picks)} picks{thr_txt} "
             f"(total {n_picks}, {rate:.2f} micrographs/s, {res.info['device']})")
     return n_ok, n_picks, failed

@@ -1,0 +1,255 @@
+"""Class-average centring: each pick moves towards where 2D alignment to its micrograph's class averages puts it.
+
+What 2D classification does to centre particles, done on one micrograph's picks before they are written,
+with nothing learned and nothing kept between micrographs:
+
+1. The micrograph is resampled to about :attr:`ClassCentreSettings.px_per_d` pixels per diameter and
+   low-passed (:func:`alignment_image`).
+2. Its confident picks (FOM at or above the head's calibrated threshold, at most ``max_confident`` of them)
+   are aligned, in-plane rotation and shift, to ``classes`` class averages built from themselves, for
+   ``rounds`` rounds of hard assignment (:func:`class_averages`).
+3. Each class is anchored to where the detector puts the centre *on average*: after every round the mean
+   move of the class's members, in the particle's frame, is subtracted. Alignment removes the part of the
+   detector's error that differs from particle to particle; the detector's mean error for the particle stays.
+4. Every pick is aligned to the averages within ``reach`` diameters, its cross-correlation less ``prior`` x
+   (move / D)² (the detector's position as a prior: a low-SNR particle, whose correlation is flat, stays
+   near it), and moves by ``weight`` of the move found (:func:`recentre`).
+
+A micrograph with fewer than ``min_confident`` confident picks keeps its picks as they are, and so does a
+pick whose crop would leave the micrograph. No pick moves further than ``reach`` diameters.
+
+The settings were chosen on 32 simulated tuning sets of the training families, never on the benchmark
+targets or the real sets (``benchmarks/experiments/class_centres.py``; README, Centres).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ClassCentreSettings:
+    px_per_d: float = 24.0      # alignment sampling, pixels per particle diameter
+    sigma_px: float = 1.0       # Gaussian low-pass at that sampling
+    classes: int = 4            # at most; one per 40 confident picks
+    angles: int = 36            # in-plane rotations searched (10 degrees)
+    rounds: int = 3             # rounds of alignment and averaging
+    reach: float = 0.25         # translation search, diameters
+    mask: float = 0.6           # radius of the soft circular mask, diameters
+    prior: float = 30.0         # penalty on a move: this many correlation units per D²
+    weight: float = 0.5         # fraction of the found move that is taken
+    min_confident: int = 30     # fewer: the micrograph's picks stay as they are
+    max_confident: int = 150    # class averages from at most this many (a random subset): bounded cost
+    step: int = 2               # templates compared every `step` px of shift, then the best at every px
+    seed: int = 0
+
+
+DEFAULT_SETTINGS = ClassCentreSettings()
+
+
+@dataclass
+class ClassCentring:
+    """What :func:`recentre` did on one micrograph."""
+
+    xy: np.ndarray                     # (n, 2) new positions, pixels of the image given
+    moved: int = 0                     # picks moved (the others kept: crop outside the image, or refused)
+    confident: int = 0                 # confident picks usable for the class averages
+    classes: int = 0                   # 0: refused (too few confident picks)
+    report: dict = field(default_factory=dict)
+
+
+def alignment_image(image, scale: float, sigma_px: float) -> np.ndarray:
+    """``image`` (2D array or tensor) resampled by ``scale`` (bilinear), low-passed by a Gaussian of
+    ``sigma_px`` and normalised to zero mean and unit variance, as float32 numpy."""
+    from scipy.ndimage import gaussian_filter, zoom
+
+    a = image.detach().float().cpu().numpy() if hasattr(image, "detach") else np.asarray(image, np.float32)
+    a = a.astype(np.float32, copy=False)
+    if abs(scale - 1.0) > 1e-6:
+        a = zoom(a, scale, order=1)
+    if sigma_px > 0:
+        a = gaussian_filter(a, sigma_px)
+    return ((a - a.mean()) / (a.std() + 1e-12)).astype(np.float32)
+
+
+def _rot(theta):
+    """(..., 2, 2) rotation matrices acting on (x, y)."""
+    c, s = np.cos(theta), np.sin(theta)
+    return np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
+
+
+def crops(image_t, centres: np.ndarray, angles: np.ndarray, half: int) -> np.ndarray:
+    """(n, 2 half + 1, 2 half + 1): the image at centre + R(angle) v for v on the integer grid (bilinear)."""
+    import torch
+    import torch.nn.functional as F
+
+    ny, nx = image_t.shape[-2:]
+    n, size = len(centres), 2 * half + 1
+    if n == 0:
+        return np.zeros((0, size, size), np.float32)
+    r = torch.arange(-half, half + 1, dtype=torch.float32)
+    vy, vx = torch.meshgrid(r, r, indexing="ij")
+    R = torch.from_numpy(_rot(np.asarray(angles, float))).float()  # (n, 2, 2)
+    c = torch.from_numpy(np.asarray(centres, float)).float()
+    px = c[:, 0, None, None] + R[:, 0, 0, None, None] * vx + R[:, 0, 1, None, None] * vy
+    py = c[:, 1, None, None] + R[:, 1, 0, None, None] * vx + R[:, 1, 1, None, None] * vy
+    grid = torch.stack([2 * px / (nx - 1) - 1, 2 * py / (ny - 1) - 1], -1).reshape(1, n * size, size, 2)
+    out = F.grid_sample(image_t, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.reshape(n, size, size).numpy()
+
+
+def rotated(refs: np.ndarray, angles: np.ndarray) -> np.ndarray:
+    """(K x A, S, S): every reference rotated by every angle (template(u) = ref(R(angle)^-1 u))."""
+    import torch
+    import torch.nn.functional as F
+
+    K, S, _ = refs.shape
+    c, s = np.cos(angles), np.sin(angles)
+    inverse = torch.from_numpy(np.stack([np.stack([c, s, 0 * c], -1), np.stack([-s, c, 0 * c], -1)], -2)).float()
+    grid = F.affine_grid(inverse, (len(angles), 1, S, S), align_corners=True)
+    t = torch.from_numpy(np.ascontiguousarray(refs)).float()[:, None]
+    return torch.cat([F.grid_sample(t[k:k + 1].expand(len(angles), 1, S, S), grid, align_corners=True)[:, 0]
+                      for k in range(K)]).numpy()
+
+
+def _subpixel(a, b, c):
+    """Offset of a parabola's vertex through three samples (0 where a neighbour lies outside the search)."""
+    with np.errstate(invalid="ignore"):
+        den = a - 2 * b + c
+        ok = np.isfinite(a) & np.isfinite(c) & (den < 0)
+        return np.where(ok, np.clip(0.5 * (a - c) / np.where(ok, den, -1), -0.5, 0.5), 0.0)
+
+
+def _peaks(cc: np.ndarray) -> tuple:
+    """(n, M, P, P) scores -> best template (n,), sub-pixel (dx, dy) from the centre (n, 2)."""
+    n, M, P, _ = cc.shape
+    flat = cc.reshape(n, -1)
+    k = flat.argmax(1)
+    m, rest = np.divmod(k, P * P)
+    iy, ix = np.divmod(rest, P)
+    i = np.arange(n)
+    best = cc[i, m]
+    cy, cx = np.clip(iy, 1, P - 2), np.clip(ix, 1, P - 2)
+    dx = np.where((ix > 0) & (ix < P - 1), _subpixel(best[i, cy, cx - 1], best[i, cy, cx], best[i, cy, cx + 1]), 0.0)
+    dy = np.where((iy > 0) & (iy < P - 1), _subpixel(best[i, cy - 1, cx], best[i, cy, cx], best[i, cy + 1, cx]), 0.0)
+    return m, np.stack([ix - P // 2 + dx, iy - P // 2 + dy], 1)
+
+
+def align(big_crops: np.ndarray, templates: np.ndarray, penalty: np.ndarray, step: int = 1) -> tuple:
+    """Each crop (n, S + 2 s, S + 2 s) against every template (M, S, S) at every shift within s, less
+    ``penalty`` (2 s + 1, 2 s + 1) -> (best template (n,), its shift (n, 2) as (dx, dy)).
+
+    ``step`` > 1: the templates are compared on a grid of every ``step``-th shift only; each crop's best
+    template there is then searched at every shift (about ``step``² times cheaper)."""
+    import torch
+    import torch.nn.functional as F
+
+    if len(big_crops) == 0:
+        return np.zeros(0, int), np.zeros((0, 2))
+    c = torch.from_numpy(np.ascontiguousarray(big_crops)).float()[:, None]
+    t = torch.from_numpy(np.ascontiguousarray(templates)).float()[:, None]
+    out = []
+    with torch.no_grad():
+        for chunk in torch.split(c, 256):
+            if step == 1:
+                out.append(_peaks(F.conv2d(chunk, t).numpy() - penalty))
+                continue
+            coarse = F.conv2d(chunk, t, stride=step).numpy() - penalty[::step, ::step]
+            best = coarse.reshape(len(chunk), -1).argmax(1) // (coarse.shape[2] * coarse.shape[3])
+            # every shift, each crop against its own best template (a grouped convolution)
+            fine = F.conv2d(chunk.transpose(0, 1), t[torch.from_numpy(best)], groups=len(chunk))
+            _, d = _peaks(fine.transpose(0, 1).numpy() - penalty)
+            out.append((best, d))
+    return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+
+
+def recentre(image: np.ndarray, xy: np.ndarray, reference_xy: np.ndarray, diameter_px: float,
+             settings: Optional[ClassCentreSettings] = None) -> ClassCentring:
+    """New positions for the picks ``xy`` (n, 2) of the alignment ``image`` (:func:`alignment_image`), whose
+    particles are ``diameter_px`` wide there; the class averages are built from the confident picks at
+    ``reference_xy`` (m, 2)."""
+    import torch
+
+    s = settings or DEFAULT_SETTINGS
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    out = ClassCentring(xy.copy())
+    half = int(np.ceil(s.mask * diameter_px)) + 1
+    search = max(1, int(np.ceil(s.reach * diameter_px)))
+    ny, nx = image.shape
+    margin = half + search + 1  # whole crops only: a zero-padded crop pulls its alignment
+
+    def inside(p):
+        return (p[:, 0] >= margin) & (p[:, 0] <= nx - 1 - margin) & (p[:, 1] >= margin) & (p[:, 1] <= ny - 1 - margin)
+
+    start = np.asarray(reference_xy, np.float64).reshape(-1, 2)
+    start = start[inside(start)]
+    out.confident = len(start)
+    if out.confident < s.min_confident:
+        out.report = {"refused": f"{out.confident} confident picks (fewer than {s.min_confident})"}
+        return out
+    rng = np.random.default_rng(s.seed)
+    if out.confident > s.max_confident:
+        start = start[rng.random(len(start)) < s.max_confident / out.confident]
+    image_t = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
+    r = np.arange(-half, half + 1)
+    mask = np.clip((s.mask * diameter_px - np.hypot(*np.meshgrid(r, r, indexing="ij"))) / 2.0 + 0.5, 0, 1)
+    o = np.arange(-search, search + 1)
+    dist = np.hypot(*np.meshgrid(o, o, indexing="ij"))
+    penalty = np.where(dist <= search, s.prior * (dist / diameter_px) ** 2, np.inf)  # a circle of `reach`
+    angles = np.arange(s.angles) * 2 * np.pi / s.angles
+    big = crops(image_t, start, np.zeros(len(start)), half + search)
+    K = int(max(1, min(s.classes, len(start) // 40)))
+    cls, ang, pos = rng.integers(0, K, len(start)), np.zeros(len(start)), start.copy()
+
+    def averages():
+        a = crops(image_t, pos, ang, half)
+        refs = np.stack([a[cls == k].mean(0) if (cls == k).any() else np.zeros_like(mask) for k in range(K)]) * mask
+        refs -= (refs.sum((1, 2)) / mask.sum())[:, None, None] * mask
+        return refs / (np.sqrt((refs ** 2).sum((1, 2)))[:, None, None] + 1e-12)
+
+    def anchored(m, d):
+        """Class and angle of each alignment, and each class's mean move in the particle frame."""
+        k, a = m // s.angles, angles[m % s.angles]
+        e = np.einsum("nji,nj->ni", _rot(a), d)  # R^T d
+        anchors = np.array([e[k == j].mean(0) if (k == j).sum() >= 3 else np.zeros(2) for j in range(K)])
+        return k, a, anchors
+
+    for _ in range(s.rounds):
+        m, d = align(big, rotated(averages(), angles), penalty, s.step)
+        cls, ang, anchors = anchored(m, d)
+        pos = start + d - np.einsum("nij,nj->ni", _rot(ang), anchors[cls])
+    templates = rotated(averages(), angles)
+    cls, _, anchors = anchored(*align(big, templates, penalty, s.step))
+    movable = inside(xy)
+    m, d = align(crops(image_t, xy[movable], np.zeros(int(movable.sum())), half + search), templates, penalty,
+                 s.step)
+    k, a = m // s.angles, angles[m % s.angles]
+    move = s.weight * (d - np.einsum("nij,nj->ni", _rot(a), anchors[k]))
+    length = np.hypot(*move.T)
+    move *= np.minimum(1.0, s.reach * diameter_px / np.maximum(length, 1e-12))[:, None]  # the bound: reach
+    out.xy[movable] = xy[movable] + move
+    out.moved, out.classes = int(movable.sum()), K
+    out.report = {"classes": K, "class_sizes": np.bincount(cls, minlength=K).tolist()}
+    return out
+
+
+def recentred_picks(picks, prepared_image, scale_xy, diameter_px_prepared: float, reference=None,
+                    settings: Optional[ClassCentreSettings] = None):
+    """``picks`` (:class:`~hydrapicker.types.Picks`, micrograph pixels) re-centred on the class averages of
+    the micrograph's confident picks ``reference`` (Picks; default ``picks``). ``prepared_image`` is the
+    network's rescaled image (``scale_xy`` its scale from the micrograph, particles
+    ``diameter_px_prepared`` wide in it). Returns (Picks, :class:`ClassCentring` with ``xy`` in micrograph
+    pixels)."""
+    from .types import Picks
+
+    settings = settings or DEFAULT_SETTINGS
+    reference = picks if reference is None else reference
+    img = alignment_image(prepared_image, settings.px_per_d / float(diameter_px_prepared), settings.sigma_px)
+    shape = prepared_image.shape[-2:]
+    f = np.asarray(scale_xy, float) * np.array([img.shape[1] / shape[1], img.shape[0] / shape[0]])
+    res = recentre(img, np.stack([picks.x, picks.y], 1) * f, np.stack([reference.x, reference.y], 1) * f,
+                   settings.px_per_d, settings)
+    res.xy = res.xy / f
+    return Picks(res.xy[:, 0], res.xy[:, 1], picks.fom.copy()), res
