@@ -44,6 +44,8 @@ def parse_args(argv=None):
                    help="pickers to run (default: all three)")
     p.add_argument("--model", default=None, help="HydraPicker model file (default: the shipped model)")
     p.add_argument("--refine", action="store_true", help="HydraPicker with its centre refiner (hydra pick --refine)")
+    p.add_argument("--class-centres", action="store_true",
+                   help="HydraPicker with class-average centring (hydra pick --class-centres)")
     p.add_argument("--evidence", default=None, metavar="R", help="HydraPicker's micrograph evidence (hydra pick --evidence R; 0 = off)")
     p.add_argument("--tta", type=int, default=None, choices=[1, 2, 4, 8],
                    help="HydraPicker's test-time augmentation views (hydra pick --tta; default: its default)")
@@ -68,7 +70,8 @@ def run_picker(name, ds, work, args) -> Run:
     if name == "hydra":
         kw["model"] = args.model
         kw["tta"] = args.tta
-        kw["extra"] = (["--refine"] if args.refine else []) + (["--evidence", str(args.evidence)] if args.evidence is not None else [])
+        kw["extra"] = (["--refine"] if args.refine else []) + (["--evidence", str(args.evidence)] if args.evidence is not None else []) + \
+            (["--class-centres"] if args.class_centres else [])
     return fn(ds, work / ds.name / name, **kw)
 
 

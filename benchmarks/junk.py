@@ -49,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--n-sim", type=int, default=6, help="micrographs per junk target (default 6)")
     p.add_argument("--evidence", default=None, metavar="R", help="HydraPicker's micrograph evidence (hydra pick --evidence R; 0 = off)")
     p.add_argument("--refine", action="store_true", help="HydraPicker with its centre refiner (hydra pick --refine)")
+    p.add_argument("--class-centres", action="store_true",
+                   help="HydraPicker with class-average centring (hydra pick --class-centres)")
     p.add_argument("--tta", type=int, default=None, choices=(1, 2, 4, 8),
                    help="HydraPicker's test-time views (hydra pick --tta; default: its default)")
     p.add_argument("--real", action="store_true", help="also the real validation sets (AP, picks near edges)")
@@ -64,7 +66,8 @@ def _run(name, ds, work, args):
     if name == "hydra":
         kw["model"] = args.model
         kw["tta"] = args.tta
-        kw["extra"] = (["--refine"] if args.refine else []) + (["--evidence", str(args.evidence)] if args.evidence is not None else [])
+        kw["extra"] = (["--refine"] if args.refine else []) + (["--evidence", str(args.evidence)] if args.evidence is not None else []) + \
+            (["--class-centres"] if args.class_centres else [])
     return PICKERS[name](ds, work / ds.name / name, **kw)
 
 

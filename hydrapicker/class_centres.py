@@ -33,15 +33,15 @@ import numpy as np
 class ClassCentreSettings:
     px_per_d: float = 24.0      # alignment sampling, pixels per particle diameter
     sigma_px: float = 1.0       # Gaussian low-pass at that sampling
-    classes: int = 4            # at most; one per 40 confident picks
-    angles: int = 36            # in-plane rotations searched (10 degrees)
-    rounds: int = 3             # rounds of alignment and averaging
+    classes: int = 1            # class averages (at most one per 40 confident picks; more did not help)
+    angles: int = 18            # in-plane rotations searched (20 degrees)
+    rounds: int = 1             # rounds of alignment and averaging
     reach: float = 0.25         # translation search, diameters
     mask: float = 0.6           # radius of the soft circular mask, diameters
     prior: float = 30.0         # penalty on a move: this many correlation units per D²
     weight: float = 0.5         # fraction of the found move that is taken
     min_confident: int = 30     # fewer: the micrograph's picks stay as they are
-    max_confident: int = 150    # class averages from at most this many (a random subset): bounded cost
+    max_confident: int = 60     # class averages from at most this many (a random subset): bounded cost
     step: int = 2               # templates compared every `step` px of shift, then the best at every px
     seed: int = 0
 
