@@ -51,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--centres", action="store_true",
                    help="also the centre refiner taught the data set after the head (adapt_centres column: hydra pick "
                         "--adapt, its default; the adapt column is then --adapt --no-adapt-centres)")
+    p.add_argument("--class-centres", action="store_true",
+                   help="also every column's picks with class-average centring (hydra pick --class-centres): "
+                        "zero_shot_class, adapt_class, adapt_centres_class")
     p.add_argument("--timing", action="store_true", help="only the cost on 20 micrographs of 2048 x 2048")
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "hydra_bench_adapt"))
     p.add_argument("--tag", default="after")
@@ -121,11 +124,11 @@ def _refiner_settings(args):
     return _settings(args, RefinerAdaptSettings, args.refiner_setting)
 
 
-def _score(picker, head, mics, truth, diameter_A, box_px, threshold):
+def _score(picker, head, mics, truth, diameter_A, box_px, threshold, class_centres=False):
     from hydrapicker.metrics import evaluate
 
     t0 = time.time()
-    policy = picker.policy(diameter_A, head, threshold=None)
+    policy = picker.policy(diameter_A, head, threshold=None, class_centres=class_centres)
     picks = {r.micrograph.name: r.picks for r in picker.pick(mics, diameter_A, head=head, policy=policy) if r.ok}
     secs = time.time() - t0
     tr = {k: truth[k] for k in picks}
@@ -177,6 +180,15 @@ def run_set(item, args, work):
         row["adapt_centres"] = _score(pr, a.head, mics, truth, diameter_A, box_px, pr.threshold_for(a.head))
         row["adapt_centres"].update(accepted=ra.accepted, reason=ra.reason, seconds=round(secs, 1),
                                     positives=ra.record.get("positives"))
+        if args.class_centres:
+            row["adapt_centres_class"] = _score(pr, a.head, mics, truth, diameter_A, box_px, pr.threshold_for(a.head),
+                                                class_centres=True)
+    if args.class_centres:  # hydra pick --class-centres on the zero-shot and the adapted head's picks
+        row["zero_shot_class"] = _score(base, base.default_head, mics, truth, diameter_A, box_px,
+                                        base.default_threshold, class_centres=True)
+        src = p if a.accepted else (a.zero_shot or base)
+        row["adapt_class"] = _score(src, a.head, mics, truth, diameter_A, box_px, src.threshold_for(a.head),
+                                    class_centres=True)
     if not args.no_fewshot:
         labels = {m.name: Picks(truth[m.name][:, 0], truth[m.name][:, 1]) for m in few}
         t0 = time.time()
@@ -233,6 +245,11 @@ def print_table(rows):
                   + ("" if c["accepted"] else ", centres kept: " + c["reason"][:50]) + ")")
         gains = [r["adapt_centres"]["AP"] - r["zero_shot"]["AP"] for r in rows]
         print(f"head + centres (--adapt): mean AP gain {np.mean(gains):+.3f}, worst {min(gains):+.3f}")
+    for key in ("zero_shot_class", "adapt_class", "adapt_centres_class"):
+        if all(key in r for r in rows):
+            gains = [r[key]["AP"] - r["zero_shot"]["AP"] for r in rows]
+            print(f"{key} (--class-centres): " + ", ".join(f"{r['set']} {r[key]['AP']:.3f}" for r in rows)
+                  + f"; mean AP gain over zero-shot {np.mean(gains):+.3f}, worst {min(gains):+.3f}")
 
 
 def main(argv=None) -> int:
