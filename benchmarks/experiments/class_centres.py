@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
 sys.path.insert(0, str(ROOT))
 
 from bench_data import load_dataset, tuning_sets  # noqa: E402
-from centres import resolve  # noqa: E402
+from centres import errors_of, resolve  # noqa: E402
 from reference_centres import _scores  # noqa: E402
 
 from hydrapicker.class_centres import _peaks, _rot, rotated  # noqa: E402  (the product's own pieces)
@@ -220,6 +220,7 @@ def main(argv=None) -> int:
     ap.add_argument("--move", choices=["all", "conf"], default="all")
     ap.add_argument("--setting", nargs="*", default=[], metavar="K=V",
                     help="with --core: hydrapicker.class_centres.ClassCentreSettings fields changed for this run")
+    ap.add_argument("--figure", default=None, help="with --core: centre-error histograms per set (PNG)")
     ap.add_argument("--timing", action="store_true", help="with --core: at the calibrated threshold (what is "
                     "written by default), each picking done twice, the second timed")
     ap.add_argument("--core", action="store_true", help="measure the product's implementation (the pick path "
@@ -362,6 +363,7 @@ def _core(sets, args, threshold=0.01, repeats=1) -> int:
         ds = load_dataset(root, kind=kind)
         mics = [Micrograph(str(p), pixel_size=ds.pixel_size, name=s) for s, p in zip(ds.stems, ds.mic_paths)]
         row = {"set": ds.name}
+        errors = {}
         for name, on in (("detector", False), ("class", True)) * repeats:  # the last repeat counts
             t0 = time.process_time()
             pol = picker.policy(ds.diameter_A, threshold="model" if threshold is None else threshold,
@@ -370,6 +372,9 @@ def _core(sets, args, threshold=0.01, repeats=1) -> int:
             row[name] = {**_scores(picks, ds.truth, ds.box_px),
                          "cpu_s_per_mic": round((time.process_time() - t0) / len(mics), 3),
                          "picks_per_mic": round(sum(len(p) for p in picks.values()) / len(mics), 1)}
+            e, _ = errors_of(picks, ds.truth, ds.box_px)
+            errors[name] = np.hypot(e[:, 0], e[:, 1])[~np.isnan(e[:, 0])] / ds.box_px
+        row["errors_D_hist"] = {k: np.histogram(v, bins=np.linspace(0, 0.5, 41))[0].tolist() for k, v in errors.items()}
         results.append(row)
         print(json.dumps(row), flush=True)
     da = [r["class"]["AP"] - r["detector"]["AP"] for r in results]
@@ -381,7 +386,43 @@ def _core(sets, args, threshold=0.01, repeats=1) -> int:
               f"median D {d['median_D'] or 0:.3f} -> {c['median_D'] or 0:.3f}  CPU x{c['cpu_s_per_mic'] / max(d['cpu_s_per_mic'], 1e-9):.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"argv": sys.argv, "results": results}, indent=1))
+    if args.figure:
+        _figure(results, Path(args.figure))
     return 0
+
+
+def _figure(results, path: Path) -> None:
+    """Centre-error histogram per set: the detector's centres (black line) and class-centred (bars)."""
+    from matplotlib.figure import Figure
+
+    from hydrapicker.atomic import atomic_path
+
+    cols, n = 4, len(results)
+    fig = Figure(figsize=(3.2 * cols, 2.5 * max(1, -(-n // cols))), dpi=110)
+    edges = np.linspace(0, 0.5, 41)
+    for k, r in enumerate(results):
+        ax = fig.add_subplot(max(1, -(-n // cols)), cols, k + 1)
+        h = {name: np.asarray(v, float) for name, v in r["errors_D_hist"].items()}
+        ax.bar(edges[:-1], h["class"] / max(h["class"].sum(), 1), width=edges[1] - edges[0], align="edge",
+               color="tab:blue", alpha=0.7, label="class-centred")
+        ax.step(edges, np.r_[h["detector"] / max(h["detector"].sum(), 1), 0], where="post", color="k", lw=1.0,
+                label="detector")
+        ax.axvline(1 / 12, color="k", ls=":", lw=0.8)
+        ax.axvline(0.25, color="tab:red", ls="--", lw=0.8)
+        d, c = r["detector"], r["class"]
+        ax.set_title(f"{r['set']}\nAP {d['AP']:.2f} -> {c['AP']:.2f}, median {d['median_D'] or 0:.3f} -> "
+                     f"{c['median_D'] or 0:.3f} D", fontsize=7.5)
+        ax.tick_params(labelsize=7)
+        if k == 0:
+            ax.legend(fontsize=6, loc="upper right")
+        if k >= n - cols:
+            ax.set_xlabel("centre error / D  (dotted D/12, dashed D/4)", fontsize=7)
+    fig.suptitle("Centre errors of matched picks (D/2 rule), every pick kept: detector -> class-average centring",
+                 fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
 
 
 if __name__ == "__main__":
