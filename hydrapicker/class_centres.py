@@ -7,7 +7,7 @@ with nothing learned and nothing kept between micrographs:
    low-passed (:func:`alignment_image`).
 2. Its confident picks (FOM at or above the head's calibrated threshold, at most ``max_confident`` of them)
    are aligned, in-plane rotation and shift, to ``classes`` class averages built from themselves, for
-   ``rounds`` rounds of hard assignment (:func:`class_averages`).
+   ``rounds`` rounds of hard assignment (:func:`recentre`).
 3. Each class is anchored to where the detector puts the centre *on average*: after every round the mean
    move of the class's members, in the particle's frame, is subtracted. Alignment removes the part of the
    detector's error that differs from particle to particle; the detector's mean error for the particle stays.
@@ -66,12 +66,37 @@ def alignment_image(image, scale: float, sigma_px: float) -> np.ndarray:
     from scipy.ndimage import gaussian_filter, zoom
 
     a = image.detach().float().cpu().numpy() if hasattr(image, "detach") else np.asarray(image, np.float32)
-    a = a.astype(np.float32, copy=False)
-    if abs(scale - 1.0) > 1e-6:
+    if _resampled(scale):
         a = zoom(a, scale, order=1)
     if sigma_px > 0:
         a = gaussian_filter(a, sigma_px)
     return ((a - a.mean()) / (a.std() + 1e-12)).astype(np.float32)
+
+
+def _resampled(scale: float) -> bool:
+    return abs(scale - 1.0) > 1e-6
+
+
+def alignment_shape(shape, scale: float) -> tuple:
+    """The (ny, nx) of :func:`alignment_image` for an image of ``shape`` (scipy's zoom rounds each size)."""
+    return tuple(int(round(n * scale)) for n in shape) if _resampled(scale) else tuple(shape)
+
+
+def _margin(diameter_px: float, s: ClassCentreSettings) -> tuple:
+    """(half crop, search radius, margin) in pixels: a pick nearer the edge than ``margin`` gets no whole crop."""
+    half = int(np.ceil(s.mask * diameter_px)) + 1
+    search = max(1, int(np.ceil(s.reach * diameter_px)))
+    return half, search, half + search + 1
+
+
+def _inside(p: np.ndarray, shape, margin: int) -> np.ndarray:
+    ny, nx = shape
+    return (p[:, 0] >= margin) & (p[:, 0] <= nx - 1 - margin) & (p[:, 1] >= margin) & (p[:, 1] <= ny - 1 - margin)
+
+
+def _refused(xy: np.ndarray, confident: int, s: ClassCentreSettings) -> ClassCentring:
+    return ClassCentring(xy.copy(), confident=confident,
+                         report={"refused": f"{confident} confident picks (fewer than {s.min_confident})"})
 
 
 def _rot(theta):
@@ -174,21 +199,12 @@ def recentre(image: np.ndarray, xy: np.ndarray, reference_xy: np.ndarray, diamet
 
     s = settings or DEFAULT_SETTINGS
     xy = np.asarray(xy, np.float64).reshape(-1, 2)
-    out = ClassCentring(xy.copy())
-    half = int(np.ceil(s.mask * diameter_px)) + 1
-    search = max(1, int(np.ceil(s.reach * diameter_px)))
-    ny, nx = image.shape
-    margin = half + search + 1  # whole crops only: a zero-padded crop pulls its alignment
-
-    def inside(p):
-        return (p[:, 0] >= margin) & (p[:, 0] <= nx - 1 - margin) & (p[:, 1] >= margin) & (p[:, 1] <= ny - 1 - margin)
-
+    half, search, margin = _margin(diameter_px, s)  # whole crops only: a zero-padded crop pulls its alignment
     start = np.asarray(reference_xy, np.float64).reshape(-1, 2)
-    start = start[inside(start)]
-    out.confident = len(start)
-    if out.confident < s.min_confident:
-        out.report = {"refused": f"{out.confident} confident picks (fewer than {s.min_confident})"}
-        return out
+    start = start[_inside(start, image.shape, margin)]
+    if len(start) < s.min_confident:
+        return _refused(xy, len(start), s)
+    out = ClassCentring(xy.copy(), confident=len(start))
     rng = np.random.default_rng(s.seed)
     if out.confident > s.max_confident:
         start = start[rng.random(len(start)) < s.max_confident / out.confident]
@@ -222,7 +238,7 @@ def recentre(image: np.ndarray, xy: np.ndarray, reference_xy: np.ndarray, diamet
         pos = start + d - np.einsum("nij,nj->ni", _rot(ang), anchors[cls])
     templates = rotated(averages(), angles)
     cls, _, anchors = anchored(*align(big, templates, penalty, s.step))
-    movable = inside(xy)
+    movable = _inside(xy, image.shape, margin)
     m, d = align(crops(image_t, xy[movable], np.zeros(int(movable.sum())), half + search), templates, penalty,
                  s.step)
     k, a = m // s.angles, angles[m % s.angles]
@@ -246,10 +262,16 @@ def recentred_picks(picks, prepared_image, scale_xy, diameter_px_prepared: float
 
     settings = settings or DEFAULT_SETTINGS
     reference = picks if reference is None else reference
-    img = alignment_image(prepared_image, settings.px_per_d / float(diameter_px_prepared), settings.sigma_px)
-    shape = prepared_image.shape[-2:]
-    f = np.asarray(scale_xy, float) * np.array([img.shape[1] / shape[1], img.shape[0] / shape[0]])
-    res = recentre(img, np.stack([picks.x, picks.y], 1) * f, np.stack([reference.x, reference.y], 1) * f,
-                   settings.px_per_d, settings)
+    scale = settings.px_per_d / float(diameter_px_prepared)
+    shape = tuple(prepared_image.shape[-2:])
+    aligned_shape = alignment_shape(shape, scale)
+    f = np.asarray(scale_xy, float) * np.array([aligned_shape[1] / shape[1], aligned_shape[0] / shape[0]])
+    xy, ref_xy = np.stack([picks.x, picks.y], 1) * f, np.stack([reference.x, reference.y], 1) * f
+    usable = int(_inside(ref_xy, aligned_shape, _margin(settings.px_per_d, settings)[2]).sum())
+    if usable < settings.min_confident:  # refused before the micrograph is resampled: no work spent on it
+        res = _refused(xy, usable, settings)
+    else:
+        res = recentre(alignment_image(prepared_image, scale, settings.sigma_px), xy, ref_xy, settings.px_per_d,
+                       settings)
     res.xy = res.xy / f
     return Picks(res.xy[:, 0], res.xy[:, 1], picks.fom.copy()), res

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from hydrapicker import defaults
+from hydrapicker.class_centres import DEFAULT_SETTINGS as CLASS_CENTRES
 from hydrapicker.checkpoint import default_head
 from hydrapicker.scale import parse_working_scale
 from hydrapicker.errors import UserFacingError
@@ -74,8 +75,8 @@ PARAMS = (
           f"centres as the detector's grid decodes them (default {'yes' if defaults.REFINE_CENTRES else 'no'})"),
     Param("class_centres", bool, False, False,
           "yes: every pick moves towards where 2D alignment to class averages of its micrograph's own confident "
-          "picks puts it (no training; at most a quarter diameter; micrographs with fewer than 30 confident picks "
-          "keep theirs); no: off (default)"),
+          f"picks puts it (no training; at most {CLASS_CENTRES.reach:g} diameters; micrographs with fewer than "
+          f"{CLASS_CENTRES.min_confident} confident picks keep theirs); no: off (default)"),
     Param("working_scale", parse_working_scale, None, False,
           "particle extent the network sees, as a fraction of the diameter (empty: as given; auto: 4 micrographs "
           "are picked at 0.85 and 0.75 too and a smaller scale is taken only when the best candidates score clearly "

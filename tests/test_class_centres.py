@@ -23,6 +23,8 @@ def _particle(angle, size=None):
 
 def _touching_field(seed=0, n_side=12, noise=0.3):
     """Particles on a jittered grid one diameter apart (they touch), random in-plane angles, exact centres."""
+    from scipy.ndimage import shift as nd_shift
+
     rng = np.random.default_rng(seed)
     size = int((n_side + 2) * D)
     image = rng.normal(0, noise, (size, size))
@@ -31,8 +33,6 @@ def _touching_field(seed=0, n_side=12, noise=0.3):
         for j in range(n_side):
             cx, cy = (j + 1.5) * D + rng.uniform(-1, 1), (i + 1.5) * D + rng.uniform(-1, 1)
             ix, iy = int(round(cx)), int(round(cy))
-            from scipy.ndimage import shift as nd_shift
-
             p = nd_shift(_particle(rng.uniform(0, 2 * np.pi)), (cy - iy, cx - ix), order=1)
             h = p.shape[0] // 2
             image[iy - h: iy + h + 1, ix - h: ix + h + 1] += p

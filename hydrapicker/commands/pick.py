@@ -23,6 +23,7 @@ Examples:
   torchrun --nproc_per_node=4 -m hydrapicker pick --mics mics.star --diameter 150 --out picks/
   hydra pick /data/session1/Micrographs --apix 0.83 --diameter 140 --out picks/ --watch --threshold auto
 """
+from ..class_centres import DEFAULT_SETTINGS as CLASS_CENTRES
 from ..scale import parse_working_scale
 
 
@@ -122,9 +123,10 @@ def add_args(p):
                         "of 1, fewer picks on junk; 4 and 8 cost more for little more; 1: fastest)")
     p.add_argument("--class-centres", dest="class_centres", action="store_true",
                    help="move every pick towards where 2D alignment to class averages of its micrograph's own "
-                        "confident picks puts it (no training; the picks stay within a quarter diameter; "
-                        "micrographs with fewer than 30 confident picks keep theirs): better centres on compact "
-                        "particles, simulated and real (README, Centres); off by default")
+                        f"confident picks puts it (no training; the picks stay within {CLASS_CENTRES.reach:g} "
+                        f"diameters; micrographs with fewer than {CLASS_CENTRES.min_confident} confident picks keep "
+                        "theirs): better centres on compact particles, simulated and real (README, Centres); off "
+                        "by default")
     p.add_argument("--refine", dest="refine_centres", action="store_true", default=None,
                    help="re-centre every pick with the shipped centre refiner (a fine centre map read off the "
                         "network's features; a pick moves by at most 0.3 diameters): better centres on crowded, "
@@ -309,11 +311,9 @@ def _main(args, inputs, mics, out):
         picker = _adapt_centres(picker, mics, args, out, world, log)
     policy = _policy(picker, args)
     if policy.class_centres_at is not None:
-        from ..class_centres import DEFAULT_SETTINGS
-
         log(f"[hydra] centres: each pick moved towards where alignment to class averages of its micrograph's picks "
             f"with FOM >= {policy.class_centres_at:.3f} puts it (--class-centres; a micrograph with fewer than "
-            f"{DEFAULT_SETTINGS.min_confident} such picks keeps its centres)")
+            f"{CLASS_CENTRES.min_confident} such picks keeps its centres)")
     agg = Aggregates(out, args.suffix, args.format, stems, path)
     if args.watch:
         return watch_main(args, inputs, out, stems, path, picker, policy, agg, log)
