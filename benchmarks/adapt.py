@@ -54,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--class-centres", action="store_true",
                    help="also every column's picks with class-average centring (hydra pick --class-centres): "
                         "zero_shot_class, adapt_class, adapt_centres_class")
+    p.add_argument("--product", action="store_true",
+                   help="also hydra pick --adapt --all itself on the test micrographs (the command's rules, files read back)")
     p.add_argument("--timing", action="store_true", help="only the cost on 20 micrographs of 2048 x 2048")
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "hydra_bench_adapt"))
     p.add_argument("--tag", default="after")
@@ -140,6 +142,26 @@ def _score(picker, head, mics, truth, diameter_A, box_px, threshold, class_centr
             "n_written": int(sum(len(p.above(threshold)) for p in picks.values())), "pick_seconds": round(secs, 1)}
 
 
+def _product(name, mics, truth, diameter_A, box_px, args, work) -> dict:
+    """``hydra pick --adapt --all`` on the test micrographs, as a user runs it: the command's own rules (head,
+    refiner and class centring), its files read back and scored like the columns above."""
+    from hydrapicker.cli import main as hydra
+    from hydrapicker.coords import read_coords
+    from hydrapicker.metrics import evaluate
+
+    listing, out = work / f"{name}_test.txt", work / f"{name}_product"
+    listing.write_text("".join(f"{m.path}\n" for m in mics))
+    t0 = time.time()
+    rc = hydra(["pick", f"@{listing}", "--apix", str(mics[0].pixel_size), "--diameter", str(diameter_A), "--out",
+                str(out), "--adapt", "--all", "-j", str(args.threads), "--format", "star"])
+    secs = time.time() - t0
+    by_stem = {Path(m.path).stem: m.name for m in mics}
+    picks = {by_stem[k]: v for k, v in read_coords(out).items() if k in by_stem}
+    res = evaluate(picks, {k: truth[k] for k in picks}, box_px)
+    return {"AP": float(res["AP"]), "AP_centre": float(res["AP_centre"]), "rc": rc, "seconds": round(secs, 1),
+            "micrographs": len(picks)}
+
+
 def run_set(item, args, work):
     from hydrapicker.adapt import adapt
     from hydrapicker.finetune import finetune
@@ -189,6 +211,8 @@ def run_set(item, args, work):
         src = p if a.accepted else (a.zero_shot or base)
         row["adapt_class"] = _score(src, a.head, mics, truth, diameter_A, box_px, src.threshold_for(a.head),
                                     class_centres=True)
+    if args.product:
+        row["product_adapt"] = _product(name, mics, truth, diameter_A, box_px, args, work)
     if not args.no_fewshot:
         labels = {m.name: Picks(truth[m.name][:, 0], truth[m.name][:, 1]) for m in few}
         t0 = time.time()
@@ -225,6 +249,14 @@ def timing(args, work):
                                             work / "timing_refiner.pt", settings=_refiner_settings(args),
                                             reuse=False, log=lambda *x: None)
         out.update(adapt_centres_extra_seconds=round(time.time() - t0, 1), centres_accepted=ra.accepted)
+        if args.class_centres:  # the final picks, as hydra pick --adapt writes them, without and with class centring
+            final = Picker(a.model if a.accepted else args.model, log=None, refine=str(ra.path) if ra.accepted else "auto")
+            head = a.head
+            for key, on in (("final_pick_seconds", False), ("final_pick_class_centres_seconds", True)):
+                t0 = time.time()
+                list(final.pick(mics, spec.diameter_A, head=head,
+                                policy=final.policy(spec.diameter_A, head, class_centres=on)))
+                out[key] = round(time.time() - t0, 1)
     return out
 
 
@@ -273,7 +305,9 @@ def main(argv=None) -> int:
             r = rows[-1]
             print(f"[bench] {r['set']}: zero {r['zero_shot']['AP']:.3f} adapt {r['adapt']['AP']:.3f} few5 "
                   f"{r.get('fewshot5', {}).get('AP', float('nan')):.3f} ({r['adapt']['reason']})"
-                  + (f" adapt+centres {r['adapt_centres']['AP']:.3f}" if "adapt_centres" in r else ""), flush=True)
+                  + (f" adapt+centres {r['adapt_centres']['AP']:.3f}" if "adapt_centres" in r else "")
+                  + (f" adapt+centres+class {r['adapt_centres_class']['AP']:.3f}" if "adapt_centres_class" in r else "")
+                  + (f" hydra pick --adapt {r['product_adapt']['AP']:.3f}" if "product_adapt" in r else ""), flush=True)
         out["rows"] = rows
         print_table(rows)
     path = Path(args.json or Path(__file__).resolve().parent.parent / "docs" / "benchmarks" /

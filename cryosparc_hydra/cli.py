@@ -77,9 +77,12 @@ def add_pick_args(p):
                         "the core's; more for junk-heavy sessions; 0 = off)")
     p.add_argument("--no-evidence", dest="evidence", action="store_const", const=0.0,
                    help="the FOMs as the network gives them (= --evidence 0)")
-    p.add_argument("--class-centres", dest="class_centres", action="store_true",
+    p.add_argument("--class-centres", dest="class_centres", action="store_true", default=None,
                    help="move every pick towards where 2D alignment to class averages of its exposure's own "
-                        "confident picks puts it (as hydra pick --class-centres; off by default)")
+                        "confident picks puts it (as hydra pick --class-centres; on by default with --adapt and with "
+                        "a model adapted by it, unless --no-refine; else off)")
+    p.add_argument("--no-class-centres", dest="class_centres", action="store_false",
+                   help="no class-average centring, also with --adapt or an adapted model")
     p.add_argument("--working-scale", default=None, type=parse_working_scale, metavar="auto|S",
                    help="particle extent the network sees, as a fraction of --diameter (default: as given); auto: a "
                         "smaller scale only when the best candidates score clearly higher there (elongated "
@@ -168,7 +171,8 @@ def _options(args):
                        adapt=getattr(args, "adapt", False), save_model=getattr(args, "save_model", None),
                        evidence=getattr(args, "evidence", None), qc=_qc_count(getattr(args, "qc", 0)),
                        working_scale=getattr(args, "working_scale", None),
-                       adapt_centres=_adapts_centres(args), class_centres=getattr(args, "class_centres", False),
+                       adapt_centres=_adapts_centres(args), class_centres=getattr(args, "class_centres", None),
+                       refine_centres=getattr(args, "refine_centres", None),
                        save_refiner=getattr(args, "save_refiner", None))
 
 

@@ -27,7 +27,9 @@ class PickOptions:
     qc: int = 0                       # QC images (hydrapicker.qc) of this many micrographs spread over the job
     adapt_centres: bool = False       # the centre refiner taught these exposures (the CLI: on with adapt, refine_adapt.adapts_centres)
     save_refiner: Optional[str] = None  # where the adapted refiner goes (None: the caller's default)
-    class_centres: bool = False       # picks re-centred on class averages of each exposure's picks (hydra pick --class-centres)
+    class_centres: Optional[bool] = None  # picks re-centred on class averages of each exposure's picks (hydra pick
+    #                                       --class-centres / --no-class-centres; None: the core's rule, on with adapt)
+    refine_centres: Optional[bool] = None  # --refine / --no-refine as asked (None: the default), for that rule
 
 
 @dataclass
@@ -61,12 +63,14 @@ def head_for(picker, opts: PickOptions) -> str:
 
 def policy_for(picker, opts: PickOptions):
     """The core's :class:`~hydrapicker.postprocess.PickPolicy` for these options and this model."""
+    from hydrapicker.class_centres import class_centring_on
     from hydrapicker.postprocess import PickPolicy
 
-    return PickPolicy.for_model(getattr(picker, "meta", None) or {}, opts.diameter_A, head_for(picker, opts),
-                                "model" if opts.threshold is None else opts.threshold,
+    meta, head = getattr(picker, "meta", None) or {}, head_for(picker, opts)
+    return PickPolicy.for_model(meta, opts.diameter_A, head, "model" if opts.threshold is None else opts.threshold,
                                 min_distance_A=opts.min_distance_A, edge_A=opts.edge_A, evidence=opts.evidence,
-                                class_centres=opts.class_centres)
+                                class_centres=class_centring_on(opts.class_centres, opts.adapt, opts.refine_centres,
+                                                                meta, head))
 
 
 def threshold_for(picker, opts: PickOptions) -> float:

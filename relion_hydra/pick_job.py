@@ -28,6 +28,7 @@ from pathlib import Path
 
 from hydrapicker import defaults
 from hydrapicker.class_centres import DEFAULT_SETTINGS as CLASS_CENTRES
+from hydrapicker.class_centres import class_centring_on
 from hydrapicker.checkpoint import default_head
 from hydrapicker.scale import parse_working_scale
 from hydrapicker.errors import UserFacingError
@@ -73,10 +74,11 @@ PARAMS = (
     Param("refine_centres", bool, defaults.REFINE_CENTRES, False,
           "yes: every pick is re-centred by the shipped centre refiner (a move of at most 0.3 diameters); no: the "
           f"centres as the detector's grid decodes them (default {'yes' if defaults.REFINE_CENTRES else 'no'})"),
-    Param("class_centres", bool, False, False,
+    Param("class_centres", bool, None, False,
           "yes: every pick moves towards where 2D alignment to class averages of its micrograph's own confident "
           f"picks puts it (no training; at most {CLASS_CENTRES.reach:g} diameters; micrographs with fewer than "
-          f"{CLASS_CENTRES.min_confident} confident picks keep theirs); no: off (default)"),
+          f"{CLASS_CENTRES.min_confident} confident picks keep theirs); not given: yes when adapt = yes or the model "
+          "was adapted by it, else no; no: off"),
     Param("working_scale", parse_working_scale, None, False,
           "particle extent the network sees, as a fraction of the diameter (empty: as given; auto: 4 micrographs "
           "are picked at 0.85 and 0.75 too and a smaller scale is taken only when the best candidates score clearly "
@@ -121,7 +123,14 @@ def _choice_keys(o) -> tuple:
         (() if _tta(o) == defaults.TTA else (f"views {_tta(o)}",)) + \
         (() if o.get("working_scale") is None else (f"working scale {o['working_scale']}",)) + \
         (("adapted centres",) if o.get("adapt_centres") else ()) + \
-        (("class centres",) if o.get("class_centres") else ())
+        (("class centres",) if _class_centres(o) else ())
+
+
+def _class_centres(o, meta=None, head=None) -> bool:
+    """Whether the picks are class-centred: the core's rule, as hydra pick (``refine_centres`` no is the
+    default here, not a choice); with the model's ``meta`` and ``head`` a head adapted by an earlier job
+    counts too."""
+    return class_centring_on(o.get("class_centres"), bool(o.get("adapt")), _refine_centres(o) or None, meta, head)
 
 
 def default_picker_factory(model, device, threads, refine="auto", tta=None):
@@ -254,7 +263,7 @@ class PickRun:
         policy = PickPolicy.for_model(meta, o["particle_diameter"], o["head"],
                                       "model" if o["threshold"] is None else o["threshold"],
                                       min_distance_A=o["min_distance"], round_to_pixel=True,  # RELION truncates
-                                      evidence=_evidence(o), class_centres=bool(o.get("class_centres")))
+                                      evidence=_evidence(o), class_centres=_class_centres(o, meta, o["head"]))
         self.threshold = policy.threshold
         self.policy = policy
         heads = meta.get("heads")

@@ -131,3 +131,31 @@ def test_class_centres_reaches_the_pick_policy_from_the_cli_relion_and_cryosparc
     assert _policy(_Model(), args).class_centres_at == 0.3
     args = hydra_parser().parse_args(["pick", "--mics", "x.mrc", "--diameter", "150", "--out", "o"])
     assert _policy(_Model(), args).class_centres_at is None
+    # on by default with --adapt (unless --no-refine or --no-class-centres), in both commands
+    for extra, on in (([], True), (["--no-class-centres"], False), (["--no-refine"], False),
+                      (["--no-refine", "--class-centres"], True)):
+        args = hydra_parser().parse_args(["pick", "--mics", "x.mrc", "--diameter", "150", "--out", "o", "--adapt"]
+                                         + extra)
+        assert (_policy(_Model(), args).class_centres_at is not None) is on, extra
+        opts = _options(build_parser().parse_args(base + ["--adapt"] + extra))
+        assert (policy_for(_Model(), opts).class_centres_at is not None) is on, extra
+
+
+@pytest.mark.parametrize("asked, adapt, refine, adapted_head, on", [
+    (None, False, None, False, False),   # plain picking: off
+    (True, False, None, False, True),    # asked
+    (None, True, None, False, True),     # --adapt
+    (None, True, True, False, True),     # --adapt --refine
+    (None, True, False, False, False),   # --adapt --no-refine: the detector's centres
+    (False, True, None, True, False),    # --no-class-centres wins
+    (None, False, None, True, True),     # a model adapted by --adapt, re-used with --model
+    (None, False, False, True, False),   # ... with --no-refine
+])
+def test_the_one_rule_puts_class_centring_on_with_adapt_and_adapted_models(asked, adapt, refine, adapted_head, on):
+    from hydrapicker.class_centres import class_centring_on
+
+    meta = {"heads": ["generic", "adapted"],
+            "finetune": {"adapted": {"adaptation": {"pseudo_positives": 120}} if adapted_head else {"epochs": 3}}}
+    assert class_centring_on(asked, adapt, refine, meta, "adapted") is on
+    plain_head = asked if asked is not None else (adapt and refine is not False)  # the adaptation is the head's
+    assert class_centring_on(asked, adapt, refine, meta, "generic") is plain_head

@@ -354,6 +354,20 @@ def test_class_centres_reaches_the_pick_policy_and_the_done_list(project):
     assert rc == 0 and on.policies[0].class_centres_at == 0.5 and on.picked == NAMES
     rc, again = pick(["--class_centres", "yes"])
     assert rc == 0 and again.picked == []
+    rc, no = pick(["--class_centres", "no"])
+    assert rc == 0 and no.policies[0].class_centres_at is None and no.picked == NAMES
+
+
+def test_class_centres_go_with_a_head_adapted_by_an_earlier_job():
+    """Not given: on for a model whose head was adapted to its data set (re-used as 'model'), and with
+    adapt = yes (the core's rule, the same as hydra pick's); no: off."""
+    from relion_hydra.pick_job import _choice_keys, _class_centres
+
+    meta = {"heads": ["generic", "adapted"], "finetune": {"adapted": {"adaptation": {"pseudo_positives": 80}}}}
+    assert _class_centres({}, meta, "adapted") and not _class_centres({}, meta, "generic")
+    assert not _class_centres({"class_centres": False}, meta, "adapted")
+    assert _class_centres({"adapt": True}) and not _class_centres({"adapt": True, "class_centres": False})
+    assert "class centres" in _choice_keys({"adapt": True}) and "class centres" not in _choice_keys({})
 
 
 def test_user_threshold_and_pre31_star(project):

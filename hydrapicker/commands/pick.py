@@ -24,6 +24,7 @@ Examples:
   hydra pick /data/session1/Micrographs --apix 0.83 --diameter 140 --out picks/ --watch --threshold auto
 """
 from ..class_centres import DEFAULT_SETTINGS as CLASS_CENTRES
+from ..class_centres import class_centring_on
 from ..scale import parse_working_scale
 
 
@@ -121,12 +122,14 @@ def add_args(p):
                    help="test-time augmentation: average the network over this many rotations/flips of each "
                         f"micrograph (default {defaults.TTA}: as stored and turned by 180 degrees, 1.2x the CPU time "
                         "of 1, fewer picks on junk; 4 and 8 cost more for little more; 1: fastest)")
-    p.add_argument("--class-centres", dest="class_centres", action="store_true",
+    p.add_argument("--class-centres", dest="class_centres", action="store_true", default=None,
                    help="move every pick towards where 2D alignment to class averages of its micrograph's own "
                         f"confident picks puts it (no training; the picks stay within {CLASS_CENTRES.reach:g} "
                         f"diameters; micrographs with fewer than {CLASS_CENTRES.min_confident} confident picks keep "
-                        "theirs): better centres on compact particles, simulated and real (README, Centres); off "
-                        "by default")
+                        "theirs): better centres on compact particles, simulated and real (README, Centres). On by "
+                        "default with --adapt and with a model adapted by it (unless --no-refine), else off")
+    p.add_argument("--no-class-centres", dest="class_centres", action="store_false",
+                   help="no class-average centring, also with --adapt or an adapted model")
     p.add_argument("--refine", dest="refine_centres", action="store_true", default=None,
                    help="re-centre every pick with the shipped centre refiner (a fine centre map read off the "
                         "network's features; a pick moves by at most 0.3 diameters): better centres on crowded, "
@@ -312,8 +315,8 @@ def _main(args, inputs, mics, out):
     policy = _policy(picker, args)
     if policy.class_centres_at is not None:
         log(f"[hydra] centres: each pick moved towards where alignment to class averages of its micrograph's picks "
-            f"with FOM >= {policy.class_centres_at:.3f} puts it (--class-centres; a micrograph with fewer than "
-            f"{CLASS_CENTRES.min_confident} such picks keeps its centres)")
+            f"with FOM >= {policy.class_centres_at:.3f} puts it (class-average centring, --no-class-centres: off; "
+            f"a micrograph with fewer than {CLASS_CENTRES.min_confident} such picks keeps its centres)")
     agg = Aggregates(out, args.suffix, args.format, stems, path)
     if args.watch:
         return watch_main(args, inputs, out, stems, path, picker, policy, agg, log)
@@ -348,7 +351,9 @@ def _policy(picker, args):
                          min_distance_A=args.min_distance, edge_A=args.edge,
                          find_invalid=not getattr(args, "keep_invalid", False),
                          evidence=getattr(args, "evidence", None),
-                         class_centres=getattr(args, "class_centres", False))
+                         class_centres=class_centring_on(getattr(args, "class_centres", None),
+                                                         getattr(args, "adapt", False),
+                                                         getattr(args, "refine_centres", None), picker.meta, args.head))
 
 
 def _kept_path(given, out, name: str, suffix: str):
