@@ -48,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--model", default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-fewshot", action="store_true")
+    p.add_argument("--no-adapt", action="store_true", help="zero-shot and few-shot columns only")
     p.add_argument("--centres", action="store_true",
                    help="also the centre refiner taught the data set after the head (adapt_centres column: hydra pick "
                         "--adapt, its default; the adapt column is then --adapt --no-adapt-centres)")
@@ -162,17 +163,12 @@ def _product(name, mics, truth, diameter_A, box_px, args, work) -> dict:
             "micrographs": len(picks)}
 
 
-def run_set(item, args, work):
+def _adapt_columns(row, base, name, mics, truth, diameter_A, box_px, args, work) -> None:
+    """The --adapt columns of ``row``: the adapted head, with --centres its adapted refiner, with
+    --class-centres class-centred too."""
     from hydrapicker.adapt import adapt
-    from hydrapicker.finetune import finetune
     from hydrapicker.picker import Picker
-    from hydrapicker.types import Picks
 
-    name, kind, mics, truth, diameter_A, box_px, few = item
-    base = Picker(args.model, log=None)
-    row = {"set": name, "kind": kind, "n_test": len(mics), "n_truth": int(sum(len(truth[m.name]) for m in mics)),
-           "diameter_A": diameter_A}
-    row["zero_shot"] = _score(base, base.default_head, mics, truth, diameter_A, box_px, base.default_threshold)
     t0 = time.time()
     a = adapt(base, mics, diameter_A, work / f"{name}_adapted.pt", settings=_settings(args), log=lambda *x: None)
     secs = time.time() - t0
@@ -211,6 +207,25 @@ def run_set(item, args, work):
         src = p if a.accepted else (a.zero_shot or base)
         row["adapt_class"] = _score(src, a.head, mics, truth, diameter_A, box_px, src.threshold_for(a.head),
                                     class_centres=True)
+
+
+def run_set(item, args, work):
+    from hydrapicker.finetune import finetune
+    from hydrapicker.picker import Picker
+    from hydrapicker.types import Picks
+
+    name, kind, mics, truth, diameter_A, box_px, few = item
+    base = Picker(args.model, log=None)
+    row = {"set": name, "kind": kind, "n_test": len(mics), "n_truth": int(sum(len(truth[m.name]) for m in mics)),
+           "diameter_A": diameter_A}
+    row["zero_shot"] = _score(base, base.default_head, mics, truth, diameter_A, box_px, base.default_threshold)
+    if not args.no_adapt:
+        _adapt_columns(row, base, name, mics, truth, diameter_A, box_px, args, work)
+    else:  # the tables read the adapt column: here it is zero-shot, and says so
+        row["adapt"] = {**row["zero_shot"], "accepted": False, "reason": "--no-adapt"}
+    if args.no_adapt and args.class_centres:
+        row["zero_shot_class"] = _score(base, base.default_head, mics, truth, diameter_A, box_px,
+                                        base.default_threshold, class_centres=True)
     if args.product:
         row["product_adapt"] = _product(name, mics, truth, diameter_A, box_px, args, work)
     if not args.no_fewshot:
@@ -221,6 +236,9 @@ def run_set(item, args, work):
         p = Picker(out, log=None)
         row["fewshot5"] = _score(p, "fs5", mics, truth, diameter_A, box_px, p.threshold_for("fs5"))
         row["fewshot5"]["seconds"] = round(secs, 1)
+        if args.class_centres:  # the few-shot head's picks class-centred (hydra pick --class-centres)
+            row["fewshot5_class"] = _score(p, "fs5", mics, truth, diameter_A, box_px, p.threshold_for("fs5"),
+                                           class_centres=True)
     return row
 
 
@@ -307,7 +325,9 @@ def main(argv=None) -> int:
                   f"{r.get('fewshot5', {}).get('AP', float('nan')):.3f} ({r['adapt']['reason']})"
                   + (f" adapt+centres {r['adapt_centres']['AP']:.3f}" if "adapt_centres" in r else "")
                   + (f" adapt+centres+class {r['adapt_centres_class']['AP']:.3f}" if "adapt_centres_class" in r else "")
-                  + (f" hydra pick --adapt {r['product_adapt']['AP']:.3f}" if "product_adapt" in r else ""), flush=True)
+                  + (f" hydra pick --adapt {r['product_adapt']['AP']:.3f}" if "product_adapt" in r else "")
+                  + (f" zero+class {r['zero_shot_class']['AP']:.3f}" if "zero_shot_class" in r else "")
+                  + (f" few5+class {r['fewshot5_class']['AP']:.3f}" if "fewshot5_class" in r else ""), flush=True)
         out["rows"] = rows
         print_table(rows)
     path = Path(args.json or Path(__file__).resolve().parent.parent / "docs" / "benchmarks" /

@@ -90,7 +90,8 @@ def add_pick_args(p):
     p.add_argument("--adapt", action="store_true",
                    help="self-adaptation without labels: learn a head from these exposures' own confident picks, "
                         "then pick with it (the zero-shot picks when the pseudo-labels are too few or "
-                        "inconsistent), and the centre refiner too (--adapt-centres); needs the micrographs on disk")
+                        "inconsistent), and the centre refiner too (--adapt-centres); the picks are class-centred "
+                        "(--class-centres); needs the micrographs on disk")
     p.add_argument("--save-model", default=None, metavar="M.pt",
                    help="--adapt: where the adapted model goes (default: hydra_adapted_<project>_<job>.pt here, "
                         "offline <out>_adapted.pt; an existing file is re-used); pick later with --model")

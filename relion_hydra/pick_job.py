@@ -66,7 +66,8 @@ PARAMS = (
     Param("adapt", bool, False, False, "yes: self-adaptation without labels: a head learned from this data set's "
                                        "own confident zero-shot picks picks it (kept as adapted_model.pt in the "
                                        "job; the zero-shot picks when the pseudo-labels are too few or "
-                                       "inconsistent), and the centre refiner too (adapt_centres)"),
+                                       "inconsistent), and the centre refiner too (adapt_centres); its picks are "
+                                       "class-centred (class_centres)"),
     Param("adapt_centres", bool, None, False,
           "yes: the centre refiner is taught this data set's particles from its own confident picks (no labels; "
           "kept as adapted_refiner.pt in the job) and re-centres every pick (the centres stay as without it when "

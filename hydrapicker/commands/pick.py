@@ -177,7 +177,8 @@ def add_args(p):
                    help="self-adaptation without labels: learn a head for this data set from its own confident "
                         "zero-shot picks (on --adapt-sample micrographs), then pick with it; guarded: the "
                         "zero-shot picks are kept when the pseudo-labels are too few or inconsistent. The centre "
-                        "refiner is taught the same way (--adapt-centres; --no-adapt-centres: the head only). With "
+                        "refiner is taught the same way (--adapt-centres; --no-adapt-centres: the head only) and the "
+                        "picks are class-centred (--class-centres; --no-class-centres: not). With "
                         "--watch: learned from the first --adapt-sample micrographs to come, picking starts then")
     p.add_argument("--adapt-sample", type=positive_int, default=24,
                    help="--adapt: micrographs learned from, spread over the data set (--watch: the first ones; "
