@@ -222,7 +222,7 @@ def run_set(item, args, work):
     if not args.no_adapt:
         _adapt_columns(row, base, name, mics, truth, diameter_A, box_px, args, work)
     else:  # the tables read the adapt column: here it is zero-shot, and says so
-        row["adapt"] = {**row["zero_shot"], "accepted": False, "reason": "--no-adapt"}
+        row["adapt"] = {**row["zero_shot"], "accepted": False, "reason": "--no-adapt", "seconds": 0.0}
     if args.no_adapt and args.class_centres:
         row["zero_shot_class"] = _score(base, base.default_head, mics, truth, diameter_A, box_px,
                                         base.default_threshold, class_centres=True)
@@ -329,11 +329,12 @@ def main(argv=None) -> int:
                   + (f" zero+class {r['zero_shot_class']['AP']:.3f}" if "zero_shot_class" in r else "")
                   + (f" few5+class {r['fewshot5_class']['AP']:.3f}" if "fewshot5_class" in r else ""), flush=True)
         out["rows"] = rows
-        print_table(rows)
     path = Path(args.json or Path(__file__).resolve().parent.parent / "docs" / "benchmarks" /
                 f"adapt_{args.tag}_{datetime.date.today().isoformat()}.json")
-    path.write_text(json.dumps(out, indent=1))
+    path.write_text(json.dumps(out, indent=1))  # before the table: a table that fails loses no measurement
     print(f"wrote {path}")
+    if "rows" in out:
+        print_table(out["rows"])
     return 0
 
 
