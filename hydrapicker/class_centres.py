@@ -58,7 +58,7 @@ def class_centring_on(asked: Optional[bool] = None, adapt: bool = False, refine:
     adapted model re-used with --model picks as the run that adapted it). Otherwise off.
 
     Why with --adapt: on the adapt benchmark it adds +0.010 mean AP to the adapted head and refiner, and
-    half of the gap to few-shot is closed on 5 of 6 sets instead of 2 (README, Self-adaptation)."""
+    half of the gap to few-shot is closed on 5 of 6 sets instead of 3 (README, Self-adaptation)."""
     if asked is not None:
         return bool(asked)
     if refine is False:

@@ -223,6 +223,8 @@ def main(argv=None) -> int:
     ap.add_argument("--figure", default=None, help="with --core: centre-error histograms per set (PNG)")
     ap.add_argument("--timing", action="store_true", help="with --core: at the calibrated threshold (what is "
                     "written by default), each picking done twice, the second timed")
+    ap.add_argument("--adapt-centres", action="store_true", help="with --core: the refiner adapted to each set "
+                    "first (as hydra pick --adapt), a column without and one with class centring")
     ap.add_argument("--core", action="store_true", help="measure the product's implementation (the pick path "
                     "with PickPolicy class_centres, every pick above 0.01) against the same path without it")
     ap.add_argument("--prior-final-only", action="store_true", help="the prior in the final alignment only")
@@ -364,11 +366,22 @@ def _core(sets, args, threshold=0.01, repeats=1) -> int:
         mics = [Micrograph(str(p), pixel_size=ds.pixel_size, name=s) for s, p in zip(ds.stems, ds.mic_paths)]
         row = {"set": ds.name}
         errors = {}
-        for name, on in (("detector", False), ("class", True)) * repeats:  # the last repeat counts
+        variants = (("detector", picker, False), ("class", picker, True))
+        if args.adapt_centres:  # as hydra pick --adapt centres: the refiner adapted to the set, then class centring
+            import tempfile
+
+            from hydrapicker.refine_adapt import picker_with_adapted_refiner
+
+            with tempfile.TemporaryDirectory() as tmp:
+                adapted, ra = picker_with_adapted_refiner(picker, mics, ds.diameter_A, Path(tmp) / "refiner.pt",
+                                                          reuse=False, log=lambda *a: None)
+                row["adapted_refiner"] = {"accepted": ra.accepted, "reason": ra.reason}
+            variants = (("detector", picker, False), ("adapted", adapted, False), ("class", adapted, True))
+        for name, who, on in variants * repeats:  # the last repeat counts
             t0 = time.process_time()
-            pol = picker.policy(ds.diameter_A, threshold="model" if threshold is None else threshold,
-                                class_centres=on)
-            picks = {r.micrograph.name: r.picks for r in picker.pick(mics, ds.diameter_A, policy=pol)}
+            pol = who.policy(ds.diameter_A, threshold="model" if threshold is None else threshold,
+                             class_centres=on)
+            picks = {r.micrograph.name: r.picks for r in who.pick(mics, ds.diameter_A, policy=pol)}
             row[name] = {**_scores(picks, ds.truth, ds.box_px),
                          "cpu_s_per_mic": round((time.process_time() - t0) / len(mics), 3),
                          "picks_per_mic": round(sum(len(p) for p in picks.values()) / len(mics), 1)}
@@ -382,6 +395,9 @@ def _core(sets, args, threshold=0.01, repeats=1) -> int:
           f"n>+0.005 {sum(x > 0.005 for x in da)}  n<-0.005 {sum(x < -0.005 for x in da)}")
     for r in results:
         d, c = r["detector"], r["class"]
+        if "adapted" in r:
+            print(f"{r['set']:26s} adapted refiner: AP {r['adapted']['AP']:.3f} AP_D2 {r['adapted']['AP_D2']:.3f} "
+                  f"median D {r['adapted']['median_D'] or 0:.3f}")
         print(f"{r['set']:26s} AP {d['AP']:.3f} -> {c['AP']:.3f}  AP_D2 {d['AP_D2']:.3f} -> {c['AP_D2']:.3f}  "
               f"median D {d['median_D'] or 0:.3f} -> {c['median_D'] or 0:.3f}  CPU x{c['cpu_s_per_mic'] / max(d['cpu_s_per_mic'], 1e-9):.2f}")
     if args.json:
