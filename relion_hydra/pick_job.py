@@ -117,14 +117,15 @@ def _evidence(o):
 
 def _choice_keys(o) -> tuple:
     """The done list's words for refine_centres, micrograph_evidence, tta, working_scale, adapt_centres and
-    class_centres: nothing for the defaults (older done lists stay valid)."""
+    class_centres: nothing for the defaults (older done lists stay valid); class_centres no is a word too, as
+    a model adapted by an earlier job would class-centre without it."""
     refine = _refine_centres(o)
     return (() if refine == defaults.REFINE_CENTRES else ("refined" if refine else "unrefined",)) + \
         (() if _evidence(o) is None else (f"evidence {float(_evidence(o)):g}",)) + \
         (() if _tta(o) == defaults.TTA else (f"views {_tta(o)}",)) + \
         (() if o.get("working_scale") is None else (f"working scale {o['working_scale']}",)) + \
         (("adapted centres",) if o.get("adapt_centres") else ()) + \
-        (("class centres",) if _class_centres(o) else ())
+        (("class centres",) if _class_centres(o) else ("no class centres",) if o.get("class_centres") is False else ())
 
 
 def _class_centres(o, meta=None, head=None) -> bool:
@@ -279,6 +280,8 @@ class PickRun:
         scale = float(meta.get("working_scale", 1.0))
         if scale != 1.0:  # picks made at another particle extent are other picks (hydrapicker.scale)
             model_desc += f" at working scale {scale:g}"
+        if policy.class_centres_at is not None and not _class_centres(o):  # the model's adapted head asks for it
+            model_desc += " class-centred"
         return policy, self._fingerprint(model_desc, policy.threshold), model_path
 
     def _adapted(self, picker):

@@ -358,6 +358,28 @@ def test_class_centres_reaches_the_pick_policy_and_the_done_list(project):
     assert rc == 0 and no.policies[0].class_centres_at is None and no.picked == NAMES
 
 
+def test_a_job_picking_with_an_adapted_model_class_centres_and_its_done_list_says_so(project):
+    """model = an earlier job's adapted_model.pt (its default head adapted without labels): the picks are
+    class-centred with nothing asked, and the done list knows it (the same model with class_centres no is
+    another setting: picked again)."""
+    adapted = {"heads": ["generic", "adapted"], "default_head": "adapted", "default_threshold": 0.5,
+               "floor": 0.05, "path": "fake.pt", "finetune": {"adapted": {"adaptation": {"pseudo_positives": 80}}}}
+
+    def run(extra=()):
+        fake = FakePicker()
+        fake.meta = dict(adapted)
+        rc = main(["--o", JOB, "--in_mics", MICS_STAR, "--particle_diameter", "40", *extra, "--j", "1"],
+                  picker_factory=fake.factory)
+        return rc, fake
+
+    rc, on = run()
+    assert rc == 0 and on.policies[0].class_centres_at == 0.5 and on.picked == NAMES
+    rc, again = run()
+    assert rc == 0 and again.picked == []
+    rc, off = run(["--class_centres", "no"])
+    assert rc == 0 and off.policies[0].class_centres_at is None and off.picked == NAMES
+
+
 def test_class_centres_go_with_a_head_adapted_by_an_earlier_job():
     """Not given: on for a model whose head was adapted to its data set (re-used as 'model'), and with
     adapt = yes (the core's rule, the same as hydra pick's); no: off."""
