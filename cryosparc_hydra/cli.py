@@ -80,7 +80,7 @@ def add_pick_args(p):
     p.add_argument("--class-centres", dest="class_centres", action="store_true", default=None,
                    help="move every pick towards where 2D alignment to class averages of its exposure's own "
                         "confident picks puts it (as hydra pick --class-centres; on by default with --adapt and with "
-                        "a model adapted by it, unless --no-refine; else off)")
+                        "a model adapted by it, unless --no-refine or at a smaller working scale; else off)")
     p.add_argument("--no-class-centres", dest="class_centres", action="store_false",
                    help="no class-average centring, also with --adapt or an adapted model")
     p.add_argument("--working-scale", default=None, type=parse_working_scale, metavar="auto|S",

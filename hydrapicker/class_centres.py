@@ -53,15 +53,18 @@ def class_centring_on(asked: Optional[bool] = None, adapt: bool = False, refine:
                       meta: Optional[dict] = None, head: Optional[str] = None) -> bool:
     """Whether the picks are re-centred on class averages, the one rule of every entry point: as asked in so
     many words (``asked`` True or False: --class-centres / --no-class-centres); else off where the user fixed
-    the centres to the detector's (``refine`` False: --no-refine); else on with ``adapt`` (--adapt) and for a
-    head adapted to its data set without labels (``meta``'s record of ``head`` holds an ``adaptation``: an
-    adapted model re-used with --model picks as the run that adapted it). Otherwise off.
+    the centres to the detector's (``refine`` False: --no-refine) and for a model at a smaller working scale
+    (``meta['working_scale']`` < 1: an elongated particle, whose class average is a poor reference); else on
+    with ``adapt`` (--adapt) and for a head adapted to its data set without labels (``meta``'s record of
+    ``head`` holds an ``adaptation``: an adapted model re-used with --model picks as the run that adapted
+    it). Otherwise off.
 
     Why with --adapt: on the adapt benchmark it adds +0.010 mean AP to the adapted head and refiner, and
-    half of the gap to few-shot is closed on 5 of 6 sets instead of 3 (README, Self-adaptation)."""
+    half of the gap to few-shot is closed on 5 of 6 sets instead of 3; the rod, adapted at 0.75 x, loses
+    0.016-0.018 AP with it on both draws (README, Self-adaptation)."""
     if asked is not None:
         return bool(asked)
-    if refine is False:
+    if refine is False or float((meta or {}).get("working_scale", 1.0)) < 1.0:
         return False
     record = ((meta or {}).get("finetune") or {}).get(head or "") or {}
     return bool(adapt) or bool(record.get("adaptation"))

@@ -79,7 +79,7 @@ PARAMS = (
           "yes: every pick moves towards where 2D alignment to class averages of its micrograph's own confident "
           f"picks puts it (no training; at most {CLASS_CENTRES.reach:g} diameters; micrographs with fewer than "
           f"{CLASS_CENTRES.min_confident} confident picks keep theirs); not given: yes when adapt = yes or the model "
-          "was adapted by it, else no; no: off"),
+          "was adapted by it (not at a smaller working scale), else no; no: off"),
     Param("working_scale", parse_working_scale, None, False,
           "particle extent the network sees, as a fraction of the diameter (empty: as given; auto: 4 micrographs "
           "are picked at 0.85 and 0.75 too and a smaller scale is taken only when the best candidates score clearly "

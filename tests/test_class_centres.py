@@ -159,3 +159,5 @@ def test_the_one_rule_puts_class_centring_on_with_adapt_and_adapted_models(asked
     assert class_centring_on(asked, adapt, refine, meta, "adapted") is on
     plain_head = asked if asked is not None else (adapt and refine is not False)  # the adaptation is the head's
     assert class_centring_on(asked, adapt, refine, meta, "generic") is plain_head
+    # a model at a smaller working scale (an elongated particle): off unless asked
+    assert class_centring_on(asked, adapt, refine, {**meta, "working_scale": 0.75}, "adapted") is (asked is True)

@@ -127,7 +127,7 @@ def add_args(p):
                         f"confident picks puts it (no training; the picks stay within {CLASS_CENTRES.reach:g} "
                         f"diameters; micrographs with fewer than {CLASS_CENTRES.min_confident} confident picks keep "
                         "theirs): better centres on compact particles, simulated and real (README, Centres). On by "
-                        "default with --adapt and with a model adapted by it (unless --no-refine), else off")
+                        "default with --adapt and with a model adapted by it (unless --no-refine or at a smaller working scale), else off")
     p.add_argument("--no-class-centres", dest="class_centres", action="store_false",
                    help="no class-average centring, also with --adapt or an adapted model")
     p.add_argument("--refine", dest="refine_centres", action="store_true", default=None,
