@@ -19,7 +19,7 @@ from hydrapicker.errors import UserFacingError
 from .exposures import check_readable, exposures_to_micrographs
 from .extra import dataset_class
 from .particles import build_particles, offline_allocator, particles_to_picks, validate_particles
-from .picking import PickOptions, adapted, adapted_centres, at_working_scale, min_dist_for, pick_micrographs
+from .picking import PickOptions, adapted, adapted_centres, at_working_scale, min_dist_for, pick_micrographs, policy_for
 
 
 class CsFileError(UserFacingError):
@@ -69,6 +69,9 @@ def pick_offline(picker, exposures_cs, out, opts: PickOptions, project_dir=None,
     picker = at_working_scale(picker, mics, opts, log)
     picker, opts = adapted(picker, mics, opts, str(Path(out).with_suffix("")) + "_adapted.pt", log)
     picker = adapted_centres(picker, mics, opts, str(Path(out).with_suffix("")) + "_adapted_refiner.pt", log)
+    if policy_for(picker, opts).class_centres_at is not None:
+        log("centres: each pick moved towards where alignment to class averages of its exposure's confident "
+            "picks puts it (class-average centring; --no-class-centres: off)")
     stats = {"micrographs": len(mics), "picks": 0, "failed": [], "empty": []}
     from hydrapicker.qc import qc_indices
 

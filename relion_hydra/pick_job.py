@@ -365,7 +365,9 @@ class PickRun:
         self.say(f"model {model_path}, head {o['head']}, device {getattr(picker, 'device', self.device)}, "
                  f"particle diameter {o['particle_diameter']:g} A, threshold {self._thr_text()}, "
                  f"{len(todo)} micrographs to pick" + (f" by {world} ranks, {threads} threads each"
-                                                       if world > 1 else ""))
+                                                       if world > 1 else "")
+                 + ("; class-average centring (class_centres)" if self.policy is not None
+                    and self.policy.class_centres_at is not None else ""))
         mine = distributed.shard(todo)
         who = f"rank {rank}/{world}: " if world > 1 else ""
         t0 = time.time()

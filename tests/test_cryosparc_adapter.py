@@ -556,11 +556,12 @@ def test_offline_pick_end_to_end_matches_the_core(tmp_path, tiny_model, monkeypa
     (["--adapt", "--no-adapt-centres"], ["picks_adapted.pt"]),
     (["--adapt-centres"], ["picks_adapted_refiner.pt"]),
 ])
-def test_offline_pick_adapt_options_run_the_cores_adaptation(flags, kept, tmp_path, tiny_model, monkeypatch):
+def test_offline_pick_adapt_options_run_the_cores_adaptation(flags, kept, tmp_path, tiny_model, monkeypatch, capsys):
     """``--adapt`` is :func:`hydrapicker.adapt.adapted_picker` and then (by default, the core's rule)
     :func:`hydrapicker.refine_adapt.picker_with_adapted_refiner` over the exposures, as in hydra pick and the
     RELION job; ``--no-adapt-centres`` keeps the head only, ``--adapt-centres`` alone the refiner only. The
-    adapted model and refiner go next to the output by default."""
+    adapted model and refiner go next to the output by default; with --adapt the log says the picks are
+    class-centred."""
     from cryosparc_hydra import cli
 
     calls = []
@@ -584,6 +585,7 @@ def test_offline_pick_adapt_options_run_the_cores_adaptation(flags, kept, tmp_pa
     assert rc == 0 and out.exists()
     paths = sorted(str(p) for p in ds["micrograph_blob/path"])
     assert calls == [(paths, name, 64.0) for name in kept]
+    assert ("class-average centring" in capsys.readouterr().out) is ("--adapt" in flags)
 
 
 def test_offline_pick_working_scale_is_the_cores_and_equals_a_model_at_that_scale(tmp_path, tiny_model, capsys):

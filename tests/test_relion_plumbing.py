@@ -358,7 +358,7 @@ def test_class_centres_reaches_the_pick_policy_and_the_done_list(project):
     assert rc == 0 and no.policies[0].class_centres_at is None and no.picked == NAMES
 
 
-def test_a_job_picking_with_an_adapted_model_class_centres_and_its_done_list_says_so(project):
+def test_a_job_picking_with_an_adapted_model_class_centres_and_its_done_list_says_so(project, capsys):
     """model = an earlier job's adapted_model.pt (its default head adapted without labels): the picks are
     class-centred with nothing asked, and the done list knows it (the same model with class_centres no is
     another setting: picked again)."""
@@ -374,10 +374,13 @@ def test_a_job_picking_with_an_adapted_model_class_centres_and_its_done_list_say
 
     rc, on = run()
     assert rc == 0 and on.policies[0].class_centres_at == 0.5 and on.picked == NAMES
+    assert "class-average centring" in capsys.readouterr().out  # the run log says so
     rc, again = run()
     assert rc == 0 and again.picked == []
+    capsys.readouterr()
     rc, off = run(["--class_centres", "no"])
     assert rc == 0 and off.policies[0].class_centres_at is None and off.picked == NAMES
+    assert "class-average centring" not in capsys.readouterr().out
 
 
 def test_class_centres_go_with_a_head_adapted_by_an_earlier_job():
