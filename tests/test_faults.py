@@ -658,6 +658,12 @@ def test_hydra_info_of_a_fine_tuned_model_describes_its_new_head(tmp_path, capsy
     assert head in out and "0.777" in out and "123" in out and "3 micrographs" in out, out
     ap_lines = [ln for ln in out.splitlines() if "validation AP" in ln]
     assert all("generic" in ln or head in ln for ln in ap_lines), out  # whose AP each one is
+    assert "self-adapted" not in out  # a few-shot head learnt from labels
+    # a head adapted by hydra pick --adapt: info says so, and that its picks are class-centred by default
+    meta["finetune"][head]["adaptation"] = {"pseudo_positives": 80}
+    torch.save({**ck, "meta": meta, "model": state}, tmp_path / "ad.pt")
+    assert hydra(["info", str(tmp_path / "ad.pt")]) == 0
+    assert "class-centred by default" in capsys.readouterr().out
 
 
 # ---- 5, RELION side: an over-long micrograph name is skipped; a full disk is one line -----------------------

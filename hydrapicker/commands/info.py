@@ -45,6 +45,14 @@ def main(args):
               f"{ft.get('diameter_A')} A; threshold {ft.get('threshold')}")
         print(f"validation AP:     {'n/a (no validation micrographs)' if ap is None else f'{ap:.3f}'} "
               f"(head {head}, on its held-out labelled micrographs)")
+        if ft.get("adaptation"):  # hydra pick --adapt: pseudo-labels, not labels
+            from ..class_centres import class_centring_on
+
+            centred = class_centring_on(None, False, None, meta, head)
+            print(f"self-adapted:      {head}: learnt without labels (hydra pick --adapt); its picks are "
+                  + ("class-centred by default (--no-class-centres: off)" if centred else
+                     "not class-centred by default (--class-centres: on)")
+                  + (f"; centre refiner {meta['refiner']}" if meta.get("refiner") else ""))
     if meta.get("validation_AP_mean") is not None:
         print(f"validation AP:     {meta['validation_AP_mean']:.3f} (head generic, mean over the base model's "
               f"simulated validation sets)")
