@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from hydrapicker.class_centres import described
 from hydrapicker.errors import UserFacingError
 
 from . import compat, plots
@@ -205,7 +206,8 @@ def _pick_into_job(cs, project, job, picker, opts, summary, read, project_dir, l
     threshold = policy.threshold
     compat.log(job, f"HydraPicker: {len(mics)} micrographs (read by {summary.read_mode}), diameter "
                     f"{opts.diameter_A:g} A, threshold {threshold:g}, device {getattr(picker, 'device', '?')}"
-                    + ("; class-average centring (--class-centres)" if policy.class_centres_at is not None else ""))
+                    + (f"; {described(policy.class_centres_at)} (--class-centres)"
+                       if policy.class_centres_at is not None else ""))
 
     fields = [f for f in job.alloc_output(OUTPUT_NAME, 0).descr() if f[0] != "uid"]  # server's field list
     dataset_class = type(exposures)

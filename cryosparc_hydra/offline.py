@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from hydrapicker.atomic import atomic_path
+from hydrapicker.class_centres import described
 from hydrapicker.errors import UserFacingError
 
 from .exposures import check_readable, exposures_to_micrographs
@@ -69,9 +70,9 @@ def pick_offline(picker, exposures_cs, out, opts: PickOptions, project_dir=None,
     picker = at_working_scale(picker, mics, opts, log)
     picker, opts = adapted(picker, mics, opts, str(Path(out).with_suffix("")) + "_adapted.pt", log)
     picker = adapted_centres(picker, mics, opts, str(Path(out).with_suffix("")) + "_adapted_refiner.pt", log)
-    if policy_for(picker, opts).class_centres_at is not None:
-        log("centres: each pick moved towards where alignment to class averages of its exposure's confident "
-            "picks puts it (class-average centring; --no-class-centres: off)")
+    policy = policy_for(picker, opts)
+    if policy.class_centres_at is not None:
+        log(f"centres: {described(policy.class_centres_at)}; --no-class-centres: off")
     stats = {"micrographs": len(mics), "picks": 0, "failed": [], "empty": []}
     from hydrapicker.qc import qc_indices
 

@@ -59,7 +59,7 @@ def class_centring_on(asked: Optional[bool] = None, adapt: bool = False, refine:
     ``head`` holds an ``adaptation``: an adapted model re-used with --model picks as the run that adapted
     it). Otherwise off.
 
-    Why with --adapt: on the adapt benchmark it adds +0.010 mean AP to the adapted head and refiner, and
+    Why with --adapt: on the adapt benchmark it adds +0.009 mean AP to the adapted head and refiner, and
     half of the gap to few-shot is closed on 5 of 6 sets instead of 3; the rod, adapted at 0.75 x, loses
     0.016-0.018 AP with it on both draws (README, Self-adaptation)."""
     if asked is not None:
@@ -68,6 +68,15 @@ def class_centring_on(asked: Optional[bool] = None, adapt: bool = False, refine:
         return False
     record = ((meta or {}).get("finetune") or {}).get(head or "") or {}
     return bool(adapt) or bool(record.get("adaptation"))
+
+
+def described(threshold: float, settings: Optional[ClassCentreSettings] = None) -> str:
+    """Class-average centring in words, for every entry point's log (``threshold``: the policy's
+    ``class_centres_at``)."""
+    s = settings or DEFAULT_SETTINGS
+    return (f"class-average centring: each pick moves towards where alignment to class averages of its "
+            f"micrograph's picks with FOM >= {threshold:.3f} puts it (a micrograph with fewer than "
+            f"{s.min_confident} such picks keeps its centres)")
 
 
 @dataclass

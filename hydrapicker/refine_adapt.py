@@ -4,8 +4,8 @@ The shipped centre head (:mod:`hydrapicker.refine`) learned where the centre of 
 training families. Here it is fine-tuned on the data set's own micrographs: its targets are the confident
 picks (FOM 1.1 logit above the head's calibrated threshold, ``--adapt``'s pseudo-positives) as the shipped
 refiner centres them, then moved towards their micrograph's class average (:mod:`hydrapicker.class_centres`,
-``class_centred``; since 2026-12-07: better targets, a better refiner), taught only within ``radius_D`` diameters of each (where the centre lies near a
-particle, not what is a particle: the uncertain particles around are not taught as background). Those
+``class_centred``; since 2026-12-07: better targets, a better refiner), taught only within ``radius_D``
+diameters of each (where the centre lies near a particle, not what is a particle: the uncertain particles around are not taught as background). Those
 centres are off by the detector's error, but the error differs from particle to particle while the
 particle stays the same, and a head that must map every rotated and flipped view of the particle to one
 centre cannot fit the part of the errors that is random: it learns the particle's own centre.

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from hydrapicker import defaults
 from hydrapicker.class_centres import DEFAULT_SETTINGS as CLASS_CENTRES
-from hydrapicker.class_centres import class_centring_on
+from hydrapicker.class_centres import class_centring_on, described
 from hydrapicker.checkpoint import default_head
 from hydrapicker.scale import parse_working_scale
 from hydrapicker.errors import UserFacingError
@@ -366,7 +366,7 @@ class PickRun:
                  f"particle diameter {o['particle_diameter']:g} A, threshold {self._thr_text()}, "
                  f"{len(todo)} micrographs to pick" + (f" by {world} ranks, {threads} threads each"
                                                        if world > 1 else "")
-                 + ("; class-average centring (class_centres)" if self.policy is not None
+                 + (f"; {described(self.policy.class_centres_at)} (class_centres)" if self.policy is not None
                     and self.policy.class_centres_at is not None else ""))
         mine = distributed.shard(todo)
         who = f"rank {rank}/{world}: " if world > 1 else ""

@@ -131,17 +131,6 @@ def _ap(rows, fom_of) -> float:
     return float(evaluate(picks, {m["mic"]: m["truth"] for m in rows}, rows[0]["box"], warn=lambda *a: None)["AP"])
 
 
-def combined(m, a: float, floor: float, ref: str):
-    """FOM x a factor from the NCC: 1 at or above the micrograph's reference NCC (the median NCC of its
-    confident picks, or of the set's), falling linearly to ``floor`` at ``a`` below it; NaN: factor 1."""
-    ncc = m["ncc"]
-    r = m[ref]
-    if not np.isfinite(r):
-        return m["fom"]
-    fac = np.clip(1 - (r - ncc) / a * (1 - floor), floor, 1.0)
-    return m["fom"] * np.where(np.isfinite(ncc), fac, 1.0)
-
-
 def blended(m, w: float, ref: str, down_only: bool = False):
     """logit(FOM) + w x (NCC - reference) / spread, back to (0, 1); NaN NCC (or no reference): the FOM.
     ``down_only``: only picks below the reference lose (junk), none gains."""

@@ -24,7 +24,7 @@ Examples:
   hydra pick /data/session1/Micrographs --apix 0.83 --diameter 140 --out picks/ --watch --threshold auto
 """
 from ..class_centres import DEFAULT_SETTINGS as CLASS_CENTRES
-from ..class_centres import class_centring_on
+from ..class_centres import class_centring_on, described
 from ..scale import parse_working_scale
 
 
@@ -127,7 +127,8 @@ def add_args(p):
                         f"confident picks puts it (no training; the picks stay within {CLASS_CENTRES.reach:g} "
                         f"diameters; micrographs with fewer than {CLASS_CENTRES.min_confident} confident picks keep "
                         "theirs): better centres on compact particles, simulated and real (README, Centres). On by "
-                        "default with --adapt and with a model adapted by it (unless --no-refine or at a smaller working scale), else off")
+                        "default with --adapt and with a model adapted by it (unless --no-refine or at a smaller "
+                        "working scale), else off")
     p.add_argument("--no-class-centres", dest="class_centres", action="store_false",
                    help="no class-average centring, also with --adapt or an adapted model")
     p.add_argument("--refine", dest="refine_centres", action="store_true", default=None,
@@ -315,9 +316,7 @@ def _main(args, inputs, mics, out):
         picker = _adapt_centres(picker, mics, args, out, world, log)
     policy = _policy(picker, args)
     if policy.class_centres_at is not None:
-        log(f"[hydra] centres: each pick moved towards where alignment to class averages of its micrograph's picks "
-            f"with FOM >= {policy.class_centres_at:.3f} puts it (class-average centring, --no-class-centres: off; "
-            f"a micrograph with fewer than {CLASS_CENTRES.min_confident} such picks keeps its centres)")
+        log(f"[hydra] centres: {described(policy.class_centres_at)}; --no-class-centres: off")
     agg = Aggregates(out, args.suffix, args.format, stems, path)
     if args.watch:
         return watch_main(args, inputs, out, stems, path, picker, policy, agg, log)
