@@ -14,11 +14,14 @@ Presets
             residual blocks of stacked-pair convs, BatchNorm (frozen at inference so that tiled inference
             equals whole-image inference); heads of two stride-2 convs (64, 96 channels) and a 3x3 conv,
             grid stride 8; particle extent 16 px. About 20x fewer operations than ``thesis``.
+``lite_deep`` ``lite`` with a third residual block (about 1.4x the network's operations, the same file
+            size class). A ``lite`` model grows into it without changing its answers
+            (:func:`grow_state_dict`: the new block starts as the identity), so training continues from it.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -55,6 +58,7 @@ PRESETS = {
                    norm="batch", head_channels=(64, 96), head_extra_conv=True, dropout=0.1,
                    extent_px=16.0),
 }
+PRESETS["lite_deep"] = replace(PRESETS["lite"], name="lite_deep", n_blocks=3)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -162,6 +166,35 @@ class HydraNet(nn.Module):
 
     def forward_features(self, x):
         return self.body(x)
+
+
+def grows_into(source: Preset, target: Preset) -> bool:
+    """Can a ``source`` network grow into ``target`` (:func:`grow_state_dict`)? Only by more residual blocks."""
+    if source.n_blocks >= target.n_blocks:
+        return False
+    return replace(source, name=target.name, n_blocks=target.n_blocks) == target
+
+
+def grow_state_dict(net: HydraNet, source: dict, source_blocks: int) -> dict:
+    """``source``'s weights (a network with ``source_blocks`` residual blocks) in ``net``'s, which has more
+    blocks after them: ``net``'s own initial weights for the new blocks, each with its last norm's scale and
+    shift at zero, so that the block adds nothing (``act(x + 0) = x`` for the non-negative ``x`` a block
+    receives) and the grown network answers exactly as the source did. Keys of the body's layers after its
+    blocks do not exist (blocks are its last layers), so the source's keys keep their names."""
+    first_new = len(net.body.layers) - (net.preset.n_blocks - source_blocks)
+    grown = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    for k, v in source.items():
+        if k not in grown or grown[k].shape != v.shape:
+            raise ValueError(f"weight {k} does not fit the grown network")
+        grown[k] = v
+    for i in range(first_new, len(net.body.layers)):
+        block = net.body.layers[i]
+        if not isinstance(block, PairBlock):
+            raise ValueError("only residual blocks at the end of the body can be grown")
+        norm = f"body.layers.{i}.pair2.2."
+        grown[norm + "weight"] = torch.zeros_like(grown[norm + "weight"])
+        grown[norm + "bias"] = torch.zeros_like(grown[norm + "bias"])
+    return grown
 
 
 def build_model(preset: str = "lite", head_names=(GENERIC,)) -> HydraNet:

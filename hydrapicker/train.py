@@ -194,17 +194,22 @@ def init_from(net, path) -> dict:
     Returns a compact description of the source (path, preset, its training recipe and datasets) for the
     new model's metadata, so a model trained in stages still names every dataset it has seen.
     """
-    from .checkpoint import read_checkpoint
+    from .checkpoint import net_from_meta, read_checkpoint
     from .errors import UserFacingError
-    from .model import GENERIC
+    from .model import GENERIC, grow_state_dict, grows_into
 
     ck = read_checkpoint(path)
     meta = ck["meta"]
-    if meta.get("preset") != net.preset.name:
-        raise UserFacingError(f"--init {path}: preset {meta.get('preset')!r} does not match the run's "
-                              f"--preset {net.preset.name!r}")
     keep = {k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()
             if k.startswith("body.") or k.startswith(f"heads.{GENERIC}.")}
+    if meta.get("preset") != net.preset.name:
+        source = net_from_meta(meta).preset
+        if not grows_into(source, net.preset):
+            raise UserFacingError(f"--init {path}: preset {meta.get('preset')!r} does not match the run's "
+                                  f"--preset {net.preset.name!r} (nor grows into it)")
+        # a deeper preset starts as the source network: its new residual blocks add nothing yet
+        grown = grow_state_dict(net, keep, source.n_blocks)
+        keep = {k: v for k, v in grown.items() if k.startswith("body.") or k.startswith(f"heads.{GENERIC}.")}
     missing, unexpected = net.load_state_dict(keep, strict=False)
     missing = [k for k in missing if k.startswith("body.") or k.startswith(f"heads.{GENERIC}.")]
     if missing or unexpected:

@@ -100,6 +100,27 @@ def test_init_lineage_survives_a_resumed_run(tmp_path):
     assert meta["training"]["init_from"]["path"] == str(first)
 
 
+def test_init_grows_a_lite_model_into_the_deeper_preset_with_the_same_answers(tmp_path):
+    first = run_training(_args(tmp_path / "a", "--steps", "3", "--phase2-steps", "0"), log=QUIET)
+    src, _ = load_checkpoint(first)
+    from hydrapicker.model import build_model
+    from hydrapicker.train import init_from
+
+    grown = build_model("lite_deep")
+    init_from(grown, first)
+    assert len(grown.body.layers) == len(src.body.layers) + 1
+    src.eval(), grown.eval()
+    x = torch.randn(2, 1, 96, 128)
+    with torch.no_grad():
+        assert torch.allclose(src(x), grown(x), atol=1e-5)  # the new block starts as the identity
+    # through hydra train: the run starts from the lite model and trains the new block too
+    deep = _args(tmp_path / "b", "--preset", "lite_deep", "--steps", "3", "--phase2-steps", "0", "--init", str(first))
+    net, meta = load_checkpoint(run_training(deep, log=QUIET))
+    assert meta["preset"] == "lite_deep" and meta["training"]["init_from"]["preset"] == "lite"
+    new_norm = net.body.layers[-1].pair2[2]
+    assert new_norm.weight.abs().sum() > 0  # no longer zero: trained
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is missing")
 def test_asking_for_cuda_without_it_is_a_clear_error_not_a_cpu_run(tmp_path):
     from hydrapicker.errors import UserFacingError

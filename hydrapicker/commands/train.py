@@ -18,7 +18,7 @@ from .. import defaults
 
 def add_args(p):
     p.add_argument("--out", required=True, help="run directory (checkpoint.pt, model.pt, log.jsonl)")
-    p.add_argument("--preset", default="lite", help="network preset: lite (shipped) or thesis")
+    p.add_argument("--preset", default="lite", help="network preset: lite (shipped), lite_deep (lite with a third residual block; --init from a lite model grows it) or thesis")
     p.add_argument("--datasets", type=int, default=32, help="number of simulated source datasets")
     p.add_argument("--mics-per-dataset", type=int, default=8)
     p.add_argument("--junk-fraction", type=float, default=0.0,
