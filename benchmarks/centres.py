@@ -222,7 +222,7 @@ def raw_grids(picker, ds: Dataset, head: str = "generic") -> dict:
         mic = Micrograph(str(path), pixel_size=ds.pixel_size, name=stem)
         loaded, _, _ = picker._read(mic, ds.diameter_A)
         prep = picker._prepared(loaded, mic, ds.diameter_A)
-        grid, cmap = picker._outputs(prep.image, head)
+        grid, cmap, _ = picker._outputs(prep.image, head)  # the grid alone: what this diagnosis decodes
         out[stem] = Raw(np.asarray(grid, np.float64), tuple(prep.scale_xy), tuple(prep.shape), picker.stride, temp,
                         prep, cmap)
     return out

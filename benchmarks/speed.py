@@ -47,6 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--model", default=None, help="HydraPicker model file (default: the shipped model)")
     p.add_argument("--tta", type=int, default=None, choices=(1, 2, 4, 8),
                    help="HydraPicker's --tta (test-time views; default: hydra pick's)")
+    p.add_argument("--half-cell", action="store_true", help="HydraPicker with hydra pick --half-cell")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for both pickers (default 2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for both pickers")
     p.add_argument("--work", default="/tmp/hydra_bench/speed")
@@ -114,7 +115,8 @@ def main(argv=None) -> int:
             for name in args.pickers:
                 print(f"[speed] {label} x{n}: {name} ...", flush=True)
                 fn = run_topaz if name == "topaz" else run_hydra
-                kw = {"model": args.model, "tta": args.tta} if name == "hydra" else {}
+                kw = ({"model": args.model, "tta": args.tta, "extra": ("--half-cell",) if args.half_cell else ()}
+                      if name == "hydra" else {})
                 run = fn(ds, work / "runs" / f"{label}_x{n}" / name, threads=args.threads, device=args.device,
                          timeout=args.timeout, **kw)
                 row = {"size": label, "shape": list(SIZES[label]), "n": n, "picker": name, "wall_s": run.wall_s,

@@ -42,6 +42,15 @@ ASSIGN_REACH_OWN_CELL = 0.5
 #: every junk target's AP gap to clean micrographs <= 0.05 (one view: up to 0.055) for 1.21x the CPU time of
 #: one view per 4096^2 micrograph (benchmarks/junk.py --tta, benchmarks/speed.py --tta; README, Junk)
 TTA = 2
+#: the head also reads the grid shifted by half a cell (its cells centred on the grid's cell corners; one more
+#: pass of the head per view, on the body features it already has) and both grids' candidates are ranked
+#: together (issue 18): a particle near the border of one grid's cells sits near the centre of one of the
+#: other's, whose offsets were trained for it. Off by default (hydra pick --half-cell): AP rises on the
+#: tuning sets (+0.011 clean, +0.007 junk) and on 10 of 12 centre sets (t_micelle +0.041, t_rod +0.037), but
+#: the max of two grids' scores also lifts noise, so particle-free micrographs get about twice the picks at
+#: the calibrated threshold, and t_virus, c_small60kda_lowsnr and junk j_dumbbell_pp lose 0.02-0.03
+#: (README, Centres)
+HALF_CELL_GRID = False
 #: re-centre every pick with the shipped centre refiner unless asked otherwise (hydra pick --refine /
 #: --no-refine, RELION refine_centres, CryoSPARC --refine / --no-refine). Off: it raises AP on the simulated
 #: targets (+0.015 mean, up to +0.06) but lowers it on real apoferritin (0.910 -> 0.892) and costs AP_D/2

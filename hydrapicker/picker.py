@@ -16,7 +16,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
@@ -26,6 +26,21 @@ from .types import Micrograph, PickResult, Picks
 
 # (quarter turns, flip left-right first) in the order test-time augmentation uses them
 DIHEDRAL = ((0, False), (2, False), (1, True), (3, True), (1, False), (3, False), (0, True), (2, True))
+
+
+class NetOutputs(NamedTuple):
+    """What the network says of one image (or, with a leading batch axis, of a batch): ``grid`` the head's
+    raw outputs (3, H/stride, W/stride); ``cmap`` the centre refiner's map at the body's stride, or None;
+    ``half_cell`` the head's outputs on the grid shifted by half a cell, (3, H/stride + 1, W/stride + 1)
+    with cell m centred at m x stride - 0.5, or None (``defaults.HALF_CELL_GRID`` off)."""
+
+    grid: np.ndarray
+    cmap: Optional[np.ndarray] = None
+    half_cell: Optional[np.ndarray] = None
+
+    def item(self, i: int) -> "NetOutputs":
+        """The ``i``-th image's outputs of a batch's."""
+        return NetOutputs(*(None if a is None else a[i] for a in self))
 
 
 def select_device(device: str = "auto"):
@@ -96,14 +111,16 @@ class Picker:
     """
 
     def __init__(self, model=None, device: str = "auto", log: Callable = print, tile: Optional[int] = None,
-                 tta: Optional[int] = None, batch: Optional[int] = None, readers: Optional[int] = None, refine="auto"):
+                 tta: Optional[int] = None, batch: Optional[int] = None, readers: Optional[int] = None, refine="auto",
+                 half_cell: Optional[bool] = None):
         """``tta``: dihedral views averaged per micrograph (None: ``defaults.TTA``). ``batch``: micrographs
         per forward pass (default 8 on CUDA, 1 on CPU); ``readers``: reading threads (default 4 on CUDA, 1 on
         CPU). ``refine``: the centre refiner (:mod:`hydrapicker.refine`)
         that re-centres every pick: ``"auto"`` the shipped one when ``defaults.REFINE_CENTRES`` (and it is
         installed and made for this model's body: the shipped models and every head fine-tuned or adapted
         from them), ``"shipped"`` the shipped one whatever the default, a refiner file's path, or
-        None/False (centres as the detector decodes them). Thread counts and cuDNN flags are the
+        None/False (centres as the detector decodes them). ``half_cell``: the head also reads the grid
+        shifted by half a cell (None: ``defaults.HALF_CELL_GRID``). Thread counts and cuDNN flags are the
         process's: :func:`configure_torch` at the entry point sets them."""
         import torch
 
@@ -127,11 +144,17 @@ class Picker:
         cuda = self.device.type == "cuda"
         self.batch = max(1, int(batch or (8 if cuda else 1)))
         self.readers = max(1, int(readers or (min(4, os.cpu_count() or 1) if cuda else 1)))
+        self.half_cell = defaults.HALF_CELL_GRID if half_cell is None else bool(half_cell)
+        body_stride = int(self.net.preset.body_stride)
+        # the half-cell grid: the heads on the body's features padded by half a cell (in body pixels)
+        self.half_cell_pad = ((self.stride // 2) // body_stride
+                              if self.half_cell and (self.stride // 2) % body_stride == 0 else 0)
         self.tile = tile or self.net.preset.tile
         self.margin = self.net.preset.tile_margin
         self.log(f"[hydra] model {self.meta.get('path')} (preset {self.meta.get('preset')}, "
                  f"heads {', '.join(self.meta['heads'])}) on device {self.device}, "
-                 f"{self.tta} test-time view{'s' if self.tta > 1 else ''} per micrograph (--tta)")
+                 f"{self.tta} test-time view{'s' if self.tta > 1 else ''} per micrograph (--tta)"
+                 f"{', each read on two grids half a cell apart (--half-cell)' if self.half_cell_pad else ''}")
         self.refine = refine  # what was asked for: pickers derived from this one (hydra pick --adapt) ask the same
         self.refiner = self._load_refiner(refine)
         self._said_own: set = set()  # heads whose "not refined" line was logged
@@ -222,9 +245,9 @@ class Picker:
 
     def with_model(self, model, log: Optional[Callable] = None) -> "Picker":
         """A picker of another model file (an adapted, few-shot or rescaled copy of this one's) with this
-        picker's device, views, batching, readers and refiner choice."""
+        picker's device, views, half-cell grid, batching, readers and refiner choice."""
         return Picker(model, device=str(self.device), log=log, tta=self.tta, batch=self.batch, readers=self.readers,
-                      refine=self.refine)
+                      refine=self.refine, half_cell=self.half_cell)
 
     def threshold_for(self, head: str = "generic") -> float:
         """The calibrated threshold of ``head`` (few-shot heads carry their own)."""
@@ -279,11 +302,11 @@ class Picker:
 
     def _grid(self, image, head: str) -> np.ndarray:
         """Raw outputs for ``image`` (tensor or array), see :meth:`_outputs`."""
-        return self._outputs(image, head)[0]
+        return self._outputs(image, head).grid
 
-    def _outputs(self, image, head: str) -> tuple:
-        """(raw outputs (3, H/stride, W/stride), centre map or None) for ``image`` (tensor or array): plain,
-        or both averaged over :attr:`tta` dihedral orientations."""
+    def _outputs(self, image, head: str) -> "NetOutputs":
+        """:class:`NetOutputs` of ``image`` (tensor or array): plain, or averaged over :attr:`tta` dihedral
+        orientations."""
         image = self._to_device(image)
         if self.tta == 1:
             return self._infer(image, head)
@@ -293,50 +316,58 @@ class Picker:
         s = self.stride
         ny, nx = image.shape
         padded = F.pad(image, (0, (-nx) % s, 0, (-ny) % s))  # whole cells: orientations share a grid
-        grids, cmaps = [], []
+        views = []
         for k, flip in DIHEDRAL[:self.tta]:
             view = torch.rot90(torch.flip(padded, dims=(1,)) if flip else padded, k, dims=(0, 1))
-            g, c = self._infer(view.contiguous(), head)
-            grids.append((k, flip, g))
-            if c is not None:
-                cmaps.append((k, flip, c))
-        return self._merge_views(grids, cmaps, (ny, nx))
+            views.append((k, flip, self._infer(view.contiguous(), head)))
+        return self._merge_views(views, (ny, nx))
 
-    def _merge_views(self, grids: list, cmaps: list, shape: tuple) -> tuple:
-        """``[(k, flip, raw outputs)]`` and ``[(k, flip, centre map)]`` of the views of one image of
-        ``shape`` -> (raw outputs, centre map or None) in the image's own frame."""
+    def _merge_views(self, views: list, shape: tuple) -> "NetOutputs":
+        """``[(k, flip, NetOutputs)]`` of the views of one image of ``shape`` -> :class:`NetOutputs` in the
+        image's own frame. The half-cell grid's cells sit at multiples of the stride of the stride-padded
+        image, a lattice every dihedral view maps onto itself, so its views merge like the grid's."""
         from .postprocess import merge_orientations
 
         cmap = None
-        if cmaps:  # the centre map's views are merged like the grid's (its logit first, offsets in cells)
+        if views[0][2].cmap is not None:  # merged like the grid (its logit first, offsets in cells)
             from .refine import OFFSET_CELLS
 
             sb = self.refiner.stride
-            cmap = merge_orientations(cmaps, OFFSET_CELLS, logit_channel=0)[:, :-(-shape[0] // sb), :-(-shape[1] // sb)]
-        return merge_orientations(grids), cmap
+            cmap = merge_orientations([(k, f, o.cmap) for k, f, o in views], OFFSET_CELLS,
+                                      logit_channel=0)[:, :-(-shape[0] // sb), :-(-shape[1] // sb)]
+        half = None
+        if views[0][2].half_cell is not None:
+            half = merge_orientations([(k, f, o.half_cell) for k, f, o in views])
+        return NetOutputs(merge_orientations([(k, f, o.grid) for k, f, o in views]), cmap, half)
 
-    def _forward(self, batch, head: str) -> tuple:
-        """(B, 1, H, W) tensor on the device -> ((B, 3, H/stride, W/stride) float32 numpy, the centre map
-        (B, 3, H/s, W/s) at the body's stride s when a refiner is loaded, else None)."""
+    def _forward(self, batch, head: str) -> "NetOutputs":
+        """(B, 1, H, W) tensor on the device -> :class:`NetOutputs` of the batch (arrays with a leading B)."""
         import torch
+        import torch.nn.functional as F
+
+        pad = self.half_cell_pad
 
         def run(x):
-            if not self._refines(head):
-                return self.net(x, head), None
-            f = self.net.body(x)  # the centre head reads the features the detector's head reads
-            return self.net.heads[head](f), self.refiner.head(f)
+            f = self.net.body(x)  # the heads read the body's features once
+            g = self.net.heads[head](f)
+            c = self.refiner.head(f) if self._refines(head) else None
+            # the head on features padded by half a cell: its cells are centred on the grid's cell corners
+            h = self.net.heads[head](F.pad(f, (pad, pad, pad, pad))) if pad else None
+            return g, c, h
+
+        def numpy(t):
+            return None if t is None else t.float().cpu().numpy()
 
         with torch.inference_mode():
             if self.device.type == "cuda":
                 with torch.autocast("cuda", dtype=torch.bfloat16):
-                    g, c = run(batch)
+                    out = run(batch)
             else:
-                g, c = run(batch.contiguous(memory_format=torch.channels_last))
-            return g.float().cpu().numpy(), (None if c is None else c.float().cpu().numpy())
+                out = run(batch.contiguous(memory_format=torch.channels_last))
+            return NetOutputs(*(numpy(t) for t in out))
 
-    def _infer(self, image, head: str) -> tuple:
-        """Rescaled, normalised image (tensor) -> (raw outputs (3, H/stride, W/stride), centre map or
-        None), tiled when large."""
+    def _infer(self, image, head: str) -> "NetOutputs":
+        """Rescaled, normalised image (tensor) -> :class:`NetOutputs`, tiled when large."""
         import torch.nn.functional as F
 
         from .preprocess import tiles
@@ -347,6 +378,7 @@ class Picker:
         gh, gw = -(-ny // s), -(-nx // s)
         out = np.zeros((3, gh, gw), np.float32)
         cmap = None if sb is None else np.zeros((3, -(-ny // sb), -(-nx // sb)), np.float32)
+        half = np.zeros((3, gh + 1, gw + 1), np.float32) if self.half_cell_pad else None
         for y0, y1, x0, x1, cy0, cy1, cx0, cx1 in tiles((ny, nx), self.tile, self.margin, s):
             # windows are aligned to the stride so that grid cells line up with the full image
             y0, x0 = (y0 // s) * s, (x0 // s) * s
@@ -354,23 +386,27 @@ class Picker:
             ph, pw = (-win.shape[0]) % s, (-win.shape[1]) % s
             if ph or pw:
                 win = F.pad(win, (0, pw, 0, ph))
-            g, c = self._forward(win[None, None], head)
-            g = g[0]
+            o = self._forward(win[None, None], head)
+            g = o.grid[0]
             gy0, gy1, gx0, gx1 = cy0 // s, -(-cy1 // s), cx0 // s, -(-cx1 // s)
             out[:, gy0:gy1, gx0:gx1] = g[:, gy0 - y0 // s: gy1 - y0 // s, gx0 - x0 // s: gx1 - x0 // s]
             if cmap is not None:
-                c = c[0]
+                c = o.cmap[0]
                 by0, by1, bx0, bx1 = cy0 // sb, -(-cy1 // sb), cx0 // sb, -(-cx1 // sb)
                 cmap[:, by0:by1, bx0:bx1] = c[:, by0 - y0 // sb: by1 - y0 // sb, bx0 - x0 // sb: bx1 - x0 // sb]
-        return out, cmap
+            if half is not None:  # cell m centred at m x stride - 0.5: those in the tile's core
+                hy0, hx0 = -(-cy0 // s), -(-cx0 // s)
+                hy1, hx1 = -(-cy1 // s) + (cy1 >= ny), -(-cx1 // s) + (cx1 >= nx)
+                half[:, hy0:hy1, hx0:hx1] = o.half_cell[0][:, hy0 - y0 // s: hy1 - y0 // s, hx0 - x0 // s: hx1 - x0 // s]
+        return NetOutputs(out, cmap, half)
 
     def _batchable(self, image) -> bool:
         """One tile: such images of one shape can share forward passes (one per orientation)."""
         return self.batch > 1 and max(image.shape) <= self.tile
 
     def _infer_many(self, images: list, head: str) -> list:
-        """(raw outputs, centre map or None) of several images; images of one shape that fit one tile
-        share forward passes, one per test-time orientation."""
+        """:class:`NetOutputs` of several images; images of one shape that fit one tile share forward
+        passes, one per test-time orientation."""
         import torch
         import torch.nn.functional as F
 
@@ -380,17 +416,17 @@ class Picker:
         ny, nx = images[0].shape
         stack = F.pad(torch.stack(images)[:, None], (0, (-nx) % s, 0, (-ny) % s))
         if self.tta == 1:
-            g, c = self._forward(stack, head)
-            sb = None if c is None else self.refiner.stride
-            return [(gi[:, :-(-ny // s), :-(-nx // s)], None if c is None else c[i][:, :-(-ny // sb), :-(-nx // sb)])
-                    for i, gi in enumerate(g)]
-        views = []  # (k, flip, raw outputs of the batch, centre maps of the batch or None)
+            o = self._forward(stack, head)
+            sb = None if o.cmap is None else self.refiner.stride
+            gh, gw = -(-ny // s), -(-nx // s)
+            return [NetOutputs(gi[:, :gh, :gw], None if o.cmap is None else o.cmap[i][:, :-(-ny // sb), :-(-nx // sb)],
+                               None if o.half_cell is None else o.half_cell[i][:, :gh + 1, :gw + 1])
+                    for i, gi in enumerate(o.grid)]
+        views = []  # (k, flip, NetOutputs of the batch)
         for k, flip in DIHEDRAL[:self.tta]:
             view = torch.rot90(torch.flip(stack, dims=(3,)) if flip else stack, k, dims=(2, 3))
-            views.append((k, flip) + self._forward(view.contiguous(), head))
-        return [self._merge_views([(k, f, g[i]) for k, f, g, _ in views],
-                                  [(k, f, c[i]) for k, f, _, c in views if c is not None], (ny, nx))
-                for i in range(len(images))]
+            views.append((k, flip, self._forward(view.contiguous(), head)))
+        return [self._merge_views([(k, f, o.item(i)) for k, f, o in views], (ny, nx)) for i in range(len(images))]
 
     def _check_head(self, head: str):
         if head not in self.net.heads:
@@ -405,7 +441,7 @@ class Picker:
         return PickPolicy.for_model(self.meta, diameter_A, head, threshold, **kw)
 
     def _finish(self, prepared, outputs, policy, invalid=None, info=None):
-        """``outputs`` = (raw grid, centre map or None) -> (picks, ranked): the candidates decoded and
+        """``outputs`` (:class:`NetOutputs`) -> (picks, ranked): the candidates of both grids decoded and
         ranked (:func:`~hydrapicker.postprocess.rank`), re-centred by the refiner when one is loaded, and
         selected (:func:`~hydrapicker.postprocess.select`), then re-centred on class averages when the
         policy asks (``class_centres_at``); ``info`` (a dict) receives the micrograph's ``threshold`` and
@@ -414,9 +450,9 @@ class Picker:
 
         from .postprocess import decode, rank, rounded, select, weigh_by_evidence
 
-        grid, cmap = outputs
+        grid, cmap, half_cell = outputs
         candidates = decode(grid, self.stride, policy.decode_floor, float(self.meta.get("temperature", defaults.TEMPERATURE)),
-                            prepared.scale_xy, prepared.shape, prepared.pixel_size)
+                            prepared.scale_xy, prepared.shape, prepared.pixel_size, half_cell=half_cell)
         ranked = rank(candidates, policy, invalid)
         if cmap is not None:
             ranked = refined(self.refiner, cmap, prepared, ranked, policy, invalid)

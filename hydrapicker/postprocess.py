@@ -21,10 +21,12 @@ AUTO = "auto"  # PickPolicy.threshold: each micrograph's own (hydrapicker.thresh
 OFFSET_RANGE = 0.75  # centre offsets: cell centre + tanh(a) * OFFSET_RANGE * stride
 
 
-def decode_grid(grid: np.ndarray, stride: int, temperature: float = 1.0, floor: float = 0.0):
+def decode_grid(grid: np.ndarray, stride: int, temperature: float = 1.0, floor: float = 0.0,
+                origin: float = 0.0):
     """(3, H, W) raw outputs -> (xy (N, 2) in rescaled px, score (N,)) for cells with score >= floor.
 
-    score = sigmoid(logit / temperature): a calibrated probability (higher = better).
+    score = sigmoid(logit / temperature): a calibrated probability (higher = better). ``origin``: where the
+    grid's first cell starts along both axes, in px (the half-cell grid without its outer ring: ``stride / 2``).
     """
     H, W = grid.shape[1:]
     logit = grid[2].astype(np.float64) / float(temperature)
@@ -32,8 +34,8 @@ def decode_grid(grid: np.ndarray, stride: int, temperature: float = 1.0, floor: 
     i, j = np.nonzero(score >= floor)
     dx = np.tanh(grid[0, i, j].astype(np.float64)) * OFFSET_RANGE
     dy = np.tanh(grid[1, i, j].astype(np.float64)) * OFFSET_RANGE
-    x = (j + 0.5 + dx) * stride - 0.5
-    y = (i + 0.5 + dy) * stride - 0.5
+    x = (j + 0.5 + dx) * stride - 0.5 + origin
+    y = (i + 0.5 + dy) * stride - 0.5 + origin
     return np.stack([x, y], axis=1), score[i, j]
 
 
@@ -203,13 +205,21 @@ class Candidates:
 
 
 def decode(grid: np.ndarray, stride: int, floor: float, temperature: float = defaults.TEMPERATURE,
-           scale_xy=(1.0, 1.0), shape=None, pixel_size: float = 1.0) -> Candidates:
+           scale_xy=(1.0, 1.0), shape=None, pixel_size: float = 1.0,
+           half_cell: Optional[np.ndarray] = None) -> Candidates:
     """(3, H, W) raw outputs of a rescaled image -> :class:`Candidates` in pixels of the micrograph.
 
     ``scale_xy`` = (rescaled nx / nx, rescaled ny / ny). Fourier rescaling keeps sample 0 in place, so
-    x_original = x_rescaled / scale_x exactly.
+    x_original = x_rescaled / scale_x exactly. ``half_cell``: the head's outputs on the grid shifted by half
+    a cell (its cells centred on the corners of ``grid``'s, :meth:`hydrapicker.picker.Picker._forward`);
+    its candidates join ``grid``'s, and duplicate suppression (:func:`rank`) keeps the better of two on
+    one particle: a particle near the border of one grid's cells lies near the centre of one of the other's,
+    whose offsets were trained for it.
     """
     xy, score = decode_grid(grid, stride, temperature, floor)
+    if half_cell is not None:  # its outer ring of cells, centred on the image's edges, reads padding: left out
+        xy_h, score_h = decode_grid(half_cell[:, 1:-1, 1:-1], stride, temperature, floor, origin=stride / 2)
+        xy, score = np.concatenate([xy, xy_h]), np.concatenate([score, score_h])
     xy = np.stack([xy[:, 0] / scale_xy[0], xy[:, 1] / scale_xy[1]], axis=1)
     return Candidates(xy, score, None if shape is None else tuple(shape), float(pixel_size))
 

@@ -120,7 +120,9 @@ def test_micrograph_names_with_dots_keep_their_whole_stem(tmp_path):
 
 
 @pytest.mark.parametrize("tta", [1, 2, 4])
-def test_batched_forward_passes_and_parallel_readers_give_the_same_picks_in_order(sim_dataset, tmp_path, tta):
+@pytest.mark.parametrize("half_cell", [False, True])
+def test_batched_forward_passes_and_parallel_readers_give_the_same_picks_in_order(sim_dataset, tmp_path, tta,
+                                                                                  half_cell):
     """What the GPU path does (several micrographs of one shape per forward pass, one per test-time view,
     several reader threads) gives the picks of one-at-a-time picking, in the input order, an unreadable
     micrograph included."""
@@ -134,8 +136,8 @@ def test_batched_forward_passes_and_parallel_readers_give_the_same_picks_in_orde
     mics = [Micrograph(str(mrcs[0]), spec.pixel_size), Micrograph(str(mrcs[1]), spec.pixel_size),
             Micrograph(str(bad), spec.pixel_size), Micrograph(str(mrcs[2]), spec.pixel_size),
             Micrograph(str(mrcs[0]), spec.pixel_size)]
-    one = list(Picker(device="cpu", log=None, tta=tta).pick(mics, spec.diameter_A))
-    many = list(Picker(device="cpu", log=None, tta=tta, batch=4, readers=3).pick(mics, spec.diameter_A))
+    one = list(Picker(device="cpu", log=None, tta=tta, half_cell=half_cell).pick(mics, spec.diameter_A))
+    many = list(Picker(device="cpu", log=None, tta=tta, batch=4, readers=3, half_cell=half_cell).pick(mics, spec.diameter_A))
     assert [r.micrograph.path for r in many] == [m.path for m in mics]
     assert [r.ok for r in many] == [True, True, False, True, True] and "broken.mrc" in str(many[2].error)
     assert [r.info.get("batch") for r in many] == [2, 2, None, 2, 2]

@@ -77,7 +77,7 @@ def test_the_shipped_refiner_brings_touching_particles_back_to_their_exact_centr
     truth = sim.xy
     assert np.median(cKDTree(truth).query(truth, k=2)[0][:, 1]) < 1.1 * d_px, "neighbours touch"
     prepared = prepare_t(_cpu_tensor(sim.image), spec.pixel_size, spec.diameter_A, picker.extent_px)
-    _, cmap = picker._outputs(prepared.image, "generic")
+    cmap = picker._outputs(prepared.image, "generic").cmap
     rng = np.random.default_rng(3)
     start = truth + rng.uniform(-0.2, 0.2, truth.shape) * d_px  # the size of the detector's wrong-cell errors
     inside = np.all((start > d_px) & (start < np.array(sim.image.shape[::-1]) - d_px), axis=1)
@@ -145,7 +145,7 @@ def test_a_fine_tuned_head_is_refined_and_another_body_is_not(tmp_path):
     # a few-shot head taught centres from labelled picks keeps them; the generic and adapted heads are refined
     for head, refined in (("mine", False), ("generic", True), ("adapted", True)):
         assert p._refines(head) is refined, head
-        grid, cmap = p._outputs(np.zeros((64, 64), np.float32), head)
+        grid, cmap, _ = p._outputs(np.zeros((64, 64), np.float32), head)
         assert (cmap is not None) is refined
     with torch.no_grad():
         next(net.body.parameters()).add_(0.01)  # a body trained elsewhere
@@ -184,8 +184,8 @@ def test_tta_merges_the_centre_maps_of_all_views_back_into_the_micrographs_frame
     rng = np.random.default_rng(5)
     img = rng.normal(0, 1, (96, 96)).astype(np.float32)
     p = Picker(device="cpu", tta=8, refine="shipped", **QUIET)
-    _, c1 = p._outputs(img, "generic")
-    _, c2 = p._outputs(np.ascontiguousarray(np.rot90(img)), "generic")
+    c1 = p._outputs(img, "generic").cmap
+    c2 = p._outputs(np.ascontiguousarray(np.rot90(img)), "generic").cmap
     dec = lambda c: np.tanh(c.astype(np.float64)) * OFFSET_CELLS  # noqa: E731
     np.testing.assert_allclose(c2[0], np.rot90(c1[0]), atol=1e-3)
     # a counter-clockwise quarter turn takes (dx, dy) to (dy, -dx)
