@@ -1,7 +1,6 @@
 """The half-cell grid (hydra pick --half-cell): the head also reads the grid shifted by half a cell, and both
 grids' candidates are ranked together. Its geometry (views, tiles, batches map back exactly) is tested with an
 oracle network in test_tta.py and test_pick.py; that it centres better is a benchmark (README, Centres)."""
-import numpy as np
 
 
 def test_hydra_pick_half_cell_flag_reaches_the_picks(tmp_path, capsys):

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     from compare_models import junk_tuning_sets
     from hydrapicker.metrics import evaluate
     from hydrapicker.picker import Picker, configure_torch
-    from hydrapicker.postprocess import decode_grid, rank, suppress_duplicates, weigh_by_evidence, Candidates
+    from hydrapicker.postprocess import Candidates, decode_grid, rank, weigh_by_evidence
     from hydrapicker.types import Micrograph, Picks
 
     configure_torch(1)
