@@ -67,8 +67,15 @@ def parse_args(argv=None):
     p.add_argument("--draw", type=int, default=0,
                    help="another draw of the simulated sets (seed + DRAW): choose settings on a draw other "
                         "than the reported one (0)")
+    p.add_argument("--half-cell", action="store_true",
+                   help="every picker with the half-cell grid (hydra pick --half-cell; defaults.HALF_CELL_GRID)")
     p.add_argument("--json", default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.half_cell:
+        from hydrapicker import defaults
+
+        defaults.HALF_CELL_GRID = True
+    return args
 
 
 def _spec(name):
