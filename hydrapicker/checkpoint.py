@@ -233,7 +233,14 @@ def check_meta(meta, n_stored=None, path=None) -> None:
 
 
 def net_from_meta(meta: dict):
-    from .model import PRESETS, HydraNet, Preset
+    from .model import HydraNet
+
+    return HydraNet(preset_from_meta(meta), tuple(meta["heads"]))
+
+
+def preset_from_meta(meta: dict):
+    """The :class:`~hydrapicker.model.Preset` a model file's metadata describes (checked first)."""
+    from .model import PRESETS, Preset
 
     check_meta(meta, path=meta.get("path") if isinstance(meta, dict) else None)
     params = dict(meta.get("preset_params") or {})
@@ -244,10 +251,8 @@ def net_from_meta(meta: dict):
     if params:
         params["stem_channels"] = tuple(params["stem_channels"])
         params["head_channels"] = tuple(params["head_channels"])
-        preset = Preset(**params)
-    else:
-        preset = PRESETS[meta["preset"]]
-    return HydraNet(preset, tuple(meta["heads"]))
+        return Preset(**params)
+    return PRESETS[meta["preset"]]
 
 
 def load_checkpoint(path=None, with_ckpt=False):

@@ -194,24 +194,25 @@ def init_from(net, path) -> dict:
     Returns a compact description of the source (path, preset, its training recipe and datasets) for the
     new model's metadata, so a model trained in stages still names every dataset it has seen.
     """
-    from .checkpoint import net_from_meta, read_checkpoint
+    from .checkpoint import preset_from_meta, read_checkpoint
     from .errors import UserFacingError
     from .model import GENERIC, grow_state_dict, grows_into
 
+    def copied(k: str) -> bool:  # the body and the generic head
+        return k.startswith("body.") or k.startswith(f"heads.{GENERIC}.")
+
     ck = read_checkpoint(path)
     meta = ck["meta"]
-    keep = {k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()
-            if k.startswith("body.") or k.startswith(f"heads.{GENERIC}.")}
+    keep = {k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items() if copied(k)}
     if meta.get("preset") != net.preset.name:
-        source = net_from_meta(meta).preset
+        source = preset_from_meta(meta)
         if not grows_into(source, net.preset):
             raise UserFacingError(f"--init {path}: preset {meta.get('preset')!r} does not match the run's "
                                   f"--preset {net.preset.name!r} (nor grows into it)")
         # a deeper preset starts as the source network: its new residual blocks add nothing yet
-        grown = grow_state_dict(net, keep, source.n_blocks)
-        keep = {k: v for k, v in grown.items() if k.startswith("body.") or k.startswith(f"heads.{GENERIC}.")}
+        keep = {k: v for k, v in grow_state_dict(net, keep, source.n_blocks).items() if copied(k)}
     missing, unexpected = net.load_state_dict(keep, strict=False)
-    missing = [k for k in missing if k.startswith("body.") or k.startswith(f"heads.{GENERIC}.")]
+    missing = [k for k in missing if copied(k)]
     if missing or unexpected:
         raise UserFacingError(f"--init {path}: weights do not fit the network ({(missing + unexpected)[:3]})")
     training = meta.get("training") or {}

@@ -65,9 +65,9 @@ def main(argv=None) -> int:
         sets = junk_tuning_sets(args.junk_tune, Path(args.junk_cache))
     else:
         sets = resolve(args.sets, args.n_sim, Path(args.sim_cache))
-    picker = Picker("default", device="cpu", log=None, refine=False)
-    one_view = Picker("default", device="cpu", log=None, refine=False, tta=1)
-    four_views = Picker("default", device="cpu", log=None, refine=False, tta=4)
+    picker = Picker("default", device="cpu", log=None, refine=False, half_cell=False)  # one grid: the baseline
+    one_view = Picker("default", device="cpu", log=None, refine=False, tta=1, half_cell=False)
+    four_views = Picker("default", device="cpu", log=None, refine=False, tta=4, half_cell=False)
     s = picker.stride
     h = s // 2
     temp = float(picker.meta.get("temperature", 1.0))
@@ -86,18 +86,18 @@ def main(argv=None) -> int:
             out["product"][stem] = picks
             out["tta4"][stem] = four_views._finish(prep, four_views._outputs(prep.image, "generic"), policy, regions)[0]
             t0 = time.process_time()
-            grid_b, _ = picker._outputs(prep.image[h:, h:].contiguous(), "generic")
+            grid_b = picker._outputs(prep.image[h:, h:].contiguous(), "generic").grid
             t_extra += time.process_time() - t0
             sx, sy = prep.scale_xy
-            xa, sa = decode_grid(outputs[0], s, temp, policy.decode_floor)
+            xa, sa = decode_grid(outputs.grid, s, temp, policy.decode_floor)
             xb, sb = decode_grid(grid_b, s, temp, policy.decode_floor)
             xb = xb + h
             # pool: both grids' candidates as one, ranked as the product ranks
             pooled = Candidates(np.concatenate([xa, xb]) / np.array([sx, sy]), np.concatenate([sa, sb]),
                                 prep.shape, prep.pixel_size)
             out["pool"][stem] = weigh_by_evidence(rank(pooled, policy, regions), policy)
-            xa1, sa1 = decode_grid(one_view._outputs(prep.image, "generic")[0], s, temp, policy.decode_floor)
-            xb1, sb1 = decode_grid(one_view._outputs(prep.image[h:, h:].contiguous(), "generic")[0], s, temp,
+            xa1, sa1 = decode_grid(one_view._outputs(prep.image, "generic").grid, s, temp, policy.decode_floor)
+            xb1, sb1 = decode_grid(one_view._outputs(prep.image[h:, h:].contiguous(), "generic").grid, s, temp,
                                    policy.decode_floor)
             pooled1 = Candidates(np.concatenate([xa1, xb1 + h]) / np.array([sx, sy]), np.concatenate([sa1, sb1]),
                                  prep.shape, prep.pixel_size)
