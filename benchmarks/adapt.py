@@ -69,6 +69,12 @@ def parse_args(argv=None):
                         "than the reported one (0)")
     p.add_argument("--half-cell", action="store_true",
                    help="every picker with the half-cell grid (hydra pick --half-cell; defaults.HALF_CELL_GRID)")
+    p.add_argument("--data-set-weights", type=float, nargs="+", default=[],
+                   help="with --class-centres: the class-centred columns again with class averages of the data "
+                        "set (Picker.class_references), each pick moving by each of these fractions of the move")
+    p.add_argument("--data-set-for", nargs="+", default=["all"], choices=["all", "few"],
+                   help="with --data-set-weights: the data set's averages centre every micrograph (column _ds<w>) "
+                        "or those with too few confident picks of their own (_dsfew<w>)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.half_cell:
@@ -134,11 +140,13 @@ def _refiner_settings(args):
     return _settings(args, RefinerAdaptSettings, args.refiner_setting)
 
 
-def _score(picker, head, mics, truth, diameter_A, box_px, threshold, class_centres=False):
+def _score(picker, head, mics, truth, diameter_A, box_px, threshold, class_centres=False, refs=None):
     from hydrapicker.metrics import evaluate
 
     t0 = time.time()
     policy = picker.policy(diameter_A, head, threshold=None, class_centres=class_centres)
+    if refs is not None:  # class averages of the data set's sample (Picker.class_references)
+        picker = picker.with_class_references(refs)
     picks = {r.micrograph.name: r.picks for r in picker.pick(mics, diameter_A, head=head, policy=policy) if r.ok}
     secs = time.time() - t0
     tr = {k: truth[k] for k in picks}
@@ -208,12 +216,47 @@ def _adapt_columns(row, base, name, mics, truth, diameter_A, box_px, args, work)
         if args.class_centres:
             row["adapt_centres_class"] = _score(pr, a.head, mics, truth, diameter_A, box_px, pr.threshold_for(a.head),
                                                 class_centres=True)
+            _data_set_columns(row, "adapt_centres_class", pr, a.head, mics, truth, diameter_A, box_px, args)
     if args.class_centres:  # hydra pick --class-centres on the zero-shot and the adapted head's picks
         row["zero_shot_class"] = _score(base, base.default_head, mics, truth, diameter_A, box_px,
                                         base.default_threshold, class_centres=True)
+        if not args.centres:
+            _data_set_columns(row, "zero_shot_class", base, base.default_head, mics, truth, diameter_A, box_px, args)
         src = p if a.accepted else (a.zero_shot or base)
         row["adapt_class"] = _score(src, a.head, mics, truth, diameter_A, box_px, src.threshold_for(a.head),
                                     class_centres=True)
+
+
+def _data_set_columns(row, key, picker, head, mics, truth, diameter_A, box_px, args) -> None:
+    """``--data-set-weights``: column ``key`` again with class averages of the data set's sample (the test
+    micrographs, as --adapt's sample: :func:`hydrapicker.class_centres.data_set_classes`), each pick taking
+    each weight of the move found -> ``<key>_ds<w>`` (the shipped weight is ``ClassCentreSettings.weight``)."""
+    from dataclasses import replace
+
+    from hydrapicker import class_centres
+
+    if not args.data_set_weights:
+        return
+    from hydrapicker.adapt import AdaptSettings
+
+    t0 = time.time()
+    refs = class_centres.data_set_classes(picker, mics, diameter_A, head, picker.policy(
+        diameter_A, head, threshold=None, class_centres=True), AdaptSettings().sample, log=lambda *a: None).class_refs
+    secs = round(time.time() - t0, 1)
+    shipped = class_centres.DEFAULT_SETTINGS
+    for where in args.data_set_for:
+        for w in args.data_set_weights:
+            col = f"{key}_ds{'' if where == 'all' else where}{w:g}"
+            if refs is None:
+                row[col] = {**row[key], "data_set_refs": "too few confident picks"}
+                continue
+            class_centres.DEFAULT_SETTINGS = replace(shipped, weight=w, data_set_for=where)
+            try:
+                row[col] = {**_score(picker, head, mics, truth, diameter_A, box_px, picker.threshold_for(head),
+                                     class_centres=True, refs=refs),
+                            "data_set_confident": refs.confident, "data_set_seconds": secs}
+            finally:
+                class_centres.DEFAULT_SETTINGS = shipped
 
 
 def run_set(item, args, work):
@@ -282,6 +325,17 @@ def timing(args, work):
                 list(final.pick(mics, spec.diameter_A, head=head,
                                 policy=final.policy(spec.diameter_A, head, class_centres=on)))
                 out[key] = round(time.time() - t0, 1)
+            # --adapt's last step: the class averages of the data set's sample, then the picks centred on them
+            from hydrapicker.adapt import AdaptSettings
+            from hydrapicker.class_centres import data_set_classes
+
+            policy = final.policy(spec.diameter_A, head, class_centres=True)
+            t0 = time.time()
+            ds = data_set_classes(final, mics, spec.diameter_A, head, policy, AdaptSettings().sample, log=lambda *x: None)
+            out["data_set_classes_seconds"] = round(time.time() - t0, 1)
+            t0 = time.time()
+            list(ds.pick(mics, spec.diameter_A, head=head, policy=policy))
+            out["final_pick_data_set_class_centres_seconds"] = round(time.time() - t0, 1)
     return out
 
 

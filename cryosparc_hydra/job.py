@@ -22,7 +22,7 @@ from hydrapicker.errors import UserFacingError
 from . import compat, plots
 from .exposures import Downloader, exposures_to_micrographs, visible_locally
 from .particles import build_particles, validate_particles
-from .picking import PickOptions, adapted, adapted_centres, at_working_scale, head_for, min_dist_for, pick_micrographs, policy_for, qc_figure, threshold_for
+from .picking import PickOptions, adapted, adapted_centres, at_working_scale, data_set_centred, head_for, min_dist_for, pick_micrographs, policy_for, qc_figure, threshold_for
 
 INPUT_NAME = "micrographs"
 OUTPUT_NAME = "particles"
@@ -202,6 +202,7 @@ def _pick_into_job(cs, project, job, picker, opts, summary, read, project_dir, l
         picker = adapted_centres(picker, mics, opts, f"hydra_adapted_refiner_{project.uid}_{job.uid}.pt", log)
         compat.log(job, "HydraPicker: centres " + (f"refined by {picker.refiner.path}" if picker.refiner is not None
                                                    else "as the detector decodes them (the refiner was not adapted)"))
+    picker = data_set_centred(picker, mics, opts, f"hydra_adapted_{project.uid}_{job.uid}.pt", log)  # --adapt
     policy = policy_for(picker, opts)
     threshold = policy.threshold
     compat.log(job, f"HydraPicker: {len(mics)} micrographs (read by {summary.read_mode}), diameter "

@@ -20,7 +20,7 @@ from hydrapicker.errors import UserFacingError
 from .exposures import check_readable, exposures_to_micrographs
 from .extra import dataset_class
 from .particles import build_particles, offline_allocator, particles_to_picks, validate_particles
-from .picking import PickOptions, adapted, adapted_centres, at_working_scale, min_dist_for, pick_micrographs, policy_for
+from .picking import PickOptions, adapted, adapted_centres, at_working_scale, data_set_centred, min_dist_for, pick_micrographs, policy_for
 
 
 class CsFileError(UserFacingError):
@@ -70,6 +70,7 @@ def pick_offline(picker, exposures_cs, out, opts: PickOptions, project_dir=None,
     picker = at_working_scale(picker, mics, opts, log)
     picker, opts = adapted(picker, mics, opts, str(Path(out).with_suffix("")) + "_adapted.pt", log)
     picker = adapted_centres(picker, mics, opts, str(Path(out).with_suffix("")) + "_adapted_refiner.pt", log)
+    picker = data_set_centred(picker, mics, opts, str(Path(out).with_suffix("")) + "_adapted.pt", log)
     policy = policy_for(picker, opts)
     if policy.class_centres_at is not None:
         log(f"centres: {described(policy.class_centres_at)}; --no-class-centres: off")

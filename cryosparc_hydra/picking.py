@@ -120,6 +120,20 @@ def adapted_centres(picker, mics, opts: PickOptions, default_save: str, log=prin
     return picker
 
 
+def data_set_centred(picker, mics, opts: PickOptions, default_save: str, log=print):
+    """``opts.adapt``: the core's :func:`hydrapicker.class_centres.data_set_classes` over ``mics`` (read from
+    disk; after :func:`adapted` and :func:`adapted_centres`, ``default_save`` as theirs: the adapted model,
+    which keeps the averages) -> the picker centring on the data set's class averages; otherwise ``picker``
+    unchanged."""
+    if not opts.adapt:
+        return picker
+    from hydrapicker.adapt import AdaptSettings
+    from hydrapicker.class_centres import data_set_classes
+
+    return data_set_classes(picker, mics, opts.diameter_A, head_for(picker, opts), policy_for(picker, opts),
+                            AdaptSettings().sample, log, keep_in=opts.save_model or default_save)
+
+
 def _record(mic: Micrograph, res) -> Picked:
     if not res.ok or res.picks is None:
         return Picked(mic, res.micrograph.path, None, None, res.error or RuntimeError("no picks returned"),

@@ -18,6 +18,10 @@ with nothing learned and nothing kept between micrographs:
 A micrograph with fewer than ``min_confident`` confident picks keeps its picks as they are, and so does a
 pick whose crop would leave the micrograph. No pick moves further than ``reach`` diameters.
 
+With ``--adapt`` the class averages are the whole data set's instead (:func:`data_set_classes`): steps 2-3
+run once on up to ``data_set_max_confident`` confident picks of the adaptation's sample, and step 4 centres
+every micrograph on them (a picker's ``class_refs``; an adapted model keeps them in its metadata).
+
 The settings were chosen on 32 simulated tuning sets of the training families, never on the benchmark
 targets or the real sets (``benchmarks/experiments/class_centres.py``; README, Centres).
 """
@@ -44,6 +48,11 @@ class ClassCentreSettings:
     max_confident: int = 60     # class averages from at most this many (a random subset): bounded cost
     step: int = 2               # templates compared every `step` px of shift, then the best at every px
     seed: int = 0
+    #: class averages of a whole data set (:func:`data_set_classes`, ``--adapt``) are built from at most
+    #: this many confident picks of its sample, and centre the micrographs with fewer than ``min_confident``
+    #: of their own (``data_set_for="few"``) or every micrograph (``"all"``)
+    data_set_max_confident: int = 600
+    data_set_for: str = "all"
 
 
 DEFAULT_SETTINGS = ClassCentreSettings()
@@ -68,6 +77,51 @@ def class_centring_on(asked: Optional[bool] = None, adapt: bool = False, refine:
         return False
     record = ((meta or {}).get("finetune") or {}).get(head or "") or {}
     return bool(adapt) or bool(record.get("adaptation"))
+
+
+def data_set_classes(picker, mics: list, diameter_A: float, head: str, policy, sample: int, log=print,
+                     keep_in=None):
+    """``picker`` centring on class averages of the whole data set instead of each micrograph's own, when
+    ``policy`` centres on class averages: what ``--adapt`` does in every entry point, after the head and the
+    refiner are adapted. A micrograph with few confident picks of its own (low SNR, junk) is centred too, on
+    an average of many.
+
+    The averages are :meth:`hydrapicker.picker.Picker.class_references` over ``sample`` of ``mics`` (spread
+    evenly over them), unless the picker's model keeps some (``meta['class_references']``: an adapted model
+    re-used picks as the run that adapted it). They are kept in the model file ``keep_in`` when the picker
+    picks with it (the adapted model). Fewer than ``min_confident`` confident picks in the sample: ``picker``
+    itself (each micrograph its own averages).
+
+    Chosen on the adapt benchmark's tuning draw (README, Self-adaptation): +0.003 mean AP over each
+    micrograph's own averages, no set below -0.004."""
+    from pathlib import Path
+
+    from .micrographs import sample_micrographs
+
+    if policy.class_centres_at is None:
+        return picker
+    if picker.class_refs is not None:
+        log(f"[centres] class averages of the data set: the {picker.class_refs.confident} confident picks' averages "
+            f"kept in the model {picker.meta.get('path')}")
+        return picker
+    if not mics:  # nothing to learn from (a --watch restart whose adaptation was refused)
+        return picker
+    chosen = sample_micrographs(list(mics), sample)
+    refs, failed = picker.class_references(chosen, diameter_A, head, policy)
+    if refs is None:
+        log(f"[centres] class averages of the data set: fewer than {DEFAULT_SETTINGS.min_confident} confident "
+            f"picks on {len(chosen)} micrographs; each micrograph is centred on its own")
+        return picker
+    log(f"[centres] class averages of the data set: {refs.confident} confident picks (FOM >= "
+        f"{policy.class_centres_at:.3f}) of {refs.micrographs} of {len(chosen)} micrographs"
+        + (f" ({len(failed)} unreadable)" if failed else "") + "; every micrograph's picks are centred on them")
+    model = picker.meta.get("path")
+    if keep_in is not None and model is not None and Path(model).resolve() == Path(keep_in).resolve():
+        from .checkpoint import update_meta
+
+        update_meta(keep_in, class_references=refs.to_meta())
+        log(f"[centres] the data set's class averages are kept in {keep_in}")
+    return picker.with_class_references(refs)
 
 
 def described(threshold: float, settings: Optional[ClassCentreSettings] = None) -> str:
@@ -220,37 +274,86 @@ def align(big_crops: np.ndarray, templates: np.ndarray, penalty: np.ndarray, ste
     return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
 
 
-def recentre(image: np.ndarray, xy: np.ndarray, reference_xy: np.ndarray, diameter_px: float,
-             settings: Optional[ClassCentreSettings] = None) -> ClassCentring:
-    """New positions for the picks ``xy`` (n, 2) of the alignment ``image`` (:func:`alignment_image`), whose
-    particles are ``diameter_px`` wide there; the class averages are built from the confident picks at
-    ``reference_xy`` (m, 2)."""
+@dataclass
+class ClassReferences:
+    """Class averages ready to align to: the ``averages`` (K, S, S), ``templates`` (K x angles, S, S), every
+    class at every angle, and each class's ``anchors`` (K, 2), the mean move of its members in the particle
+    frame (pixels of the alignment sampling, ``px_per_d`` per diameter); built from ``confident`` picks on
+    ``micrographs`` micrographs."""
+
+    averages: np.ndarray
+    templates: np.ndarray
+    anchors: np.ndarray
+    confident: int
+    micrographs: int = 1
+    sizes: list = field(default_factory=list)  # members per class
+
+    def to_meta(self, settings: Optional[ClassCentreSettings] = None) -> dict:
+        """A model file's ``meta['class_references']`` (plain lists: loadable with ``weights_only``)."""
+        s = settings or DEFAULT_SETTINGS
+        return {"averages": self.averages.tolist(), "anchors": self.anchors.tolist(), "confident": self.confident,
+                "micrographs": self.micrographs, "sizes": list(self.sizes), "px_per_d": s.px_per_d,
+                "angles": s.angles, "mask": s.mask, "sigma_px": s.sigma_px}
+
+    @classmethod
+    def from_meta(cls, kept: Optional[dict], settings: Optional[ClassCentreSettings] = None):
+        """:meth:`to_meta`'s dict -> ClassReferences; None when there is none, or it was made at another
+        sampling, mask or number of angles than ``settings``'."""
+        s = settings or DEFAULT_SETTINGS
+        if not kept or any(kept.get(k) != getattr(s, k) for k in ("px_per_d", "angles", "mask", "sigma_px")):
+            return None
+        averages = np.asarray(kept["averages"], np.float64)
+        return cls(averages, rotated(averages, np.arange(s.angles) * 2 * np.pi / s.angles),
+                   np.asarray(kept["anchors"], np.float64).reshape(-1, 2), int(kept["confident"]),
+                   int(kept.get("micrographs", 1)), list(kept.get("sizes", [])))
+
+
+def _soft_mask(half: int, diameter_px: float, s: ClassCentreSettings) -> np.ndarray:
+    r = np.arange(-half, half + 1)
+    return np.clip((s.mask * diameter_px - np.hypot(*np.meshgrid(r, r, indexing="ij"))) / 2.0 + 0.5, 0, 1)
+
+
+def _penalty(search: int, diameter_px: float, s: ClassCentreSettings) -> np.ndarray:
+    o = np.arange(-search, search + 1)
+    dist = np.hypot(*np.meshgrid(o, o, indexing="ij"))
+    return np.where(dist <= search, s.prior * (dist / diameter_px) ** 2, np.inf)  # a circle of `reach`
+
+
+def references(images: list, reference_xys: list, diameter_px: float,
+               settings: Optional[ClassCentreSettings] = None, data_set: bool = False):
+    """:class:`ClassReferences` from the confident picks ``reference_xys[i]`` (m_i, 2) of the alignment
+    images ``images[i]`` (:func:`alignment_image`), particles ``diameter_px`` wide: ``rounds`` rounds of
+    alignment and averaging, each class anchored to the detector's mean centre (module docstring, step 3).
+    At most ``max_confident`` picks (``data_set_max_confident`` for a ``data_set``'s; a random subset) ->
+    None when fewer than ``min_confident`` picks have a whole crop."""
     import torch
 
     s = settings or DEFAULT_SETTINGS
-    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    max_confident = s.data_set_max_confident if data_set else s.max_confident
     half, search, margin = _margin(diameter_px, s)  # whole crops only: a zero-padded crop pulls its alignment
-    start = np.asarray(reference_xy, np.float64).reshape(-1, 2)
-    start = start[_inside(start, image.shape, margin)]
-    if len(start) < s.min_confident:
-        return _refused(xy, len(start), s)
-    out = ClassCentring(xy.copy(), confident=len(start))
+    starts = [np.asarray(r, np.float64).reshape(-1, 2) for r in reference_xys]
+    starts = [r[_inside(r, im.shape, margin)] for im, r in zip(images, starts)]
+    total = sum(len(r) for r in starts)
+    if total < s.min_confident:
+        return None
     rng = np.random.default_rng(s.seed)
-    if out.confident > s.max_confident:
-        start = start[rng.random(len(start)) < s.max_confident / out.confident]
-    image_t = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
-    r = np.arange(-half, half + 1)
-    mask = np.clip((s.mask * diameter_px - np.hypot(*np.meshgrid(r, r, indexing="ij"))) / 2.0 + 0.5, 0, 1)
-    o = np.arange(-search, search + 1)
-    dist = np.hypot(*np.meshgrid(o, o, indexing="ij"))
-    penalty = np.where(dist <= search, s.prior * (dist / diameter_px) ** 2, np.inf)  # a circle of `reach`
+    if total > max_confident:
+        keep = rng.random(total) < max_confident / total
+        cuts = np.cumsum([0] + [len(r) for r in starts])
+        starts = [r[keep[a:b]] for r, a, b in zip(starts, cuts[:-1], cuts[1:])]
+    used = [i for i, r in enumerate(starts) if len(r)]
+    tensors = [torch.from_numpy(np.ascontiguousarray(images[i], np.float32))[None, None] for i in used]
+    starts = [starts[i] for i in used]  # in order: ``owner`` is sorted, crops concatenate in ``start``'s order
+    owner = np.concatenate([np.full(len(r), j) for j, r in enumerate(starts)])
+    start = np.concatenate(starts)
+    mask, penalty = _soft_mask(half, diameter_px, s), _penalty(search, diameter_px, s)
     angles = np.arange(s.angles) * 2 * np.pi / s.angles
-    big = crops(image_t, start, np.zeros(len(start)), half + search)
+    big = np.concatenate([crops(t, r, np.zeros(len(r)), half + search) for t, r in zip(tensors, starts)])
     K = int(max(1, min(s.classes, len(start) // 40)))
     cls, ang, pos = rng.integers(0, K, len(start)), np.zeros(len(start)), start.copy()
 
     def averages():
-        a = crops(image_t, pos, ang, half)
+        a = np.concatenate([crops(t, pos[owner == j], ang[owner == j], half) for j, t in enumerate(tensors)])
         refs = np.stack([a[cls == k].mean(0) if (cls == k).any() else np.zeros_like(mask) for k in range(K)]) * mask
         refs -= (refs.sum((1, 2)) / mask.sum())[:, None, None] * mask
         return refs / (np.sqrt((refs ** 2).sum((1, 2)))[:, None, None] + 1e-12)
@@ -266,42 +369,82 @@ def recentre(image: np.ndarray, xy: np.ndarray, reference_xy: np.ndarray, diamet
         m, d = align(big, rotated(averages(), angles), penalty, s.step)
         cls, ang, anchors = anchored(m, d)
         pos = start + d - np.einsum("nij,nj->ni", _rot(ang), anchors[cls])
-    templates = rotated(averages(), angles)
+    final = averages()
+    templates = rotated(final, angles)
     cls, _, anchors = anchored(*align(big, templates, penalty, s.step))
+    return ClassReferences(final, templates, anchors, len(start), len(tensors), np.bincount(cls, minlength=K).tolist())
+
+
+def recentre(image: np.ndarray, xy: np.ndarray, reference_xy: np.ndarray, diameter_px: float,
+             settings: Optional[ClassCentreSettings] = None, refs: Optional[ClassReferences] = None) -> ClassCentring:
+    """New positions for the picks ``xy`` (n, 2) of the alignment ``image`` (:func:`alignment_image`), whose
+    particles are ``diameter_px`` wide there; the class averages are ``refs`` when given (e.g. built over a
+    data set's sample, :func:`references`), else built from the micrograph's confident picks at
+    ``reference_xy`` (m, 2)."""
+    import torch
+
+    s = settings or DEFAULT_SETTINGS
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    half, search, margin = _margin(diameter_px, s)
+    if refs is None:
+        refs = references([image], [reference_xy], diameter_px, s)
+        if refs is None:
+            start = np.asarray(reference_xy, np.float64).reshape(-1, 2)
+            return _refused(xy, int(_inside(start, image.shape, margin).sum()), s)
+    out = ClassCentring(xy.copy(), confident=refs.confident)
+    image_t = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
+    angles = np.arange(s.angles) * 2 * np.pi / s.angles
     movable = _inside(xy, image.shape, margin)
-    m, d = align(crops(image_t, xy[movable], np.zeros(int(movable.sum())), half + search), templates, penalty,
-                 s.step)
+    m, d = align(crops(image_t, xy[movable], np.zeros(int(movable.sum())), half + search), refs.templates,
+                 _penalty(search, diameter_px, s), s.step)
     k, a = m // s.angles, angles[m % s.angles]
-    move = s.weight * (d - np.einsum("nij,nj->ni", _rot(a), anchors[k]))
+    move = s.weight * (d - np.einsum("nij,nj->ni", _rot(a), refs.anchors[k]))
     length = np.hypot(*move.T)
     move *= np.minimum(1.0, s.reach * diameter_px / np.maximum(length, 1e-12))[:, None]  # the bound: reach
     out.xy[movable] = xy[movable] + move
-    out.moved, out.classes = int(movable.sum()), K
-    out.report = {"classes": K, "class_sizes": np.bincount(cls, minlength=K).tolist()}
+    out.moved, out.classes = int(movable.sum()), len(refs.anchors)
+    out.report = {"classes": len(refs.anchors), "class_sizes": refs.sizes}
     return out
 
 
+def _frame(prepared_image, scale_xy, diameter_px_prepared: float, settings: ClassCentreSettings) -> tuple:
+    """(alignment scale, aligned shape, micrograph px -> alignment px factors (2,)) of a prepared image."""
+    scale = settings.px_per_d / float(diameter_px_prepared)
+    shape = tuple(prepared_image.shape[-2:])
+    aligned_shape = alignment_shape(shape, scale)
+    return scale, aligned_shape, np.asarray(scale_xy, float) * np.array([aligned_shape[1] / shape[1],
+                                                                         aligned_shape[0] / shape[0]])
+
+
+def alignment_inputs(prepared_image, scale_xy, diameter_px_prepared: float, picks,
+                     settings: Optional[ClassCentreSettings] = None) -> tuple:
+    """The network's rescaled image and ``picks`` (micrograph pixels) -> (alignment image, picks' (n, 2)
+    positions in it), what :func:`references` is built from."""
+    settings = settings or DEFAULT_SETTINGS
+    scale, _, f = _frame(prepared_image, scale_xy, diameter_px_prepared, settings)
+    return (alignment_image(prepared_image, scale, settings.sigma_px), np.stack([picks.x, picks.y], 1) * f)
+
+
 def recentred_picks(picks, prepared_image, scale_xy, diameter_px_prepared: float, reference=None,
-                    settings: Optional[ClassCentreSettings] = None):
-    """``picks`` (:class:`~hydrapicker.types.Picks`, micrograph pixels) re-centred on the class averages of
-    the micrograph's confident picks ``reference`` (Picks; default ``picks``). ``prepared_image`` is the
-    network's rescaled image (``scale_xy`` its scale from the micrograph, particles
-    ``diameter_px_prepared`` wide in it). Returns (Picks, :class:`ClassCentring` with ``xy`` in micrograph
-    pixels)."""
+                    settings: Optional[ClassCentreSettings] = None, refs: Optional[ClassReferences] = None):
+    """``picks`` (:class:`~hydrapicker.types.Picks`, micrograph pixels) re-centred on ``refs`` when given,
+    else on the class averages of the micrograph's confident picks ``reference`` (Picks; default
+    ``picks``). ``prepared_image`` is the network's rescaled image (``scale_xy`` its scale from the
+    micrograph, particles ``diameter_px_prepared`` wide in it). Returns (Picks, :class:`ClassCentring`
+    with ``xy`` in micrograph pixels)."""
     from .types import Picks
 
     settings = settings or DEFAULT_SETTINGS
     reference = picks if reference is None else reference
-    scale = settings.px_per_d / float(diameter_px_prepared)
-    shape = tuple(prepared_image.shape[-2:])
-    aligned_shape = alignment_shape(shape, scale)
-    f = np.asarray(scale_xy, float) * np.array([aligned_shape[1] / shape[1], aligned_shape[0] / shape[0]])
+    scale, aligned_shape, f = _frame(prepared_image, scale_xy, diameter_px_prepared, settings)
     xy, ref_xy = np.stack([picks.x, picks.y], 1) * f, np.stack([reference.x, reference.y], 1) * f
     usable = int(_inside(ref_xy, aligned_shape, _margin(settings.px_per_d, settings)[2]).sum())
-    if usable < settings.min_confident:  # refused before the micrograph is resampled: no work spent on it
+    if refs is not None and settings.data_set_for == "few" and usable >= settings.min_confident:
+        refs = None  # enough confident picks of its own: the micrograph's own averages (its defocus, its ice)
+    if refs is None and usable < settings.min_confident:  # refused before the micrograph is resampled
         res = _refused(xy, usable, settings)
     else:
         res = recentre(alignment_image(prepared_image, scale, settings.sigma_px), xy, ref_xy, settings.px_per_d,
-                       settings)
+                       settings, refs=refs)
     res.xy = res.xy / f
     return Picks(res.xy[:, 0], res.xy[:, 1], picks.fom.copy()), res

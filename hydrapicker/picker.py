@@ -158,6 +158,11 @@ class Picker:
         self.refine = refine  # what was asked for: pickers derived from this one (hydra pick --adapt) ask the same
         self.refiner = self._load_refiner(refine)
         self._said_own: set = set()  # heads whose "not refined" line was logged
+        from .class_centres import ClassReferences
+
+        # a data set's class averages (with_class_references; an adapted model keeps its own); None: each
+        # micrograph's own
+        self.class_refs = ClassReferences.from_meta(self.meta.get("class_references"))
 
     def _refines(self, head: str) -> bool:
         """Are ``head``'s picks refined? When a refiner is loaded, unless the head learned its own centres
@@ -464,15 +469,54 @@ class Picker:
         return rounded(picks, policy), ranked
 
     def _class_centred(self, prepared, picks: Picks, confident: Picks, info=None) -> Picks:
-        """``picks`` re-centred on the class averages of the micrograph's ``confident`` picks
+        """``picks`` re-centred on the class averages of the micrograph's ``confident`` picks, or on the
+        data set's (``class_refs``: :meth:`with_class_references`) when this picker holds some
         (:mod:`hydrapicker.class_centres`); ``info`` (a dict) receives ``class_centres`` (what was done)."""
         from .class_centres import recentred_picks
 
-        moved, done = recentred_picks(picks, prepared.image, prepared.scale_xy, self.extent_px, confident)
+        moved, done = recentred_picks(picks, prepared.image, prepared.scale_xy, self.extent_px, confident,
+                                      refs=self.class_refs)
         if info is not None:
             info["class_centres"] = {"moved": done.moved, "confident": done.confident, "classes": done.classes,
                                      **done.report}
         return moved
+
+    def class_references(self, mics: list, diameter_A: float, head: str, policy):
+        """Class averages of several micrographs' confident picks (FOM >= ``policy.class_centres_at``), one
+        reference for a whole data set as 2D classification builds it
+        (:func:`hydrapicker.class_centres.references`): -> (ClassReferences or None when too few, names of
+        the micrographs that could not be read). :meth:`with_class_references` centres every micrograph's
+        picks on it."""
+        from dataclasses import replace
+
+        from .class_centres import DEFAULT_SETTINGS, alignment_inputs, references
+
+        self._check_head(head)
+        plain = replace(policy, class_centres_at=None)
+        images, xys, failed = [], [], []
+        for mic in mics:
+            try:
+                loaded, _, regions = self._read(mic, diameter_A, policy.find_invalid)
+            except (MicrographError, UserFacingError, OSError, ValueError):
+                failed.append(mic.name)
+                continue
+            prepared = self._prepared(loaded, mic, diameter_A)
+            _, ranked = self._finish(prepared, self._outputs(prepared.image, head), plain, regions)
+            confident = ranked.above(policy.class_centres_at)
+            image, xy = alignment_inputs(prepared.image, prepared.scale_xy, self.extent_px, confident)
+            images.append(image)
+            xys.append(xy)
+        return references(images, xys, DEFAULT_SETTINGS.px_per_d, data_set=True), failed
+
+    def with_class_references(self, refs) -> "Picker":
+        """This picker (the same network, refiner and settings) centring every micrograph's picks on the
+        class averages ``refs`` (:meth:`class_references`; None: each micrograph's own) whenever its policy
+        asks for class centring."""
+        import copy
+
+        other = copy.copy(self)
+        other.class_refs = refs
+        return other
 
     def pick_one(self, mic: Micrograph, diameter_A: float, head: str = "generic", policy=None) -> Picks:
         """Pick one micrograph (errors raise); ``policy`` None: every pick above the model's floor."""

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from hydrapicker import defaults
 from hydrapicker.class_centres import DEFAULT_SETTINGS as CLASS_CENTRES
-from hydrapicker.class_centres import class_centring_on, described
+from hydrapicker.class_centres import class_centring_on, data_set_classes, described
 from hydrapicker.checkpoint import default_head
 from hydrapicker.scale import parse_working_scale
 from hydrapicker.errors import UserFacingError
@@ -344,6 +344,12 @@ class PickRun:
             picker = self._adapted(picker)
         if o.get("adapt_centres"):
             picker = self._adapted_centres(picker)
+        if o.get("adapt"):  # as hydra pick --adapt: class averages of the job's sample, kept in the adapted model
+            from hydrapicker.adapt import AdaptSettings
+
+            policy, _, _ = self._policy_and_fingerprint(picker)  # (the fingerprint: of the model as kept)
+            picker = data_set_classes(picker, self.mics, o["particle_diameter"], o["head"], policy,
+                                      AdaptSettings().sample, log, keep_in=self.job.path / "adapted_model.pt")
         policy, fp, model_path = self._policy_and_fingerprint(picker)
         done = self.job.read_done(fp)
         done = {n: c for n, c in done.items() if n in set(self.names)}

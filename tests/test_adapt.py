@@ -181,6 +181,7 @@ def test_hydra_pick_adapt_on_particle_free_micrographs_keeps_zero_shot(tmp_path,
     out = capsys.readouterr().out
     assert "not adapted: too few confident picks" in out
     assert "too few confident picks to learn centres from" in out  # the refiner was tried too, and refused
+    assert "class averages of the data set: fewer than" in out  # and the data set's class averages
     assert not (tmp_path / "ad" / "adapted_hydra.pt").exists()
     assert not (tmp_path / "ad" / "adapted_refiner_hydra.pt").exists()
     for f in sorted((tmp_path / "zero").glob("*.star")):
@@ -196,12 +197,16 @@ def test_hydra_pick_adapt_saves_the_model_and_reuses_it(target, tmp_path, capsys
     out = capsys.readouterr().out
     assert model.exists() and "adapted head 'adapted'" in out
     assert refiner.exists() and "adapted centre refiner saved" in out  # --adapt teaches the refiner too
+    # and centres every micrograph on the data set's class averages, kept in the adapted model for re-use
+    assert "every micrograph's picks are centred on them" in out and f"class averages are kept in {model}" in out
+    assert read_checkpoint(model)["meta"]["class_references"]["confident"] >= 30
     # the saved model (naming its refiner) picks the same without adapting again ...
     assert hydra(args + ["--out", str(tmp_path / "b"), "--model", str(model)]) == 0
     # ... and --adapt given an existing --save-model re-uses it, and the refiner it names
     assert hydra(args + ["--out", str(tmp_path / "c"), "--adapt", "--save-model", str(model)]) == 0
     out = capsys.readouterr().out
     assert "re-using the adapted model" in out and f"re-using the adapted centre refiner {refiner}" in out
+    assert "class averages of the data set: the" in out  # those kept in the model, not built again
     assert not (tmp_path / "c" / "adapted_refiner_hydra.pt").exists()
     for f in sorted((tmp_path / "a").glob("*_hydra.star")):
         for other in ("b", "c"):

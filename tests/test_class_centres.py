@@ -161,3 +161,120 @@ def test_the_one_rule_puts_class_centring_on_with_adapt_and_adapted_models(asked
     assert class_centring_on(asked, adapt, refine, meta, "generic") is plain_head
     # a model at a smaller working scale (an elongated particle): off unless asked
     assert class_centring_on(asked, adapt, refine, {**meta, "working_scale": 0.75}, "adapted") is (asked is True)
+
+
+def _quadrants(image, xy):
+    """Four micrographs cut from ``image`` and each one's points of ``xy`` (in its own pixels)."""
+    h, w = image.shape[0] // 2, image.shape[1] // 2
+    out = []
+    for y0 in (0, h):
+        for x0 in (0, w):
+            inside = (xy[:, 0] >= x0) & (xy[:, 0] < x0 + w) & (xy[:, 1] >= y0) & (xy[:, 1] < y0 + h)
+            out.append((image[y0:y0 + h, x0:x0 + w], xy[inside] - (x0, y0), inside))
+    return out
+
+
+def test_a_data_sets_class_averages_centre_micrographs_too_sparse_for_their_own():
+    """Four micrographs of the touching field, each with fewer than ``min_confident`` picks that have a whole
+    crop: alone, each keeps its picks; the averages of all four bring every one's picks to the exact centres."""
+    from hydrapicker.class_centres import alignment_image, references
+
+    image, truth = _touching_field()
+    rng = np.random.default_rng(1)
+    start = truth + rng.uniform(-0.15, 0.15, truth.shape) * D
+    full = ClassCentreSettings(weight=1.0, prior=0.0)
+    parts = [(alignment_image(im, 1.0, 0.0), xy, inside) for im, xy, inside in _quadrants(image, start)]
+    for im, xy, _ in parts:
+        assert recentre(im, xy, xy, D, full).classes == 0  # too few of its own: refused
+    refs = references([im for im, _, _ in parts], [xy for _, xy, _ in parts], D, full, data_set=True)
+    assert refs is not None and refs.micrographs == 4 and refs.confident >= full.min_confident
+    before, after = [], []
+    for (im, xy, inside), (_, t, _) in zip(parts, _quadrants(image, truth)):
+        got = recentre(im, xy, xy, D, full, refs=refs)
+        moved = np.any(got.xy != xy, axis=1)
+        assert got.moved > 0 and np.hypot(*(got.xy - xy).T).max() <= full.reach * D + 1e-6
+        before.append(np.hypot(*(xy - t).T)[moved])
+        after.append(np.hypot(*(got.xy - t).T)[moved])
+    before, after = np.concatenate(before), np.concatenate(after)
+    assert np.median(before) > 2.0 and np.median(after) <= 1.0, f"median error {np.median(after):.2f} px"
+    # too few over the whole data set too: None
+    assert references([parts[0][0]], [parts[0][1]], D, full, data_set=True) is None
+
+
+def test_one_micrographs_averages_are_the_data_set_path_with_one_micrograph_and_survive_a_model_file():
+    from hydrapicker.class_centres import ClassReferences, alignment_image, references
+
+    image, truth = _touching_field(seed=3)
+    image = alignment_image(image, 1.0, 0.0)
+    xy = truth + np.random.default_rng(4).uniform(-0.15, 0.15, truth.shape) * D
+    own = recentre(image, xy, xy[:50], D)
+    refs = references([image], [xy[:50]], D)
+    assert np.array_equal(recentre(image, xy, None, D, refs=refs).xy, own.xy)
+    kept = ClassReferences.from_meta(refs.to_meta())  # plain lists, as a model file keeps them
+    assert np.array_equal(recentre(image, xy, None, D, refs=kept).xy, own.xy)
+    assert ClassReferences.from_meta({**refs.to_meta(), "px_per_d": 12.0}) is None  # made at another sampling
+    assert ClassReferences.from_meta(None) is None
+
+
+def test_the_picker_centres_on_a_data_sets_averages_and_an_adapted_model_keeps_them(touching_mic, tmp_path):
+    import shutil
+
+    from hydrapicker.checkpoint import read_checkpoint
+    from hydrapicker.class_centres import data_set_classes
+    from hydrapicker.picker import Picker
+    from hydrapicker.types import Micrograph
+    from hydrapicker.checkpoint import default_model_path
+
+    path, sim, spec = touching_mic
+    model = tmp_path / "adapted.pt"
+    shutil.copyfile(default_model_path(), model)
+    picker = Picker(str(model), device="cpu", refine=False, log=None)
+    mic = Micrograph(str(path), pixel_size=spec.pixel_size)
+    missing = Micrograph(str(tmp_path / "missing.mrc"), pixel_size=spec.pixel_size)
+    plain, on = picker.policy(spec.diameter_A), picker.policy(spec.diameter_A, class_centres=True)
+    refs, failed = picker.class_references([mic, missing], spec.diameter_A, "generic", on)
+    assert failed == [missing.name] and refs.micrographs == 1 and refs.confident >= 30
+    ds = picker.with_class_references(refs)
+    assert picker.class_refs is None and ds.class_refs is refs and ds.net is picker.net
+    p0, p1 = picker.pick_one(mic, spec.diameter_A, policy=plain), ds.pick_one(mic, spec.diameter_A, policy=on)
+    assert np.array_equal(ds.pick_one(mic, spec.diameter_A, policy=plain).x, p0.x)  # no class centring asked
+    move = np.hypot(p1.x - p0.x, p1.y - p0.y)
+    d_px = spec.diameter_A / spec.pixel_size
+    assert len(p1) == len(p0) and (move > 0.01).mean() > 0.5 and move.max() <= ClassCentreSettings().reach * d_px * 1.01
+    # --adapt's step: built over the sample and kept in the adapted model, whose picker re-uses them
+    lines = []
+    other = tmp_path / "elsewhere.pt"
+    assert data_set_classes(picker, [mic], spec.diameter_A, "generic", plain, 24, lines.append) is picker  # off
+    got = data_set_classes(picker, [mic], spec.diameter_A, "generic", on, 24, lines.append, keep_in=other)
+    assert not other.exists() and "class_references" not in read_checkpoint(model)["meta"]  # not its model
+    got = data_set_classes(picker, [mic], spec.diameter_A, "generic", on, 24, lines.append, keep_in=model)
+    assert "class_references" in read_checkpoint(model)["meta"] and any("kept in" in s for s in lines)
+    again = Picker(str(model), device="cpu", refine=False, log=None)
+    assert again.class_refs is not None
+    assert data_set_classes(again, [], spec.diameter_A, "generic", on, 24, lines.append) is again  # re-used
+    a, b = got.pick_one(mic, spec.diameter_A, policy=on), again.pick_one(mic, spec.diameter_A, policy=on)
+    assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y)
+
+
+def test_the_data_sets_averages_centre_every_micrograph_or_only_those_with_too_few_of_their_own():
+    """``data_set_for``: "all" (the default) centres every micrograph on the data set's averages; "few" keeps a
+    micrograph with enough confident picks on its own averages and gives the data set's to one without."""
+    from dataclasses import replace
+
+    from hydrapicker.class_centres import DEFAULT_SETTINGS, alignment_inputs, recentred_picks, references
+    from hydrapicker.types import Picks
+
+    image, truth = _touching_field(seed=5)
+    jitter = np.random.default_rng(6).uniform(-0.15, 0.15, truth.shape) * D
+    picks = Picks(truth[:, 0] + jitter[:, 0], truth[:, 1] + jitter[:, 1], np.ones(len(truth)))
+    few = replace(DEFAULT_SETTINGS, data_set_for="few")
+    aligned, xy = alignment_inputs(image, (1.0, 1.0), D, picks)  # the network's image at 24 px per diameter
+    refs = references([aligned], [xy[::3]], D, data_set=True)  # other picks' averages than the micrograph's own
+    own, _ = recentred_picks(picks, image, (1.0, 1.0), D)
+    every, _ = recentred_picks(picks, image, (1.0, 1.0), D, refs=refs)
+    kept, _ = recentred_picks(picks, image, (1.0, 1.0), D, settings=few, refs=refs)
+    assert np.array_equal(kept.x, own.x) and not np.array_equal(every.x, own.x)
+    sparse = picks.subset(np.arange(len(picks)) < 20)  # too few of its own: refused alone, centred with "few"
+    alone, report = recentred_picks(sparse, image, (1.0, 1.0), D, settings=few)
+    helped, _ = recentred_picks(sparse, image, (1.0, 1.0), D, settings=few, refs=refs)
+    assert report.classes == 0 and np.array_equal(alone.x, sparse.x) and not np.array_equal(helped.x, sparse.x)

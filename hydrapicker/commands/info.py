@@ -52,6 +52,8 @@ def main(args):
             print(f"self-adapted:      {head}: learnt without labels (hydra pick --adapt); its picks are "
                   + ("class-centred by default (--no-class-centres: off)" if centred else
                      "not class-centred by default (--class-centres: on)")
+                  + (f", on the data set's class averages ({meta['class_references'].get('confident')} "
+                     f"confident picks)" if centred and meta.get("class_references") else "")
                   + (f"; centre refiner {meta['refiner']}" if meta.get("refiner") else ""))
     if meta.get("validation_AP_mean") is not None:
         print(f"validation AP:     {meta['validation_AP_mean']:.3f} (head generic, mean over the base model's "

@@ -24,7 +24,7 @@ Examples:
   hydra pick /data/session1/Micrographs --apix 0.83 --diameter 140 --out picks/ --watch --threshold auto
 """
 from ..class_centres import DEFAULT_SETTINGS as CLASS_CENTRES
-from ..class_centres import class_centring_on, described
+from ..class_centres import class_centring_on, data_set_classes, described
 from ..scale import parse_working_scale
 
 
@@ -322,6 +322,9 @@ def _main(args, inputs, mics, out):
     policy = _policy(picker, args)
     if policy.class_centres_at is not None:
         log(f"[hydra] centres: {described(policy.class_centres_at)}; --no-class-centres: off")
+    if getattr(args, "adapt", False) and not args.watch:  # --watch: with the head (WatchAdaptation)
+        picker = data_set_classes(picker, mics, args.diameter, args.head, policy, args.adapt_sample, log,
+                                  keep_in=_adapted_model_path(args, out))
     agg = Aggregates(out, args.suffix, args.format, stems, path)
     if args.watch:
         return watch_main(args, inputs, out, stems, path, picker, policy, agg, log)
@@ -576,6 +579,9 @@ class WatchAdaptation:
                          f"kept the centres as they were")
             self.picker = _adapt_centres(self.picker, mics, self.args, self.out, 1, self.log)
         self.policy = _policy(self.picker, self.args)
+        # the class averages of the micrographs learned from, kept in the adapted model (a restart re-uses them)
+        self.picker = data_set_classes(self.picker, mics, self.args.diameter, self.args.head, self.policy,
+                                       self.args.adapt_sample, self.log, keep_in=_adapted_model_path(self.args, self.out))
 
     def take(self, batch, finish: bool = False) -> list:
         """The micrographs to pick now, of ``batch`` and those waiting (``finish``: adapt on what came)."""
