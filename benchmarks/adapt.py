@@ -212,7 +212,7 @@ def _adapt_columns(row, base, name, mics, truth, diameter_A, box_px, args, work)
         secs = time.time() - t0
         row["adapt_centres"] = _score(pr, a.head, mics, truth, diameter_A, box_px, pr.threshold_for(a.head))
         row["adapt_centres"].update(accepted=ra.accepted, reason=ra.reason, seconds=round(secs, 1),
-                                    positives=ra.record.get("positives"))
+                                    positives=ra.record.get("positives"), fallback=ra.record.get("fallback"))
         if args.class_centres:
             row["adapt_centres_class"] = _score(pr, a.head, mics, truth, diameter_A, box_px, pr.threshold_for(a.head),
                                                 class_centres=True)

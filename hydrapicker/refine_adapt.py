@@ -11,9 +11,10 @@ particle stays the same, and a head that must map every rotated and flipped view
 centre cannot fit the part of the errors that is random: it learns the particle's own centre.
 
 Measured on the benchmark sets and on 32 training-family tuning sets (README, Centres;
-``benchmarks/experiments/adapted_refiner.py``). Guard: fewer than ``min_positives`` confident picks keep the
-centres as they would be without it (the detector's, or the refiner the user gave), so a refusal never
-changes the picks. ``--adapt`` teaches it by default (:func:`adapts_centres`). The result is a refiner file
+``benchmarks/experiments/adapted_refiner.py``). Guard: fewer than ``min_positives`` confident picks teach
+with the written picks instead (``fallback_above``: above the head's threshold; since 2026-12-07, sixth
+session); fewer than that keep the centres as they would be without it (the detector's, or the refiner the
+user gave), so a refusal never changes the picks. ``--adapt`` teaches it by default (:func:`adapts_centres`). The result is a refiner file
 like any other (``{model, optimizer, epoch, args, meta}``, the body's checksum, ``meta['adaptation']`` its
 provenance), used with ``--refiner``; it serves every head of the model it was made for (zero-shot,
 few-shot, adapted), as the shipped one does.
@@ -49,6 +50,10 @@ class RefinerAdaptSettings:
     seed: int = 0
     class_centred: bool = True    # the teaching picks class-centred first (hydrapicker.class_centres; README,
     #                               Self-adaptation: +0.007 mean AP on the tuning draw)
+    #: fewer than ``min_positives`` picks above ``positives_above``: the picks above this shifted score teach
+    #: instead (0.5: the written picks; None: refuse). Chosen on four tuning draws of the small-particle
+    #: targets where it acts (+0.05 to +0.08 AP; README, Self-adaptation)
+    fallback_above: Optional[float] = 0.5
 
 
 @dataclass
@@ -178,12 +183,14 @@ def adapt_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional
     # (no micrographs, e.g. a --watch restart: no teacher to load)
     teacher = _with_refiner(picker, str(base.path), lambda *a, **k: None) if made_for_it and sample else picker
     cut = shifted_cut(picker.threshold_for(head), settings.positives_above)
+    low = cut if settings.fallback_above is None else min(cut, shifted_cut(picker.threshold_for(head),
+                                                                           settings.fallback_above))
     policy = teacher.policy(diameter_A, head, threshold=0.01, class_centres=settings.class_centred)
     teach, n_pos, on = [], 0, 0
     for res in teacher.pick(sample, diameter_A, head=head, policy=policy, should_stop=should_stop):
         if not res.ok:
             continue
-        keep = res.picks.fom >= cut
+        keep = res.picks.fom >= low
         if not keep.any():
             continue
         data, header_apix = read_mrc(res.micrograph.path)
@@ -193,20 +200,29 @@ def adapt_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional
         image = prep.image.cpu().numpy()
         if min(image.shape) < settings.crop:
             continue
-        teach.append(SimpleNamespace(image=image, xy=res.picks.xy()[keep] * scale))
-        n_pos += int(keep.sum())
-        on += 1
+        teach.append(SimpleNamespace(image=image, xy=res.picks.xy()[keep] * scale, fom=res.picks.fom[keep]))
+    n_high = sum(int((t.fom >= cut).sum()) for t in teach)
+    if n_high >= settings.min_positives or low == cut:  # the confident picks teach
+        teach = [SimpleNamespace(image=t.image, xy=t.xy[t.fom >= cut]) for t in teach if (t.fom >= cut).any()]
+    else:  # too few: the fallback's
+        cut = low
+    n_pos, on = sum(len(t.xy) for t in teach), len(teach)
     record = {"sample": len(sample), "positives": n_pos, "micrographs_with_positives": on,
-              "positive_cut": round(float(cut), 4), "head": head, "base_refiner": str(base.path),
-              "settings": asdict(settings)}
+              "positive_cut": round(float(cut), 4), "confident_above_positives_cut": n_high,
+              "fallback": bool(cut != shifted_cut(picker.threshold_for(head), settings.positives_above)),
+              "head": head, "base_refiner": str(base.path), "settings": asdict(settings)}
     if n_pos < settings.min_positives:
         reason = ("no micrographs to learn centres from" if not sample else
                   f"too few confident picks to learn centres from ({n_pos} on {on} of {len(sample)} micrographs; "
                   f"at least {settings.min_positives} are needed)")
         log(f"[centres] not adapted: {reason}")
         return RefinerAdaptation(False, None, reason, record)
-    log(f"[centres] teaching the centre refiner {n_pos} confident picks of {on} micrographs "
-        f"({settings.steps} steps)")
+    if record["fallback"]:
+        log(f"[centres] only {n_high} confident picks (fewer than {settings.min_positives}): teaching the centre "
+            f"refiner the {n_pos} written picks (FOM >= {cut:.3f}) of {on} micrographs instead ({settings.steps} steps)")
+    else:
+        log(f"[centres] teaching the centre refiner {n_pos} confident picks of {on} micrographs "
+            f"({settings.steps} steps)")
     new_head, (first, last) = finetune_head(base, picker.net, teach, settings, picker.extent_px, should_stop)
     record.update(loss_first=first, loss_last=last, seconds=round(time.time() - t0, 1))
     meta = {k: v for k, v in base.meta.items() if k not in ("format", "net")}

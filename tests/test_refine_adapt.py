@@ -116,6 +116,32 @@ def _picks(picker, mics, spec):
 
 
 @pytest.mark.slow
+def test_too_few_confident_picks_fall_back_to_the_written_picks(crowded, tmp_path):
+    """``fallback_above``: when fewer than ``min_positives`` picks score above ``positives_above`` (here a cut
+    no pick reaches), the picks above the fallback's cut (0.5: the head's threshold, the written picks) teach
+    the refiner; without it the guard refuses."""
+    from hydrapicker.adapt import shifted_cut
+    from hydrapicker.refine_adapt import adapt_refiner
+
+    spec, mics = crowded["spec"], crowded["mics"]
+    picker = Picker(**QUIET)
+    strict = RefinerAdaptSettings(positives_above=0.99999, steps=10, fallback_above=None)
+    res = adapt_refiner(picker, mics, spec.diameter_A, tmp_path / "none.pt", settings=strict, **QUIET)
+    assert not res.accepted and "too few confident picks" in res.reason and res.record["fallback"] is False
+    fallback = RefinerAdaptSettings(positives_above=0.99999, steps=10)  # the default fallback: 0.5
+    res = adapt_refiner(picker, mics, spec.diameter_A, tmp_path / "r.pt", settings=fallback, **QUIET)
+    assert res.accepted and res.record["fallback"] is True and res.record["confident_above_positives_cut"] < 30
+    assert res.record["positive_cut"] == pytest.approx(shifted_cut(picker.threshold_for("generic"), 0.5), abs=1e-4)
+    written = sum(len(p.above(picker.threshold_for("generic"))) for p in _picks(picker, mics, spec).values())
+    assert res.record["positives"] >= RefinerAdaptSettings().min_positives and res.record["positives"] <= 1.2 * written
+    # enough above the usual cut: the fallback changes nothing
+    usual = adapt_refiner(picker, mics, spec.diameter_A, tmp_path / "u.pt", settings=RefinerAdaptSettings(steps=10),
+                          **QUIET)
+    assert usual.accepted and usual.record["fallback"] is False
+    assert usual.record["positive_cut"] == pytest.approx(shifted_cut(picker.threshold_for("generic"), 0.75), abs=1e-4)
+
+
+@pytest.mark.slow
 def test_the_adapted_refiner_centres_better_and_moves_no_pick_beyond_the_bound(crowded, tmp_path):
     spec, mics, truth = crowded["spec"], crowded["mics"], crowded["truth"]
     shipped = Picker(refine="shipped", **QUIET)
