@@ -207,7 +207,8 @@ def _pick_into_job(cs, project, job, picker, opts, summary, read, project_dir, l
     threshold = policy.threshold
     compat.log(job, f"HydraPicker: {len(mics)} micrographs (read by {summary.read_mode}), diameter "
                     f"{opts.diameter_A:g} A, threshold {threshold:g}, device {getattr(picker, 'device', '?')}"
-                    + (f"; {described(policy.class_centres_at)} (--class-centres)"
+                    + (f"; {described(policy.class_centres_at, refs=getattr(picker, 'class_refs', None))} "
+                       f"(--class-centres)"
                        if policy.class_centres_at is not None else ""))
 
     fields = [f for f in job.alloc_output(OUTPUT_NAME, 0).descr() if f[0] != "uid"]  # server's field list

@@ -73,7 +73,8 @@ def pick_offline(picker, exposures_cs, out, opts: PickOptions, project_dir=None,
     picker = data_set_centred(picker, mics, opts, str(Path(out).with_suffix("")) + "_adapted.pt", log)
     policy = policy_for(picker, opts)
     if policy.class_centres_at is not None:
-        log(f"centres: {described(policy.class_centres_at)}; --no-class-centres: off")
+        log(f"centres: {described(policy.class_centres_at, refs=getattr(picker, 'class_refs', None))}; "
+            f"--no-class-centres: off")
     stats = {"micrographs": len(mics), "picks": 0, "failed": [], "empty": []}
     from hydrapicker.qc import qc_indices
 

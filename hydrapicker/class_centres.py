@@ -124,10 +124,15 @@ def data_set_classes(picker, mics: list, diameter_A: float, head: str, policy, s
     return picker.with_class_references(refs)
 
 
-def described(threshold: float, settings: Optional[ClassCentreSettings] = None) -> str:
+def described(threshold: float, settings: Optional[ClassCentreSettings] = None,
+              refs: Optional[ClassReferences] = None) -> str:
     """Class-average centring in words, for every entry point's log (``threshold``: the policy's
-    ``class_centres_at``)."""
+    ``class_centres_at``; ``refs``: the data set's class averages the picker centres on, if any)."""
     s = settings or DEFAULT_SETTINGS
+    if refs is not None:
+        return (f"class-average centring: each pick moves towards where alignment to the data set's class "
+                f"averages ({refs.confident} picks with FOM >= {threshold:.3f} of {refs.micrographs} "
+                f"micrographs) puts it")
     return (f"class-average centring: each pick moves towards where alignment to class averages of its "
             f"micrograph's picks with FOM >= {threshold:.3f} puts it (a micrograph with fewer than "
             f"{s.min_confident} such picks keeps its centres)")

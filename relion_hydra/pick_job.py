@@ -372,7 +372,8 @@ class PickRun:
                  f"particle diameter {o['particle_diameter']:g} A, threshold {self._thr_text()}, "
                  f"{len(todo)} micrographs to pick" + (f" by {world} ranks, {threads} threads each"
                                                        if world > 1 else "")
-                 + (f"; {described(self.policy.class_centres_at)} (class_centres)" if self.policy is not None
+                 + (f"; {described(self.policy.class_centres_at, refs=getattr(picker, 'class_refs', None))} "
+                    f"(class_centres)" if self.policy is not None
                     and self.policy.class_centres_at is not None else ""))
         mine = distributed.shard(todo)
         who = f"rank {rank}/{world}: " if world > 1 else ""

@@ -236,6 +236,9 @@ def test_the_picker_centres_on_a_data_sets_averages_and_an_adapted_model_keeps_t
     assert failed == [missing.name] and refs.micrographs == 1 and refs.confident >= 30
     ds = picker.with_class_references(refs)
     assert picker.class_refs is None and ds.class_refs is refs and ds.net is picker.net
+    from hydrapicker.class_centres import described  # what every entry point's log says
+
+    assert "the data set's class averages" in described(0.3, refs=refs) and "its micrograph's" in described(0.3)
     p0, p1 = picker.pick_one(mic, spec.diameter_A, policy=plain), ds.pick_one(mic, spec.diameter_A, policy=on)
     assert np.array_equal(ds.pick_one(mic, spec.diameter_A, policy=plain).x, p0.x)  # no class centring asked
     move = np.hypot(p1.x - p0.x, p1.y - p0.y)

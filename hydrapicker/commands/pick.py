@@ -320,11 +320,12 @@ def _main(args, inputs, mics, out):
     if getattr(args, "adapt_centres", False) and not args.watch:  # --watch: with --adapt (WatchAdaptation)
         picker = _adapt_centres(picker, mics, args, out, world, log)
     policy = _policy(picker, args)
-    if policy.class_centres_at is not None:
-        log(f"[hydra] centres: {described(policy.class_centres_at)}; --no-class-centres: off")
     if getattr(args, "adapt", False) and not args.watch:  # --watch: with the head (WatchAdaptation)
         picker = data_set_classes(picker, mics, args.diameter, args.head, policy, args.adapt_sample, log,
                                   keep_in=_adapted_model_path(args, out))
+    if policy.class_centres_at is not None:
+        log(f"[hydra] centres: {described(policy.class_centres_at, refs=getattr(picker, 'class_refs', None))}; "
+            f"--no-class-centres: off")
     agg = Aggregates(out, args.suffix, args.format, stems, path)
     if args.watch:
         return watch_main(args, inputs, out, stems, path, picker, policy, agg, log)
@@ -581,7 +582,8 @@ class WatchAdaptation:
         self.policy = _policy(self.picker, self.args)
         # the class averages of the micrographs learned from, kept in the adapted model (a restart re-uses them)
         self.picker = data_set_classes(self.picker, mics, self.args.diameter, self.args.head, self.policy,
-                                       self.args.adapt_sample, self.log, keep_in=_adapted_model_path(self.args, self.out))
+                                       self.args.adapt_sample, self.log,
+                                       keep_in=_adapted_model_path(self.args, self.out))
 
     def take(self, batch, finish: bool = False) -> list:
         """The micrographs to pick now, of ``batch`` and those waiting (``finish``: adapt on what came)."""
