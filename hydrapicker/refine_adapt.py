@@ -186,7 +186,7 @@ def adapt_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional
     low = cut if settings.fallback_above is None else min(cut, shifted_cut(picker.threshold_for(head),
                                                                            settings.fallback_above))
     policy = teacher.policy(diameter_A, head, threshold=0.01, class_centres=settings.class_centred)
-    teach, n_pos, on = [], 0, 0
+    teach = []
     for res in teacher.pick(sample, diameter_A, head=head, policy=policy, should_stop=should_stop):
         if not res.ok:
             continue
@@ -202,14 +202,12 @@ def adapt_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional
             continue
         teach.append(SimpleNamespace(image=image, xy=res.picks.xy()[keep] * scale, fom=res.picks.fom[keep]))
     n_high = sum(int((t.fom >= cut).sum()) for t in teach)
-    if n_high >= settings.min_positives or low == cut:  # the confident picks teach
-        teach = [SimpleNamespace(image=t.image, xy=t.xy[t.fom >= cut]) for t in teach if (t.fom >= cut).any()]
-    else:  # too few: the fallback's
-        cut = low
+    fallback = n_high < settings.min_positives and low < cut  # too few confident picks: the fallback's teach
+    cut = low if fallback else cut
+    teach = [SimpleNamespace(image=t.image, xy=t.xy[t.fom >= cut]) for t in teach if (t.fom >= cut).any()]
     n_pos, on = sum(len(t.xy) for t in teach), len(teach)
     record = {"sample": len(sample), "positives": n_pos, "micrographs_with_positives": on,
-              "positive_cut": round(float(cut), 4), "confident_above_positives_cut": n_high,
-              "fallback": bool(cut != shifted_cut(picker.threshold_for(head), settings.positives_above)),
+              "positive_cut": round(float(cut), 4), "confident_above_positives_cut": n_high, "fallback": fallback,
               "head": head, "base_refiner": str(base.path), "settings": asdict(settings)}
     if n_pos < settings.min_positives:
         reason = ("no micrographs to learn centres from" if not sample else
@@ -217,7 +215,7 @@ def adapt_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional
                   f"at least {settings.min_positives} are needed)")
         log(f"[centres] not adapted: {reason}")
         return RefinerAdaptation(False, None, reason, record)
-    if record["fallback"]:
+    if fallback:
         log(f"[centres] only {n_high} confident picks (fewer than {settings.min_positives}): teaching the centre "
             f"refiner the {n_pos} written picks (FOM >= {cut:.3f}) of {on} micrographs instead ({settings.steps} steps)")
     else:

@@ -257,8 +257,8 @@ class PickRun:
                  "loaded); rewriting the list files")
         return True
 
-    def _policy_and_fingerprint(self, picker) -> tuple:
-        """The pick policy of the job's options and the model, and the done list's settings fingerprint."""
+    def _policy(self, picker):
+        """The pick policy of the job's options and the model (also kept as ``self.policy``)."""
         o = self.o
         meta = getattr(picker, "meta", {}) or {}
         o["head"] = o["head"] or default_head(meta)
@@ -272,6 +272,13 @@ class PickRun:
         if heads and o["head"] not in heads:
             raise ArgumentError(f"--head {o['head']!r} is not in the model ({', '.join(heads)}); "
                                 "fix the 'head' value in the Params tab")
+        return policy
+
+    def _fingerprint_and_model(self, picker, policy) -> tuple:
+        """The done list's settings fingerprint for ``policy`` and the model file as it is now (an adapted
+        model after the data set's class averages were written into it), and the model path."""
+        o = self.o
+        meta = getattr(picker, "meta", {}) or {}
         model_path = o["model"] or meta.get("path") or "shipped"
         try:
             model_desc = f"{Path(model_path).resolve()}:{os.path.getsize(model_path)}"
@@ -282,7 +289,7 @@ class PickRun:
             model_desc += f" at working scale {scale:g}"
         if policy.class_centres_at is not None and not _class_centres(o):  # the model's adapted head asks for it
             model_desc += " class-centred"
-        return policy, self._fingerprint(model_desc, policy.threshold), model_path
+        return self._fingerprint(model_desc, policy.threshold), model_path
 
     def _adapted(self, picker):
         """``adapt yes``: :func:`hydrapicker.adapt.adapted_picker` over the job's micrographs (its model
@@ -344,13 +351,13 @@ class PickRun:
             picker = self._adapted(picker)
         if o.get("adapt_centres"):
             picker = self._adapted_centres(picker)
+        policy = self._policy(picker)
         if o.get("adapt"):  # as hydra pick --adapt: class averages of the job's sample, kept in the adapted model
             from hydrapicker.adapt import AdaptSettings
 
-            policy, _, _ = self._policy_and_fingerprint(picker)  # (the fingerprint: of the model as kept)
             picker = data_set_classes(picker, self.mics, o["particle_diameter"], o["head"], policy,
                                       AdaptSettings().sample, log, keep_in=self.job.path / "adapted_model.pt")
-        policy, fp, model_path = self._policy_and_fingerprint(picker)
+        fp, model_path = self._fingerprint_and_model(picker, policy)  # of the model file as kept
         done = self.job.read_done(fp)
         done = {n: c for n, c in done.items() if n in set(self.names)}
         distributed.barrier()  # every rank has read the done list before rank 0 rewrites it
