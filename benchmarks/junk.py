@@ -119,6 +119,10 @@ def junk_target(name, args, work):
             m = _metrics(run.picks, ds)
             m["cpu_s"] = run.cpu_s
             if label == "junk":
+                # the gap's two parts: junk beside particles (AP on the micrographs that hold particles) and
+                # the junk-only micrographs' picks ranked among the particles (AP over all of them)
+                m["AP_with_particles"] = _metrics({k: v for k, v in run.picks.items() if k not in junk_only},
+                                                  ds)["AP"]
                 counts = _count_at(run.picks, junk_only, m["threshold"])
                 m["picks_per_particle_free"] = (float(np.mean(counts)) if counts else None)
                 if not runs["clean"].error:
@@ -185,13 +189,14 @@ def fmt(v, spec=".3f"):
 
 
 def print_tables(res):
-    print("\n| target | picker | AP clean | AP junk | precision @ best F1 (junk) | F1 (junk) | picks / particle-free mic "
-          "| the same mics without junk | picks / particle-free mic at the default threshold |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| target | picker | AP clean | AP junk | AP junk, mics with particles | precision @ best F1 (junk) | F1 (junk) "
+          "| picks / particle-free mic | the same mics without junk | picks / particle-free mic at the default threshold |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for t in res["targets"]:
         for p, row in t["pickers"].items():
             c, j = row.get("clean", {}), row.get("junk", {})
-            print(f"| {t['target']} | {p} | {fmt(c.get('AP'))} | {fmt(j.get('AP'))} | {fmt(j.get('precision_at_F1'))} "
+            print(f"| {t['target']} | {p} | {fmt(c.get('AP'))} | {fmt(j.get('AP'))} | {fmt(j.get('AP_with_particles'))} "
+                  f"| {fmt(j.get('precision_at_F1'))} "
                   f"| {fmt(j.get('F1'))} | {fmt(j.get('picks_per_particle_free'), '.1f')} "
                   f"| {fmt(j.get('picks_per_empty_clean'), '.1f')} | {fmt(j.get('picks_per_particle_free_at_default'), '.1f')} |")
     if res.get("real"):
