@@ -71,8 +71,9 @@ def neighbour_targets(xy: np.ndarray, g: int, stride: int, reach: float, clip: f
 
 
 def cached_features(net, sets, n_crops: int, crop: int, stride: int, reach: float, clip: float, rng,
-                    batch: int = 32) -> tuple:
-    """(features (n, C, g, g), cls logits (n, g, g), targets (n, 2, g, g), kind (n, g, g)) of random crops."""
+                    batch: int = 32, body: bool = False) -> tuple:
+    """(features (n, C, g, g), cls logits (n, g, g), targets (n, 2, g, g), kind (n, g, g)) of random crops: the
+    head's features (the output conv's input), or with ``body`` the body's (the head's input)."""
     from hydrapicker.data import _rot_flip, augment_intensity
 
     head = net.heads["generic"]
@@ -101,48 +102,9 @@ def cached_features(net, sets, n_crops: int, crop: int, stride: int, reach: floa
             kd.append(k)
         x = torch.from_numpy(np.stack(imgs))[:, None]
         with torch.inference_mode():
-            f = head.features(net.body(x))
-            out = head.out(f)
-        feats.append(f.numpy().astype(np.float16))
-        logits.append(out[:, 2].numpy())
-        offs.append(np.stack(tg))
-        kinds.append(np.stack(kd))
-        done += len(imgs)
-    return np.concatenate(feats), np.concatenate(logits), np.concatenate(offs), np.concatenate(kinds)
-
-
-def cached_body(net, sets, n_crops: int, crop: int, stride: int, reach: float, clip: float, rng, batch: int = 32):
-    """As :func:`cached_features`, with the body's features (the head's input) instead of the head's."""
-    from hydrapicker.data import _rot_flip, augment_intensity
-
-    head = net.heads["generic"]
-    g = crop // stride
-    feats, logits, offs, kinds = [], [], [], []
-    done = 0
-    while done < n_crops:
-        imgs, tg, kd = [], [], []
-        for _ in range(min(batch, n_crops - done)):
-            s = sets[int(rng.integers(0, len(sets)))]
-            m = s.mics[int(rng.integers(0, len(s.mics)))]
-            img = m.image
-            if img.shape[0] < crop or img.shape[1] < crop:
-                img = np.pad(img, ((0, max(0, crop - img.shape[0])), (0, max(0, crop - img.shape[1]))))
-            h, w = img.shape
-            y0 = int(rng.integers(0, (h - crop) // stride + 1)) * stride
-            x0 = int(rng.integers(0, (w - crop) // stride + 1)) * stride
-            c = img[y0:y0 + crop, x0:x0 + crop]
-            xy = m.xy - np.array([x0, y0])[None, :] if len(m.xy) else np.zeros((0, 2))
-            c, xy, _ = _rot_flip(c, xy, None, int(rng.integers(0, 4)), bool(rng.integers(0, 2)))
-            if rng.random() < 0.5:
-                c = augment_intensity(c, rng)
-            o, k = neighbour_targets(xy, g, stride, reach, clip)
-            imgs.append(np.ascontiguousarray(c, np.float32))
-            tg.append(o)
-            kd.append(k)
-        x = torch.from_numpy(np.stack(imgs))[:, None]
-        with torch.inference_mode():
-            f = net.body(x)
-            out = head(f)
+            fb = net.body(x)
+            f = fb if body else head.features(fb)
+            out = head(fb)
         feats.append(f.numpy().astype(np.float16))
         logits.append(out[:, 2].numpy())
         offs.append(np.stack(tg))
@@ -332,6 +294,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default=None, help="npz of the crops' features and targets (written once, then read)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    from hydrapicker.model import Preset
+
+    if args.branch and "offset_branch" not in Preset.__dataclass_fields__:
+        ap.error("--branch needs the network to know the branch: git apply "
+                 "benchmarks/experiments/neighbour_offsets_branch.patch")
 
     from hydrapicker.checkpoint import load_checkpoint, save_checkpoint
     from hydrapicker.refine_train import training_specs
@@ -353,15 +320,15 @@ def main(argv=None) -> int:
         val_sets = [s for s in val_sets if any(len(m.xy) for m in s.mics)]
     t_sim = time.time() - t0
     print(f"[nboff] simulated in {t_sim:.0f} s", flush=True)
-    make = cached_body if args.train_head else cached_features
     if args.cache and Path(args.cache).exists():
         z = np.load(args.cache)
         train = tuple(z[f"train{i}"] for i in range(4))
         val = tuple(z[f"val{i}"] for i in range(4))
     else:
-        train = make(net, train_sets, args.crops, args.crop, stride, args.reach, args.clip, rng)
-        val = make(net, val_sets, args.val_crops, args.crop, stride, args.reach, args.clip,
-                   np.random.default_rng(args.seed + 1))
+        train = cached_features(net, train_sets, args.crops, args.crop, stride, args.reach, args.clip, rng,
+                                body=args.train_head)
+        val = cached_features(net, val_sets, args.val_crops, args.crop, stride, args.reach, args.clip,
+                              np.random.default_rng(args.seed + 1), body=args.train_head)
         if args.cache:
             np.savez(args.cache, **{f"train{i}": a for i, a in enumerate(train)},
                      **{f"val{i}": a for i, a in enumerate(val)})
