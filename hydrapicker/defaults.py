@@ -13,7 +13,7 @@ TEMPERATURE = 1.0
 #: duplicate suppression distance as a fraction of the particle diameter
 MIN_DISTANCE_DIAMETERS = 0.5
 #: picks closer than this (a fraction of the particle diameter) to a border band or dead area are dropped
-INVALID_MARGIN_DIAMETERS = 0.5
+INVALID_MARGIN_DIAMETERS = 0.25
 #: micrograph evidence (issue 14, junk-only micrographs): every FOM of a micrograph is multiplied by
 #: min(1, m / ref) ** EVIDENCE_POWER, m = the mean of its EVIDENCE_TOP_K highest FOMs, ref the FOM whose odds
 #: are EVIDENCE_REFERENCE times the head's calibrated threshold's: a micrograph whose best candidates are weak

@@ -154,7 +154,7 @@ class PickPolicy:
         """The policy of a model file's ``meta``: ``threshold`` = a number, None (all above the floor) or
         ``"model"`` (the head's calibrated threshold) or ``"auto"`` (per micrograph, around the head's
         calibrated threshold); floor from the model; minimum distance half the diameter unless given;
-        border bands and dead areas found and avoided by ``invalid_margin_A`` (default half a diameter)
+        border bands and dead areas found and avoided by ``invalid_margin_A`` (default ``defaults.INVALID_MARGIN_DIAMETERS`` diameters)
         unless ``find_invalid`` is False; FOMs weighed by the micrograph's evidence (:func:`weigh_by_evidence`)
         against the FOM of ``evidence`` times the odds of the head's calibrated threshold
         (:func:`evidence_reference`; :func:`evidence_multiple`: None = the default, 0 or False = off);

@@ -41,7 +41,9 @@ def test_pick_on_junk_micrographs_drops_picks_in_and_near_border_bands(junk_mics
     assert hydra(["pick", *args, "--out", str(out)]) == 0
     assert hydra(["pick", *args, "--out", str(keep), "--keep-invalid"]) == 0
     summ = _summary(out)
-    margin = 0.5 * spec.diameter_px
+    from hydrapicker import defaults
+
+    margin = defaults.INVALID_MARGIN_DIAMETERS * spec.diameter_px  # the rule's own fraction of a diameter
     n_dropped = 0
     for name, (path, sim) in mics.items():
         ny, nx = sim.image.shape
