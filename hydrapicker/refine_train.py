@@ -109,29 +109,37 @@ def centre_loss(out, heat, off, off_mask, weight) -> tuple:
     return l_heat + l_off, {"heat": float(l_heat.detach()), "off": float(l_off.detach())}
 
 
-def sample_batch(sets, cfg: RefineTrainConfig, stride: int, rng) -> tuple:
-    """(images (B, 1, crop, crop), heat (B, h, w), off (B, 2, h, w), off_mask (B, h, w), weight (B, h, w))."""
+def augmented_crop(sets, crop: int, stride: int, rng) -> tuple:
+    """(image (crop, crop) float32, truth xy (N, 2) in its px): a random crop of a random micrograph of a random
+    set, its origin on the stride's grid (a micrograph smaller than the crop is padded), rotated, flipped and
+    half of the time intensity-augmented as in detector training."""
     from .data import _rot_flip, augment_intensity
 
-    c, g = cfg.crop, cfg.crop // stride
+    s = sets[int(rng.integers(0, len(sets)))]
+    m = s.mics[int(rng.integers(0, len(s.mics)))]
+    img = m.image
+    h, w = img.shape
+    if h < crop or w < crop:
+        img = np.pad(img, ((0, max(0, crop - h)), (0, max(0, crop - w))))
+        h, w = img.shape
+    y0 = int(rng.integers(0, (h - crop) // stride + 1)) * stride
+    x0 = int(rng.integers(0, (w - crop) // stride + 1)) * stride
+    out = img[y0:y0 + crop, x0:x0 + crop]
+    xy = m.xy - np.array([x0, y0])[None, :] if len(m.xy) else np.zeros((0, 2))
+    out, xy, _ = _rot_flip(out, xy, None, int(rng.integers(0, 4)), bool(rng.integers(0, 2)))
+    if rng.random() < 0.5:
+        out = augment_intensity(out, rng)
+    return np.ascontiguousarray(out, np.float32), xy
+
+
+def sample_batch(sets, cfg: RefineTrainConfig, stride: int, rng) -> tuple:
+    """(images (B, 1, crop, crop), heat (B, h, w), off (B, 2, h, w), off_mask (B, h, w), weight (B, h, w))."""
+    g = cfg.crop // stride
     imgs, heats, offs, masks = [], [], [], []
     for _ in range(cfg.batch):
-        s = sets[int(rng.integers(0, len(sets)))]
-        m = s.mics[int(rng.integers(0, len(s.mics)))]
-        img = m.image
-        h, w = img.shape
-        if h < c or w < c:
-            img = np.pad(img, ((0, max(0, c - h)), (0, max(0, c - w))))
-            h, w = img.shape
-        y0 = int(rng.integers(0, (h - c) // stride + 1)) * stride
-        x0 = int(rng.integers(0, (w - c) // stride + 1)) * stride
-        crop = img[y0:y0 + c, x0:x0 + c]
-        xy = m.xy - np.array([x0, y0])[None, :] if len(m.xy) else np.zeros((0, 2))
-        crop, xy, _ = _rot_flip(crop, xy, None, int(rng.integers(0, 4)), bool(rng.integers(0, 2)))
-        if rng.random() < 0.5:
-            crop = augment_intensity(crop, rng)
+        crop, xy = augmented_crop(sets, cfg.crop, stride, rng)
         heat, off, mask = encode_centres(xy, (g, g), stride, cfg.sigma_cells)
-        imgs.append(np.ascontiguousarray(crop, np.float32))
+        imgs.append(crop)
         heats.append(heat)
         offs.append(off)
         masks.append(mask)

@@ -5,8 +5,9 @@ Reads the picks a ``benchmarks/junk.py --pickers hydra`` run left in its work fo
 (the best-F1 threshold of each junk target). On the micrographs that hold particles, at that threshold, for
 the junk micrographs and their clean twins: true picks (IoU 0.6 rule), picks within D/2 of a particle but
 off-centre, and picks further from every particle (false picks); then, on the junk micrographs, the particles
-within D/2 of a border band or dead area (``hydrapicker.regions``: the pick path keeps no pick there) and
-how many of them and of the others were found. Nothing is picked again.
+within D/2 of a border band or dead area (``hydrapicker.regions``; the pick path keeps no pick within
+``defaults.INVALID_MARGIN_DIAMETERS`` of them, half a diameter until 2026-12-07) and how many of them and of
+the others were found. Nothing is picked again.
 
   python benchmarks/junk.py --pickers hydra --n-sim 18 --work W --json J
   python benchmarks/experiments/junk_gap_parts.py --work W --results J --n-sim 18
@@ -26,15 +27,16 @@ sys.path.insert(0, str(ROOT))
 
 
 def counts(picks, truth, box, thr):
-    """(true, off-centre, false) picks at or above ``thr`` on one micrograph."""
+    """((true, off-centre, false) picks at or above ``thr`` on one micrograph, found: bool per particle under the
+    IoU rule)."""
     from hydrapicker.metrics import match_greedy
     from hydrapicker.types import Picks
 
     keep = picks.fom >= thr
     q = Picks(picks.x[keep], picks.y[keep], picks.fom[keep])
-    iou, _ = match_greedy(q, truth, box)
+    iou, found = match_greedy(q, truth, box)
     centre, _ = match_greedy(q, truth, box, centre=True)
-    return int((iou >= 0).sum()), int(((iou < 0) & (centre >= 0)).sum()), int((centre < 0).sum())
+    return (int((iou >= 0).sum()), int(((iou < 0) & (centre >= 0)).sum()), int((centre < 0).sum())), found >= 0
 
 
 def main(argv=None) -> int:
@@ -50,10 +52,8 @@ def main(argv=None) -> int:
 
     from bench_data import load_dataset, simulated_dataset
     from bench_pickers import Run, _read
-    from hydrapicker.metrics import match_greedy
     from hydrapicker.regions import find_regions, near_invalid
     from hydrapicker.simulate.datasets import clean_version, junk_target_specs
-    from hydrapicker.types import Picks
 
     res = json.loads(Path(args.results).read_text())
     thr = {t["target"]: t["pickers"]["hydra"]["junk"]["threshold"] for t in res["targets"]}
@@ -78,18 +78,16 @@ def main(argv=None) -> int:
                 if s.replace(spec.name + "_clean", spec.name) in junk_only:
                     continue
                 truth = ds.truth[s]
-                tot += counts(run.picks[s], truth, ds.box_px, t_cut)
+                kinds, found = counts(run.picks[s], truth, ds.box_px, t_cut)
+                tot += kinds
                 n_truth += len(truth)
                 if label == "junk" and len(truth):
                     close = near_invalid(find_regions(mrcfile.read(path).astype(np.float32)), truth[:, 0],
                                          truth[:, 1], 0.5 * ds.box_px)
-                    p = run.picks[s]
-                    keep = p.fom >= t_cut
-                    _, m = match_greedy(Picks(p.x[keep], p.y[keep], p.fom[keep]), truth, ds.box_px)
                     near["truth"] += int(close.sum())
-                    near["found"] += int((m[close] >= 0).sum())
+                    near["found"] += int(found[close].sum())
                     far["truth"] += int((~close).sum())
-                    far["found"] += int((m[~close] >= 0).sum())
+                    far["found"] += int(found[~close].sum())
             row[label] = {"particles": n_truth, "true": int(tot[0]), "off_centre": int(tot[1]), "false": int(tot[2]),
                           "recall": round(tot[0] / max(n_truth, 1), 4)}
             if label == "junk":

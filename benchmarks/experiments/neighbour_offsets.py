@@ -74,7 +74,7 @@ def cached_features(net, sets, n_crops: int, crop: int, stride: int, reach: floa
                     batch: int = 32, body: bool = False) -> tuple:
     """(features (n, C, g, g), cls logits (n, g, g), targets (n, 2, g, g), kind (n, g, g)) of random crops: the
     head's features (the output conv's input), or with ``body`` the body's (the head's input)."""
-    from hydrapicker.data import _rot_flip, augment_intensity
+    from hydrapicker.refine_train import augmented_crop
 
     head = net.heads["generic"]
     g = crop // stride
@@ -83,21 +83,9 @@ def cached_features(net, sets, n_crops: int, crop: int, stride: int, reach: floa
     while done < n_crops:
         imgs, tg, kd = [], [], []
         for _ in range(min(batch, n_crops - done)):
-            s = sets[int(rng.integers(0, len(sets)))]
-            m = s.mics[int(rng.integers(0, len(s.mics)))]
-            img = m.image
-            if img.shape[0] < crop or img.shape[1] < crop:
-                img = np.pad(img, ((0, max(0, crop - img.shape[0])), (0, max(0, crop - img.shape[1]))))
-            h, w = img.shape
-            y0 = int(rng.integers(0, (h - crop) // stride + 1)) * stride
-            x0 = int(rng.integers(0, (w - crop) // stride + 1)) * stride
-            c = img[y0:y0 + crop, x0:x0 + crop]
-            xy = m.xy - np.array([x0, y0])[None, :] if len(m.xy) else np.zeros((0, 2))
-            c, xy, _ = _rot_flip(c, xy, None, int(rng.integers(0, 4)), bool(rng.integers(0, 2)))
-            if rng.random() < 0.5:
-                c = augment_intensity(c, rng)
+            c, xy = augmented_crop(sets, crop, stride, rng)
             o, k = neighbour_targets(xy, g, stride, reach, clip)
-            imgs.append(np.ascontiguousarray(c, np.float32))
+            imgs.append(c)
             tg.append(o)
             kd.append(k)
         x = torch.from_numpy(np.stack(imgs))[:, None]
@@ -113,6 +101,42 @@ def cached_features(net, sets, n_crops: int, crop: int, stride: int, reach: floa
     return np.concatenate(feats), np.concatenate(logits), np.concatenate(offs), np.concatenate(kinds)
 
 
+def interior_cells(g: int, edge: int) -> np.ndarray:
+    """(g, g) bool: the cells at least ``edge`` cells from a crop's border (their features saw no padding)."""
+    inside = np.zeros((g, g), bool)
+    inside[edge:g - edge, edge:g - edge] = True
+    return inside
+
+
+def cell_weights(kd: np.ndarray, edge: int, w_neigh: float) -> np.ndarray:
+    """Per-cell loss weights: 1 on a particle's own cell, ``w_neigh`` on its neighbours, 0 elsewhere and at the
+    crop's border."""
+    w = np.where(kd == 1, 1.0, np.where(kd == 2, w_neigh, 0.0)) * interior_cells(kd.shape[-1], edge)[None]
+    return w.astype(np.float32)
+
+
+def offset_report(dec: np.ndarray, data, edge: int) -> dict:
+    """Mean L1 (strides) of the decoded centres ``dec`` (n, 2, g, g) on own cells, neighbour cells, and
+    neighbour cells that fire (frozen score above 0.1), with their counts."""
+    _, lg, tg, kd = data
+    err = np.abs(dec - tg).sum(1)
+    firing = 1 / (1 + np.exp(-lg)) > 0.1
+    inside = interior_cells(kd.shape[-1], edge)[None]
+    out = {}
+    for name, m in (("own", kd == 1), ("neighbour", kd == 2), ("neighbour_firing", (kd == 2) & firing)):
+        m = m & inside
+        out[name] = round(float(err[m].mean()), 4) if m.any() else None
+        out["n_" + name] = int(m.sum())
+    return out
+
+
+def applied(module, f: np.ndarray, batch: int = 64) -> np.ndarray:
+    """``module`` on the cached features ``f`` (float16), in batches, as a float32 array."""
+    with torch.inference_mode():
+        return np.concatenate([module(torch.from_numpy(f[b:b + batch].astype(np.float32))).numpy()
+                               for b in range(0, len(f), batch)])
+
+
 def fit_head(head, data, edge: int, w_neigh: float, distill: float, epochs: int, lr: float, batch: int, rng,
              log=print):
     """The whole head trained (eval mode: batch-norm statistics and dropout as at picking) on the body's cached
@@ -121,10 +145,9 @@ def fit_head(head, data, edge: int, w_neigh: float, distill: float, epochs: int,
     from hydrapicker.criterion import distillation_loss
 
     f, lg, tg, kd = data
-    n, g = len(f), kd.shape[-1]
-    interior = np.zeros((g, g), bool)
-    interior[edge:g - edge, edge:g - edge] = True
-    w = (np.where(kd == 1, 1.0, np.where(kd == 2, w_neigh, 0.0)) * interior[None]).astype(np.float32)
+    n = len(f)
+    interior = interior_cells(kd.shape[-1], edge)
+    w = cell_weights(kd, edge, w_neigh)
     head.eval()
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     recs = []
@@ -152,31 +175,20 @@ def fit_head(head, data, edge: int, w_neigh: float, distill: float, epochs: int,
 
 
 def head_report(head, data, edge: int) -> dict:
-    """:func:`l1_report` for a whole head on body features, and how far its scores moved (mean |logit change|)."""
-    f, lg, tg, kd = data
-    with torch.inference_mode():
-        outs = [head(torch.from_numpy(f[b:b + 32].astype(np.float32))).numpy() for b in range(0, len(f), 32)]
-    out = np.concatenate(outs)
-    g = kd.shape[-1]
-    interior = np.zeros((g, g), bool)
-    interior[edge:g - edge, edge:g - edge] = True
-    err = np.abs(np.tanh(out[:, :2]) * OFFSET_RANGE - tg).sum(1)
-    p = 1 / (1 + np.exp(-lg))
-    rep = {}
-    for name, m in (("own", kd == 1), ("neighbour", kd == 2), ("neighbour_firing", (kd == 2) & (p > 0.1))):
-        m = m & interior[None]
-        rep[name] = round(float(err[m].mean()), 4) if m.any() else None
-    rep["mean_abs_logit_change"] = round(float(np.abs(out[:, 2] - lg)[:, interior].mean()), 4)
+    """:func:`offset_report` of a whole head on body features, and how far its scores moved (mean |logit change|
+    on the crops' interior cells)."""
+    out = applied(head, data[0], 32)
+    rep = offset_report(np.tanh(out[:, :2]) * OFFSET_RANGE, data, edge)
+    inside = interior_cells(data[3].shape[-1], edge)
+    rep["mean_abs_logit_change"] = round(float(np.abs(out[:, 2] - data[1])[:, inside].mean()), 4)
     return rep
 
 
 def fit(conv, data, edge: int, w_neigh: float, fire: float, epochs: int, lr: float, batch: int, rng, log=print):
     """Adam on the weighted L1 of decoded offsets; returns the per-epoch records."""
     f, lg, tg, kd = data
-    n, g = len(f), kd.shape[-1]
-    interior = np.zeros((g, g), bool)
-    interior[edge:g - edge, edge:g - edge] = True
-    w = np.where(kd == 1, 1.0, np.where(kd == 2, w_neigh, 0.0)).astype(np.float32) * interior[None]
+    n = len(f)
+    w = cell_weights(kd, edge, w_neigh)
     if fire > 0:  # neighbours that fire matter: weigh them by the score the (frozen) classifier gives them
         p = 1 / (1 + np.exp(-lg))
         w = np.where(kd == 2, w * np.minimum(1.0, p / fire), w).astype(np.float32)
@@ -202,22 +214,8 @@ def fit(conv, data, edge: int, w_neigh: float, fire: float, epochs: int, lr: flo
 
 
 def l1_report(conv, data, edge: int) -> dict:
-    """Mean L1 (strides) of decoded centres on own cells, neighbour cells, and firing neighbour cells."""
-    f, lg, tg, kd = data
-    g = kd.shape[-1]
-    interior = np.zeros((g, g), bool)
-    interior[edge:g - edge, edge:g - edge] = True
-    with torch.inference_mode():
-        dec = np.concatenate([(torch.tanh(conv(torch.from_numpy(f[b:b + 64].astype(np.float32)))) * OFFSET_RANGE)
-                              .numpy() for b in range(0, len(f), 64)])
-    err = np.abs(dec - tg).sum(1)
-    p = 1 / (1 + np.exp(-lg))
-    out = {}
-    for name, m in (("own", kd == 1), ("neighbour", kd == 2), ("neighbour_firing", (kd == 2) & (p > 0.1))):
-        m = m & interior[None]
-        out[name] = round(float(err[m].mean()), 4) if m.any() else None
-        out["n_" + name] = int(m.sum())
-    return out
+    """:func:`offset_report` of an offset module (two channels, before the tanh) on head features."""
+    return offset_report(np.tanh(applied(conv, data[0])) * OFFSET_RANGE, data, edge)
 
 
 class Residual(torch.nn.Module):

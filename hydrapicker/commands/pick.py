@@ -7,7 +7,7 @@ threshold with its FOM; <stem> is the micrograph's path relative to the folder h
 its extension, so a/x.mrc and b/x.mrc do not collide), optionally BOX, Topaz text and CBOX-like files, and a summary
 (<out>/summary_<suffix>.tsv: micrograph, coordinate file, picks, the threshold used; with --threshold auto each
 micrograph's own; the fraction of its area excluded as border bands or dead areas: no pick is kept in them or
-within a quarter of a diameter of them unless --keep-invalid; the micrograph evidence factor its FOMs were weighed by,
+near them (see --keep-invalid); the micrograph evidence factor its FOMs were weighed by,
 1 = sure, lower = weak best candidates: junk, ice or carbon alone?). Micrographs whose output already exists are skipped unless --overwrite (resume).
 
 --watch: after the micrographs present at start, keep picking new ones as they appear (a folder, a glob or a
@@ -108,7 +108,8 @@ def add_args(p):
     p.add_argument("--keep-invalid", action="store_true",
                    help="also pick in border bands (flat, smeared or striped motion-correction padding) and "
                         "dead areas; by default they are found per micrograph and no pick is kept in them or "
-                        "within a quarter of a diameter of them (the excluded area is in the summary)")
+                        f"within {defaults.INVALID_MARGIN_DIAMETERS:g} diameters of them (the excluded area is in "
+                        "the summary)")
     p.add_argument("--evidence", type=evidence_arg, default=None, metavar="R",
                    help="micrograph evidence: each micrograph's FOMs are multiplied by min(1, m / ref)"
                         f"^{defaults.EVIDENCE_POWER:g}, m = the mean of its {defaults.EVIDENCE_TOP_K} best, ref the "
