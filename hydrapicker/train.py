@@ -30,14 +30,32 @@ from .types import Picks
 
 # -- data -------------------------------------------------------------------------------------------
 def _simulate_prepared(job):
-    spec_dict, index, extent_px, jitter, seed = job
+    spec_dict, index, extent_px, jitter, seed, junk_weight = job
     from .simulate import DatasetSpec, simulate_micrograph
 
     spec = DatasetSpec.from_dict(spec_dict)
     sim = simulate_micrograph(spec, index)
     rng = np.random.default_rng(seed)
-    return prepare_with_truth(sim.image, sim.xy, sim.pixel_size, sim.diameter_A, extent_px,
-                              scale_jitter=jitter, rng=rng, name=sim.name)
+    mic = prepare_with_truth(sim.image, sim.xy, sim.pixel_size, sim.diameter_A, extent_px,
+                             scale_jitter=jitter, rng=rng, name=sim.name)
+    if junk_weight != 1.0:
+        mic.weight = junk_weights(sim.artefact_mask, mic.image.shape, extent_px, junk_weight)
+    return mic
+
+
+def junk_weights(artefact_mask, shape, extent_px: float, junk_weight: float):
+    """Per-pixel loss weights of a prepared micrograph (``shape``): ``junk_weight`` on and within half a
+    particle extent of the simulator's non-particles (particles beside junk are the recall the junk
+    micrographs lose; junk itself the false picks), 1 elsewhere; None where the micrograph has none."""
+    from scipy.ndimage import distance_transform_edt
+
+    if artefact_mask is None or not (artefact_mask > 0.5).any():
+        return None
+    rows = np.minimum((np.arange(shape[0]) + 0.5) * artefact_mask.shape[0] / shape[0], artefact_mask.shape[0] - 1)
+    cols = np.minimum((np.arange(shape[1]) + 0.5) * artefact_mask.shape[1] / shape[1], artefact_mask.shape[1] - 1)
+    junk = artefact_mask[rows.astype(np.int64)[:, None], cols.astype(np.int64)[None, :]] > 0.5
+    near = distance_transform_edt(~junk) <= 0.5 * extent_px
+    return np.where(near, np.float32(junk_weight), np.float32(1.0))
 
 
 def _one_torch_thread():
@@ -47,15 +65,18 @@ def _one_torch_thread():
 
 
 def simulate_sets(specs, n_mics: int, extent_px: float, jitter: float, seed: int, workers: int = 1,
-                  first_index: int = 0, log: Callable = print, across_ranks: bool = False) -> list:
+                  first_index: int = 0, log: Callable = print, across_ranks: bool = False,
+                  junk_weight: float = 1.0) -> list:
     """Simulate ``n_mics`` micrographs of every spec and prepare them at the model's extent.
+
+    ``junk_weight`` != 1: each micrograph carries loss weights (:func:`junk_weights`) around its junk.
 
     ``across_ranks``: under torchrun every rank simulates every N-th micrograph and all ranks receive all
     of them (a collective call: every rank must make it). The result does not depend on the number of ranks.
     """
     from . import distributed
 
-    jobs = [(s.to_dict(), first_index + i, extent_px, jitter, seed * 1000003 + k * 1009 + i)
+    jobs = [(s.to_dict(), first_index + i, extent_px, jitter, seed * 1000003 + k * 1009 + i, junk_weight)
             for k, s in enumerate(specs) for i in range(n_mics)]
     t0 = time.time()
     rank, world = distributed.rank_world() if across_ranks else (0, 1)
@@ -259,6 +280,7 @@ class TrainConfig:
     assign_reach: float = defaults.ASSIGN_REACH
     distill: Optional[str] = None
     distill_weight: float = 1.0
+    junk_weight: float = 1.0            # loss weight on and beside the simulator's junk (1 = none)
 
     @classmethod
     def from_namespace(cls, ns) -> "TrainConfig":
@@ -302,7 +324,7 @@ class _Run:
                                                      f"{cfg.batch} per rank" if self.world > 1 else ""))
         self.extent, self.stride = self.net.preset.extent_px, self.net.stride
         self.train_sets = simulate_sets(self.specs, cfg.mics_per_dataset, self.extent, cfg.scale_jitter, cfg.seed,
-                                        cfg.workers, 0, self.log, across_ranks=True)
+                                        cfg.workers, 0, self.log, across_ranks=True, junk_weight=cfg.junk_weight)
         val_sets = simulate_sets(self.specs, cfg.val_mics, self.extent, 0.0, cfg.seed + 1, cfg.workers,
                                  10_000, self.log, across_ranks=True)
         self.val_sets = val_sets if self.lead else []  # rank 0 validates
@@ -513,7 +535,8 @@ class _Run:
             j = int(self.rng.integers(0, len(self.train_sets)))
             idx0 = (step // cfg.refresh_every) * cfg.mics_per_dataset + 100 + 1_000_000 * self.rank
             self.train_sets[j] = simulate_sets([self.specs[j]], cfg.mics_per_dataset, self.extent,
-                                               cfg.scale_jitter, cfg.seed + step, 1, idx0, lambda *a: None)[0]
+                                               cfg.scale_jitter, cfg.seed + step, 1, idx0, lambda *a: None,
+                                               junk_weight=cfg.junk_weight)[0]
 
     def loop(self, should_stop) -> bool:
         """Train until both phases are done (False) or a stop was requested (True, checkpoint saved)."""

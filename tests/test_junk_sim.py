@@ -136,3 +136,32 @@ def test_small_fraction_makes_more_datasets_small_and_changes_no_other_draw():
         else:
             assert s.diameter_A <= 90 and s.family in ("globular", "multidomain", "flat")
             assert s.replace(diameter_A=p.diameter_A, pixel_size=p.pixel_size) == p
+
+
+def test_artefact_mask_marks_each_kind_of_junk_and_nothing_on_a_micrograph_without_any():
+    """The training weights' mask (SimMicrograph.artefact_mask): vesicles, clumps of other proteins and
+    opaque junk are marked where they are drawn; a micrograph without junk has an empty mask."""
+    base = _small(junk_target_specs()[0]).replace(**ARTEFACTS_OFF, contamination=0.0, p_carbon=0.0,
+                                                 p_aggregate=0.0)
+    assert not simulate_micrograph(base, 0).artefact_mask.any()
+    for kind in ("vesicles", "other_aggregates", "gold"):
+        spec = base.replace(**{kind: 6.0})
+        mics = [simulate_micrograph(spec, i) for i in range(3)]
+        assert any(m.info[{"other_aggregates": "other_clumps"}.get(kind, kind)] for m in mics)
+        marked = [(m.artefact_mask > 0.5).mean() for m in mics]
+        drawn = [m.info[{"other_aggregates": "other_clumps"}.get(kind, kind)] for m in mics]
+        for frac, n in zip(marked, drawn):
+            assert (frac > 0) == (n > 0), (kind, marked, drawn)
+
+
+def test_junk_weights_weigh_junk_and_half_a_particle_around_it():
+    from hydrapicker.train import junk_weights
+
+    mask = np.zeros((200, 200), np.float32)
+    mask[80:120, 80:120] = 1.0
+    w = junk_weights(mask, (100, 100), 16.0, 3.0)  # prepared at half the size: the junk at 40..59
+    assert w.shape == (100, 100) and set(np.unique(w)) == {1.0, 3.0}
+    assert w[50, 50] == 3.0 and w[50, 40 - 8] == 3.0 and w[50, 40 - 9] == 1.0 and w[50, 59 + 9] == 1.0
+    assert w[10, 10] == 1.0
+    assert junk_weights(np.zeros((50, 50), np.float32), (25, 25), 16.0, 3.0) is None
+    assert junk_weights(None, (25, 25), 16.0, 3.0) is None

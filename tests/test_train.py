@@ -195,3 +195,20 @@ def test_distill_keeps_the_generic_head_near_the_teacher_on_clean_datasets_only(
         return float((a - b).abs().mean())
 
     assert gap(with_d) < gap(without)  # the teacher's answers are kept
+
+
+def test_junk_weight_gives_junk_laden_training_micrographs_their_loss_weights():
+    """--junk-weight W: the training micrographs that carry junk get weights W around it (1 elsewhere), the
+    others none, and the same micrographs as without it; W = 1 (the default) gives no weights at all."""
+    from hydrapicker.simulate import source_dataset_specs
+    from hydrapicker.train import simulate_sets
+
+    specs = [s.replace(shape=(384, 384)) for s in source_dataset_specs(n=3, seed=10, junk_fraction=1.0)]
+    plain = simulate_sets(specs, 2, 16.0, 0.0, 0, log=QUIET)
+    weighted = simulate_sets(specs, 2, 16.0, 0.0, 0, log=QUIET, junk_weight=3.0)
+    assert all(m.weight is None for s in plain for m in s.mics)
+    mics = [(a, b) for s, t in zip(plain, weighted) for a, b in zip(s.mics, t.mics)]
+    assert all(np.array_equal(a.image, b.image) for a, b in mics)
+    got = [b.weight for _, b in mics if b.weight is not None]
+    assert got and all(set(np.unique(w)) <= {1.0, 3.0} and (w == 3.0).any() for w in got)
+    assert all(w.shape == b.image.shape for (_, b), w in zip([m for m in mics if m[1].weight is not None], got))

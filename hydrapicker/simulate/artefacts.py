@@ -59,6 +59,8 @@ class CanvasLayers:
     occupied: np.ndarray         # soft mask: particles avoid it (but it is not opaque)
     lumps: list = field(default_factory=list)  # (x, y, w) pseudo-atom arrays of other proteins' clumps
     counts: dict = field(default_factory=dict)
+    marks: np.ndarray = None     # optional record of where non-opaque objects lie (vesicle shells); read only
+                                 # for training weights (:func:`hydrapicker.simulate.micrograph.artefact_mask`)
 
 
 def _box(shape, cx, cy, R):
@@ -91,6 +93,8 @@ def vesicle(layers, rng, cx, cy, R_px, px, nested_ok=True):
     proj = 2 * (_shell(r, R_px, head) + _shell(r, R_px - gap, head)) * px  # in A of path length
     proj += 0.3 * 2 * _shell(r, R_px - head, max(gap - head, 0.5 / px)) * px
     layers.phase_extra[sl] += (dens * proj).astype(np.float32)
+    if layers.marks is not None:
+        np.maximum(layers.marks[sl], (proj > 0).astype(np.float32), out=layers.marks[sl])
     n = 1
     if nested_ok and rng.random() < 0.3 and R_px * px > 400:
         Ri = R_px * rng.uniform(0.4, 0.8)

@@ -29,6 +29,7 @@ class SimMicrograph:
     name: str
     info: dict = field(default_factory=dict)
     contamination_mask: np.ndarray | None = None  # float32 (ny, nx) soft 0..1: opaque ice contamination
+    artefact_mask: np.ndarray | None = None       # float32 (ny, nx) 0..1: every non-particle (:func:`artefact_mask`)
     carbon_mask: np.ndarray | None = None         # float32 (ny, nx) soft 0..1: carbon film (None: no carbon)
 
     @property
@@ -124,6 +125,7 @@ class _Scene:
     phase_extra: np.ndarray = None     # non-particle phase objects (protein-thickness A)
     struct_amp: np.ndarray = None      # local amplitude of structural noise
     contam: np.ndarray = None          # soft opaque mask (ice contamination, crystals, gold)
+    marks: np.ndarray = None           # where other non-particles lie (vesicles, own-particle aggregates)
     carbon: np.ndarray = None
     layers: object = None              # artefacts.CanvasLayers when the spec has artefacts
     xs: list = field(default_factory=list)
@@ -164,7 +166,31 @@ def _new_scene(spec, index) -> _Scene:
     return _Scene(spec, model, rng, arng, px, d, margin, canvas, ctf_kw, snr, bool(empty), junk_only, info,
                   occ=_Occupancy(canvas, d), background_amp=np.zeros(canvas, np.float32),
                   phase_extra=np.zeros(canvas, np.float32), struct_amp=np.ones(canvas, np.float32),
-                  contam=np.zeros(canvas, np.float32))
+                  contam=np.zeros(canvas, np.float32), marks=np.zeros(canvas, np.float32))
+
+
+def _mark_disc(marks, cx, cy, r):
+    """Record a disc of radius r (px) in ``marks`` (no random draws: the micrograph does not change)."""
+    ny, nx = marks.shape
+    y0, y1 = max(0, int(cy - r)), min(ny, int(cy + r) + 2)
+    x0, x1 = max(0, int(cx - r)), min(nx, int(cx + r) + 2)
+    if y0 >= y1 or x0 >= x1:
+        return
+    yy, xx = np.ogrid[y0:y1, x0:x1]
+    disc = ((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r).astype(np.float32)
+    np.maximum(marks[y0:y1, x0:x1], disc, out=marks[y0:y1, x0:x1])
+
+
+def artefact_mask(sc) -> np.ndarray:
+    """Where the scene holds non-particles (canvas-shaped, 0..1): opaque contamination, crystals and gold,
+    carbon film, clumps of other proteins, contamination rims, vesicles and aggregates of the dataset's own
+    particles; not continuous thin carbon (it may cover the whole field, particles on it are real)."""
+    out = np.maximum(sc.contam, sc.marks)
+    if sc.carbon is not None:
+        np.maximum(out, sc.carbon, out=out)
+    if sc.layers is not None:
+        np.maximum(out, sc.layers.occupied, out=out)
+    return out
 
 
 def _draw_support(sc: _Scene) -> None:
@@ -202,7 +228,7 @@ def _draw_support(sc: _Scene) -> None:
     if art.any_objects(spec):
         drawn = (sc.background_amp, sc.phase_extra, sc.struct_amp) if spec.render_artefacts else \
             tuple(np.zeros(canvas, np.float32) for _ in range(3))  # the clean twin: same placement only
-        sc.layers = art.CanvasLayers(*drawn, sc.contam, np.zeros(canvas, np.float32))
+        sc.layers = art.CanvasLayers(*drawn, sc.contam, np.zeros(canvas, np.float32), marks=sc.marks)
         art.add_objects(spec, sc.arng, sc.layers, px, d, sc.junk_only)
         sc.occ.mask(sc.contam, 0.1)
         sc.occ.mask(sc.layers.occupied, 0.5)
@@ -234,6 +260,7 @@ def _place_particles(sc: _Scene) -> None:
         ax, ay = rng.uniform(0, Nx), rng.uniform(0, Ny)
         k = int(rng.integers(3, 12))
         spread = 0.35 * d * np.sqrt(k)
+        _mark_disc(sc.marks, ax, ay, 2 * spread + 0.5 * d)
         for _ in range(k):
             cx, cy = ax + rng.normal(0, spread), ay + rng.normal(0, spread)
             rot = orientation(rng, 0.0)
@@ -333,7 +360,7 @@ def simulate_micrograph(spec, index: int) -> SimMicrograph:
     m = sc.margin
     sl = (slice(m, m + ny), slice(m, m + nx))
     return SimMicrograph(img, xy, sc.px, float(spec.diameter_A), f"{spec.name}_{int(index):03d}", sc.info,
-                         contamination_mask=sc.contam[sl].copy(),
+                         contamination_mask=sc.contam[sl].copy(), artefact_mask=artefact_mask(sc)[sl].copy(),
                          carbon_mask=None if sc.carbon is None else sc.carbon[sl].copy())
 
 
