@@ -3,7 +3,7 @@
 # beside benchmarks; resumable: re-run the same line). The default model (generic-junk-distilled-2)
 # continued on 48 new simulated datasets (seed 12), 80 % of them junk-laden, at 3e-4, the generic head kept
 # close to the first generic model's on the clean 20 % (as scripts/train_junk_distill_3.sh), with the loss on
-# and within half a particle of the simulator's junk counted three times (--junk-weight 3): the junk
+# and within half a particle of the simulator's junk and border bands counted three times (--junk-weight 3): the junk
 # benchmark's gap is particles lost beside junk (README, Junk and artefacts).
 set -euo pipefail
 PY=${1:-python}

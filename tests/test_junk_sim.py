@@ -68,6 +68,9 @@ def test_border_bands_replace_their_pixels_and_their_particles_leave_the_truth(k
         xy = mic.xy
         coord = [xy[:, 1], ny - 1 - xy[:, 1], xy[:, 0], nx - 1 - xy[:, 0]][edge]
         assert np.all(coord > depth - 1)
+        marked = [mic.artefact_mask[:depth], mic.artefact_mask[ny - depth:], mic.artefact_mask[:, :depth],
+                  mic.artefact_mask[:, nx - depth:]][edge]
+        assert marked.min() == 1.0  # the training weights' mask holds the band
     # the clean twin keeps the same particles, plus those the bands hid
     assert len(twin.xy) > len(mic.xy)
     d = np.hypot(*(mic.xy[:, None, :] - twin.xy[None, :, :]).transpose(2, 0, 1)).min(1)

@@ -64,7 +64,7 @@ def add_args(p):
     p.add_argument("--distill-weight", type=float, default=1.0)
     p.add_argument("--junk-weight", type=float, default=1.0,
                    help="loss weight on and within half a particle of the simulator's junk (aggregates, vesicles, "
-                        "contamination, crystals, gold, carbon film): particles beside junk and the junk itself "
+                        "contamination, crystals, gold, carbon film, border bands): particles beside junk and the junk itself "
                         "count this many times (1 = every pixel alike)")
     p.add_argument("--junk-clumps", action="store_true",
                    help="the junk datasets also carry 1-4 clumps of other proteins per micrograph, 0.7-2 particle "

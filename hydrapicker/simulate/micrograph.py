@@ -30,6 +30,7 @@ class SimMicrograph:
     info: dict = field(default_factory=dict)
     contamination_mask: np.ndarray | None = None  # float32 (ny, nx) soft 0..1: opaque ice contamination
     artefact_mask: np.ndarray | None = None       # float32 (ny, nx) 0..1: every non-particle (:func:`artefact_mask`)
+                                                  # and the border bands
     carbon_mask: np.ndarray | None = None         # float32 (ny, nx) soft 0..1: carbon film (None: no carbon)
 
     @property
@@ -352,15 +353,17 @@ def simulate_micrograph(spec, index: int) -> SimMicrograph:
     xy = np.asarray(sc.truth, np.float64).reshape(-1, 2)
     inside = (xy[:, 0] >= 0) & (xy[:, 0] <= nx - 1) & (xy[:, 1] >= 0) & (xy[:, 1] <= ny - 1)
     xy = xy[inside]
+    m = sc.margin
+    sl = (slice(m, m + ny), slice(m, m + nx))
+    junk = artefact_mask(sc)[sl].copy()
     if art.any_defects(spec) and spec.render_artefacts:
         band = art.add_detector_defects(spec, sc.arng, img, sc.d, sc.info)
         ix = np.clip(np.round(xy).astype(np.int64), 0, [nx - 1, ny - 1])
         xy = xy[~band[ix[:, 1], ix[:, 0]]]  # a band overwrote these particles: nothing left to pick
+        junk[band] = 1.0
     sc.info.update(n_particles=int(len(xy)), n_particles_canvas=len(sc.truth))
-    m = sc.margin
-    sl = (slice(m, m + ny), slice(m, m + nx))
     return SimMicrograph(img, xy, sc.px, float(spec.diameter_A), f"{spec.name}_{int(index):03d}", sc.info,
-                         contamination_mask=sc.contam[sl].copy(), artefact_mask=artefact_mask(sc)[sl].copy(),
+                         contamination_mask=sc.contam[sl].copy(), artefact_mask=junk,
                          carbon_mask=None if sc.carbon is None else sc.carbon[sl].copy())
 
 
