@@ -52,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--class-centres", action="store_true",
                    help="HydraPicker with class-average centring (hydra pick --class-centres)")
     p.add_argument("--half-cell", action="store_true", help="HydraPicker with the half-cell grid (hydra pick --half-cell)")
+    p.add_argument("--keep-invalid", action="store_true",
+                   help="HydraPicker keeps its picks in and near border bands and dead areas (hydra pick --keep-invalid)")
     p.add_argument("--tta", type=int, default=None, choices=(1, 2, 4, 8),
                    help="HydraPicker's test-time views (hydra pick --tta; default: its default)")
     p.add_argument("--real", action="store_true", help="also the real validation sets (AP, picks near edges)")
@@ -68,7 +70,8 @@ def _run(name, ds, work, args):
         kw["model"] = args.model
         kw["tta"] = args.tta
         kw["extra"] = (["--refine"] if args.refine else []) + (["--evidence", str(args.evidence)] if args.evidence is not None else []) + \
-            (["--class-centres"] if args.class_centres else []) + (["--half-cell"] if args.half_cell else [])
+            (["--class-centres"] if args.class_centres else []) + (["--half-cell"] if args.half_cell else []) + \
+            (["--keep-invalid"] if args.keep_invalid else [])
     return PICKERS[name](ds, work / ds.name / name, **kw)
 
 

@@ -14,6 +14,10 @@ TEMPERATURE = 1.0
 MIN_DISTANCE_DIAMETERS = 0.5
 #: picks closer than this (a fraction of the particle diameter) to a border band or dead area are dropped
 INVALID_MARGIN_DIAMETERS = 0.25
+#: the network is asked about the rectangle inside a micrograph's border bands only (the bands are cropped
+#: off before it is prepared), so that a band is to it what the micrograph's own edge is: particles beside
+#: bands keep their scores, and the bands' pixels do not enter the normalisation (issue 14; README, Junk)
+CROP_BANDS = True
 #: micrograph evidence (issue 14, junk-only micrographs): every FOM of a micrograph is multiplied by
 #: min(1, m / ref) ** EVIDENCE_POWER, m = the mean of its EVIDENCE_TOP_K highest FOMs, ref the FOM whose odds
 #: are EVIDENCE_REFERENCE times the head's calibrated threshold's: a micrograph whose best candidates are weak

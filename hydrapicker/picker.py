@@ -89,11 +89,17 @@ def refined(refiner, cmap, prepared, ranked: Picks, policy, invalid=None) -> Pic
 
     from .postprocess import Candidates, rank
 
-    xy = refiner.refine(cmap, prepared.scale_xy, np.stack([ranked.x, ranked.y], axis=1))
+    origin = np.asarray(prepared.origin, np.float64)[None, :]
+    xy = refiner.refine(cmap, prepared.scale_xy, np.stack([ranked.x, ranked.y], axis=1) - origin) + origin
     diameter_A = refiner.extent_px / float(np.mean(prepared.scale_xy)) * float(prepared.pixel_size)
     again = replace(policy, min_distance_A=min(float(policy.min_distance_A),
                                                defaults.REFINED_MIN_DISTANCE_DIAMETERS * diameter_A))
     return rank(Candidates(xy, ranked.fom.copy(), prepared.shape, prepared.pixel_size), again, invalid)
+
+
+def shifted(picks: Picks, dx: float, dy: float) -> Picks:
+    """``picks`` moved by (dx, dy) px (between a micrograph's and a prepared region's frame)."""
+    return Picks(picks.x + dx, picks.y + dy, picks.fom.copy())
 
 
 def named_refiner_path(meta: dict) -> Optional[Path]:
@@ -265,7 +271,11 @@ class Picker:
         """Reader thread: the file as a float32 tensor with its pixel size; on the CPU also prepared (so
         preparation overlaps the network), for CUDA page-locked for an asynchronous upload. Returns
         (loaded, seconds, regions): ``regions`` the border bands and dead areas of the micrograph as stored
-        (:func:`hydrapicker.regions.find_regions`) when ``find_invalid``, else None."""
+        (:func:`hydrapicker.regions.find_regions`) when ``find_invalid``, else None; with border bands the
+        rectangle inside them is what is prepared (``defaults.CROP_BANDS``; the prepared micrograph's
+        ``origin`` says where it starts)."""
+        from dataclasses import replace
+
         import torch
 
         from .preprocess import _cpu_tensor, pixel_size_and_source, prepare_t, read_mrc
@@ -276,26 +286,35 @@ class Picker:
                                              (mic.meta or {}).get("apix_source", "the caller"))
         self._apix_source[mic.path] = source
         t = _cpu_tensor(data)  # copies the memory map: this is the actual read
+        full, origin = tuple(t.shape), (0, 0)
         regions = None
         if find_invalid:
             from .regions import find_regions
 
             regions = find_regions(t.numpy())
+            inside = regions.network_region(diameter_A / apix)
+            if inside is not None:  # the network reads the rectangle inside the bands (defaults.CROP_BANDS)
+                t = t[inside].contiguous()
+                origin = (inside[1].start, inside[0].start)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # per thread: page-locked memory of this rank's GPU, not GPU 0's
-            return ("raw", t.pin_memory(), apix), time.perf_counter() - t0, regions
-        return (("prepared", prepare_t(t, apix, diameter_A, self.extent_px, path=mic.path, owned=True)),
+            return ("raw", t.pin_memory(), apix, full, origin), time.perf_counter() - t0, regions
+        prepared = prepare_t(t, apix, diameter_A, self.extent_px, path=mic.path, owned=True)
+        return (("prepared", replace(prepared, shape=full, origin=origin, region=prepared.shape)),
                 time.perf_counter() - t0, regions)
 
     def _prepared(self, loaded, mic: Micrograph, diameter_A: float):
         """What a reader returned -> :class:`Prepared` with its image on the device."""
+        from dataclasses import replace
+
         from .preprocess import prepare_t
 
         if loaded[0] == "prepared":
             return loaded[1]
-        _, t, apix = loaded
-        return prepare_t(t.to(self.device, non_blocking=True), apix, diameter_A, self.extent_px, path=mic.path,
-                         owned=True)  # a copy on the device
+        _, t, apix, full, origin = loaded
+        prepared = prepare_t(t.to(self.device, non_blocking=True), apix, diameter_A, self.extent_px, path=mic.path,
+                             owned=True)  # a copy on the device
+        return replace(prepared, shape=full, origin=origin, region=prepared.shape)
 
     def _to_device(self, image):
         import torch
@@ -457,7 +476,8 @@ class Picker:
 
         grid, cmap, half_cell = outputs
         candidates = decode(grid, self.stride, policy.decode_floor, float(self.meta.get("temperature", defaults.TEMPERATURE)),
-                            prepared.scale_xy, prepared.shape, prepared.pixel_size, half_cell=half_cell)
+                            prepared.scale_xy, prepared.shape, prepared.pixel_size, half_cell=half_cell,
+                            origin=prepared.origin, region=prepared.region)
         ranked = rank(candidates, policy, invalid)
         if cmap is not None:
             ranked = refined(self.refiner, cmap, prepared, ranked, policy, invalid)
@@ -474,8 +494,10 @@ class Picker:
         (:mod:`hydrapicker.class_centres`); ``info`` (a dict) receives ``class_centres`` (what was done)."""
         from .class_centres import recentred_picks
 
-        moved, done = recentred_picks(picks, prepared.image, prepared.scale_xy, self.extent_px, confident,
-                                      refs=self.class_refs)
+        x0, y0 = prepared.origin
+        moved, done = recentred_picks(shifted(picks, -x0, -y0), prepared.image, prepared.scale_xy, self.extent_px,
+                                      shifted(confident, -x0, -y0), refs=self.class_refs)
+        moved = shifted(moved, x0, y0)
         if info is not None:
             info["class_centres"] = {"moved": done.moved, "confident": done.confident, "classes": done.classes,
                                      **done.report}
@@ -503,7 +525,8 @@ class Picker:
             prepared = self._prepared(loaded, mic, diameter_A)
             _, ranked = self._finish(prepared, self._outputs(prepared.image, head), plain, regions)
             confident = ranked.above(policy.class_centres_at)
-            image, xy = alignment_inputs(prepared.image, prepared.scale_xy, self.extent_px, confident)
+            image, xy = alignment_inputs(prepared.image, prepared.scale_xy, self.extent_px,
+                                         shifted(confident, -prepared.origin[0], -prepared.origin[1]))
             images.append(image)
             xys.append(xy)
         return references(images, xys, DEFAULT_SETTINGS.px_per_d, data_set=True), failed

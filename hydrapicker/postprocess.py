@@ -206,11 +206,13 @@ class Candidates:
 
 def decode(grid: np.ndarray, stride: int, floor: float, temperature: float = defaults.TEMPERATURE,
            scale_xy=(1.0, 1.0), shape=None, pixel_size: float = 1.0,
-           half_cell: Optional[np.ndarray] = None) -> Candidates:
+           half_cell: Optional[np.ndarray] = None, origin=(0, 0), region=None) -> Candidates:
     """(3, H, W) raw outputs of a rescaled image -> :class:`Candidates` in pixels of the micrograph.
 
     ``scale_xy`` = (rescaled nx / nx, rescaled ny / ny). Fourier rescaling keeps sample 0 in place, so
-    x_original = x_rescaled / scale_x exactly. ``half_cell``: the head's outputs on the grid shifted by half
+    x_original = x_rescaled / scale_x exactly, plus ``origin`` (x0, y0) when the rescaled image is of a part
+    of the micrograph starting there (``shape`` stays the micrograph's; candidates outside that part,
+    ``region`` = its (ny, nx), are dropped as they are outside a whole micrograph). ``half_cell``: the head's outputs on the grid shifted by half
     a cell (its cells centred on the corners of ``grid``'s, :meth:`hydrapicker.picker.Picker._forward`);
     its candidates join ``grid``'s, and duplicate suppression (:func:`rank`) keeps the better of two on
     one particle: a particle near the border of one grid's cells lies near the centre of one of the other's,
@@ -220,7 +222,11 @@ def decode(grid: np.ndarray, stride: int, floor: float, temperature: float = def
     if half_cell is not None:  # its outer ring of cells, centred on the image's edges, reads padding: left out
         xy_h, score_h = decode_grid(half_cell[:, 1:-1, 1:-1], stride, temperature, floor, origin=stride / 2)
         xy, score = np.concatenate([xy, xy_h]), np.concatenate([score, score_h])
-    xy = np.stack([xy[:, 0] / scale_xy[0], xy[:, 1] / scale_xy[1]], axis=1)
+    xy = np.stack([xy[:, 0] / scale_xy[0] + origin[0], xy[:, 1] / scale_xy[1] + origin[1]], axis=1)
+    if region is not None:
+        lo, hi = np.asarray(origin, np.float64), np.asarray(origin, np.float64) + [region[1] - 1, region[0] - 1]
+        inside = np.all((xy >= lo) & (xy <= hi), axis=1)
+        xy, score = xy[inside], score[inside]
     return Candidates(xy, score, None if shape is None else tuple(shape), float(pixel_size))
 
 

@@ -30,6 +30,9 @@ class Prepared:
     scale_xy: tuple            # (nx'/nx, ny'/ny)
     shape: tuple               # original (ny, nx)
     pixel_size: float          # A/px of the original
+    origin: tuple = (0, 0)     # (x0, y0): the micrograph pixel at the prepared image's first sample (border
+                               # bands cropped off: hydrapicker.picker); x = x_prepared / scale_x + x0
+    region: Optional[tuple] = None  # (ny, nx) of the part prepared when it is not the whole micrograph
 
 
 def read_mrc(path, looked_in=None):

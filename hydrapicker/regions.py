@@ -100,6 +100,25 @@ class InvalidRegions:
     def band_widths(self) -> dict:
         return {e: int(getattr(self, e)) for e in EDGES}
 
+    def network_region(self, diameter_px: float):
+        """(rows, columns) slices of what the network is asked about: the rectangle inside the border bands
+        (``defaults.CROP_BANDS``) when it is at least two diameters wide and high, else None (all of it).
+        The one rule for picking and training alike."""
+        from . import defaults
+
+        return self.interior(min_size=int(np.ceil(2 * diameter_px))) if defaults.CROP_BANDS else None
+
+    def interior(self, min_size: int = 0):
+        """(rows, columns) slices of the rectangle inside the border bands, or None when there are no bands
+        or it is smaller than ``min_size`` px either way."""
+        ny, nx = self.shape
+        if not any(self.band_widths().values()):
+            return None
+        rows, cols = slice(self.top, ny - self.bottom), slice(self.left, nx - self.right)
+        if rows.stop - rows.start < max(1, min_size) or cols.stop - cols.start < max(1, min_size):
+            return None
+        return rows, cols
+
     def dead_mask(self) -> np.ndarray:
         ny, nx = self.shape
         if self.dead is None or not self.dead.any():

@@ -35,12 +35,31 @@ def _simulate_prepared(job):
 
     spec = DatasetSpec.from_dict(spec_dict)
     sim = simulate_micrograph(spec, index)
+    image, xy, junk = network_view(sim)
     rng = np.random.default_rng(seed)
-    mic = prepare_with_truth(sim.image, sim.xy, sim.pixel_size, sim.diameter_A, extent_px,
+    mic = prepare_with_truth(image, xy, sim.pixel_size, sim.diameter_A, extent_px,
                              scale_jitter=jitter, rng=rng, name=sim.name)
     if junk_weight != 1.0:
-        mic.weight = junk_weights(sim.artefact_mask, mic.image.shape, extent_px, junk_weight)
+        mic.weight = junk_weights(junk, mic.image.shape, extent_px, junk_weight)
     return mic
+
+
+def network_view(sim):
+    """A simulated micrograph as the pick path shows it to the network: the rectangle inside its border bands
+    (:meth:`hydrapicker.regions.InvalidRegions.network_region`, found as picking finds them) -> (image, truth
+    xy, junk mask) in that rectangle's pixels."""
+    from .regions import find_regions
+
+    inside = find_regions(sim.image).network_region(sim.diameter_px)
+    if inside is None:
+        return sim.image, sim.xy, sim.artefact_mask
+    rows, cols = inside
+    xy = sim.xy - np.array([cols.start, rows.start], np.float64)[None, :]
+    # a centre whose nearest pixel is inside (as the simulator tests it against its bands) stays
+    keep = ((xy[:, 0] >= -0.5) & (xy[:, 0] < cols.stop - cols.start - 0.5) & (xy[:, 1] >= -0.5)
+            & (xy[:, 1] < rows.stop - rows.start - 0.5))
+    junk = None if sim.artefact_mask is None else sim.artefact_mask[inside]
+    return np.ascontiguousarray(sim.image[inside]), xy[keep], junk
 
 
 def junk_weights(artefact_mask, shape, extent_px: float, junk_weight: float):

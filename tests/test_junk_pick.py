@@ -145,3 +145,48 @@ def test_micrograph_evidence_drops_picks_on_a_junk_only_micrograph_and_none_wher
     assert n["raw"]["free.mrc"] > 0  # the network alone does pick on this junk
     assert n["strong"]["free.mrc"] < n["raw"]["free.mrc"] and n["default"]["free.mrc"] <= n["raw"]["free.mrc"]
     assert n["default"]["plain.mrc"] == n["strong"]["plain.mrc"] == n["raw"]["plain.mrc"] > 0  # sure: kept
+
+
+def test_the_network_reads_the_rectangle_inside_border_bands_and_picks_come_back_in_the_micrographs_pixels(
+        junk_mics, tmp_path):
+    """A micrograph padded with flat bands (left 57 px, top 43 px, right 30 px) is picked exactly as the
+    micrograph itself, the picks shifted by the padding (defaults.CROP_BANDS): the bands change nothing the
+    network sees, and the coordinates are the padded micrograph's. (Without the crop the picks differ.)"""
+    from hydrapicker import defaults
+    from hydrapicker.picker import Picker
+    from hydrapicker.types import Micrograph
+
+    d, spec, mics = junk_mics
+    _, sim = mics["plain"]
+    img = sim.image
+    padded = np.full((img.shape[0] + 43, img.shape[1] + 57 + 30), np.float32(np.median(img)) + 3 * img.std(),
+                     np.float32)
+    padded[43:, 57:57 + img.shape[1]] = img
+    a = write_mrc(tmp_path / "plain.mrc", img, apix=spec.pixel_size)
+    b = write_mrc(tmp_path / "padded.mrc", padded, apix=spec.pixel_size)
+    picker = Picker(device="cpu", log=None)
+    policy = picker.policy(spec.diameter_A, threshold=None, invalid_margin_A=0.0)  # no pick is near the bands
+    plain = picker.pick_one(Micrograph(str(a)), spec.diameter_A, policy=policy)
+    moved = picker.pick_one(Micrograph(str(b)), spec.diameter_A, policy=policy)
+    assert defaults.CROP_BANDS and len(plain) > 10
+    assert len(moved) == len(plain)
+    assert np.allclose(moved.x, plain.x + 57) and np.allclose(moved.y, plain.y + 43)
+    assert np.allclose(moved.fom, plain.fom)
+
+
+def test_training_micrographs_are_cut_to_the_rectangle_inside_their_bands():
+    """hydra train shows the network what picking shows it: a simulated micrograph with border bands is cut
+    to the rectangle inside them, its truth and junk mask with it."""
+    from hydrapicker.train import network_view
+
+    spec = junk_target_specs()[0].replace(**{**OFF, "p_border": 1.0}, shape=(448, 448), coverage=(0.25, 0.3))
+    sim = simulate_micrograph(spec, 0)
+    bands = sim.info["border_bands"]
+    image, xy, junk = network_view(sim)
+    depth = {edge: d for _, edge, d in bands}
+    top, bottom, left, right = (depth.get(e, 0) for e in range(4))
+    assert image.shape == (448 - top - bottom, 448 - left - right) and junk.shape == image.shape
+    assert np.array_equal(image, sim.image[top:448 - bottom, left:448 - right])
+    assert len(xy) == len(sim.xy) and np.allclose(xy, sim.xy - [left, top])
+    plain = simulate_micrograph(spec.replace(**OFF), 0)
+    assert network_view(plain)[0] is plain.image  # no bands: the whole micrograph
