@@ -87,6 +87,7 @@ def load_labelled(micrographs, coords: dict, diameter_A: float, extent_px: float
     """Read, rescale and normalise the micrographs that have coordinates; map the picks to rescaled px."""
     from .coords import match_keys
     from .preprocess import prepare, read_mrc, resolve_pixel_size
+    from .regions import find_regions
 
     mics = list(micrographs)
     if not mics:
@@ -110,16 +111,25 @@ def load_labelled(micrographs, coords: dict, diameter_A: float, extent_px: float
     for m in use:
         data, header_apix = read_mrc(m.path)
         apix = resolve_pixel_size(m.path, m.pixel_size, header_apix)
-        p = prepare(np.asarray(data, np.float32), apix, diameter_A, extent_px, path=m.path)
+        data = np.asarray(data, np.float32)
         picks = matched[m.name]
-        ny, nx = p.shape
+        ny, nx = data.shape
         inside = (picks.x >= -0.5) & (picks.x <= nx - 0.5) & (picks.y >= -0.5) & (picks.y <= ny - 0.5)
         if len(picks) and inside.mean() < 0.8:
             raise FinetuneError(
                 f"{int((~inside).sum())} of {len(picks)} coordinates of {m.name} lie outside the micrograph "
                 f"({nx}x{ny} px): were they picked on binned or differently sized micrographs? give "
                 f"coordinates in pixels of {m.path}")
-        xy = picks.xy()[inside] * np.asarray(p.scale_xy)[None, :]
+        xy = picks.xy()[inside]
+        bands = find_regions(data).network_region(diameter_A / apix)
+        if bands is not None:  # the head learns what picking shows it: the rectangle inside the border bands
+            rows, cols = bands
+            data = np.ascontiguousarray(data[bands])
+            xy = xy - np.array([cols.start, rows.start], np.float64)[None, :]
+            xy = xy[(xy[:, 0] >= -0.5) & (xy[:, 0] < data.shape[1] - 0.5) & (xy[:, 1] >= -0.5)
+                    & (xy[:, 1] < data.shape[0] - 0.5)]
+        p = prepare(data, apix, diameter_A, extent_px, path=m.path)
+        xy = xy * np.asarray(p.scale_xy)[None, :]
         region = annotated_region(p.image.shape, xy, region_radius * extent_px)
         out.append(Labelled(m.name, p.image, xy, region,
                             info={"path": m.path, "pixel_size": apix, "n_picks": int(len(xy)),

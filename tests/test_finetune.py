@@ -411,3 +411,25 @@ def test_few_shot_on_an_elongated_particle_works_at_a_smaller_scale_and_keeps_it
     assert meta["extent_px"] == pytest.approx(read_checkpoint(given)["meta"]["extent_px"] / scale)
     assert "hydra-scale-" not in meta["finetune"]["rod"]["base_model"]  # the model it came from, not the scaled copy
     assert _ap(auto, "rod", test_mics, test_truth, spec) > _ap(given, "rod", test_mics, test_truth, spec) + 0.05
+
+
+def test_fine_tuning_reads_the_rectangle_inside_border_bands_as_picking_does(tmp_path):
+    """load_labelled shows the head what the pick path shows the network: a micrograph padded with a flat band
+    on its left is the micrograph itself, its picks shifted back (defaults.CROP_BANDS)."""
+    from conftest import write_mrc
+    from hydrapicker.finetune import load_labelled
+    from hydrapicker.types import Micrograph
+
+    spec = get_target("t_proteasome").replace(shape=(384, 384))
+    from hydrapicker.simulate import simulate_micrograph
+
+    sim = simulate_micrograph(spec, 0)
+    padded = np.full((384, 384 + 50), np.float32(sim.image.mean() - 4 * sim.image.std()), np.float32)
+    padded[:, 50:] = sim.image
+    a = write_mrc(tmp_path / "a.mrc", sim.image, apix=spec.pixel_size)
+    b = write_mrc(tmp_path / "b.mrc", padded, apix=spec.pixel_size)
+    picks = Picks(sim.xy[:, 0], sim.xy[:, 1])
+    la, = load_labelled([Micrograph(str(a), name="a")], {"a": picks}, spec.diameter_A, 16.0, 0.0, log=lambda *x: None)
+    lb, = load_labelled([Micrograph(str(b), name="b")], {"b": Picks(picks.x + 50, picks.y)}, spec.diameter_A, 16.0,
+                        0.0, log=lambda *x: None)
+    assert np.array_equal(la.image, lb.image) and np.allclose(la.xy, lb.xy) and len(la.xy) == len(sim.xy)
