@@ -266,6 +266,79 @@ def remove_hot_pixels_t(img, sigmas: float = HOT_PIXEL_SIGMAS, n_sample: int = 5
     return out, n
 
 
+#: a row or column whose mean departs from its neighbours' by more than this many robust standard deviations
+#: of such departures, along its whole length, is a gain-reference stripe (:func:`remove_stripes_t`)
+STRIPE_SIGMAS = 8.0
+#: the neighbourhood (rows or columns, centred) whose median a row's or column's mean is compared with
+STRIPE_WINDOW = 17
+#: each line is cut into this many pieces: its offset is the median of theirs (a stripe runs the whole line)
+STRIPE_PIECES = 8
+
+
+def _running_median(v, window: int):
+    """Median of each element's centred ``window`` along the last axis (mirrored at the ends)."""
+    r = window // 2
+    ext = v[..., _reflect_index(v.shape[-1], r, v.device)]
+    return ext.unfold(-1, 2 * r + 1, 1).median(dim=-1).values
+
+
+def _piece_means(img, along: int, pieces: int):
+    """(pieces, lines): the mean of each of ``pieces`` consecutive pieces of every line (rows: ``along`` = 1,
+    columns: 0)."""
+    ny, nx = img.shape
+    if along == 1:   # rows: pieces of columns
+        k = nx // pieces
+        means = img[:, :k * pieces].reshape(ny, pieces, k).mean(dim=2).T    # (pieces, rows)
+    else:            # columns: pieces of rows (contiguous blocks: no copy)
+        k = ny // pieces
+        means = img[:k * pieces].reshape(pieces, k, nx).mean(dim=1)         # (pieces, columns)
+    return means
+
+
+def _offsets(means, window: int):
+    """Per line, the median over its pieces of the piece's mean minus the median of the same piece of its
+    ``window`` neighbouring lines."""
+    return (means - _running_median(means, window)).median(dim=0).values
+
+
+def remove_stripes_t(img, sigmas: float = STRIPE_SIGMAS, window: int = STRIPE_WINDOW,
+                     pieces: int = STRIPE_PIECES, inplace: bool = False):
+    """A 2D tensor with its gain-reference stripes removed -> (tensor, rows corrected, columns corrected).
+
+    A stripe is a whole row or column (a few wide) offset from its neighbours: a wrong gain reference, or a
+    weak or hot detector line. Fourier rescaling keeps it as a line, and the network picks along it. Each
+    line is cut into ``pieces`` pieces; each piece's mean is compared with the median of the same piece of
+    its ``window`` neighbouring lines (which follows steps and gradients: carbon edges, thick ice), and the
+    line's offset is the median over its pieces, so what covers part of a line only (a particle,
+    contamination, gold, a border band) does not make it a stripe. An offset beyond ``sigmas`` robust
+    standard deviations of all lines' offsets is subtracted from its line. The threshold comes from the
+    micrograph itself: on one without stripes no line is touched and the image is returned as it is.
+    ``inplace`` writes into ``img`` (a tensor the caller owns). Costs one pass over the image per axis."""
+    torch = _torch()
+    ny, nx = img.shape
+    if min(ny, nx) < 4 * window or min(ny, nx) < 8 * pieces:
+        return img, 0, 0
+    x = img.to(torch.float32)
+    fixes = []
+    for along in (1, 0):                      # rows, then columns
+        means = _piece_means(x, along, pieces)
+        off = _offsets(means, window)
+        centred = off - off.median()
+        spread = 1.4826 * float(centred.abs().median())
+        bad = centred.abs() > sigmas * spread if spread > 0 else torch.zeros_like(off, dtype=torch.bool)
+        off = torch.where(bad, off, torch.zeros_like(off))
+        if bad.any():  # a stripe several lines wide lifts its own neighbours' median: once more without it
+            off = off + torch.where(bad, _offsets(means - off, window), torch.zeros_like(off))
+        fixes.append((along, off, int(bad.sum())))
+    if not any(n for _, _, n in fixes):
+        return img, 0, 0
+    out = img if inplace else img.clone()
+    for along, off, n in fixes:
+        if n:
+            out -= (off[:, None] if along == 1 else off[None, :]).to(out.dtype)
+    return out, fixes[0][2], fixes[1][2]
+
+
 def fourier_rescale(img: np.ndarray, new_shape) -> np.ndarray:
     """numpy front end of :func:`fourier_rescale_t` (CPU)."""
     return fourier_rescale_t(_cpu_tensor(img), new_shape).numpy()
@@ -288,7 +361,8 @@ def prepare_t(image, pixel_size: float, diameter_A: float, extent_px: float, pat
                               f"{path} ({nx}x{ny} px): give the diameter in Angstrom (between ~3 px and the "
                               f"micrograph size)")
     new_shape, _ = rescaled_shape((ny, nx), pixel_size, diameter_A, extent_px)
-    image, _ = remove_hot_pixels_t(image, inplace=owned, extremes=extremes)
+    image, n_hot = remove_hot_pixels_t(image, inplace=owned, extremes=extremes)
+    image, _, _ = remove_stripes_t(image, inplace=owned or n_hot > 0)
     small = fourier_rescale_t(image, new_shape)
     small = highpass_normalise_t(small, sigma_px=4.0 * extent_px)
     scale_xy = (new_shape[1] / nx, new_shape[0] / ny)

@@ -208,3 +208,43 @@ def test_hot_and_dead_pixels_are_replaced_before_rescaling_but_bands_and_blobs_a
     a = prepare(spike.numpy(), 1.0, 150.0, 16.0).image
     b = prepare(clean.numpy(), 1.0, 150.0, 16.0).image
     np.testing.assert_allclose(a, b, atol=0.05)
+
+
+def test_gain_stripes_are_removed_but_particles_bands_and_edges_are_not_stripes():
+    """Whole rows/columns offset from their neighbours (gain-reference stripes, 1-3 lines wide, either sign)
+    lose their offset before rescaling; a micrograph without stripes comes back as it is (the same tensor),
+    also with dense particles, a dark contamination disc, a carbon-like step and a striped border band
+    (each covers part of the lines only)."""
+    import torch
+
+    from conftest import blob_micrograph
+    from hydrapicker.preprocess import remove_stripes_t
+
+    rng = np.random.default_rng(11)
+    centres = rng.uniform(20, 580, (150, 2))
+    base = blob_micrograph((600, 600), centres, sigma=5.0, amp=-2.0, noise=1.0, seed=11)
+    yy, xx = np.mgrid[0:600, 0:600]
+    base[(xx - 420) ** 2 + (yy - 200) ** 2 < 60 ** 2] -= 4.0          # contamination
+    base[:, 450:] += 1.5                                             # carbon edge: a step along columns
+    base[:40, :] += np.tile(rng.normal(0, 2.0, 600).astype(np.float32), (40, 1))  # striped border band
+    clean = torch.from_numpy(base.copy())
+    out, n_rows, n_cols = remove_stripes_t(clean)
+    assert (n_rows, n_cols) == (0, 0) and out is clean
+
+    striped = base.copy()
+    stripes = {("col", 100, 2): 0.8, ("col", 300, 1): -1.2, ("row", 250, 3): 0.6, ("row", 500, 1): -2.0}
+    for (axis, start, width), amp in stripes.items():
+        if axis == "col":
+            striped[:, start:start + width] += amp
+        else:
+            striped[start:start + width] += amp
+    out, n_rows, n_cols = remove_stripes_t(torch.from_numpy(striped))
+    assert (n_rows, n_cols) == (4, 3)
+    residual = out.numpy() - base
+    for (axis, start, width), amp in stripes.items():
+        line = residual[:, start:start + width] if axis == "col" else residual[start:start + width]
+        assert abs(float(line.mean())) < 0.15 * abs(amp)
+    untouched = np.ones_like(base, dtype=bool)
+    untouched[:, [100, 101, 300]] = False
+    untouched[[250, 251, 252, 500]] = False
+    assert np.abs(residual[untouched]).max() < 1e-5  # no other pixel moved
