@@ -87,7 +87,7 @@ def load_labelled(micrographs, coords: dict, diameter_A: float, extent_px: float
     """Read, rescale and normalise the micrographs that have coordinates; map the picks to rescaled px."""
     from .coords import match_keys
     from .preprocess import prepare, read_mrc, resolve_pixel_size
-    from .regions import find_regions
+    from .regions import find_regions, to_region
 
     mics = list(micrographs)
     if not mics:
@@ -123,11 +123,7 @@ def load_labelled(micrographs, coords: dict, diameter_A: float, extent_px: float
         xy = picks.xy()[inside]
         bands = find_regions(data).network_region(diameter_A / apix)
         if bands is not None:  # the head learns what picking shows it: the rectangle inside the border bands
-            rows, cols = bands
-            data = np.ascontiguousarray(data[bands])
-            xy = xy - np.array([cols.start, rows.start], np.float64)[None, :]
-            xy = xy[(xy[:, 0] >= -0.5) & (xy[:, 0] < data.shape[1] - 0.5) & (xy[:, 1] >= -0.5)
-                    & (xy[:, 1] < data.shape[0] - 0.5)]
+            data, xy = np.ascontiguousarray(data[bands]), to_region(xy, bands)
         p = prepare(data, apix, diameter_A, extent_px, path=m.path)
         xy = xy * np.asarray(p.scale_xy)[None, :]
         region = annotated_region(p.image.shape, xy, region_radius * extent_px)

@@ -550,6 +550,16 @@ def find_regions(image: np.ndarray) -> InvalidRegions:
     return regions
 
 
+def to_region(xy: np.ndarray, inside) -> np.ndarray:
+    """(N, 2) x, y in a micrograph's pixels -> those whose nearest pixel lies in the region ``inside`` ((rows,
+    columns) slices, :meth:`InvalidRegions.network_region`), in the region's pixels."""
+    rows, cols = inside
+    xy = np.asarray(xy, np.float64).reshape(-1, 2) - np.array([cols.start, rows.start], np.float64)[None, :]
+    keep = ((xy[:, 0] >= -0.5) & (xy[:, 0] < cols.stop - cols.start - 0.5) & (xy[:, 1] >= -0.5)
+            & (xy[:, 1] < rows.stop - rows.start - 0.5))
+    return xy[keep]
+
+
 def find_invalid_regions(image: np.ndarray) -> np.ndarray:
     """Bool mask of the micrograph's shape: True where the network should not be asked (border bands,
     dead areas)."""

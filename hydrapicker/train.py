@@ -48,18 +48,13 @@ def network_view(sim):
     """A simulated micrograph as the pick path shows it to the network: the rectangle inside its border bands
     (:meth:`hydrapicker.regions.InvalidRegions.network_region`, found as picking finds them) -> (image, truth
     xy, junk mask) in that rectangle's pixels."""
-    from .regions import find_regions
+    from .regions import find_regions, to_region
 
     inside = find_regions(sim.image).network_region(sim.diameter_px)
     if inside is None:
         return sim.image, sim.xy, sim.artefact_mask
-    rows, cols = inside
-    xy = sim.xy - np.array([cols.start, rows.start], np.float64)[None, :]
-    # a centre whose nearest pixel is inside (as the simulator tests it against its bands) stays
-    keep = ((xy[:, 0] >= -0.5) & (xy[:, 0] < cols.stop - cols.start - 0.5) & (xy[:, 1] >= -0.5)
-            & (xy[:, 1] < rows.stop - rows.start - 0.5))
     junk = None if sim.artefact_mask is None else sim.artefact_mask[inside]
-    return np.ascontiguousarray(sim.image[inside]), xy[keep], junk
+    return np.ascontiguousarray(sim.image[inside]), to_region(sim.xy, inside), junk
 
 
 def junk_weights(artefact_mask, shape, extent_px: float, junk_weight: float):

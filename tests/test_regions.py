@@ -279,3 +279,16 @@ def test_save_mask_png(tmp_path):
     left, right = pix[h // 2, : w * 5 // 280, :3].mean(axis=0), pix[h // 2, w // 2, :3]
     assert left[0] > left[1] + 0.2                       # the band is tinted red
     assert abs(right[0] - right[1]) < 0.05               # the interior is grey
+
+
+def test_the_network_region_is_the_rectangle_inside_the_bands_when_it_holds_two_diameters():
+    from hydrapicker import defaults
+    from hydrapicker.regions import InvalidRegions, to_region
+
+    r = InvalidRegions(shape=(300, 400), top=20, left=35, right=5)
+    rows, cols = r.network_region(diameter_px=50)
+    assert (rows.start, rows.stop, cols.start, cols.stop) == (20, 300, 35, 395) and defaults.CROP_BANDS
+    assert r.network_region(diameter_px=141) is None          # 280 rows < two diameters: all of it
+    assert InvalidRegions(shape=(300, 400)).network_region(10) is None   # no bands
+    xy = np.array([[34.4, 100.0], [34.6, 100.0], [394.4, 299.4], [394.6, 50.0], [200.0, 19.6]])
+    assert np.allclose(to_region(xy, (rows, cols)), [[-0.4, 80.0], [359.4, 279.4], [165.0, -0.4]])
