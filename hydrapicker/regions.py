@@ -40,7 +40,9 @@ Two kinds of region, both found from cheap statistics (no model):
 
 :func:`find_regions` returns an :class:`InvalidRegions` (per-edge widths plus an 8-px grid of dead cells),
 which answers "is this pick within ``d`` px of invalid area" without a distance transform of the full
-image; :func:`find_invalid_regions` returns the full-size bool mask. Cost on one core: about 30 ms of CPU
+image; :func:`find_invalid_regions` returns the full-size bool mask;
+:meth:`InvalidRegions.network_region` is the rectangle inside the bands that the network is shown (picking,
+training and few-shot alike; :func:`to_region` moves coordinates into it). Cost on one core: about 30 ms of CPU
 for a clean 4096x4096 float32 micrograph, about 75 ms with bands on three edges
 (``benchmarks/regions_speed.py``).
 """
