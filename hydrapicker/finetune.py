@@ -87,7 +87,7 @@ def load_labelled(micrographs, coords: dict, diameter_A: float, extent_px: float
     """Read, rescale and normalise the micrographs that have coordinates; map the picks to rescaled px."""
     from .coords import match_keys
     from .preprocess import prepare, read_mrc, resolve_pixel_size
-    from .regions import find_regions, to_region
+    from .regions import network_view
 
     mics = list(micrographs)
     if not mics:
@@ -120,10 +120,8 @@ def load_labelled(micrographs, coords: dict, diameter_A: float, extent_px: float
                 f"{int((~inside).sum())} of {len(picks)} coordinates of {m.name} lie outside the micrograph "
                 f"({nx}x{ny} px): were they picked on binned or differently sized micrographs? give "
                 f"coordinates in pixels of {m.path}")
-        xy = picks.xy()[inside]
-        bands = find_regions(data).network_region(diameter_A / apix)
-        if bands is not None:  # the head learns what picking shows it: the rectangle inside the border bands
-            data, xy = np.ascontiguousarray(data[bands]), to_region(xy, bands)
+        # the head learns on what picking shows the network: the rectangle inside the border bands
+        data, xy, _ = network_view(data, picks.xy()[inside], diameter_A / apix)
         p = prepare(data, apix, diameter_A, extent_px, path=m.path)
         xy = xy * np.asarray(p.scale_xy)[None, :]
         region = annotated_region(p.image.shape, xy, region_radius * extent_px)

@@ -272,10 +272,8 @@ class Picker:
         preparation overlaps the network), for CUDA page-locked for an asynchronous upload. Returns
         (loaded, seconds, regions): ``regions`` the border bands and dead areas of the micrograph as stored
         (:func:`hydrapicker.regions.find_regions`) when ``find_invalid``, else None; with border bands the
-        rectangle inside them is what is prepared (``defaults.CROP_BANDS``; the prepared micrograph's
-        ``origin`` says where it starts)."""
-        from dataclasses import replace
-
+        rectangle inside them is what is prepared (``defaults.CROP_BANDS``; :meth:`_prepared` places it in
+        the micrograph's frame)."""
         import torch
 
         from .preprocess import _cpu_tensor, pixel_size_and_source, prepare_t, read_mrc
@@ -299,21 +297,24 @@ class Picker:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # per thread: page-locked memory of this rank's GPU, not GPU 0's
             return ("raw", t.pin_memory(), apix, full, origin), time.perf_counter() - t0, regions
-        prepared = prepare_t(t, apix, diameter_A, self.extent_px, path=mic.path, owned=True)
-        return (("prepared", replace(prepared, shape=full, origin=origin, region=prepared.shape)),
+        return (("prepared", prepare_t(t, apix, diameter_A, self.extent_px, path=mic.path, owned=True), full, origin),
                 time.perf_counter() - t0, regions)
 
     def _prepared(self, loaded, mic: Micrograph, diameter_A: float):
-        """What a reader returned -> :class:`Prepared` with its image on the device."""
+        """What a reader returned -> :class:`Prepared` with its image on the device, in the micrograph's frame
+        (``shape`` the micrograph's; ``origin`` and ``region`` when only the part inside its bands was read)."""
         from dataclasses import replace
 
         from .preprocess import prepare_t
 
         if loaded[0] == "prepared":
-            return loaded[1]
-        _, t, apix, full, origin = loaded
-        prepared = prepare_t(t.to(self.device, non_blocking=True), apix, diameter_A, self.extent_px, path=mic.path,
-                             owned=True)  # a copy on the device
+            _, prepared, full, origin = loaded
+        else:
+            _, t, apix, full, origin = loaded
+            prepared = prepare_t(t.to(self.device, non_blocking=True), apix, diameter_A, self.extent_px,
+                                 path=mic.path, owned=True)  # a copy on the device
+        if tuple(prepared.shape) == tuple(full):
+            return prepared
         return replace(prepared, shape=full, origin=origin, region=prepared.shape)
 
     def _to_device(self, image):

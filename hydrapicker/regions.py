@@ -42,7 +42,7 @@ Two kinds of region, both found from cheap statistics (no model):
 which answers "is this pick within ``d`` px of invalid area" without a distance transform of the full
 image; :func:`find_invalid_regions` returns the full-size bool mask;
 :meth:`InvalidRegions.network_region` is the rectangle inside the bands that the network is shown (picking,
-training and few-shot alike; :func:`to_region` moves coordinates into it). Cost on one core: about 30 ms of CPU
+training and few-shot alike; :func:`network_view` cuts a micrograph and its coordinates to it). Cost on one core: about 30 ms of CPU
 for a clean 4096x4096 float32 micrograph, about 75 ms with bands on three edges
 (``benchmarks/regions_speed.py``).
 """
@@ -560,6 +560,16 @@ def to_region(xy: np.ndarray, inside) -> np.ndarray:
     keep = ((xy[:, 0] >= -0.5) & (xy[:, 0] < cols.stop - cols.start - 0.5) & (xy[:, 1] >= -0.5)
             & (xy[:, 1] < rows.stop - rows.start - 0.5))
     return xy[keep]
+
+
+def network_view(image: np.ndarray, xy: np.ndarray, diameter_px: float) -> tuple:
+    """A micrograph (2-D array) with coordinates as the network is shown it, for training and few-shot:
+    -> (the rectangle inside its border bands, the coordinates in it (:func:`to_region`), its (rows, columns)
+    slices), or (image, xy, None) when it is read whole (:meth:`InvalidRegions.network_region`)."""
+    inside = find_regions(image).network_region(diameter_px)
+    if inside is None:
+        return image, xy, None
+    return np.ascontiguousarray(image[inside]), to_region(xy, inside), inside
 
 
 def find_invalid_regions(image: np.ndarray) -> np.ndarray:

@@ -48,13 +48,11 @@ def network_view(sim):
     """A simulated micrograph as the pick path shows it to the network: the rectangle inside its border bands
     (:meth:`hydrapicker.regions.InvalidRegions.network_region`, found as picking finds them) -> (image, truth
     xy, junk mask) in that rectangle's pixels."""
-    from .regions import find_regions, to_region
+    from .regions import network_view as view
 
-    inside = find_regions(sim.image).network_region(sim.diameter_px)
-    if inside is None:
-        return sim.image, sim.xy, sim.artefact_mask
-    junk = None if sim.artefact_mask is None else sim.artefact_mask[inside]
-    return np.ascontiguousarray(sim.image[inside]), to_region(sim.xy, inside), junk
+    image, xy, inside = view(sim.image, sim.xy, sim.diameter_px)
+    junk = sim.artefact_mask if inside is None or sim.artefact_mask is None else sim.artefact_mask[inside]
+    return image, xy, junk
 
 
 def junk_weights(artefact_mask, shape, extent_px: float, junk_weight: float):

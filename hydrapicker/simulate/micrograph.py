@@ -172,14 +172,10 @@ def _new_scene(spec, index) -> _Scene:
 
 def _mark_disc(marks, cx, cy, r):
     """Record a disc of radius r (px) in ``marks`` (no random draws: the micrograph does not change)."""
-    ny, nx = marks.shape
-    y0, y1 = max(0, int(cy - r)), min(ny, int(cy + r) + 2)
-    x0, x1 = max(0, int(cx - r)), min(nx, int(cx + r) + 2)
-    if y0 >= y1 or x0 >= x1:
-        return
-    yy, xx = np.ogrid[y0:y1, x0:x1]
-    disc = ((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r).astype(np.float32)
-    np.maximum(marks[y0:y1, x0:x1], disc, out=marks[y0:y1, x0:x1])
+    got = art._box(marks.shape, cx, cy, r)
+    if got is not None:
+        sl, xx, yy = got
+        np.maximum(marks[sl], (xx * xx + yy * yy <= r * r).astype(np.float32), out=marks[sl])
 
 
 def artefact_mask(sc) -> np.ndarray:
