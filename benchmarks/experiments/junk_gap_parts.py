@@ -8,8 +8,9 @@ off-centre, and picks further from every particle (false picks); then, on the ju
 within D/2 of a border band or dead area (``hydrapicker.regions``; the pick path keeps no pick within
 ``defaults.INVALID_MARGIN_DIAMETERS`` of them, half a diameter until 2026-12-07) and how many of them and of
 the others were found; and, per kind of junk a particle lies within D/2 of (:data:`KINDS`, from the
-simulator's scene drawn again), how many of those particles were found on the clean twin and on the junk
-micrograph (the same particles at the same places). Nothing is picked again.
+simulator's scene drawn again; a vesicle's particles split into those within D/2 of its membrane and those
+further inside), how many of those particles were found on the clean twin and on the junk micrograph (the
+same particles at the same places). Nothing is picked again.
 
   python benchmarks/junk.py --pickers hydra --n-sim 18 --work W --json J
   python benchmarks/experiments/junk_gap_parts.py --work W --results J --n-sim 18
@@ -42,7 +43,8 @@ def counts(picks, truth, box, thr):
 
 
 #: the kinds of junk a particle may lie beside, in the order a particle is counted under (its first)
-KINDS = ("band", "opaque", "carbon_film", "clump_or_rim", "vesicle", "own_aggregate", "thin_carbon", "none")
+KINDS = ("band", "opaque", "carbon_film", "clump_or_rim", "vesicle_membrane", "vesicle_inside", "own_aggregate",
+         "thin_carbon", "none")
 
 
 def junk_kind_maps(spec, index: int) -> dict:
@@ -78,9 +80,14 @@ def kind_of_particles(truth, maps: dict, band_near, radius: float) -> np.ndarray
             if maps[k]:
                 kinds[:] = k
             continue
-        if maps[k].any():
-            near = distance_transform_edt(~maps[k])[ix[:, 1], ix[:, 0]] <= radius
-            kinds[near] = k
+        if k == "vesicle_inside":  # inside a vesicle's disc, further than ``radius`` from its membrane
+            if maps["vesicle"].any():
+                kinds[distance_transform_edt(maps["vesicle"])[ix[:, 1], ix[:, 0]] > radius] = k
+            continue
+        m = maps["vesicle" if k == "vesicle_membrane" else k]
+        if m.any():
+            near = distance_transform_edt(~m)[ix[:, 1], ix[:, 0]] <= radius
+            kinds[near & (kinds != "vesicle_inside")] = k
     kinds[band_near] = "band"
     return kinds
 
