@@ -168,3 +168,41 @@ def test_junk_weights_weigh_junk_and_half_a_particle_around_it():
     assert w[10, 10] == 1.0
     assert junk_weights(np.zeros((50, 50), np.float32), (25, 25), 16.0, 3.0) is None
     assert junk_weights(None, (25, 25), 16.0, 3.0) is None
+
+
+def _layers(shape=(160, 160)):
+    from hydrapicker.simulate.artefacts import CanvasLayers
+
+    z = lambda: np.zeros(shape, np.float32)  # noqa: E731
+    return CanvasLayers(background_amp=z(), phase_extra=z(), struct_amp=np.ones(shape, np.float32), contam=z(),
+                        occupied=z(), marks=z())
+
+
+def test_thin_carbon_and_vesicle_parts_left_out_change_only_that_part():
+    """junk_variants.py's parts: thin carbon without its noise keeps the film's phase and amplitude exactly,
+    without the film keeps its noise exactly; a vesicle without caps keeps its ring and marks; the same
+    draws in each case (the generator ends in the same state)."""
+    from hydrapicker.simulate.artefacts import thin_carbon, vesicle
+
+    def run(fn, **kw):
+        layers, rng = _layers(), np.random.default_rng(3)
+        fn(layers, rng, **kw)
+        return layers, rng.random()
+
+    (full, r0), (film, r1), (noise, r2) = (run(lambda L, g, **k: thin_carbon(L, g, 1.5, **k), **kw)
+                                           for kw in ({}, {"noise": False}, {"film": False}))
+    assert r0 == r1 == r2
+    assert full.struct_amp.max() > 1.1 and full.phase_extra.max() > 10
+    assert np.array_equal(film.phase_extra, full.phase_extra) and np.array_equal(film.background_amp, full.background_amp)
+    assert np.all(film.struct_amp == 1.0)
+    assert np.array_equal(noise.struct_amp, full.struct_amp)
+    assert not noise.phase_extra.any() and not noise.background_amp.any()
+
+    (ves, r0), (ring, r1) = (run(lambda L, g, **k: vesicle(L, g, 80.0, 80.0, 60.0, 2.0, **k), **kw)
+                             for kw in ({}, {"caps": False}))
+    assert r0 == r1 and np.array_equal(ves.marks, ring.marks)
+    yy, xx = np.mgrid[:160, :160]
+    r = np.hypot(xx - 80.0, yy - 80.0)
+    inside, membrane = r < 60 - 20 - 5, r > 60 - 15
+    assert ves.phase_extra[inside].min() > 0 and not ring.phase_extra[inside].any()
+    assert np.array_equal(ring.phase_extra[membrane], ves.phase_extra[membrane])

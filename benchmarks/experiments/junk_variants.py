@@ -2,8 +2,8 @@
 """Experiment (issue 14): which part of a kind of junk costs the particles near it: its physics or the picker?
 
 Renders the junk targets again with one part of one kind of junk left out, every random draw unchanged (the
-same particles, junk and noise at the same places; ``unchanged`` reproduces the simulator's images bit for
-bit), and runs ``benchmarks/junk.py`` (ours alone) on each variant beside the unchanged targets:
+same particles, junk and noise at the same places: ``artefacts.thin_carbon`` and ``artefacts.vesicle`` take
+the part to leave out as a keyword, and by default draw and render as before, image for image), and runs ``benchmarks/junk.py`` (ours alone) on each variant beside the unchanged targets:
 
 * thin carbon (``artefacts.thin_carbon``) lays a phase layer (20-100 A of carbon with a smooth texture), an
   amplitude offset and more structural noise (its amplitude times 1.2-1.8: the film's own granular
@@ -24,6 +24,7 @@ Per variant the junk AP and, with ``--gap-parts``, ``junk_gap_parts.py``'s parti
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -33,66 +34,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("film_without_noise", "noise_without_film", "vesicles_without_caps")
-
-
-def patched_thin_carbon(variant):
-    """``artefacts.thin_carbon`` with one part left out; the same random draws in the same order."""
-    import numpy as np
-
-    from hydrapicker.simulate import noise as nz
-
-    def thin_carbon(layers, rng, px):
-        shape = layers.phase_extra.shape
-        if rng.random() < 0.5:
-            region = np.ones(shape, np.float32)
-        else:
-            with np.errstate(over="ignore"):
-                region = nz.carbon_mask(shape, rng, edge_px=rng.uniform(0.5, 3.0))
-        t = rng.uniform(20, 100)
-        texture = nz.smooth_field(shape, rng, n_waves=16, min_wavelength=0.02 * max(shape))
-        amp, noise = rng.uniform(0.1, 0.6), rng.uniform(0.2, 0.8)
-        if variant in ("film_without_noise", "unchanged"):  # "unchanged": the simulator's own (checked by hash)
-            layers.phase_extra += (t * region * (1 + 0.2 * texture)).astype(np.float32)
-            layers.background_amp -= (amp * region).astype(np.float32)
-        if variant in ("noise_without_film", "unchanged"):
-            layers.struct_amp += (noise * region).astype(np.float32)
-        return 1
-
-    return thin_carbon
-
-
-def patched_vesicle(variant):
-    """``artefacts.vesicle`` without the caps inside the inner head-group shell (``vesicles_without_caps``);
-    the same random draws in the same order."""
-    import numpy as np
-
-    from hydrapicker.simulate.artefacts import _box, _shell
-
-    def vesicle(layers, rng, cx, cy, R_px, px, nested_ok=True):
-        got = _box(layers.phase_extra.shape, cx, cy, R_px + 2)
-        if got is None:
-            return 0
-        sl, xx, yy = got
-        r = np.sqrt(xx * xx + yy * yy)
-        head, gap = 10.0 / px, 30.0 / px
-        dens = rng.uniform(0.5, 1.2)
-        proj = 2 * (_shell(r, R_px, head) + _shell(r, R_px - gap, head)) * px
-        proj += 0.3 * 2 * _shell(r, R_px - head, max(gap - head, 0.5 / px)) * px
-        if layers.marks is not None:  # the whole disc, as the simulator marks it
-            np.maximum(layers.marks[sl], (proj > 0).astype(np.float32), out=layers.marks[sl])
-        if variant == "vesicles_without_caps":
-            proj[r < R_px - gap - head] = 0.0
-        layers.phase_extra[sl] += (dens * proj).astype(np.float32)
-        n = 1
-        if nested_ok and rng.random() < 0.3 and R_px * px > 400:
-            Ri = R_px * rng.uniform(0.4, 0.8)
-            off = (R_px - Ri) * rng.uniform(0, 0.8)
-            a = rng.uniform(0, 2 * np.pi)
-            n += vesicle(layers, rng, cx + off * np.cos(a), cy + off * np.sin(a), Ri, px, nested_ok=False)
-        return n
-
-    return vesicle
+#: each variant: the simulator's function it changes and the keywords it is called with
+PARTS = {"film_without_noise": ("thin_carbon", {"noise": False}),
+         "noise_without_film": ("thin_carbon", {"film": False}),
+         "vesicles_without_caps": ("vesicle", {"caps": False})}
 
 
 def simulate_variant(spec, n, cache: Path, variant: str) -> None:
@@ -102,15 +47,13 @@ def simulate_variant(spec, n, cache: Path, variant: str) -> None:
     out = cache / f"{spec.name}_n{n}"
     if (out / ".complete").exists():
         return
-    original = artefacts.thin_carbon, artefacts.vesicle
-    if variant.startswith("vesicles"):
-        artefacts.vesicle = patched_vesicle(variant)
-    else:
-        artefacts.thin_carbon = patched_thin_carbon(variant)
+    name, keywords = PARTS[variant]
+    original = getattr(artefacts, name)
+    setattr(artefacts, name, functools.partial(original, **keywords))  # a nested vesicle calls it again
     try:
         write_dataset(spec, out, n)
     finally:
-        artefacts.thin_carbon, artefacts.vesicle = original
+        setattr(artefacts, name, original)
     (out / ".complete").write_text(json.dumps({"variant": variant}))
 
 
@@ -118,7 +61,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--targets", nargs="+", default=["j_small80kda", "j_dumbbell_pp"])
     ap.add_argument("--n-sim", type=int, default=18)
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=list(PARTS), choices=list(PARTS))
     ap.add_argument("--gap-parts", action="store_true", help="also junk_gap_parts.py on each variant's picks")
     ap.add_argument("--work", default="/tmp/hydra_bench/junk_variants")
     ap.add_argument("--sim-cache", default="/tmp/hydra_bench/sim", help="the unchanged targets (junk.py's cache)")

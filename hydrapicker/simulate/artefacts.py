@@ -81,8 +81,10 @@ def _shell(r, R, t):
     return outer - inner
 
 
-def vesicle(layers, rng, cx, cy, R_px, px, nested_ok=True):
-    """A lipid bilayer vesicle: two head-group shells (10 A) 30 A apart; sometimes a second one inside."""
+def vesicle(layers, rng, cx, cy, R_px, px, nested_ok=True, caps=True):
+    """A lipid bilayer vesicle: two head-group shells (10 A) 30 A apart; sometimes a second one inside.
+    ``caps=False`` (an experiment's: ``benchmarks/experiments/junk_variants.py``): the membrane ring alone, not
+    the bilayer's face-on caps inside it; the same random draws and marks."""
     got = _box(layers.phase_extra.shape, cx, cy, R_px + 2)
     if got is None:
         return 0
@@ -92,15 +94,17 @@ def vesicle(layers, rng, cx, cy, R_px, px, nested_ok=True):
     dens = rng.uniform(0.5, 1.2)
     proj = 2 * (_shell(r, R_px, head) + _shell(r, R_px - gap, head)) * px  # in A of path length
     proj += 0.3 * 2 * _shell(r, R_px - head, max(gap - head, 0.5 / px)) * px
-    layers.phase_extra[sl] += (dens * proj).astype(np.float32)
     if layers.marks is not None:
         np.maximum(layers.marks[sl], (proj > 0).astype(np.float32), out=layers.marks[sl])
+    if not caps:
+        proj[r < R_px - gap - head] = 0.0
+    layers.phase_extra[sl] += (dens * proj).astype(np.float32)
     n = 1
     if nested_ok and rng.random() < 0.3 and R_px * px > 400:
         Ri = R_px * rng.uniform(0.4, 0.8)
         off = (R_px - Ri) * rng.uniform(0, 0.8)
         a = rng.uniform(0, 2 * np.pi)
-        n += vesicle(layers, rng, cx + off * np.cos(a), cy + off * np.sin(a), Ri, px, nested_ok=False)
+        n += vesicle(layers, rng, cx + off * np.cos(a), cy + off * np.sin(a), Ri, px, nested_ok=False, caps=caps)
     return n
 
 
@@ -174,9 +178,11 @@ def rimmed_contamination(layers, rng, cx, cy, R_px):
     return 1
 
 
-def thin_carbon(layers, rng, px):
+def thin_carbon(layers, rng, px, film=True, noise=True):
     """Continuous thin carbon (20-100 A) over all or part of the field: particles sit on it and are real
-    particles; it adds granular structural noise and a soft step where it ends."""
+    particles; it adds granular structural noise and a soft step where it ends. ``film=False`` or
+    ``noise=False`` (an experiment's: ``benchmarks/experiments/junk_variants.py``): without the film's phase
+    and amplitude, or without its noise; the same random draws."""
     shape = layers.phase_extra.shape
     if rng.random() < 0.5:
         region = np.ones(shape, np.float32)
@@ -185,9 +191,12 @@ def thin_carbon(layers, rng, px):
             region = nz.carbon_mask(shape, rng, edge_px=rng.uniform(0.5, 3.0))
     t = rng.uniform(20, 100)
     texture = nz.smooth_field(shape, rng, n_waves=16, min_wavelength=0.02 * max(shape))
-    layers.phase_extra += (t * region * (1 + 0.2 * texture)).astype(np.float32)
-    layers.background_amp -= (rng.uniform(0.1, 0.6) * region).astype(np.float32)
-    layers.struct_amp += (rng.uniform(0.2, 0.8) * region).astype(np.float32)
+    amplitude, extra_noise = rng.uniform(0.1, 0.6), rng.uniform(0.2, 0.8)
+    if film:
+        layers.phase_extra += (t * region * (1 + 0.2 * texture)).astype(np.float32)
+        layers.background_amp -= (amplitude * region).astype(np.float32)
+    if noise:
+        layers.struct_amp += (extra_noise * region).astype(np.float32)
     return 1
 
 
