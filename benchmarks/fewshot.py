@@ -100,13 +100,19 @@ def write_set(spec, out: Path, indices, shape=None):
     return read_micrographs_star(out / "micrographs.star"), truth
 
 
-def ap_of(picker, head, mics, truth, spec, threshold=None):
+def ap_of(picker, head, mics, truth, spec, threshold=None, subset=None):
+    """AP of ``head``'s picks (every one above 0.01) on ``mics``; with ``threshold``, the precision and recall
+    of the picks at it; with ``subset`` (micrograph names), also ``AP_subset``: the AP on those micrographs
+    alone, from the same picks."""
     from hydrapicker.metrics import evaluate
 
     policy = picker.policy(spec.diameter_A, head, threshold=0.01)
     picks = {r.micrograph.name: r.picks for r in picker.pick(mics, spec.diameter_A, head=head, policy=policy)}
     res = evaluate(picks, {k: v.xy() for k, v in truth.items()}, spec.diameter_px)
     out = {"AP": float(res["AP"]), "AP_centre": float(res["AP_centre"])}
+    if subset is not None:
+        out["AP_subset"] = float(evaluate({k: picks[k] for k in subset if k in picks},
+                                          {k: truth[k].xy() for k in subset}, spec.diameter_px)["AP"])
     if threshold is not None:  # how well the calibrated threshold does on the test micrographs
         r2 = evaluate({k: p.above(threshold) for k, p in picks.items()}, {k: v.xy() for k, v in truth.items()},
                       spec.diameter_px)

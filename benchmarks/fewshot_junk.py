@@ -80,16 +80,16 @@ def run_target(spec, args, base, work: Path) -> dict:
     cl_mics, cl_truth = write_set(clean_version(spec), work / "clean", cl_idx)
     quiet = lambda *a: None  # noqa: E731
     zs = Picker(base, device="cpu", log=quiet)
+    # AP also on the test micrographs that hold particles: the gap to the clean twins without the
+    # particle-free micrographs' picks (which their clean twins, holding nothing, are not asked about)
+    with_particles = [k for k, v in te_truth.items() if len(v)]
+    zero_shot = ap_of(zs, "generic", te_mics, te_truth, spec, zs.threshold_for("generic"), subset=with_particles)
     row = {"target": spec.name, "n_test": len(te_idx),
            "n_test_particle_free": int(sum(len(v) == 0 for v in te_truth.values())),
-           **_at_threshold("zero_shot_junk", ap_of(zs, "generic", te_mics, te_truth, spec, zs.threshold_for("generic"))),
-           "zero_shot_clean": ap_of(zs, "generic", cl_mics, cl_truth, spec)["AP"]}
+           **_at_threshold("zero_shot_junk", zero_shot),
+           "zero_shot_clean": ap_of(zs, "generic", cl_mics, cl_truth, spec)["AP"],
+           "zero_shot_junk_with_particles": zero_shot["AP_subset"]}
     row["zero_shot_picks_per_empty"] = _picks_per_empty(zs, "generic", te_mics, te_truth, spec)
-    # AP on the test micrographs that hold particles: the gap to the clean twins without the particle-free
-    # micrographs' picks (which their clean twins, holding nothing, are not asked about)
-    with_particles = [m for m in te_mics if len(te_truth[m.name])]
-    wp_truth = {m.name: te_truth[m.name] for m in with_particles}
-    row["zero_shot_junk_with_particles"] = ap_of(zs, "generic", with_particles, wp_truth, spec)["AP"]
     draws = []
     for d in range(args.draws):
         tr_idx = _pick_indices(spec, 2, 1, 100 * d)
@@ -101,10 +101,10 @@ def run_target(spec, args, base, work: Path) -> dict:
 
             blend_head(out, "target", "generic", args.blend)
         ft = Picker(out, device="cpu", log=quiet)
+        few_shot = ap_of(ft, "target", te_mics, te_truth, spec, ft.threshold_for("target"), subset=with_particles)
         draws.append({"train_indices": tr_idx, "threshold": ft.threshold_for("target"),
-                      **_at_threshold("fewshot_junk", ap_of(ft, "target", te_mics, te_truth, spec,
-                                                            ft.threshold_for("target"))),
-                      "fewshot_junk_with_particles": ap_of(ft, "target", with_particles, wp_truth, spec)["AP"],
+                      **_at_threshold("fewshot_junk", few_shot),
+                      "fewshot_junk_with_particles": few_shot["AP_subset"],
                       "fewshot_picks_per_empty": _picks_per_empty(ft, "target", te_mics, te_truth, spec)})
     row["draws"] = draws
     row["fewshot_junk"] = float(np.mean([r["fewshot_junk"] for r in draws]))

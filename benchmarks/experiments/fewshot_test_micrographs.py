@@ -12,7 +12,6 @@ junk each one carries.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import tempfile
@@ -40,7 +39,7 @@ def ap_per_micrograph(picker, spec, mics, truth) -> dict:
 
 
 def main(argv=None) -> int:
-    from junk_variants import PARTS
+    from junk_variants import PARTS, simulator_variant
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--target", default="j_ribosome")
@@ -54,7 +53,7 @@ def main(argv=None) -> int:
     from fewshot import write_set
     from hydrapicker.checkpoint import default_model_path
     from hydrapicker.picker import Picker, configure_torch
-    from hydrapicker.simulate import artefacts, simulate_micrograph
+    from hydrapicker.simulate import simulate_micrograph
     from hydrapicker.simulate.datasets import clean_version, junk_target_specs
 
     configure_torch(args.threads)
@@ -68,13 +67,8 @@ def main(argv=None) -> int:
         keep = [(i, m) for i, m in zip(idx, mics) if len(truth[m.name])]
         kept = [i for i, _ in keep]
         clean_mics, clean_truth = write_set(clean_version(spec), tmp / "clean", kept)
-        name, keywords = PARTS[args.variant]
-        original = getattr(artefacts, name)
-        setattr(artefacts, name, functools.partial(original, **keywords))
-        try:
+        with simulator_variant(args.variant):
             var_mics, var_truth = write_set(spec, tmp / "variant", kept)
-        finally:
-            setattr(artefacts, name, original)
         junk_ap = ap_per_micrograph(picker, spec, [m for _, m in keep], truth)
         clean_ap = ap_per_micrograph(picker, spec, clean_mics, clean_truth)
         var_ap = ap_per_micrograph(picker, spec, var_mics, var_truth)

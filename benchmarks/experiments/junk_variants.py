@@ -24,6 +24,7 @@ Per variant the junk AP and, with ``--gap-parts``, ``junk_gap_parts.py``'s parti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -40,20 +41,29 @@ PARTS = {"film_without_noise": ("thin_carbon", {"noise": False}),
          "vesicles_without_caps": ("vesicle", {"caps": False})}
 
 
-def simulate_variant(spec, n, cache: Path, variant: str) -> None:
-    """Write ``spec``'s junk micrographs as ``variant`` into ``cache`` under the name junk.py looks for."""
-    from hydrapicker.simulate import artefacts, write_dataset
+@contextlib.contextmanager
+def simulator_variant(variant: str):
+    """Within it, the simulator renders ``variant`` (:data:`PARTS`); outside, as it always does."""
+    from hydrapicker.simulate import artefacts
 
-    out = cache / f"{spec.name}_n{n}"
-    if (out / ".complete").exists():
-        return
     name, keywords = PARTS[variant]
     original = getattr(artefacts, name)
     setattr(artefacts, name, functools.partial(original, **keywords))  # a nested vesicle calls it again
     try:
-        write_dataset(spec, out, n)
+        yield
     finally:
         setattr(artefacts, name, original)
+
+
+def simulate_variant(spec, n, cache: Path, variant: str) -> None:
+    """Write ``spec``'s junk micrographs as ``variant`` into ``cache`` under the name junk.py looks for."""
+    from hydrapicker.simulate import write_dataset
+
+    out = cache / f"{spec.name}_n{n}"
+    if (out / ".complete").exists():
+        return
+    with simulator_variant(variant):
+        write_dataset(spec, out, n)
     (out / ".complete").write_text(json.dumps({"variant": variant}))
 
 
