@@ -286,6 +286,9 @@ def run_set(item, args, work):
         p = Picker(out, log=None)
         row["fewshot5"] = _score(p, "fs5", mics, truth, diameter_A, box_px, p.threshold_for("fs5"))
         row["fewshot5"]["seconds"] = round(secs, 1)
+        if p.refiner is not None:  # the head's own centres, without the refiner taught its labels (--no-refine)
+            row["fewshot5_own_centres"] = _score(Picker(out, log=None, refine=False), "fs5", mics, truth, diameter_A,
+                                                 box_px, p.threshold_for("fs5"))
         if args.class_centres:  # the few-shot head's picks class-centred (hydra pick --class-centres)
             row["fewshot5_class"] = _score(p, "fs5", mics, truth, diameter_A, box_px, p.threshold_for("fs5"),
                                            class_centres=True)

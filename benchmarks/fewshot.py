@@ -201,7 +201,7 @@ def run_target(spec, args, base, work: Path, log=print) -> dict:
         key = "dense" if frac >= 1 else f"sparse{int(round(frac * 100))}"
         t0 = time.time()
         out = finetune(base, tr_mics, labels, spec.diameter_A, "target", out=work / f"{key}.pt",
-                       seed=args.seed, mix_generic=args.mix_generic,
+                       seed=args.seed, mix_generic=args.mix_generic, centre_refiner=not args.no_centre_refiner,
                        log=(lambda *a: None) if not args.verbose else log)
         secs = time.time() - t0
         p2 = Picker(out, device="cpu", log=lambda *a: None)
@@ -235,7 +235,8 @@ def timing(base, args, work: Path, log=print) -> dict:
     mics, truth = write_set(spec, work / "timing", range(5), shape=(2048, 2048))
     t0 = time.time()
     out = finetune(base, mics, truth, spec.diameter_A, "timing", out=work / "timing.pt",
-                   seed=args.seed, log=(lambda *a: None) if not args.verbose else log)
+                   seed=args.seed, log=(lambda *a: None) if not args.verbose else log,
+                   centre_refiner=not args.no_centre_refiner)
     secs = time.time() - t0
     import torch
 
@@ -292,6 +293,8 @@ def main(argv=None):
     p.add_argument("--test", type=int, default=5, help="test micrographs per target")
     p.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.3], help="labelled share(s)")
     p.add_argument("--mix-generic", type=float, default=0.0)
+    p.add_argument("--no-centre-refiner", action="store_true",
+                   help="the heads keep their own centres (hydra finetune --no-refiner): no refiner taught the labels")
     p.add_argument("--topaz", action="store_true", help="also fine-tune Topaz (resnet16_u64) on the same labels")
     p.add_argument("--topaz-epochs", type=int, default=5)
     p.add_argument("--topaz-epoch-size", type=int, default=200)

@@ -106,7 +106,12 @@ def run_target(spec, args, base, work: Path) -> dict:
                       **_at_threshold("fewshot_junk", few_shot),
                       "fewshot_junk_with_particles": few_shot["AP_subset"],
                       "fewshot_picks_per_empty": _picks_per_empty(ft, "target", te_mics, te_truth, spec)})
+        if ft.refiner is not None:  # the head's own centres: without the refiner taught its labels (--no-refine)
+            own = Picker(out, device="cpu", log=quiet, refine=False)
+            draws[-1]["fewshot_junk_own_centres"] = ap_of(own, "target", te_mics, te_truth, spec)["AP"]
     row["draws"] = draws
+    if all("fewshot_junk_own_centres" in r for r in draws):
+        row["fewshot_junk_own_centres"] = float(np.mean([r["fewshot_junk_own_centres"] for r in draws]))
     row["fewshot_junk"] = float(np.mean([r["fewshot_junk"] for r in draws]))
     row["fewshot_junk_F1"] = float(np.mean([r["fewshot_junk_F1"] for r in draws]))
     row["fewshot_junk_with_particles"] = float(np.mean([r["fewshot_junk_with_particles"] for r in draws]))
@@ -157,6 +162,9 @@ def main(argv=None) -> int:
               f"{f(r['zero_shot_junk_with_particles'])} -> {f(r['fewshot_junk_with_particles'])} | "
               f"{f(r['zero_shot_junk_F1'])} -> {f(r['fewshot_junk_F1'])} | "
               f"{f(r['zero_shot_picks_per_empty'], '.1f')} -> {f(r['fewshot_picks_per_empty'], '.1f')} |")
+    if any("fewshot_junk_own_centres" in r for r in rows):
+        print("few-shot AP (junk) with the heads' own centres (no refiner taught the labels): "
+              + ", ".join(f"{r['target']} {f(r.get('fewshot_junk_own_centres'))}" for r in rows))
     if args.json:
         from hydrapicker.atomic import write_text
 

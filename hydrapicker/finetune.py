@@ -620,13 +620,17 @@ def _calibrate(head, val, val_feats, stride, extent, temperature, c, base_thr, l
     return thr, val_summary
 
 
-def _write_model(out, net, meta, ck, head_name, thr, base_thr, diameter_A, info) -> Path:
-    """The model file: the base model's heads plus the new one, its threshold and its training record."""
+def _write_model(out, net, meta, ck, head_name, thr, base_thr, diameter_A, info, refiner=None) -> Path:
+    """The model file: the base model's heads plus the new one, its threshold and its training record;
+    ``refiner``: the file name of the centre refiner taught the new head's labels, beside it (it replaces
+    one the base model named)."""
     import torch
 
     from .checkpoint import save_checkpoint
 
     new_meta = {k: v for k, v in meta.items() if k != "path"}
+    if refiner:
+        new_meta["refiner"] = str(refiner)
     head_thr = dict(new_meta.get("head_thresholds") or {})
     head_thr.setdefault("generic", base_thr)
     head_thr[head_name] = float(thr)
@@ -665,7 +669,7 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
              max_minutes: Optional[float] = None, memory_gb: float = 1.5,
              steps_per_epoch: Optional[int] = None, device: str = "auto",
              negatives_below: Optional[float] = None, lambda_loc: float = 1.0,
-             record: Optional[dict] = None, working_scale="auto") -> Optional[Path]:
+             record: Optional[dict] = None, working_scale="auto", centre_refiner: bool = True) -> Optional[Path]:
     """Train a new head ``head_name`` on ``micrographs`` labelled by ``coords`` ({name: Picks}).
 
     ``base_model``: model file (None = the shipped generic model). ``epochs``: maximum number of epochs
@@ -677,8 +681,11 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
     for the head's entry in the model's metadata. ``working_scale``: the particle extent the network
     sees, as a fraction of the given diameter's (:mod:`hydrapicker.scale`): "auto" chooses it on the
     labelled micrographs (smaller than 1 only when the base head's best candidates score clearly higher
-    there, as for elongated particles); the new model keeps it. Returns the written model file (base heads
-    + the new one), or None when ``should_stop()`` became true (nothing is written).
+    there, as for elongated particles); the new model keeps it. ``centre_refiner``: with labels (``lambda_loc``
+    > 0), the body's centre refiner is also taught them and written beside the model, which names it
+    (:func:`hydrapicker.refine_adapt.teach_labelled_refiner`; it re-centres the new head's picks). Returns the
+    written model file (base heads + the new one), or None when ``should_stop()`` became true (nothing is
+    written).
     """
     import torch
 
@@ -740,8 +747,18 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
         "history": history, "validation_metrics": val_summary, "seed": seed, "lambda_loc": float(lambda_loc),
         **(record or {}),
     }
-    out = _write_model(Path(out) if out else Path.cwd() / f"{head_name}.pt", net, meta, ck, head_name, thr,
-                       base_thr, diameter_A, info)
+    out = Path(out) if out else Path.cwd() / f"{head_name}.pt"
+    refiner = None
+    if centre_refiner and float(lambda_loc) > 0:
+        from .refine_adapt import teach_labelled_refiner
+
+        taught = teach_labelled_refiner(net, meta, mics, head_name, out, log, should_stop)
+        if should_stop is not None and should_stop():
+            log("[finetune] stopped on request; nothing written")
+            return None
+        info["centre_refiner"] = {"taught": taught.accepted, "reason": taught.reason, **taught.record}
+        refiner = taught.path.name if taught.accepted else None
+    out = _write_model(out, net, meta, ck, head_name, thr, base_thr, diameter_A, info, refiner)
     log(f"[finetune] head {head_name!r}: validation AP {info['validation_AP'] if val else float('nan'):.3f}, "
         f"threshold {thr:.3f}; wrote {out} ({time.time() - t_start:.0f} s)")
     return out

@@ -172,10 +172,13 @@ class Picker:
 
     def _refines(self, head: str) -> bool:
         """Are ``head``'s picks refined? When a refiner is loaded, unless the head learned its own centres
-        from labelled picks (a few-shot head: :func:`hydrapicker.checkpoint.head_learned_centres`)."""
+        from labelled picks (a few-shot head: :func:`hydrapicker.checkpoint.head_learned_centres`) and the
+        refiner was not taught those labels (:func:`hydrapicker.refine_adapt.teach_labelled_refiner`)."""
         from .checkpoint import head_learned_centres
 
-        return self.refiner is not None and not head_learned_centres(self.meta, head)
+        if self.refiner is None:
+            return False
+        return not head_learned_centres(self.meta, head) or self.refiner.taught_head == head
 
     def _say_refinement(self, head: str) -> None:
         """Log once per head that a loaded refiner leaves its picks alone."""

@@ -181,6 +181,8 @@ class Refiner:
         self.stride = int(self.meta["stride"])
         self.extent_px = float(self.meta["extent_px"])
         self.max_shift_D, self.prior_D = MAX_SHIFT_D, PRIOR_D  # the rule is the code's, not the file's
+        #: the few-shot head whose labels taught it (refine_adapt.teach_labelled_refiner), or None
+        self.taught_head = (self.meta.get("adaptation") or {}).get("labelled_head")
 
     def fits(self, net, meta: dict, any_extent: bool = False) -> bool:
         """Was this centre head made for ``net``'s body (same parameters, sampling and stride)? ``any_extent``:

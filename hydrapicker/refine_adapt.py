@@ -308,3 +308,54 @@ def _with_refiner(picker, refine: str, log: Callable):
 
     return Picker(picker.meta.get("path"), device=str(picker.device), log=log, tta=picker.tta, batch=picker.batch,
                   readers=picker.readers, refine=refine)
+
+
+# ------------------------------------------------------------------ a few-shot head's own centre refiner
+#: how a few-shot head's labels teach the refiner: ``--adapt-centres``' settings, the labels as its targets
+#: (chosen on training-family tuning sets: benchmarks/experiments/fewshot_centres.py, docs/results/centres.md)
+LABELLED = RefinerAdaptSettings(class_centred=False, fallback_above=None)
+
+
+def labelled_refiner_path(model) -> Path:
+    """Where the centre refiner taught a few-shot model's labels lies: beside the model, ``<stem>_refiner.pt``."""
+    model = Path(model)
+    return model.with_name(f"{model.stem}_refiner.pt")
+
+
+def teach_labelled_refiner(net, meta: dict, mics: list, head: str, model_out, log: Callable = print,
+                           should_stop=None, settings: RefinerAdaptSettings = LABELLED) -> RefinerAdaptation:
+    """The centre refiner of ``net``'s body fine-tuned on a few-shot head's labelled micrographs (``mics``:
+    prepared, with ``image`` and ``xy``, the labels in its pixels, as ``finetune.load_labelled`` makes them),
+    written beside the model file ``model_out`` (:func:`labelled_refiner_path`). Taught only within
+    ``radius_D`` of each label, so particles the user left unpicked are not taught as background. It refines
+    that head's picks (:meth:`hydrapicker.picker.Picker._refines`), which learned their centres from the same
+    labels: the refiner, at a finer grid (D/4 cells), places them better (docs/results/centres.md)."""
+    from .refine import SHIPPED_REFINERS, first_fitting, save_refiner
+
+    t0 = time.time()
+    base = first_fitting([p for p in SHIPPED_REFINERS if p.exists()], net, meta, "cpu", any_extent=True)
+    if base is None:
+        reason = f"no centre refiner was made for the body of {meta.get('path')}"
+        log(f"[centres] the new head keeps its own centres: {reason}")
+        return RefinerAdaptation(False, None, reason, {})
+    teach = [SimpleNamespace(image=m.image, xy=np.asarray(m.xy, np.float64).reshape(-1, 2)) for m in mics
+             if len(m.xy) and min(m.image.shape) >= settings.crop]
+    n = sum(len(t.xy) for t in teach)
+    record = {"labelled_head": head, "labels": int(n), "micrographs": len(teach), "base_refiner": str(base.path),
+              "settings": asdict(settings)}
+    if n < settings.min_positives:
+        reason = f"too few labels to teach centres ({n}; at least {settings.min_positives} are needed)"
+        log(f"[centres] the new head keeps its own centres: {reason}")
+        return RefinerAdaptation(False, None, reason, record)
+    log(f"[centres] teaching the centre refiner the {n} labels of {len(teach)} micrographs ({settings.steps} steps)")
+    new_head, (first, last) = finetune_head(base, net, teach, settings, float(meta["extent_px"]), should_stop)
+    if should_stop is not None and should_stop():
+        return RefinerAdaptation(False, None, "stopped on request", record)
+    record.update(loss_first=first, loss_last=last, seconds=round(time.time() - t0, 1))
+    rmeta = {k: v for k, v in base.meta.items() if k not in ("format", "net")}
+    rmeta["extent_px"] = float(meta["extent_px"])  # taught at the new model's working scale, for it
+    rmeta["adaptation"] = record
+    path = save_refiner(labelled_refiner_path(model_out), new_head, rmeta, args=asdict(settings))
+    log(f"[centres] centre refiner taught the labels saved to {path} in {record['seconds']:.0f} s (loss "
+        f"{first:.3f} -> {last:.3f}); the new head's picks move by at most {base.max_shift_D:g} diameters")
+    return RefinerAdaptation(True, path, "taught the labels", record)

@@ -48,6 +48,9 @@ def add_args(p):
                    help="particle extent the network sees, as a fraction of --diameter: auto (default) tries 1, 0.85 "
                         "and 0.75 and takes a smaller one only when the model's best candidates score clearly "
                         "higher there (elongated particles); 1 = as given")
+    p.add_argument("--no-refiner", dest="centre_refiner", action="store_false",
+                   help="do not teach the centre refiner your labels (by default it is, and written beside the model "
+                        "as <out stem>_refiner.pt, which the model names: it re-centres the new head's picks)")
     p.add_argument("--device", default="auto", help="where the head trains: auto (first GPU if any), cpu, cuda or "
                                                     "cuda:N")
     p.add_argument("-j", "--threads", type=int, default=None, help="CPU threads for torch")
@@ -86,7 +89,7 @@ def main(args):
                    out=args.out, log=log, val_fraction=args.val_fraction, mix_generic=args.mix_generic,
                    seed=args.seed, label_fraction=args.label_fraction,
                    region_radius=args.region, max_minutes=args.max_minutes, device=args.device,
-                   working_scale=args.working_scale)
+                   working_scale=args.working_scale, centre_refiner=args.centre_refiner)
     if out is None:
         return 1
     log(f"[finetune] pick with: hydra pick --model {out} --head {args.name} --diameter {args.diameter:g} ...")
