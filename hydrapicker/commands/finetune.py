@@ -2,7 +2,9 @@
 
 The new head starts from the generic head; the shared body and the other heads stay frozen. The result
 is a model file holding the base model's heads plus the new one: pick with it by
-`hydra pick --model OUT --head NAME` (its calibrated threshold is stored in the file).
+`hydra pick --model OUT --head NAME` (its calibrated threshold is stored in the file). Beside it,
+`<OUT stem>_refiner.pt`: the centre refiner taught your labels, which the model names and which re-centres
+the new head's picks (keep the two files together; --no-refiner skips it).
 
 Coordinates (--coords) may be per-micrograph RELION coordinate STARs (a file, or a directory of them,
 matched to the micrographs by name), coords_suffix_*.star, manualpick.star / autopick.star lists, a
