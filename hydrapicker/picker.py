@@ -197,7 +197,8 @@ class Picker:
         if auto and self.meta.get("refiner"):  # a model adapted with its own refiner (--adapt)
             own = self._own_refiner()
             if own is not None:
-                return self._using(own, " (adapted with this model)")
+                return self._using(own, f" (taught the labels of head {own.taught_head!r})" if own.taught_head
+                                   else " (adapted with this model)")
         if auto and not defaults.REFINE_CENTRES:
             return None
         shipped = auto or refine == "shipped"

@@ -44,8 +44,10 @@ def test_the_labels_teach_a_refiner_beside_the_model_that_refines_only_their_hea
     assert refiner.fits(net, meta) and refiner.taught_head == "prot"
     assert refiner.meta["adaptation"]["labels"] == 40
     update_meta(model, refiner=res.path.name)  # what finetune writes
-    picker = Picker(model, **QUIET)
+    said = []
+    picker = Picker(model, log=said.append)
     assert picker.refiner.path == str(res.path)
+    assert any(f"centres refined by {res.path} (taught the labels of head 'prot')" in s for s in said), said
     assert picker._refines("prot") and picker._refines("generic")
     assert not picker._refines("other")  # learned its own centres from other labels
     # the shipped refiner knows no few-shot head: the head keeps its own centres
