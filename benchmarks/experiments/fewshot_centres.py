@@ -82,7 +82,7 @@ def run_set(spec, args, work: Path) -> dict:
     te_mics, te_truth = fewshot.write_set(spec, work / "test", range(1000, 1000 + args.test))
     t0 = time.time()
     model = finetune(args.model, tr_mics, tr_truth, spec.diameter_A, "target", out=work / "fewshot.pt", seed=0,
-                     log=lambda *a, **k: None)
+                     log=lambda *a, **k: None, centre_refiner=False)  # the refiner is this experiment's own
     row = {"set": spec.name, "n_labels": int(sum(len(p) for p in tr_truth.values())),
            "finetune_s": round(time.time() - t0, 1)}
     quiet = lambda *a, **k: None  # noqa: E731
