@@ -35,7 +35,7 @@ def _fewshot_model(path, heads=("prot", "other")):
     return path
 
 
-def test_the_labels_teach_a_refiner_beside_the_model_that_refines_only_their_head(tmp_path):
+def test_the_labels_teach_a_refiner_beside_the_model_that_refines_only_their_head(tmp_path, capsys):
     model = _fewshot_model(tmp_path / "prot.pt")
     net, meta = load_checkpoint(model)
     res = teach_labelled_refiner(net, meta, _labelled(20), "prot", model, settings=FEW_STEPS, **QUIET)
@@ -50,6 +50,16 @@ def test_the_labels_teach_a_refiner_beside_the_model_that_refines_only_their_hea
     assert any(f"centres refined by {res.path} (taught the labels of head 'prot')" in s for s in said), said
     assert picker._refines("prot") and picker._refines("generic")
     assert not picker._refines("other")  # learned its own centres from other labels
+    update_meta(model, finetune={"prot": {"lambda_loc": 1.0, "centre_refiner": {"taught": True, "labels": 40,
+                                                                             "file": res.path.name}},
+                                 "other": {"lambda_loc": 1.0, "centre_refiner": {"taught": False,
+                                                                              "reason": "too few labels (5)"}}})
+    from hydrapicker.cli import main as hydra
+
+    assert hydra(["info", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "prot: re-centred by prot_refiner.pt, the centre refiner taught its 40 labels" in out
+    assert "other: its own (the model names no refiner taught its labels: too few labels (5))" in out
     # the shipped refiner knows no few-shot head: the head keeps its own centres
     shipped = Picker(model, refine="shipped", **QUIET)
     assert not shipped._refines("prot") and shipped._refines("generic")
@@ -101,7 +111,7 @@ def test_only_a_head_taught_centres_by_labels_teaches_the_refiner(tmp_path, monk
 
 
 @pytest.mark.slow
-def test_a_few_shot_head_with_its_refiner_centres_a_two_domain_particle_better(tmp_path):
+def test_a_few_shot_head_with_its_refiner_centres_a_two_domain_particle_better(tmp_path, capsys):
     """``hydra finetune``'s default on a held-out two-domain particle (the hardest to centre): the model names
     the refiner taught its labels, whose picks match the truth better under the IoU rule than the head's
     own, and no pick moves further than the refiner's bound."""
@@ -116,6 +126,10 @@ def test_a_few_shot_head_with_its_refiner_centres_a_two_domain_particle_better(t
     out = finetune(None, mics, truth, spec.diameter_A, "dumbbell", out=tmp_path / "d.pt", epochs=12, patience=6,
                    working_scale=1.0, **QUIET)
     assert load_checkpoint(out)[1]["refiner"] == "d_refiner.pt" and (tmp_path / "d_refiner.pt").is_file()
+    from hydrapicker.cli import main as hydra
+
+    assert hydra(["info", str(out)]) == 0
+    assert "dumbbell: re-centred by d_refiner.pt, the centre refiner taught its" in capsys.readouterr().out
 
     def picks(picker):
         pol = picker.policy(spec.diameter_A, "dumbbell", threshold=0.01)

@@ -45,6 +45,14 @@ def main(args):
               f"{ft.get('diameter_A')} A; threshold {ft.get('threshold')}")
         print(f"validation AP:     {'n/a (no validation micrographs)' if ap is None else f'{ap:.3f}'} "
               f"(head {head}, on its held-out labelled micrographs)")
+        taught = ft.get("centre_refiner") or {}
+        if taught:  # hydra finetune: the centre refiner taught the head's labels, or why not
+            named = taught.get("taught") and taught.get("file") == meta.get("refiner")
+            print(f"centres:           {head}: "
+                  + (f"re-centred by {meta['refiner']}, the centre refiner taught its {taught.get('labels')} "
+                     f"labels (beside the model)" if named else
+                     f"its own (the model names no refiner taught its labels: "
+                     f"{taught.get('reason') if not taught.get('taught') else 'a later head has its own'})"))
         if ft.get("adaptation"):  # hydra pick --adapt: pseudo-labels, not labels
             from ..class_centres import class_centring_on
 
