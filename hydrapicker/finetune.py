@@ -756,9 +756,8 @@ def finetune(base_model, micrographs, coords: dict, diameter_A: float, head_name
         if should_stop is not None and should_stop():
             log("[finetune] stopped on request; nothing written")
             return None
-        info["centre_refiner"] = {"taught": taught.accepted, "reason": taught.reason, **taught.record,
-                                  "file": taught.path.name if taught.accepted else None}
         refiner = taught.path.name if taught.accepted else None
+        info["centre_refiner"] = {"taught": taught.accepted, "reason": taught.reason, **taught.record, "file": refiner}
     out = _write_model(out, net, meta, ck, head_name, thr, base_thr, diameter_A, info, refiner)
     log(f"[finetune] head {head_name!r}: validation AP {info['validation_AP'] if val else float('nan'):.3f}, "
         f"threshold {thr:.3f}; wrote {out} ({time.time() - t_start:.0f} s)")

@@ -166,7 +166,6 @@ def adapt_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional
     from .adapt import shifted_cut
     from .micrographs import sample_micrographs
     from .preprocess import _cpu_tensor, prepare_t, read_mrc
-    from .refine import save_refiner
 
     t0 = time.time()
     base = base_refiner(picker, any_scale=True)
@@ -223,13 +222,21 @@ def adapt_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional
             f"({settings.steps} steps)")
     new_head, (first, last) = finetune_head(base, picker.net, teach, settings, picker.extent_px, should_stop)
     record.update(loss_first=first, loss_last=last, seconds=round(time.time() - t0, 1))
-    meta = {k: v for k, v in base.meta.items() if k not in ("format", "net")}
-    meta["extent_px"] = float(picker.extent_px)  # taught at the model's working scale, for it
-    meta["adaptation"] = record
-    path = save_refiner(Path(save_to), new_head, meta, args=asdict(settings))
+    path = _save_taught(base, new_head, picker.extent_px, record, save_to, settings)
     log(f"[centres] adapted centre refiner saved to {path} in {record['seconds']:.0f} s (loss {first:.3f} -> "
         f"{last:.3f}); a pick still moves by at most {base.max_shift_D:g} diameters")
     return RefinerAdaptation(True, path, "adapted", record)
+
+
+def _save_taught(base, head, extent_px: float, record: dict, path, settings: RefinerAdaptSettings) -> Path:
+    """A fine-tuned copy of the refiner ``base`` written to ``path``: ``base``'s metadata, made for the
+    particle extent it was taught at (the model's working scale), ``record`` as its ``adaptation``."""
+    from .refine import save_refiner
+
+    meta = {k: v for k, v in base.meta.items() if k not in ("format", "net")}
+    meta["extent_px"] = float(extent_px)
+    meta["adaptation"] = record
+    return save_refiner(Path(path), head, meta, args=asdict(settings))
 
 
 def picker_with_adapted_refiner(picker, mics: list, diameter_A: float, save_to, head: Optional[str] = None,
@@ -330,7 +337,7 @@ def teach_labelled_refiner(net, meta: dict, mics: list, head: str, model_out, lo
     ``radius_D`` of each label, so particles the user left unpicked are not taught as background. It refines
     that head's picks (:meth:`hydrapicker.picker.Picker._refines`), which learned their centres from the same
     labels: the refiner, at a finer grid (D/4 cells), places them better (docs/results/centres.md)."""
-    from .refine import SHIPPED_REFINERS, first_fitting, save_refiner
+    from .refine import SHIPPED_REFINERS, first_fitting
 
     t0 = time.time()
     base = first_fitting([p for p in SHIPPED_REFINERS if p.exists()], net, meta, "cpu", any_extent=True)
@@ -352,10 +359,7 @@ def teach_labelled_refiner(net, meta: dict, mics: list, head: str, model_out, lo
     if should_stop is not None and should_stop():
         return RefinerAdaptation(False, None, "stopped on request", record)
     record.update(loss_first=first, loss_last=last, seconds=round(time.time() - t0, 1))
-    rmeta = {k: v for k, v in base.meta.items() if k not in ("format", "net")}
-    rmeta["extent_px"] = float(meta["extent_px"])  # taught at the new model's working scale, for it
-    rmeta["adaptation"] = record
-    path = save_refiner(labelled_refiner_path(model_out), new_head, rmeta, args=asdict(settings))
+    path = _save_taught(base, new_head, float(meta["extent_px"]), record, labelled_refiner_path(model_out), settings)
     log(f"[centres] centre refiner taught the labels saved to {path} in {record['seconds']:.0f} s (loss "
         f"{first:.3f} -> {last:.3f}); the new head's picks move by at most {base.max_shift_D:g} diameters")
     return RefinerAdaptation(True, path, "taught the labels", record)

@@ -56,19 +56,17 @@ def teaching_mics(picker, mics, truth, diameter_A):
 
 
 def labelled_refiner(picker, mics, truth, diameter_A, out: Path, steps: int, lr: float):
-    from dataclasses import asdict, replace
+    """The product's :func:`hydrapicker.refine_adapt.teach_labelled_refiner` on ``teaching_mics``, with ``steps``
+    and ``lr``: the refiner is written beside the (notional) model file ``out``."""
+    from dataclasses import replace
 
-    from hydrapicker.refine import save_refiner
-    from hydrapicker.refine_adapt import RefinerAdaptSettings, base_refiner, finetune_head
+    from hydrapicker.refine_adapt import LABELLED, teach_labelled_refiner
 
-    base = base_refiner(picker, any_scale=True)
-    s = replace(RefinerAdaptSettings(), steps=steps, lr=lr)
-    teach = teaching_mics(picker, mics, truth, diameter_A)
-    head, (first, last) = finetune_head(base, picker.net, teach, s, picker.extent_px)
-    meta = {k: v for k, v in base.meta.items() if k not in ("format", "net")}
-    meta["extent_px"] = float(picker.extent_px)
-    meta["adaptation"] = {"labels": int(sum(len(t.xy) for t in teach)), "loss_first": first, "loss_last": last}
-    return save_refiner(out, head, meta, args=asdict(s)), (first, last)
+    taught = teach_labelled_refiner(picker.net, picker.meta, teaching_mics(picker, mics, truth, diameter_A), "target",
+                                    out, log=lambda *a, **k: None, settings=replace(LABELLED, steps=steps, lr=lr))
+    if not taught.accepted:
+        raise RuntimeError(f"no refiner taught: {taught.reason}")
+    return taught.path, (taught.record["loss_first"], taught.record["loss_last"])
 
 
 def run_set(spec, args, work: Path) -> dict:
@@ -105,7 +103,7 @@ def run_set(spec, args, work: Path) -> dict:
         except Exception as exc:  # a few-shot model at another working scale: no shipped refiner fits it
             row["shipped_refiner"] = {**row["fewshot"], "refused": str(exc)[:120]}
         t0 = time.time()
-        path, losses = labelled_refiner(plain, tr_mics, tr_truth, spec.diameter_A, work / "labelled_refiner.pt",
+        path, losses = labelled_refiner(plain, tr_mics, tr_truth, spec.diameter_A, work / "labelled.pt",
                                         args.steps, args.lr)
         row["labelled_refiner_s"] = round(time.time() - t0, 1)
         row["labelled_refiner_loss"] = [round(v, 4) for v in losses]
